@@ -1,0 +1,154 @@
+"""Insert validated trades through each database's own bulk path, skipping txn_refs that already exist.
+
+One interface, `insert_trades(connection, trades, batch_id) -> rows inserted`, over:
+SQLite `INSERT OR IGNORE` executemany; MySQL/MariaDB `LOAD DATA LOCAL INFILE ... IGNORE` (falling back to
+`INSERT IGNORE` executemany when the server or client has local_infile off); PostgreSQL `COPY` into a staging
+table then `INSERT ... ON CONFLICT DO NOTHING`; any other database a portable SQLAlchemy insert of the refs
+not yet present. Skipping rather than failing on an existing txn_ref keeps two loaders at once safe; the
+caller reconciles the count (see load_transactions).
+"""
+import logging
+import os
+import tempfile
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from schema import transactions
+
+logger = logging.getLogger(__name__)
+
+INSERT_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time",
+                  "batch_id", "source_line")
+MYSQL_BATCH_ROWS = 10_000
+MYSQL_LOCAL_INFILE_REFUSED = {1148, 2068, 3948}  # not allowed / rejected by client / disabled on server
+LOOKUP_SLICE = 500  # bound parameters per IN (...) lookup
+
+
+def insert_trades(connection, trades, batch_id, method=None):
+    """Insert `trades` (validated, unique txn_refs) into transactions; return how many rows were inserted.
+
+    method: None picks the dialect's bulk path; 'portable' forces the SQLAlchemy fallback (tests, benchmarks).
+    """
+    if trades.empty:
+        return 0
+    rows = _row_tuples(trades, batch_id)
+    dialect = connection.dialect.name
+    if method == "portable" or dialect not in _BULK_PATHS:
+        return _insert_portable(connection, rows)
+    return _BULK_PATHS[dialect](connection, rows)
+
+
+def _row_tuples(trades, batch_id):
+    """Plain Python tuples in INSERT_COLUMNS order (drivers do not take numpy scalars)."""
+    columns = [trades[c].tolist() for c in INSERT_COLUMNS[:7]]
+    count = len(trades)
+    return list(zip(*columns, [batch_id] * count, trades["line_number"].tolist()))
+
+
+def _insert_sqlite(connection, rows):
+    placeholders = ", ".join("?" * len(INSERT_COLUMNS))
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.executemany(
+            f"INSERT OR IGNORE INTO transactions ({', '.join(INSERT_COLUMNS)}) VALUES ({placeholders})", rows)
+        return cursor.rowcount
+    finally:
+        cursor.close()
+
+
+def _insert_mysql(connection, rows):
+    engine_state = connection.engine.__dict__
+    if engine_state.get("stock_etl_local_infile", True):
+        try:
+            return _load_data_local_infile(connection, rows)
+        except OperationalError as error:
+            code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+            if code not in MYSQL_LOCAL_INFILE_REFUSED:
+                raise
+            engine_state["stock_etl_local_infile"] = False
+            logger.warning("LOAD DATA LOCAL INFILE refused (%s); loading with INSERT IGNORE, which is slower",
+                           error.orig.args[-1])
+    return _insert_ignore_mysql(connection, rows)
+
+
+def _load_data_local_infile(connection, rows):
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="\n", suffix=".tsv", delete=False)
+    try:
+        with handle:
+            handle.writelines("\t".join(_mysql_field(value) for value in row) + "\n" for row in rows)
+        columns = ", ".join(INSERT_COLUMNS)
+        result = connection.exec_driver_sql(
+            f"LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE transactions CHARACTER SET utf8mb4 "
+            f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({columns})",
+            (handle.name,),
+        )
+        return result.rowcount
+    finally:
+        os.unlink(handle.name)
+
+
+def _mysql_field(value):
+    """A LOAD DATA field: backslash, tab and newline escaped; None as \\N."""
+    if value is None:
+        return "\\N"
+    text = str(value)
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
+def _insert_ignore_mysql(connection, rows):
+    statement = (f"INSERT IGNORE INTO transactions ({', '.join(INSERT_COLUMNS)}) "
+                 f"VALUES ({', '.join(['%s'] * len(INSERT_COLUMNS))})")
+    cursor = connection.connection.dbapi_connection.cursor()
+    inserted = 0
+    try:
+        for start in range(0, len(rows), MYSQL_BATCH_ROWS):
+            inserted += cursor.executemany(statement, rows[start:start + MYSQL_BATCH_ROWS])
+        return inserted
+    finally:
+        cursor.close()
+
+
+def _insert_postgresql(connection, rows):
+    columns = ", ".join(INSERT_COLUMNS)
+    connection.exec_driver_sql(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (txn_ref VARCHAR(64), investor_id INTEGER, "
+        "stock_symbol VARCHAR(10), txn_type VARCHAR(4), quantity INTEGER, price NUMERIC(18, 4), "
+        "txn_time TIMESTAMP, batch_id BIGINT, source_line INTEGER) ON COMMIT DROP"
+    )
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        with cursor.copy(f"COPY staging_transactions ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    finally:
+        cursor.close()
+    result = connection.exec_driver_sql(
+        f"INSERT INTO transactions ({columns}) SELECT {columns} FROM staging_transactions "
+        f"ORDER BY source_line ON CONFLICT (txn_ref) DO NOTHING"
+    )
+    connection.exec_driver_sql("TRUNCATE staging_transactions")
+    return result.rowcount
+
+
+def _insert_portable(connection, rows):
+    refs = [row[0] for row in rows]
+    existing = set()
+    for start in range(0, len(refs), LOOKUP_SLICE):
+        chunk = refs[start:start + LOOKUP_SLICE]
+        existing.update(connection.execute(
+            select(transactions.c.txn_ref).where(transactions.c.txn_ref.in_(chunk))).scalars())
+    new_rows = [
+        dict(zip(INSERT_COLUMNS, row), price=Decimal(row[5]), txn_time=datetime.fromisoformat(row[6]))
+        for row in rows if row[0] not in existing
+    ]
+    if new_rows:
+        connection.execute(transactions.insert(), new_rows)
+    return len(new_rows)
+
+
+_BULK_PATHS = {"sqlite": _insert_sqlite, "mysql": _insert_mysql, "postgresql": _insert_postgresql}

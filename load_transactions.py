@@ -1,0 +1,457 @@
+"""Load trade files into the database: validate, reject with reasons, de-duplicate, bulk load.
+
+Third stage of the chain (after seed_investors.py, before update_portfolio.py). For each FILE (canonical or
+legacy header, SPEC §3) it records one load_batches row; every good row is committed in one transaction with
+the batch's counts, bad rows go to rejected_transactions with their line and reason, and a txn_ref already
+loaded (or repeated in the file with the same values) is counted as a duplicate. A file whose SHA-256 was
+already loaded is skipped at once. The prices file beside a trade file (market_prices.csv) is loaded too.
+"""
+import csv
+import logging
+import os
+import re
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from itertools import islice
+
+from tqdm import tqdm
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import and_, bindparam, func, select, update
+
+import bulk_insert
+import cli
+import constants
+import db_config
+import validation
+from schema import investors, load_batches, market_prices, rejected_transactions, stocks, transactions
+
+logger = logging.getLogger(__name__)
+
+PRICES_FILE_NAME = "market_prices.csv"
+LOGGED_REJECTS = 10  # rejects shown in the log per file; all are kept in rejected_transactions
+MAX_REASON_LENGTH = 1000
+COMPARED_COLUMNS = ("investor_id", "stock_symbol", "txn_type", "quantity", "price_value", "txn_time")
+
+
+@dataclass
+class LoadSummary:
+    """What one load did; `skipped_batch` is the earlier batch when the file was already loaded."""
+    source: str
+    batch_id: int = None
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_duplicate: int = 0
+    rows_rejected: int = 0
+    skipped_batch: int = None
+    sample_rejects: list = field(default_factory=list)  # (line_number, reason) of the first rejects
+
+    def line(self):
+        name = os.path.basename(self.source) if self.source != "feed" else "feed"
+        if self.skipped_batch is not None:
+            return f"{name}: already loaded in batch {self.skipped_batch}, skipped"
+        return (f"{name}: {self.rows_read} read, {self.rows_loaded} loaded, {self.rows_duplicate} duplicates, "
+                f"{self.rows_rejected} rejected (batch {self.batch_id})")
+
+
+# ---------------------------------------------------------------------------------------------- reading files
+
+def read_layout(path):
+    """The layout of a file from its header; InputError for a missing, unreadable or wrong file."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline()
+    except FileNotFoundError:
+        raise cli.InputError(f"{path}: no such file") from None
+    except OSError as error:
+        raise cli.InputError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        header = next(csv.reader([first.decode("utf-8-sig").rstrip("\r\n")]), [])
+    except UnicodeDecodeError:
+        raise cli.InputError(f"{path}: line 1: header is not UTF-8 text") from None
+    try:
+        return validation.detect_layout(header, path)
+    except ValueError as error:
+        raise cli.InputError(str(error)) from None
+
+
+def iter_batches(path, layout, sha256, chunk_rows=constants.LOAD_CHUNK_ROWS, on_progress=None):
+    """Yield (trade rows as text cells with line_number and raw_record, malformed rows) per chunk of lines."""
+    with open(path, "rb") as handle:
+        handle.readline()
+        line_number = 2
+        while lines := list(islice(handle, chunk_rows)):
+            batch, malformed = _parse_lines(lines, line_number, layout, sha256)
+            line_number += len(lines)
+            if on_progress:
+                on_progress(sum(map(len, lines)))
+            yield batch, malformed
+
+
+def _parse_lines(lines, first_line_number, layout, sha256):
+    """CSV-parse raw lines; rows of the wrong width or not UTF-8 become rejects. Blank lines are ignored."""
+    numbers, texts, cells, rejects = [], [], [], []
+    for number, raw in enumerate(lines, start=first_line_number):
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            rejects.append((number, "record: is not UTF-8 text", raw.decode("utf-8", "replace").rstrip("\r\n")))
+            continue
+        if not text.strip():
+            continue
+        numbers.append(number)
+        texts.append(text)
+    parsed = list(csv.reader(texts))
+    width = max(layout.columns) + 1
+    keep = []
+    for number, text, row in zip(numbers, texts, parsed):
+        if len(row) < width:
+            rejects.append((number, f"record: has {len(row)} fields, too few for the header", text))
+        else:
+            keep.append(number)
+            cells.append([row[index] for index in layout.columns])
+    return _trade_batch(cells, keep, texts, numbers, layout, sha256), _rejects_frame(rejects)
+
+
+def _trade_batch(cells, kept_numbers, texts, numbers, layout, sha256):
+    """Text cells in canonical columns; a legacy row gets its derived txn_ref and txn_time."""
+    text_by_number = dict(zip(numbers, texts))
+    names = validation.TRADE_COLUMNS if layout.kind == "canonical" else validation.LEGACY_COLUMNS
+    batch = pd.DataFrame(cells, columns=list(names), dtype=object)
+    batch["line_number"] = kept_numbers
+    batch["raw_record"] = [text_by_number[n] for n in kept_numbers]
+    if layout.kind == "legacy":
+        batch["txn_ref"] = [validation.legacy_txn_ref(sha256, n) for n in kept_numbers]
+        txn_date = batch.pop("txn_date").astype(str).str.strip()
+        batch["txn_time"] = txn_date.where(txn_date.str.len() != 10, txn_date + " 00:00:00")
+    return batch
+
+
+def _rejects_frame(rows):
+    return pd.DataFrame(rows, columns=["line_number", "reason", "raw_record"])
+
+
+# ------------------------------------------------------------------------------------------------ loading trades
+
+def load_file(engine, path, progress=False, chunk_rows=constants.LOAD_CHUNK_ROWS, method=None):
+    """Load one trade file as one batch; an already-loaded file (same SHA-256) is skipped."""
+    layout = read_layout(path)
+    if layout.kind == "prices":
+        raise cli.InputError(f"{path}: is a prices file, not trades")
+    sha256 = validation.file_sha256(path)
+    earlier = find_loaded_batch(engine, sha256)
+    if earlier is not None:
+        return LoadSummary(path, skipped_batch=earlier)
+    with _progress_bar(progress, os.path.getsize(path), os.path.basename(path)) as bar:
+        chunks = iter_batches(path, layout, sha256, chunk_rows, on_progress=bar.update if bar else None)
+        return load_rows(engine, chunks, source=path, sha256=sha256, method=method)
+
+
+def load_records(engine, records, source="feed"):
+    """Load trade records (dicts with the canonical columns, values as text or numbers) as one batch."""
+    batch = pd.DataFrame(
+        [[str(record.get(column, "")) for column in validation.TRADE_COLUMNS] for record in records],
+        columns=list(validation.TRADE_COLUMNS), dtype=object,
+    )
+    batch["line_number"] = range(1, len(batch) + 1)
+    batch["raw_record"] = [",".join(row) for row in batch[list(validation.TRADE_COLUMNS)].itertuples(index=False)]
+    return load_rows(engine, [(batch, _rejects_frame([]))], source=source)
+
+
+def load_rows(engine, chunks, source, sha256=None, method=None):
+    """Load chunks of (text rows, malformed rows) as one batch, committed in one transaction.
+
+    On any failure nothing of the batch is kept and its load_batches row is marked failed with the reason.
+    """
+    started = datetime.now().replace(microsecond=0)
+    summary = LoadSummary(source, start_batch(engine, source, sha256, started))
+    try:
+        with db_config.write_transaction(engine) as connection:
+            context = validation.make_context(
+                connection.execute(select(investors.c.investor_id)).scalars(),
+                connection.execute(select(stocks.c.stock_symbol)).scalars(),
+                started,
+            )
+            for batch, malformed in chunks:
+                load_chunk(connection, batch, malformed, context, summary, method)
+            finish_batch(connection, summary)
+    except BaseException as error:
+        fail_batch(engine, summary.batch_id, error)
+        raise
+    return summary
+
+
+def load_chunk(connection, batch, malformed, context, summary, method=None):
+    """Validate, de-duplicate and insert one chunk inside the batch's transaction; update `summary`."""
+    valid, rejected = validation.validate_trades(batch, context)
+    firsts, duplicates, repeat_conflicts = split_repeats(valid)
+    inserted = bulk_insert.insert_trades(connection, firsts, summary.batch_id, method)
+    db_conflicts = _rejects_frame([])
+    if inserted < len(firsts):
+        extra_duplicates, db_conflicts = reconcile_skipped(connection, firsts, summary.batch_id)
+        duplicates += extra_duplicates
+    rejects = pd.concat([malformed, rejected, repeat_conflicts, db_conflicts], ignore_index=True)
+    store_rejects(connection, summary.batch_id, rejects)
+    summary.rows_read += len(batch) + len(malformed)
+    summary.rows_loaded += inserted
+    summary.rows_duplicate += duplicates
+    summary.rows_rejected += len(rejects)
+    room = LOGGED_REJECTS - len(summary.sample_rejects)
+    summary.sample_rejects += rejects.sort_values("line_number")[["line_number", "reason"]].head(room).values.tolist()
+
+
+def split_repeats(valid):
+    """Split rows into (first occurrences, number of same-valued repeats, rejects for other-valued repeats)."""
+    repeated = valid["txn_ref"].duplicated(keep="first").to_numpy()
+    firsts, repeats = valid[~repeated], valid[repeated]
+    if repeats.empty:
+        return firsts, 0, _rejects_frame([])
+    earlier = firsts.set_index("txn_ref").loc[repeats["txn_ref"]]
+    same = _same_values(repeats, earlier)
+    conflicts = repeats[~same]
+    reasons = [f"txn_ref: {ref!r} is a conflicting duplicate of line {line}"
+               for ref, line in zip(conflicts["txn_ref"], earlier["line_number"].to_numpy()[~same])]
+    return firsts, int(same.sum()), _rejects_frame(list(zip(conflicts["line_number"], reasons, conflicts["raw_record"])))
+
+
+def _same_values(left, right):
+    """Row-wise: do two aligned frames of normalized trades agree on every value but txn_ref?"""
+    same = np.ones(len(left), dtype=bool)
+    for column in COMPARED_COLUMNS:
+        same &= left[column].to_numpy() == right[column].to_numpy()
+    return same
+
+
+def reconcile_skipped(connection, firsts, batch_id):
+    """Explain the rows the database skipped: (duplicates of stored trades, rejects for conflicting ones)."""
+    lines = firsts["line_number"]
+    inserted_lines = set(connection.execute(
+        select(transactions.c.source_line).where(and_(
+            transactions.c.batch_id == batch_id, transactions.c.source_line.between(int(lines.min()), int(lines.max()))))
+    ).scalars())
+    skipped = firsts[~lines.isin(inserted_lines).to_numpy()]
+    stored = fetch_trades_by_ref(connection, skipped["txn_ref"].tolist()).set_index("txn_ref")
+    unexplained = skipped[~skipped["txn_ref"].isin(stored.index).to_numpy()]
+    if not unexplained.empty:
+        first = unexplained.iloc[0]
+        raise cli.StageError(f"line {first.line_number}: the database skipped txn_ref {first.txn_ref!r} "
+                             f"but holds no trade with that ref; {len(unexplained)} such row(s), batch rolled back")
+    stored = stored.loc[skipped["txn_ref"]]
+    same = _same_values(skipped, stored)
+    conflicts, holders = skipped[~same], stored[~same]
+    reasons = [
+        f"txn_ref: {ref!r} is a conflicting duplicate of line {line}" if holder_batch == batch_id
+        else f"txn_ref: {ref!r} conflicts with loaded trade {txn_id} (batch {holder_batch}, line {line})"
+        for ref, holder_batch, line, txn_id in zip(
+            conflicts["txn_ref"], holders["batch_id"], holders["line_number"], holders["txn_id"])
+    ]
+    return int(same.sum()), _rejects_frame(list(zip(conflicts["line_number"], reasons, conflicts["raw_record"])))
+
+
+def fetch_trades_by_ref(connection, refs):
+    """Stored trades with these txn_refs, normalized like validated rows (price_value, txn_time as text)."""
+    t = transactions.c
+    columns = [t.txn_id, t.txn_ref, t.batch_id, t.source_line.label("line_number"), t.investor_id, t.stock_symbol,
+               t.txn_type, t.quantity, t.price, t.txn_time]
+    rows = []
+    for start in range(0, len(refs), bulk_insert.LOOKUP_SLICE):
+        chunk = refs[start:start + bulk_insert.LOOKUP_SLICE]
+        rows += connection.execute(select(*columns).where(t.txn_ref.in_(chunk))).all()
+    stored = pd.DataFrame(rows, columns=[c.name for c in columns])
+    stored["price_value"] = stored["price"].astype(float)
+    stored["txn_time"] = [value.strftime("%Y-%m-%d %H:%M:%S") for value in stored["txn_time"]]
+    return stored
+
+
+def store_rejects(connection, batch_id, rejects):
+    """Keep every rejected row with its line and reason."""
+    if rejects.empty:
+        return
+    connection.execute(rejected_transactions.insert(), [
+        {"batch_id": batch_id, "line_number": int(line), "reason": str(reason)[:MAX_REASON_LENGTH], "raw_record": raw}
+        for line, reason, raw in rejects[["line_number", "reason", "raw_record"]].itertuples(index=False)
+    ])
+
+
+# ------------------------------------------------------------------------------------------------ batch rows
+
+def find_loaded_batch(engine, sha256):
+    """The first batch that loaded a file with this SHA-256 completely, or None."""
+    with engine.connect() as connection:
+        return connection.execute(select(func.min(load_batches.c.batch_id)).where(and_(
+            load_batches.c.file_sha256 == sha256, load_batches.c.status == "loaded"))).scalar()
+
+
+def start_batch(engine, source, sha256, started):
+    """Record a running batch, committed at once so that a crash leaves a trace; return its id."""
+    with db_config.write_transaction(engine) as connection:
+        result = connection.execute(load_batches.insert().values(
+            source=source[:500], file_sha256=sha256, started_at=started, status="running",
+            rows_read=0, rows_loaded=0, rows_duplicate=0, rows_rejected=0))
+        return result.inserted_primary_key[0]
+
+
+def finish_batch(connection, summary):
+    """Mark the batch loaded with its counts, inside the load's transaction."""
+    connection.execute(update(load_batches).where(load_batches.c.batch_id == summary.batch_id).values(
+        status="loaded", finished_at=datetime.now().replace(microsecond=0), rows_read=summary.rows_read,
+        rows_loaded=summary.rows_loaded, rows_duplicate=summary.rows_duplicate, rows_rejected=summary.rows_rejected))
+
+
+def fail_batch(engine, batch_id, error):
+    """Mark the batch failed with the reason; the load's own transaction has been rolled back."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    try:
+        with db_config.write_transaction(engine) as connection:
+            connection.execute(update(load_batches).where(load_batches.c.batch_id == batch_id).values(
+                status="failed", finished_at=datetime.now().replace(microsecond=0), error=reason[:1000]))
+    except Exception as mark_error:  # the original error matters more; say why the mark failed too
+        logger.error("could not mark batch %s failed: %s", batch_id, mark_error)
+
+
+def _progress_bar(enabled, total, name):
+    if not enabled:
+        return nullcontext(None)
+    return tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False)
+
+
+# ------------------------------------------------------------------------------------------------ prices
+
+@dataclass
+class PricesSummary:
+    """What loading one prices file did."""
+    source: str
+    rows_read: int = 0
+    rows_new: int = 0
+    rows_changed: int = 0
+    rejects: list = field(default_factory=list)  # (line_number, reason)
+
+    def line(self):
+        return (f"{os.path.basename(self.source)}: {self.rows_read} daily closes read, {self.rows_new} new, "
+                f"{self.rows_changed} changed, {len(self.rejects)} rejected")
+
+
+def load_prices_file(engine, path):
+    """Upsert the daily closes of a prices file (stock_symbol,price_date,close_price) into market_prices."""
+    layout = read_layout(path)
+    if layout.kind != "prices":
+        raise cli.InputError(f"{path}: header is not {','.join(validation.PRICE_COLUMNS)}")
+    summary = PricesSummary(path)
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    summary.rows_read = len(rows)
+    with db_config.write_transaction(engine) as connection:
+        symbols = set(connection.execute(select(stocks.c.stock_symbol)).scalars())
+        closes = {}
+        for line_number, row in rows:
+            parsed = parse_close(row, layout, symbols)
+            if isinstance(parsed, str):
+                summary.rejects.append((line_number, parsed))
+            else:
+                closes[parsed[:2]] = parsed[2]
+        summary.rows_new, summary.rows_changed = upsert_closes(connection, closes)
+    return summary
+
+
+def parse_close(row, layout, symbols):
+    """(stock_symbol, price_date, close_price as Decimal) from a row, or the reason it is bad."""
+    if len(row) <= max(layout.columns):
+        return f"record: has {len(row)} fields, too few for the header"
+    symbol, day, close = (row[i].strip() for i in layout.columns)
+    symbol = symbol.upper()
+    if symbol not in symbols:
+        return f"stock_symbol: {symbol!r} is not a known stock"
+    try:
+        day = date.fromisoformat(day)
+    except ValueError:
+        return f"price_date: {day!r} is not a real date YYYY-MM-DD"
+    if not re.fullmatch(validation.PLAIN_DECIMAL, close) or Decimal(close) <= 0 or Decimal(close) >= validation.MAX_PRICE:
+        return f"close_price: {close!r} is not a plain decimal > 0"
+    return symbol, day, Decimal(close).quantize(Decimal("0.0001"))
+
+
+def upsert_closes(connection, closes):
+    """Insert new closes and update changed ones; return (new, changed)."""
+    existing = {
+        (symbol, day if isinstance(day, date) else date.fromisoformat(day)): Decimal(str(close)).quantize(Decimal("0.0001"))
+        for symbol, day, close in connection.execute(select(
+            market_prices.c.stock_symbol, market_prices.c.price_date, market_prices.c.close_price))
+    }
+    new = [{"stock_symbol": s, "price_date": d, "close_price": c} for (s, d), c in closes.items() if (s, d) not in existing]
+    changed = [{"symbol": s, "day": d, "close": c} for (s, d), c in closes.items()
+               if (s, d) in existing and existing[(s, d)] != c]
+    if new:
+        connection.execute(market_prices.insert(), new)
+    if changed:
+        connection.execute(update(market_prices).where(and_(
+            market_prices.c.stock_symbol == bindparam("symbol"), market_prices.c.price_date == bindparam("day")
+        )).values(close_price=bindparam("close")), changed)
+    return len(new), len(changed)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+def plan_files(paths):
+    """The files to load in order: each directory's prices file first (once), then the given files."""
+    planned = []
+    for path in paths:
+        beside = os.path.join(os.path.dirname(path), PRICES_FILE_NAME)
+        if os.path.basename(path) != PRICES_FILE_NAME and os.path.exists(beside) and beside not in planned:
+            planned.append(beside)
+        if path not in planned:
+            planned.append(path)
+    return planned
+
+
+def load_paths(engine, paths, progress=False):
+    """Load every file, reporting each; a file with bad input is reported and the rest still load.
+
+    Returns the exit code: 0, or 2 if any file was refused (missing, unreadable, wrong header).
+    """
+    code = cli.EXIT_OK
+    for path in plan_files(paths):
+        try:
+            summary = (load_prices_file(engine, path) if read_layout(path).kind == "prices"
+                       else load_file(engine, path, progress))
+        except cli.InputError as error:
+            print(f"error: load_transactions: {error}", file=sys.stderr)
+            code = cli.EXIT_USAGE
+            continue
+        report(summary)
+    return code
+
+
+def report(summary):
+    """Log the first rejects with file and line, then print the summary line."""
+    name = summary.source
+    for line_number, reason in getattr(summary, "sample_rejects", None) or getattr(summary, "rejects", [])[:LOGGED_REJECTS]:
+        logger.warning("%s:%s: %s", name, line_number, reason)
+    rejected = getattr(summary, "rows_rejected", None)
+    if rejected and rejected > LOGGED_REJECTS:
+        logger.warning("%s: %d more rejected rows are in rejected_transactions (batch %s)",
+                       name, rejected - LOGGED_REJECTS, summary.batch_id)
+    print(summary.line())
+
+
+def main(argv=None):
+    parser = cli.make_parser(__doc__)
+    parser.add_argument("files", nargs="*", metavar="FILE", default=["transactions.csv"],
+                        help="trade files to load (default: transactions.csv); a prices file is loaded as prices")
+    args = parser.parse_args(argv)
+    cli.setup_logging(args)
+
+    def work():
+        engine = db_config.get_engine(args.database_url)
+        return load_paths(engine, args.files, cli.progress_enabled(args))
+
+    return cli.run(work, args, "load_transactions")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

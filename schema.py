@@ -1,0 +1,208 @@
+"""The stock-etl schema in SQLAlchemy Core: the one source of truth for every table (SPEC §2).
+
+create_tables.sql is rendered from these tables (`python schema.py > create_tables.sql`) and a test keeps
+the two equal on MariaDB. Money is DECIMAL everywhere: prices and average costs have 4 decimal places,
+amounts 6 (so that a position replayed over thousands of trades still reconciles to the cent).
+"""
+from sqlalchemy import (
+    BigInteger, CheckConstraint, Column, Date, DateTime, ForeignKey, Index, Integer, MetaData, Numeric,
+    String, Table, Text,
+)
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.schema import CreateTable
+
+# SQLite stores date-times as text; one fixed format without microseconds keeps them comparable as strings.
+Timestamp = DateTime().with_variant(
+    sqlite.DATETIME(
+        storage_format="%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d",
+        regexp=r"(\d+)-(\d+)-(\d+) (\d+):(\d+):(\d+)",
+    ),
+    "sqlite",
+)
+Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite auto-increments only INTEGER PRIMARY KEY
+Price = Numeric(18, 4)  # currency units per share
+Amount = Numeric(24, 6)  # currency units
+Ratio = Numeric(12, 8)  # a share between 0 and 1
+Score = Numeric(6, 2)  # 0..100
+
+RISK_PROFILES = ("conservative", "balanced", "aggressive")
+RISK_LEVELS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+ALERT_SEVERITIES = ("LOW", "MEDIUM", "HIGH")
+BATCH_STATUSES = ("running", "loaded", "failed")
+
+# CHECK names are per schema in MySQL 8, so each carries its table name.
+metadata = MetaData(naming_convention={"ck": "ck_%(table_name)s_%(constraint_name)s"})
+
+
+def _one_of(column, values):
+    return CheckConstraint(f"{column} IN ({', '.join(repr(v) for v in values)})", name=column)
+
+
+investors = Table(
+    "investors", metadata,
+    Column("investor_id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(100), nullable=False),
+    Column("risk_profile", String(20), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    _one_of("risk_profile", RISK_PROFILES),
+)
+
+stocks = Table(
+    "stocks", metadata,
+    Column("stock_symbol", String(10), primary_key=True),
+    Column("company_name", String(100), nullable=False),
+    Column("sector", String(50), nullable=False),
+)
+
+market_prices = Table(
+    "market_prices", metadata,
+    Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
+    Column("price_date", Date, primary_key=True),
+    Column("close_price", Price, nullable=False),
+    CheckConstraint("close_price > 0", name="close_price_positive"),
+)
+
+load_batches = Table(
+    "load_batches", metadata,
+    Column("batch_id", Id, primary_key=True, autoincrement=True),
+    Column("source", String(500), nullable=False),  # a file path, or 'feed'
+    Column("file_sha256", String(64)),
+    Column("started_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp),
+    Column("rows_read", Integer, nullable=False, default=0),
+    Column("rows_loaded", Integer, nullable=False, default=0),
+    Column("rows_duplicate", Integer, nullable=False, default=0),
+    Column("rows_rejected", Integer, nullable=False, default=0),
+    Column("status", String(10), nullable=False),
+    Column("error", String(1000)),  # why a failed batch failed
+    Column("applied_at", Timestamp),  # when update_portfolio applied its trades; NULL = pending
+    _one_of("status", BATCH_STATUSES),
+    Index("ix_load_batches_sha", "file_sha256"),
+    Index("ix_load_batches_pending", "status", "applied_at"),
+)
+
+transactions = Table(
+    "transactions", metadata,
+    Column("txn_id", Id, primary_key=True, autoincrement=True),
+    Column("txn_ref", String(64), nullable=False, unique=True),
+    Column("investor_id", Integer, ForeignKey("investors.investor_id"), nullable=False),
+    Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), nullable=False),
+    Column("txn_type", String(4), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("price", Price, nullable=False),
+    Column("txn_time", Timestamp, nullable=False),
+    Column("batch_id", Id, ForeignKey("load_batches.batch_id")),
+    Column("source_line", Integer),  # line of the source file (1 = header), or record number in a feed batch
+    _one_of("txn_type", ("BUY", "SELL")),
+    CheckConstraint("quantity > 0", name="quantity_positive"),
+    CheckConstraint("price > 0", name="price_positive"),
+    Index("ix_transactions_position_time", "investor_id", "stock_symbol", "txn_time"),
+    Index("ix_transactions_batch", "batch_id"),
+)
+
+rejected_transactions = Table(
+    "rejected_transactions", metadata,
+    Column("reject_id", Id, primary_key=True, autoincrement=True),
+    Column("batch_id", Id, ForeignKey("load_batches.batch_id"), nullable=False),
+    Column("line_number", Integer),  # 1 = header; first data row is 2
+    Column("reason", String(1000), nullable=False),
+    Column("raw_record", Text),
+)
+
+portfolios = Table(
+    "portfolios", metadata,
+    Column("investor_id", Integer, ForeignKey("investors.investor_id"), primary_key=True),
+    Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
+    Column("quantity", Integer, nullable=False),
+    Column("avg_cost", Price, nullable=False),
+    Column("cost_basis", Amount, nullable=False),
+    Column("realized_pnl", Amount, nullable=False),
+    Column("last_price", Price),
+    Column("market_value", Amount),
+    Column("unrealized_pnl", Amount),
+    Column("weight", Ratio),
+    Column("risk_score", Score),
+    Column("risk_level", String(10)),
+    Column("updated_at", Timestamp, nullable=False),
+    # Replay state: the last trade applied, in (txn_time, txn_id) order, so an update applies only what is new.
+    Column("last_txn_time", Timestamp, nullable=False),
+    Column("last_txn_id", Id, nullable=False),
+    Column("trade_count", Integer, nullable=False),
+    CheckConstraint("quantity >= 0", name="quantity_not_negative"),
+    _one_of("risk_level", RISK_LEVELS),
+)
+
+symbol_last_trades = Table(
+    "symbol_last_trades", metadata,  # the latest trade per symbol: last_price when there is no close
+    Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
+    Column("txn_time", Timestamp, nullable=False),
+    Column("txn_id", Id, nullable=False),
+    Column("price", Price, nullable=False),
+)
+
+investor_risk = Table(
+    "investor_risk", metadata,
+    Column("investor_id", Integer, ForeignKey("investors.investor_id"), primary_key=True),
+    Column("total_market_value", Amount, nullable=False),
+    Column("total_cost_basis", Amount, nullable=False),
+    Column("realized_pnl", Amount, nullable=False),
+    Column("unrealized_pnl", Amount, nullable=False),
+    Column("open_positions", Integer, nullable=False),
+    Column("top_position_weight", Ratio, nullable=False),
+    Column("hhi", Ratio, nullable=False),
+    Column("top_sector_weight", Ratio, nullable=False),
+    Column("weighted_volatility", Ratio, nullable=False),  # annualized, weighted by market value
+    Column("risk_score", Score, nullable=False),
+    Column("risk_level", String(10), nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    _one_of("risk_level", RISK_LEVELS),
+)
+
+alerts = Table(
+    "alerts", metadata,
+    Column("alert_id", Id, primary_key=True, autoincrement=True),
+    Column("alert_key", String(200), nullable=False, unique=True),  # rule + subject: makes re-runs idempotent
+    Column("rule", String(30), nullable=False),
+    Column("severity", String(10), nullable=False),
+    Column("investor_id", Integer, ForeignKey("investors.investor_id")),
+    Column("stock_symbol", String(10)),
+    Column("txn_ref", String(64)),  # NULL for position-level alerts
+    Column("detected_at", Timestamp, nullable=False),
+    Column("metric", Numeric(24, 6)),
+    Column("threshold", Numeric(24, 6)),
+    Column("details", String(1000), nullable=False),
+    _one_of("severity", ALERT_SEVERITIES),
+    Index("ix_alerts_investor", "investor_id", "stock_symbol"),
+)
+
+stage_locks = Table(
+    "stage_locks", metadata,  # one row per stage; holding its row lock serializes runs of that stage
+    Column("stage", String(50), primary_key=True),
+    Column("locked_at", Timestamp),
+)
+
+
+def mysql_ddl(database="stock_investments"):
+    """Render the schema as MySQL/MariaDB DDL (the text of create_tables.sql)."""
+    dialect = mysql.dialect()
+    lines = [
+        "-- stock-etl schema for MySQL/MariaDB, rendered from schema.py by `python schema.py > create_tables.sql`.",
+        "-- Usage: mysql -u root -p < create_tables.sql   (idempotent: creates only what is missing)",
+        f"CREATE DATABASE IF NOT EXISTS {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;",
+        f"USE {database};",
+    ]
+    for table in metadata.sorted_tables:
+        ddl = str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()
+        # Indexes go inside CREATE TABLE: MySQL 8 has no CREATE INDEX IF NOT EXISTS.
+        indexes = [
+            f"\tINDEX {index.name} ({', '.join(column.name for column in index.columns)})"
+            for index in sorted(table.indexes, key=lambda i: i.name)
+        ]
+        if indexes:
+            ddl = ddl[: ddl.rindex(")")].rstrip() + ",\n" + ",\n".join(indexes) + "\n)"
+        lines.append(f"\n{ddl} ENGINE=InnoDB;")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(mysql_ddl(), end="")

@@ -1,0 +1,90 @@
+"""Fixtures: a fresh database per test on SQLite (a file in tmp_path) and on real MariaDB (a new database).
+
+MariaDB comes from TEST_MARIADB_URL (default mysql+pymysql://root:@127.0.0.1:3306). When it is unreachable the
+MariaDB tests skip on a developer machine and fail when CI is set, so CI never passes without them.
+PostgreSQL (TEST_POSTGRES_URL) is used the same way by the tests that ask for `postgres_engine`.
+"""
+import os
+import sys
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import db_config  # noqa: E402
+import seed_investors  # noqa: E402
+
+MARIADB_URL = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root:@127.0.0.1:3306")
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _unreachable(what, error):
+    message = f"{what} unreachable: {str(error).splitlines()[0]}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set: server tests must not skip)")
+    pytest.skip(message)
+
+
+def _server_database(server_url, name, create, drop):
+    """Create database `name` on a server; return (its URL, a finalizer that drops it)."""
+    server = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as connection:
+            connection.execute(text(create.format(name=name)))
+    except Exception as error:  # any failure to reach the server
+        server.dispose()
+        _unreachable(make_url(server_url).get_backend_name(), error)
+
+    def finalize():
+        with server.connect() as connection:
+            connection.execute(text(drop.format(name=name)))
+        server.dispose()
+
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False), finalize
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture
+def mariadb_url():
+    name = f"etl_test_{uuid.uuid4().hex[:10]}"
+    url, finalize = _server_database(
+        MARIADB_URL, name, "CREATE DATABASE {name} CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS {name}")
+    yield url
+    finalize()
+
+
+@pytest.fixture
+def postgres_url():
+    name = f"etl_test_{uuid.uuid4().hex[:10]}"
+    url, finalize = _server_database(
+        POSTGRES_URL, name, "CREATE DATABASE {name}", "DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield url
+    finalize()
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def database_url(request):
+    """A URL of a fresh, empty database: once on SQLite, once on MariaDB."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def engine(database_url):
+    """An engine on a fresh database with the schema created."""
+    engine = db_config.get_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def seeded_engine(engine):
+    """An engine on a fresh database with the default investors and stocks."""
+    seed_investors.seed_reference_data(engine)
+    return engine
