@@ -31,12 +31,6 @@ CREATE TABLE IF NOT EXISTS load_batches (
 	INDEX ix_load_batches_sha (file_sha256)
 ) ENGINE=InnoDB;
 
-CREATE TABLE IF NOT EXISTS stage_locks (
-	stage VARCHAR(50) NOT NULL, 
-	locked_at DATETIME, 
-	PRIMARY KEY (stage)
-) ENGINE=InnoDB;
-
 CREATE TABLE IF NOT EXISTS stocks (
 	stock_symbol VARCHAR(10) NOT NULL, 
 	company_name VARCHAR(100) NOT NULL, 

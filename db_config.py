@@ -118,3 +118,35 @@ def write_transaction(engine):
         connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
         with connection.begin():
             yield connection
+
+
+@contextmanager
+def stage_transaction(engine, stage):
+    """A snapshot write transaction, run by one process at a time per stage (e.g. two updates in cron).
+
+    MySQL and PostgreSQL take a session-level named lock before the transaction begins, so the transaction's
+    snapshot includes everything the previous holder committed; SQLite's write lock already serializes.
+    """
+    with engine.connect() as connection:
+        backend = connection.dialect.name
+        if backend in STAGE_LOCKS:
+            take, release = STAGE_LOCKS[backend]
+            got = connection.execute(text(take), {"name": f"stock_etl.{stage}"}).scalar()
+            connection.commit()
+            if got == 0:
+                raise DatabaseUnavailable(f"another {stage} has held its lock for an hour; giving up")
+            connection.execution_options(isolation_level="REPEATABLE READ")
+        connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        try:
+            with connection.begin():
+                yield connection
+        finally:
+            if backend in STAGE_LOCKS:
+                connection.execute(text(STAGE_LOCKS[backend][1]), {"name": f"stock_etl.{stage}"})
+                connection.commit()
+
+
+STAGE_LOCKS = {  # dialect: (take the lock, release it); session-level, so they outlive a commit
+    "mysql": ("SELECT GET_LOCK(:name, 3600)", "SELECT RELEASE_LOCK(:name)"),
+    "postgresql": ("SELECT pg_advisory_lock(hashtext(:name))", "SELECT pg_advisory_unlock(hashtext(:name))"),
+}

@@ -175,13 +175,6 @@ alerts = Table(
     Index("ix_alerts_investor", "investor_id", "stock_symbol"),
 )
 
-stage_locks = Table(
-    "stage_locks", metadata,  # one row per stage; holding its row lock serializes runs of that stage
-    Column("stage", String(50), primary_key=True),
-    Column("locked_at", Timestamp),
-)
-
-
 def mysql_ddl(database="stock_investments"):
     """Render the schema as MySQL/MariaDB DDL (the text of create_tables.sql)."""
     dialect = mysql.dialect()

@@ -1,0 +1,577 @@
+"""Benchmark the trade loader against the raw limit of each database and against pandas `to_sql`.
+
+One run measures, on one generated file of N trades (generate_dummy_data, --seed 7):
+
+1. generation: rows/s of generate_dummy_data.main() in-process (trades CSV and market_prices.csv);
+2. for each database (SQLite: a fresh file; MariaDB: a fresh database, created and dropped here), each method
+   into its own fresh database with the schema from db_config.get_engine and the seeded reference data, so the
+   table has the same keys, indexes, CHECKs and foreign keys:
+   - ours:    load_transactions.load_file(engine, path), checked: every row loaded, 0 duplicates, 0 rejected;
+              then a second load_file of the same file (skipped by SHA-256), timed in seconds;
+   - raw:     SQLite: plain sqlite3 executemany of every row in one transaction (rows parsed with the csv
+              module before the clock starts, batch_id NULL); MariaDB: LOAD DATA LOCAL INFILE of the same CSV
+              file (IGNORE 1 LINES) through pymysql with local_infile=True;
+   - to_sql:  DataFrame.to_sql('transactions', engine, if_exists='append', index=False) of pd.read_csv(path),
+              read before the clock starts (index=False because the table has no `index` column; no chunksize,
+              no method).
+   Every method is checked afterwards with SELECT COUNT(*) = N.
+3. When ours/raw is below --profile-below (0.7), one more load of ours into another fresh database runs under
+   cProfile (not timed) and the hot spots are reported.
+
+Usage (from the project root, with the project's virtualenv):
+    python bench/bench_load.py --quick
+    python bench/bench_load.py --rows 1000000 --databases sqlite,mariadb --json bench/results-load.json
+
+The table goes to stdout, progress to stderr. Exit code 0 when every measurement ran and checked out, else 1.
+"""
+import argparse
+import contextlib
+import cProfile
+import csv
+import gc
+import io
+import json
+import os
+import platform
+import pstats
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import pandas as pd  # noqa: E402
+import pymysql  # noqa: E402
+import sqlalchemy  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+import db_config  # noqa: E402
+import generate_dummy_data  # noqa: E402
+import load_transactions  # noqa: E402
+import seed_investors  # noqa: E402
+
+QUICK_ROWS = 20_000
+DEFAULT_ROWS = 1_000_000
+SEED = 7
+RAW_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time")
+DATABASES = ("sqlite", "mariadb")
+# Functions whose cumulative time (under cProfile) splits a load into phases.
+PHASES = (
+    ("load_transactions.py", "load_file", "load_file (total, profiled)"),
+    ("validation.py", "file_sha256", "file_sha256 (SHA-256 of the file)"),
+    ("load_transactions.py", "iter_batches", "iter_batches: read + csv-parse chunks"),
+    ("load_transactions.py", "_parse_lines", "  _parse_lines"),
+    ("load_transactions.py", "_trade_batch", "  _trade_batch (DataFrame of text cells)"),
+    ("validation.py", "validate_trades", "validate_trades"),
+    ("validation.py", "_date_times", "  _date_times (regex extract + to_datetime)"),
+    ("validation.py", "_whole_numbers", "  _whole_numbers"),
+    ("validation.py", "_plain_decimals", "  _plain_decimals"),
+    ("load_transactions.py", "split_repeats", "split_repeats"),
+    ("bulk_insert.py", "insert_trades", "insert_trades"),
+    ("bulk_insert.py", "_row_tuples", "  _row_tuples (DataFrame -> tuples)"),
+    ("bulk_insert.py", "_insert_sqlite", "  _insert_sqlite (executemany)"),
+    ("bulk_insert.py", "_load_data_local_infile", "  _load_data_local_infile"),
+    ("bulk_insert.py", "_insert_ignore_mysql", "  _insert_ignore_mysql"),
+    ("load_transactions.py", "store_rejects", "store_rejects"),
+    ("load_transactions.py", "finish_batch", "finish_batch"),
+)
+
+
+def log(message):
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, help=f"trades to generate and load (default {DEFAULT_ROWS:,}; "
+                                                 f"{QUICK_ROWS:,} with --quick)")
+    parser.add_argument("--quick", action="store_true", help=f"a fast check that everything works ({QUICK_ROWS:,} rows)")
+    parser.add_argument("--databases", default="sqlite,mariadb",
+                        help="comma-separated, from: sqlite, mariadb (default: %(default)s)")
+    parser.add_argument("--mariadb-url", default="mysql+pymysql://root:@127.0.0.1:3306",
+                        help="server URL without a database; fresh databases are created and dropped there "
+                             "(default: %(default)s)")
+    parser.add_argument("--workdir", help="where the CSV and SQLite files go (default: a temporary directory, "
+                                          "removed at the end); an explicit --workdir is kept")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--profile-below", type=float, default=0.7,
+                        help="profile ours with cProfile when ours/raw is below this ratio; 0 never, "
+                             "a large number always (default: %(default)s)")
+    parser.add_argument("--profile-top", type=int, default=15, help="hot spots listed per profile (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.rows is None:
+        args.rows = QUICK_ROWS if args.quick else DEFAULT_ROWS
+    if args.rows < 1:
+        parser.error("--rows must be at least 1")
+    args.databases = [name.strip().lower() for name in args.databases.split(",") if name.strip()]
+    unknown = [name for name in args.databases if name not in DATABASES]
+    if unknown or not args.databases:
+        parser.error(f"--databases: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(DATABASES)}")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def timed(function, *args, **kwargs):
+    """(result, seconds) of one call, after a full garbage collection so earlier work does not leak in."""
+    gc.collect()
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def rate(rows, seconds):
+    return rows / seconds if seconds > 0 else float("inf")
+
+
+def count_transactions(engine):
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT COUNT(*) FROM transactions")).scalar()
+
+
+def check_count(engine, expected, method):
+    found = count_transactions(engine)
+    if found != expected:
+        raise RuntimeError(f"{method}: transactions holds {found} rows, expected {expected}")
+    return found
+
+
+class Target:
+    """Fresh databases of one kind: `create(tag)` returns a URL of a new empty database, `drop_all()` cleans up."""
+
+    def __init__(self, kind, workdir, mariadb_url, run_id):
+        self.kind, self.workdir, self.run_id = kind, workdir, run_id
+        self.server_url = make_url(mariadb_url) if kind == "mariadb" else None
+        self.created = []
+
+    def create(self, tag):
+        if self.kind == "sqlite":
+            path = os.path.join(self.workdir, f"bench_{tag}.db")
+            self._remove_sqlite(path)
+            self.created.append(path)
+            return f"sqlite:///{path}"
+        name = f"stocketl_bench_{self.run_id}_{tag}"
+        self._server_execute(f"DROP DATABASE IF EXISTS `{name}`")
+        self._server_execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        self.created.append(name)
+        return self.server_url.set(database=name).render_as_string(hide_password=False)
+
+    def fresh_engine(self, tag):
+        """An engine (db_config.get_engine) on a new database with the schema and the seeded reference data."""
+        engine = db_config.get_engine(self.create(tag))
+        seed_investors.seed_reference_data(engine)
+        return engine
+
+    def drop(self, url):
+        url = make_url(url)
+        if self.kind == "sqlite":
+            self._remove_sqlite(url.database)
+            if url.database in self.created:
+                self.created.remove(url.database)
+        else:
+            self._server_execute(f"DROP DATABASE IF EXISTS `{url.database}`")
+            if url.database in self.created:
+                self.created.remove(url.database)
+
+    def drop_all(self):
+        for item in list(self.created):
+            try:
+                if self.kind == "sqlite":
+                    self._remove_sqlite(item)
+                else:
+                    self._server_execute(f"DROP DATABASE IF EXISTS `{item}`")
+            except Exception as error:  # clean up what can be cleaned up; say what could not
+                log(f"could not drop {item}: {error}")
+        self.created.clear()
+
+    @staticmethod
+    def _remove_sqlite(path):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path + suffix)
+
+    def _server_execute(self, statement):
+        server = create_engine(self.server_url, isolation_level="AUTOCOMMIT")
+        try:
+            with server.connect() as connection:
+                connection.exec_driver_sql(statement)
+        finally:
+            server.dispose()
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+
+def measure_generation(rows, csv_path):
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code, seconds = timed(generate_dummy_data.main, ["--rows", str(rows), "--seed", str(SEED), "--out", csv_path])
+    if code != 0:
+        raise RuntimeError(f"generate_dummy_data exited with {code}: {buffer.getvalue().strip()}")
+    log(buffer.getvalue().strip())
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rate(rows, seconds),
+            "file_bytes": os.path.getsize(csv_path)}
+
+
+def measure_ours(target, csv_path, rows):
+    engine = target.fresh_engine("ours")
+    url = engine.url
+    try:
+        summary, seconds = timed(load_transactions.load_file, engine, csv_path)
+        problems = []
+        if summary.skipped_batch is not None:
+            problems.append(f"skipped as already loaded in batch {summary.skipped_batch}")
+        if summary.rows_read != rows or summary.rows_loaded != rows:
+            problems.append(f"{summary.rows_read} read and {summary.rows_loaded} loaded, expected {rows}")
+        if summary.rows_rejected or summary.rows_duplicate:
+            problems.append(f"{summary.rows_rejected} rejected and {summary.rows_duplicate} duplicates, expected 0")
+        if problems:
+            raise RuntimeError(f"ours: {'; '.join(problems)} ({summary.line()})")
+        check_count(engine, rows, "ours")
+        result = {"seconds": seconds, "rows_per_s": rate(rows, seconds), "summary": summary.line(),
+                  "rows_loaded": summary.rows_loaded, "rows_rejected": summary.rows_rejected,
+                  "rows_duplicate": summary.rows_duplicate, "batch_id": summary.batch_id}
+        again, rerun_seconds = timed(load_transactions.load_file, engine, csv_path)
+        if again.skipped_batch is None:
+            raise RuntimeError(f"ours re-run: the file was not skipped as already loaded ({again.line()})")
+        check_count(engine, rows, "ours re-run")
+        rerun = {"seconds": rerun_seconds, "skipped_batch": again.skipped_batch, "summary": again.line()}
+        return result, rerun
+    finally:
+        engine.dispose()
+        target.drop(url.render_as_string(hide_password=False))
+
+
+def read_rows_for_sqlite(csv_path):
+    """Every data row as the tuple the raw insert binds: text cells, investor_id and quantity as int
+    (the types our loader binds), batch_id NULL."""
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        index = [header.index(column) for column in RAW_COLUMNS]
+        return [(row[index[0]], int(row[index[1]]), row[index[2]], row[index[3]], int(row[index[4]]),
+                 row[index[5]], row[index[6]], None) for row in reader]
+
+
+def measure_raw_sqlite(target, csv_path, rows):
+    engine = target.fresh_engine("raw")
+    url = engine.url
+    path = url.database
+    engine.dispose()
+    try:
+        data = read_rows_for_sqlite(csv_path)
+        connection = sqlite3.connect(path, isolation_level=None)
+        try:
+            for pragma in db_config.SQLITE_PRAGMAS:  # the same connection settings as the loader's engine
+                connection.execute(pragma)
+            statement = (f"INSERT INTO transactions ({', '.join(RAW_COLUMNS)}, batch_id) "
+                         f"VALUES ({', '.join('?' * (len(RAW_COLUMNS) + 1))})")
+
+            def load():
+                connection.execute("BEGIN IMMEDIATE")
+                connection.executemany(statement, data)
+                connection.execute("COMMIT")
+
+            _, seconds = timed(load)
+        finally:
+            connection.close()
+        del data
+        check_engine = create_engine(url)
+        try:
+            check_count(check_engine, rows, "raw")
+        finally:
+            check_engine.dispose()
+        return {"seconds": seconds, "rows_per_s": rate(rows, seconds),
+                "method": "sqlite3 executemany, one transaction, pragmas as db_config (WAL, synchronous=NORMAL, "
+                          "foreign_keys=ON)"}
+    finally:
+        target.drop(url.render_as_string(hide_password=False))
+
+
+def measure_raw_mariadb(target, csv_path, rows):
+    engine = target.fresh_engine("raw")
+    url = engine.url
+    try:
+        connection = pymysql.connect(
+            host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
+            password=url.password or "", database=url.database, charset="utf8mb4", local_infile=True,
+            autocommit=False)
+        try:
+            statement = (
+                "LOAD DATA LOCAL INFILE %s INTO TABLE transactions CHARACTER SET utf8mb4 "
+                "FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' LINES TERMINATED BY '\\n' "
+                f"IGNORE 1 LINES ({','.join(RAW_COLUMNS)})"
+            )
+
+            def load():
+                with connection.cursor() as cursor:
+                    cursor.execute(statement, (os.path.abspath(csv_path),))
+                    loaded = cursor.rowcount
+                connection.commit()
+                return loaded
+
+            loaded, seconds = timed(load)
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW COUNT(*) WARNINGS")
+                warnings = cursor.fetchone()[0]
+        finally:
+            connection.close()
+        if loaded != rows:
+            raise RuntimeError(f"raw: LOAD DATA loaded {loaded} rows, expected {rows}")
+        check_count(engine, rows, "raw")
+        return {"seconds": seconds, "rows_per_s": rate(rows, seconds), "warnings": warnings,
+                "method": "LOAD DATA LOCAL INFILE of the CSV (pymysql, local_infile=True), one commit"}
+    finally:
+        engine.dispose()
+        target.drop(url.render_as_string(hide_password=False))
+
+
+def measure_to_sql(target, csv_path, rows):
+    engine = target.fresh_engine("tosql")
+    url = engine.url
+    try:
+        frame = pd.read_csv(csv_path)
+        written, seconds = timed(frame.to_sql, "transactions", engine, if_exists="append", index=False)
+        del frame
+        check_count(engine, rows, "to_sql")
+        return {"seconds": seconds, "rows_per_s": rate(rows, seconds), "to_sql_returned": written,
+                "method": "pd.read_csv (untimed) + DataFrame.to_sql(if_exists='append', index=False)"}
+    finally:
+        engine.dispose()
+        target.drop(url.render_as_string(hide_password=False))
+
+
+def profile_ours(target, csv_path, top, out_path):
+    """Load ours once more under cProfile into a fresh database; return phases and hot spots."""
+    engine = target.fresh_engine("prof")
+    url = engine.url
+    try:
+        profiler = cProfile.Profile()
+        gc.collect()
+        started = time.perf_counter()
+        profiler.enable()
+        summary = load_transactions.load_file(engine, csv_path)
+        profiler.disable()
+        wall = time.perf_counter() - started
+        profiler.dump_stats(out_path)
+        stats = pstats.Stats(profiler)
+        entries = stats.stats  # {(file, line, name): (primitive calls, calls, tottime, cumtime, callers)}
+        phases = []
+        for file_name, function, label in PHASES:
+            matches = [(key, value) for key, value in entries.items()
+                       if key[2] == function and os.path.basename(key[0]) == file_name]
+            if matches:
+                calls = sum(value[1] for _, value in matches)
+                cumtime = sum(value[3] for _, value in matches)
+                phases.append({"phase": label, "calls": calls, "cumtime": cumtime})
+        hot = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)[:top]
+        hot_spots = [{
+            "function": _describe(key), "calls": value[1], "tottime": value[2], "cumtime": value[3],
+        } for key, value in hot]
+        total = stats.total_tt
+        return {"wall_seconds_profiled": wall, "profiled_total_tt": total, "rows_loaded": summary.rows_loaded,
+                "phases": phases, "hot_spots_by_tottime": hot_spots, "stats_file": out_path}
+    finally:
+        engine.dispose()
+        target.drop(url.render_as_string(hide_password=False))
+
+
+def _describe(key):
+    file_name, line, function = key
+    if file_name == "~":
+        return function  # a built-in, e.g. <method 'executemany' of 'sqlite3.Cursor' objects>
+    path = file_name
+    for prefix in (ROOT + os.sep, sys.prefix + os.sep):
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+    parts = path.split(os.sep)
+    if "site-packages" in parts:
+        path = os.sep.join(parts[parts.index("site-packages") + 1:])
+    return f"{path}:{line}({function})"
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def format_report(results):
+    meta, generation = results["meta"], results["generation"]
+    lines = [
+        f"stock-etl load benchmark: {meta['rows']:,} rows ({generation['file_bytes'] / 1e6:.1f} MB CSV, seed {SEED}), "
+        f"{meta['started']}",
+        f"command: {meta['command']}",
+        f"python {meta['python']}, pandas {meta['pandas']}, SQLAlchemy {meta['sqlalchemy']}, PyMySQL {meta['pymysql']}, "
+        f"SQLite {meta['sqlite']}" + (f", MariaDB {meta['mariadb']}" if meta.get("mariadb") else "")
+        + f"; {meta['cpus']} CPUs",
+        f"code: commit {meta['code']['commit']}"
+        + (f", uncommitted changes in {', '.join(line[3:] for line in meta['code']['changed'])}"
+           if meta['code']['changed'] else ", clean")
+        + f"; load average at start {_loadavg(meta.get('loadavg_start'))}, at end {_loadavg(meta.get('loadavg_end'))}",
+        "",
+        f"generation: {generation['rows']:,} rows in {generation['seconds']:.2f} s = "
+        f"{generation['rows_per_s']:,.0f} rows/s (trades CSV + market_prices.csv)",
+        "",
+    ]
+    header = f"{'database':<9} {'method':<44} {'seconds':>9} {'rows/s':>11} {'ours/x':>7}"
+    lines += [header, "-" * len(header)]
+    names = {"sqlite": ("raw: sqlite3 executemany, 1 transaction", "pandas to_sql (defaults, index=False)"),
+             "mariadb": ("raw: LOAD DATA LOCAL INFILE of the CSV", "pandas to_sql (defaults, index=False)")}
+    for database, outcome in results["databases"].items():
+        if "error" in outcome and "ours" not in outcome:
+            lines.append(f"{database:<9} ERROR: {outcome['error']}")
+            continue
+        ours = outcome.get("ours")
+        rows_out = [("ours: load_transactions.load_file", ours, None),
+                    (names[database][0], outcome.get("raw"), "ours_over_raw"),
+                    (names[database][1], outcome.get("to_sql"), "ours_over_to_sql")]
+        for label, measured, ratio_key in rows_out:
+            if measured is None:
+                continue
+            ratio = outcome["ratios"].get(ratio_key) if ratio_key else None
+            ratio_text = f"{ratio:.2f}" if ratio is not None else ""
+            lines.append(f"{database:<9} {label:<44} {measured['seconds']:>9.2f} {measured['rows_per_s']:>11,.0f} "
+                         f"{ratio_text:>7}")
+        rerun = outcome.get("ours_rerun")
+        if rerun:
+            lines.append(f"{database:<9} {'ours re-run, already loaded (SHA-256 skip)':<44} {rerun['seconds']:>9.3f} "
+                         f"{'':>11} {'':>7}")
+        if "error" in outcome:
+            lines.append(f"{database:<9} ERROR: {outcome['error']}")
+    lines.append("")
+    lines.append("ours/x = ours rows/s divided by x's rows/s (1.00 = as fast; below 1 = ours is slower).")
+    for database, outcome in results["databases"].items():
+        if outcome.get("ours"):
+            lines.append(f"{database} ours summary: {outcome['ours']['summary']}")
+    for database, profile in results.get("profiles", {}).items():
+        lines += ["", f"cProfile of ours on {database} (a separate, untimed load; profiling overhead inflates "
+                      f"Python-heavy parts): {profile['wall_seconds_profiled']:.2f} s wall under the profiler",
+                  f"  {'phase (cumulative)':<48} {'calls':>8} {'cum s':>8}"]
+        for phase in profile["phases"]:
+            lines.append(f"  {phase['phase']:<48} {phase['calls']:>8,} {phase['cumtime']:>8.2f}")
+        lines += ["", f"  {'hot spots by own time (tottime)':<78} {'calls':>10} {'tot s':>7} {'cum s':>7}"]
+        for spot in profile["hot_spots_by_tottime"]:
+            lines.append(f"  {spot['function'][:78]:<78} {spot['calls']:>10,} {spot['tottime']:>7.2f} "
+                         f"{spot['cumtime']:>7.2f}")
+    return "\n".join(lines)
+
+
+def code_state():
+    """The commit, the files changed since it, and the SHA-256 of the modules a load runs (others may be editing)."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    import hashlib
+    modules = ("load_transactions.py", "bulk_insert.py", "validation.py", "db_config.py", "schema.py",
+               "seed_investors.py", "generate_dummy_data.py", "constants.py", "cli.py")
+    digests = {}
+    for name in modules:
+        with open(os.path.join(ROOT, name), "rb") as handle:
+            digests[name] = hashlib.sha256(handle.read()).hexdigest()[:16]
+    status = git("status", "--porcelain")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "changed": status.splitlines() if status else [],
+            "module_sha256": digests}
+
+
+def load_average():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def _loadavg(values):
+    return "/".join(f"{v:.2f}" for v in values) if values else "n/a"
+
+
+def server_version(mariadb_url):
+    engine = create_engine(make_url(mariadb_url))
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT VERSION()")).scalar()
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def main(argv=None):
+    args = parse_args(argv)
+    run_id = f"{os.getpid()}_{int(time.time())}"
+    own_workdir = args.workdir is None
+    workdir = tempfile.mkdtemp(prefix="stocketl-bench-") if own_workdir else os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    csv_path = os.path.join(workdir, f"trades_{args.rows}.csv")
+    results = {
+        "meta": {
+            "rows": args.rows, "seed": SEED, "started": datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT)
+                                 else sys.executable, *sys.argv]),
+            "python": platform.python_version(), "pandas": pd.__version__, "sqlalchemy": sqlalchemy.__version__,
+            "pymysql": pymysql.__version__, "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
+            "platform": platform.platform(), "workdir": workdir, "databases": args.databases,
+            "mariadb_url": db_config.safe_url(args.mariadb_url) if "mariadb" in args.databases else None,
+        },
+        "databases": {},
+        "profiles": {},
+    }
+    results["meta"]["code"] = code_state()
+    results["meta"]["loadavg_start"] = load_average()
+    failed = False
+    try:
+        log(f"generating {args.rows:,} trades into {csv_path}")
+        results["generation"] = measure_generation(args.rows, csv_path)
+        log(f"generation: {results['generation']['rows_per_s']:,.0f} rows/s")
+        for database in args.databases:
+            outcome = results["databases"][database] = {"ratios": {}}
+            target = Target(database, workdir, args.mariadb_url, run_id)
+            try:
+                if database == "mariadb":
+                    results["meta"]["mariadb"] = server_version(args.mariadb_url)
+                log(f"{database}: ours (load_file)")
+                outcome["ours"], outcome["ours_rerun"] = measure_ours(target, csv_path, args.rows)
+                log(f"{database}: ours {outcome['ours']['rows_per_s']:,.0f} rows/s; "
+                    f"re-run {outcome['ours_rerun']['seconds']:.3f} s")
+                log(f"{database}: raw")
+                raw = measure_raw_sqlite if database == "sqlite" else measure_raw_mariadb
+                outcome["raw"] = raw(target, csv_path, args.rows)
+                outcome["ratios"]["ours_over_raw"] = outcome["ours"]["rows_per_s"] / outcome["raw"]["rows_per_s"]
+                log(f"{database}: raw {outcome['raw']['rows_per_s']:,.0f} rows/s")
+                log(f"{database}: pandas to_sql")
+                outcome["to_sql"] = measure_to_sql(target, csv_path, args.rows)
+                outcome["ratios"]["ours_over_to_sql"] = (
+                    outcome["ours"]["rows_per_s"] / outcome["to_sql"]["rows_per_s"])
+                log(f"{database}: to_sql {outcome['to_sql']['rows_per_s']:,.0f} rows/s")
+                if outcome["ratios"]["ours_over_raw"] < args.profile_below:
+                    log(f"{database}: ours/raw {outcome['ratios']['ours_over_raw']:.2f} < {args.profile_below}: "
+                        f"profiling ours")
+                    results["profiles"][database] = profile_ours(
+                        target, csv_path, args.profile_top, os.path.join(workdir, f"ours_{database}.prof"))
+            except Exception as error:
+                failed = True
+                outcome["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                log(f"{database}: {outcome['error']}")
+            finally:
+                target.drop_all()
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["meta"]["loadavg_end"] = load_average()
+    if "generation" not in results:
+        return 1
+    report = format_report(results)
+    print(report)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2, default=str)
+            handle.write("\n")
+        log(f"results written to {args.json}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
