@@ -9,7 +9,8 @@ what the investor holds at that moment; rows are in time order. The same --seed 
 import logging
 import os
 import sys
-from datetime import date, datetime, timedelta
+import time
+from datetime import date, timedelta
 
 import numpy as np
 
@@ -129,6 +130,23 @@ def write_csv(path, header, lines):
         handle.write("\n" if lines else "")
 
 
+def prices_path_for(out):
+    """The prices file written beside a trades file."""
+    return os.path.join(os.path.dirname(out), "market_prices.csv")
+
+
+def write_dummy_data(out, rows, seed, prices_out=None, end_date=constants.DEFAULT_END_DATE,
+                     investor_count=constants.DEFAULT_INVESTOR_COUNT):
+    """Generate and write the trades and prices files; return (trades written, closes written)."""
+    trades, prices = generate(rows, seed, end_date, investor_count)
+    try:
+        write_csv(out, TRADE_HEADER, trades)
+        write_csv(prices_out or prices_path_for(out), PRICE_HEADER, prices)
+    except OSError as error:
+        raise cli.InputError(f"cannot write {error.filename}: {error.strerror}") from None
+    return len(trades), len(prices)
+
+
 def main(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("--rows", type=int, default=10_000, help="number of trades (default: %(default)s)")
@@ -145,19 +163,13 @@ def main(argv=None):
         parser.error("--rows must be 0 or more and --investors at least 1")
     if args.end_date > date.today():
         parser.error(f"--end-date {args.end_date} is in the future; the loader would reject its trades")
-    prices_out = args.prices_out or os.path.join(os.path.dirname(args.out), "market_prices.csv")
+    prices_out = args.prices_out or prices_path_for(args.out)
 
     def work():
-        started = datetime.now()
-        trades, prices = generate(args.rows, args.seed, args.end_date, args.investors)
-        try:
-            write_csv(args.out, TRADE_HEADER, trades)
-            write_csv(prices_out, PRICE_HEADER, prices)
-        except OSError as error:
-            raise cli.InputError(f"cannot write {error.filename}: {error.strerror}") from None
-        seconds = (datetime.now() - started).total_seconds()
-        print(f"{args.out}: {len(trades)} trades written; {prices_out}: {len(prices)} daily closes "
-              f"({seconds:.1f} s, seed {args.seed})")
+        started = time.perf_counter()
+        trades, closes = write_dummy_data(args.out, args.rows, args.seed, prices_out, args.end_date, args.investors)
+        print(f"{args.out}: {trades} trades written; {prices_out}: {closes} daily closes "
+              f"({time.perf_counter() - started:.1f} s, seed {args.seed})")
         return cli.EXIT_OK
 
     return cli.run(work, args, "generate_dummy_data")

@@ -330,6 +330,16 @@ class PricesSummary:
     rows_changed: int = 0
     rejects: list = field(default_factory=list)  # (line_number, reason)
 
+    batch_id = None  # prices are not a trade batch; rejects are only logged
+
+    @property
+    def rows_rejected(self):
+        return len(self.rejects)
+
+    @property
+    def sample_rejects(self):
+        return self.rejects[:LOGGED_REJECTS]
+
     def line(self):
         return (f"{os.path.basename(self.source)}: {self.rows_read} daily closes read, {self.rows_new} new, "
                 f"{self.rows_changed} changed, {len(self.rejects)} rejected")
@@ -427,15 +437,18 @@ def load_paths(engine, paths, progress=False):
     return code
 
 
+def log_rejects(summary):
+    """Log the first rejects of a load with file and line, and where the rest are."""
+    for line_number, reason in summary.sample_rejects:
+        logger.warning("%s:%s: %s", summary.source, line_number, reason)
+    if summary.rows_rejected > len(summary.sample_rejects):
+        logger.warning("%s: all %d rejected rows are in rejected_transactions (batch %s)",
+                       summary.source, summary.rows_rejected, summary.batch_id)
+
+
 def report(summary):
-    """Log the first rejects with file and line, then print the summary line."""
-    name = summary.source
-    for line_number, reason in getattr(summary, "sample_rejects", None) or getattr(summary, "rejects", [])[:LOGGED_REJECTS]:
-        logger.warning("%s:%s: %s", name, line_number, reason)
-    rejected = getattr(summary, "rows_rejected", None)
-    if rejected and rejected > LOGGED_REJECTS:
-        logger.warning("%s: %d more rejected rows are in rejected_transactions (batch %s)",
-                       name, rejected - LOGGED_REJECTS, summary.batch_id)
+    """Log the first rejects, then print the summary line."""
+    log_rejects(summary)
     print(summary.line())
 
 

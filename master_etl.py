@@ -1,0 +1,105 @@
+"""Run the whole pipeline in order: generate, seed, load, update portfolios, analyze.
+
+The stages run in this process on one engine; each prints its result and time. The run stops at the first
+stage that fails, names it, and exits 1. `--no-generate` is the cron mode: load what is new in the input file
+(an already-loaded file is skipped by its SHA-256), update, report. Running it twice is safe: the same seed
+gives the same file, which loads nothing new the second time.
+"""
+import logging
+import sys
+import time
+
+import matplotlib
+
+import analyze
+import cli
+import db_config
+import generate_dummy_data
+import load_transactions
+import seed_investors
+import update_portfolio
+
+logger = logging.getLogger(__name__)
+
+
+def stage_generate(engine, args):
+    trades, closes = generate_dummy_data.write_dummy_data(args.input, args.rows, args.seed)
+    return f"{trades} trades and {closes} daily closes written to {args.input}"
+
+
+def stage_seed(engine, args):
+    new_investors, new_stocks = seed_investors.seed_reference_data(engine)
+    return f"{new_investors} new investors, {new_stocks} new stocks"
+
+
+def stage_load(engine, args):
+    lines = []
+    for path in load_transactions.plan_files([args.input]):
+        if load_transactions.read_layout(path).kind == "prices":
+            summary = load_transactions.load_prices_file(engine, path)
+        else:
+            summary = load_transactions.load_file(engine, path, progress=cli.progress_enabled(args))
+        load_transactions.log_rejects(summary)
+        lines.append(summary.line())
+    return "; ".join(lines)
+
+
+def stage_update(engine, args):
+    return update_portfolio.update_portfolios(engine).line()
+
+
+def stage_analyze(engine, args):
+    paths = analyze.analyze(engine, args.reports, plots=not args.no_plots)
+    return f"dashboard: {', '.join(paths)}" if paths else "summary printed, no plots"
+
+
+def planned_stages(args):
+    """(name, function) of the stages this run performs, in order."""
+    stages = [("generate", stage_generate)] if not args.no_generate else []
+    return stages + [("seed", stage_seed), ("load", stage_load), ("update", stage_update), ("analyze", stage_analyze)]
+
+
+def run_stages(engine, args):
+    """Run the stages in order; raise StageError naming the first one that fails."""
+    stages = planned_stages(args)
+    total = time.perf_counter()
+    for number, (name, stage) in enumerate(stages, start=1):
+        started = time.perf_counter()
+        try:
+            result = stage(engine, args)
+        except Exception as error:
+            logger.debug("stage %s failed", name, exc_info=True)
+            raise cli.StageError(f"stage {number}/{len(stages)} '{name}' failed: {_one_line(error)}") from error
+        print(f"[{number}/{len(stages)}] {name}: {result} ({time.perf_counter() - started:.2f} s)", flush=True)
+    print(f"pipeline finished: {len(stages)} stages in {time.perf_counter() - total:.2f} s")
+
+
+def _one_line(error):
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def main(argv=None):
+    parser = cli.make_parser(__doc__)
+    parser.add_argument("--rows", type=int, default=10_000, help="trades to generate (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed of the generator (default: %(default)s)")
+    parser.add_argument("--no-generate", action="store_true", help="cron mode: load the input file as it is")
+    parser.add_argument("--no-plots", action="store_true", help="print the summary, draw nothing")
+    parser.add_argument("--input", default="transactions.csv", help="trades file (default: %(default)s)")
+    parser.add_argument("--reports", default="reports", help="folder for the dashboard (default: %(default)s)")
+    args = parser.parse_args(argv)
+    cli.setup_logging(args)
+    if args.rows < 0:
+        parser.error("--rows must be 0 or more")
+    matplotlib.use("Agg")
+
+    def work():
+        engine = db_config.get_engine(args.database_url)
+        run_stages(engine, args)
+        return cli.EXIT_OK
+
+    return cli.run(work, args, "master_etl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Stream live-looking trades into the database, one every --interval seconds, until Ctrl+C or --count trades.
+
+A companion of the batch chain: each trade is valid (investors and stocks read from the database, a SELL only
+of what the investor holds, prices walking on from the latest close), goes through the same validation and
+load as files (load_transactions.load_records, one batch per trade) and is committed before it is printed.
+`--update-every N` brings portfolios up to date every N trades; otherwise run update_portfolio.py in another
+terminal to see them.
+"""
+import logging
+import math
+import random
+import sys
+import time
+import uuid
+from datetime import datetime
+
+from sqlalchemy import text
+
+import cli
+import constants
+import db_config
+import load_transactions
+import update_portfolio
+
+logger = logging.getLogger(__name__)
+
+SELL_PROBABILITY = 0.4
+MINUTES_PER_TRADING_DAY = 390
+
+
+class TradeSimulator:
+    """Valid random trades against the current holdings, with prices on a random walk."""
+
+    def __init__(self, investor_ids, prices, holdings, rng):
+        self.investor_ids, self.prices, self.holdings, self.rng = investor_ids, prices, holdings, rng
+        self.volatility = {s.symbol: s.annual_volatility for s in constants.STOCKS}
+
+    def next_trade(self):
+        """A trade record (canonical columns) and the holdings after it."""
+        investor_id = self.rng.choice(self.investor_ids)
+        held = [(symbol, quantity) for (i, symbol), quantity in self.holdings.items() if i == investor_id and quantity > 0]
+        if held and self.rng.random() < SELL_PROBABILITY:
+            symbol, quantity_held = self.rng.choice(held)
+            txn_type, quantity = "SELL", self.rng.randint(1, quantity_held)
+        else:
+            symbol = self.rng.choice(sorted(self.prices))
+            txn_type, quantity = "BUY", max(1, int(self.rng.lognormvariate(math.log(20), 1.0)))
+        price = self._step_price(symbol)
+        change = quantity if txn_type == "BUY" else -quantity
+        self.holdings[(investor_id, symbol)] = self.holdings.get((investor_id, symbol), 0) + change
+        return {
+            "txn_ref": f"RT-{uuid.UUID(int=self.rng.getrandbits(128)).hex[:16]}", "investor_id": investor_id,
+            "stock_symbol": symbol, "txn_type": txn_type, "quantity": quantity, "price": f"{price:.2f}",
+            "txn_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+        }
+
+    def _step_price(self, symbol):
+        """One minute of a geometric random walk from the symbol's last price."""
+        sigma = self.volatility.get(symbol, 0.3) / math.sqrt(constants.TRADING_DAYS_PER_YEAR * MINUTES_PER_TRADING_DAY)
+        self.prices[symbol] = max(0.01, self.prices[symbol] * math.exp(self.rng.gauss(0, sigma)))
+        return self.prices[symbol]
+
+
+def read_market_state(engine):
+    """(investor ids, last price per symbol, conservative holdings per position) from the database.
+
+    Holdings are bought minus sold: never more than the replayed position (which skips oversells).
+    """
+    with engine.connect() as connection:
+        investor_ids = connection.execute(text("SELECT investor_id FROM investors ORDER BY investor_id")).scalars().all()
+        closes = dict(connection.execute(text(
+            "SELECT mp.stock_symbol, mp.close_price FROM market_prices mp "
+            "JOIN (SELECT stock_symbol, MAX(price_date) AS price_date FROM market_prices GROUP BY stock_symbol) d "
+            "ON d.stock_symbol = mp.stock_symbol AND d.price_date = mp.price_date")).all())
+        symbols = connection.execute(text("SELECT stock_symbol FROM stocks ORDER BY stock_symbol")).scalars().all()
+        holdings = {(i, s): int(q) for i, s, q in connection.execute(text(
+            "SELECT investor_id, stock_symbol, SUM(CASE WHEN txn_type = 'BUY' THEN quantity ELSE -quantity END) "
+            "FROM transactions GROUP BY investor_id, stock_symbol")) if q and q > 0}
+    if not investor_ids or not symbols:
+        raise cli.StageError("no investors or stocks in the database: run seed_investors.py first")
+    start_prices = {s.symbol: s.start_price for s in constants.STOCKS}
+    prices = {s: float(closes.get(s) or start_prices.get(s, 100.0)) for s in symbols}
+    return investor_ids, prices, holdings
+
+
+def stream(engine, interval, count=None, update_every=None, seed=None):
+    """Commit trades one at a time until `count` (or Ctrl+C); return the number committed."""
+    simulator = TradeSimulator(*read_market_state(engine), random.Random(seed))
+    committed = 0
+    try:
+        while count is None or committed < count:
+            record = simulator.next_trade()
+            summary = load_transactions.load_records(engine, [record])
+            if summary.rows_loaded != 1:
+                logger.warning("trade %s was not loaded: %s", record["txn_ref"], summary.sample_rejects)
+                continue
+            committed += 1
+            print(f"committed {record['txn_ref']}: investor {record['investor_id']} {record['txn_type']} "
+                  f"{record['quantity']} {record['stock_symbol']} @ {record['price']} (batch {summary.batch_id})",
+                  flush=True)
+            if update_every and committed % update_every == 0:
+                print(update_portfolio.update_portfolios(engine).line(), flush=True)
+            if count is None or committed < count:
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    return committed
+
+
+def main(argv=None):
+    parser = cli.make_parser(__doc__)
+    parser.add_argument("--interval", type=float, default=3.0, help="seconds between trades (default: %(default)s)")
+    parser.add_argument("--count", type=int, help="stop after this many trades (default: until Ctrl+C)")
+    parser.add_argument("--update-every", type=int, metavar="N", help="update portfolios every N trades")
+    parser.add_argument("--seed", type=int, help="random seed, for a reproducible stream")
+    args = parser.parse_args(argv)
+    cli.setup_logging(args)
+    if args.interval < 0 or (args.count is not None and args.count < 0) or (args.update_every or 1) < 1:
+        parser.error("--interval and --count must be 0 or more, --update-every at least 1")
+
+    def work():
+        engine = db_config.get_engine(args.database_url)
+        started = time.perf_counter()
+        committed = stream(engine, args.interval, args.count, args.update_every, args.seed)
+        print(f"stopped: {committed} trades committed in {time.perf_counter() - started:.1f} s")
+        return cli.EXIT_OK
+
+    return cli.run(work, args, "pseudo_realtime")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
