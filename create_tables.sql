@@ -130,7 +130,7 @@ CREATE TABLE IF NOT EXISTS symbol_last_trades (
 
 CREATE TABLE IF NOT EXISTS transactions (
 	txn_id BIGINT NOT NULL AUTO_INCREMENT, 
-	txn_ref VARCHAR(64) NOT NULL, 
+	txn_ref VARCHAR(64) COLLATE utf8mb4_bin NOT NULL, 
 	investor_id INTEGER NOT NULL, 
 	stock_symbol VARCHAR(10) NOT NULL, 
 	txn_type VARCHAR(4) NOT NULL, 

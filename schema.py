@@ -19,6 +19,8 @@ Timestamp = DateTime().with_variant(
     ),
     "sqlite",
 )
+# txn_ref is an exact, case-sensitive identifier on every database (MySQL's default collation ignores case).
+TxnRef = String(64).with_variant(mysql.VARCHAR(64, collation="utf8mb4_bin"), "mysql", "mariadb")
 Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite auto-increments only INTEGER PRIMARY KEY
 Price = Numeric(18, 4)  # currency units per share
 Amount = Numeric(24, 6)  # currency units
@@ -84,7 +86,7 @@ load_batches = Table(
 transactions = Table(
     "transactions", metadata,
     Column("txn_id", Id, primary_key=True, autoincrement=True),
-    Column("txn_ref", String(64), nullable=False, unique=True),
+    Column("txn_ref", TxnRef, nullable=False, unique=True),
     Column("investor_id", Integer, ForeignKey("investors.investor_id"), nullable=False),
     Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), nullable=False),
     Column("txn_type", String(4), nullable=False),

@@ -91,11 +91,15 @@ VALIDATION_CASES = [
     (trade("r-qty-zero", quantity="0"), "quantity: '0' is not a whole number > 0"),
     (trade("r-qty-neg", quantity="-5"), "quantity: '-5' is not a whole number > 0"),
     (trade("r-qty-text", quantity="abc"), "quantity: 'abc' is not a whole number > 0"),
+    (trade("r-qty-huge", quantity="3000000000"), "quantity: '3000000000' is not a whole number > 0"),
     (trade("r-price-nan", price="NaN"), f"price: 'NaN' {PRICE_PROBLEM}"),
     (trade("r-price-inf", price="inf"), f"price: 'inf' {PRICE_PROBLEM}"),
     (trade("r-price-zero", price="0"), f"price: '0' {PRICE_PROBLEM}"),
     (trade("r-price-thousands", price='"1,000.00"'), f"price: '1,000.00' {PRICE_PROBLEM}"),
     (trade("r-price-empty", price=""), f"price: '' {PRICE_PROBLEM}"),
+    (trade("r-price-exp", price="1e3"), f"price: '1e3' {PRICE_PROBLEM}"),
+    (trade("r-price-places", price="1.23456"), "price: '1.23456' has more than 4 decimal places"),
+    (trade("x" * 65), f"txn_ref: '{'x' * 65}' is longer than 64 characters"),
     (trade("r-time-feb30", when="2025-02-30 10:00:00"), f"txn_time: '2025-02-30 10:00:00' {TIME_PROBLEM}"),
     (trade("r-time-text", when="yesterday"), f"txn_time: 'yesterday' {TIME_PROBLEM}"),
     ("r-short,1001,AAPL", "record: has 3 fields, too few for the header"),
@@ -119,7 +123,7 @@ def test_each_validation_rule_rejects_with_field_and_value(seeded_engine, tmp_pa
                         if reason is not None]
     assert stored_rejects(seeded_engine) == expected_rejects
     assert [ref for ref, *_ in stored_trades(seeded_engine)] == ["ok-plain", "ok-t-separator", "ok-lower-case"]
-    assert (summary.rows_read, summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (22, 3, 0, 19)
+    assert (summary.rows_read, summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (26, 3, 0, 23)
 
 
 def test_batch_row_records_counts_and_status(seeded_engine, tmp_path):
@@ -392,6 +396,26 @@ def test_bom_and_crlf_load(seeded_engine, tmp_path):
     assert stored_rejects(seeded_engine) == [(1, 3, "quantity: 'x' is not a whole number > 0", trade("b", quantity="x"))]
 
 
+def test_blank_lines_are_skipped_but_keep_line_numbers(seeded_engine, tmp_path):
+    path = write_csv(tmp_path, "trades.csv", [HEADER, trade("a"), "", "   ", trade("b", quantity="-1"), trade("c")])
+
+    summary = load_transactions.load_file(seeded_engine, path)
+
+    assert (summary.rows_read, summary.rows_loaded, summary.rows_rejected) == (3, 2, 1)
+    assert [row[1:3] for row in stored_rejects(seeded_engine)] == [(5, "quantity: '-1' is not a whole number > 0")]
+
+
+def test_a_line_that_is_not_utf8_is_rejected_alone(seeded_engine, tmp_path):
+    path = tmp_path / "trades.csv"
+    path.write_bytes(f"{HEADER}\n{trade('a')}\n".encode() + b"b\xe9,1001,AAPL,BUY,1,1,2025-01-02 10:00:00\n")
+
+    summary = load_transactions.load_file(seeded_engine, str(path))
+
+    assert (summary.rows_read, summary.rows_loaded, summary.rows_rejected) == (2, 1, 1)
+    assert stored_rejects(seeded_engine) == [
+        (1, 3, "record: is not UTF-8 text", "b\ufffd,1001,AAPL,BUY,1,1,2025-01-02 10:00:00")]
+
+
 def test_legacy_file_with_bom_and_crlf_loads(seeded_engine, tmp_path):
     path = write_csv(tmp_path, "legacy.csv", [LEGACY_HEADER] + LEGACY_ROWS, newline="\r\n", bom=True)
 
@@ -491,14 +515,14 @@ def test_verbose_shows_the_traceback_but_not_the_password(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- atomicity
 
-def fail_on_second_chunk(monkeypatch, error):
-    """Make bulk_insert.insert_trades raise `error` on its second call."""
+def fail_on_call(monkeypatch, error, failing_call=2):
+    """Make bulk_insert.insert_trades raise `error` on its `failing_call`-th call."""
     real = bulk_insert.insert_trades
     calls = []
 
     def insert_trades(connection, trades, batch_id, method=None):
         calls.append(len(trades))
-        if len(calls) == 2:
+        if len(calls) == failing_call:
             raise error
         return real(connection, trades, batch_id, method)
 
@@ -511,7 +535,7 @@ ATOMIC_LINES = [HEADER, trade("a"), trade("b", quantity="0"), trade("c"), trade(
 
 def test_a_load_failing_midway_keeps_nothing_and_marks_the_batch_failed(seeded_engine, tmp_path, monkeypatch):
     path = write_csv(tmp_path, "trades.csv", ATOMIC_LINES)
-    calls = fail_on_second_chunk(monkeypatch, RuntimeError("disk full in chunk 2"))
+    calls = fail_on_call(monkeypatch, RuntimeError("disk full in chunk 2"))
 
     with pytest.raises(RuntimeError, match="disk full in chunk 2"):
         load_transactions.load_file(seeded_engine, path, chunk_rows=2)
@@ -531,10 +555,7 @@ def test_a_load_failing_midway_keeps_nothing_and_marks_the_batch_failed(seeded_e
 
 def test_a_failed_stage_exits_1_with_one_line(seeded_engine, database_url, tmp_path, monkeypatch, capsys):
     path = write_csv(tmp_path, "trades.csv", ATOMIC_LINES)
-    fail_on_second_chunk(monkeypatch, cli.StageError("simulated failure"))
-    monkeypatch.setattr(load_transactions.constants, "LOAD_CHUNK_ROWS", 2)
-    monkeypatch.setattr(load_transactions.load_file, "__defaults__",
-                        (False, 2, None))  # progress, chunk_rows, method: main() uses the defaults
+    fail_on_call(monkeypatch, cli.StageError("simulated failure"), failing_call=1)
 
     code = load_transactions.main(["--database-url", database_url, path])
 
