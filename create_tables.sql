@@ -25,10 +25,12 @@ CREATE TABLE IF NOT EXISTS load_batches (
 	status VARCHAR(10) NOT NULL, 
 	error VARCHAR(1000), 
 	applied_at DATETIME, 
+	surveilled_at DATETIME, 
 	PRIMARY KEY (batch_id), 
 	CONSTRAINT ck_load_batches_status CHECK (status IN ('running', 'loaded', 'failed')),
 	INDEX ix_load_batches_pending (status, applied_at),
-	INDEX ix_load_batches_sha (file_sha256)
+	INDEX ix_load_batches_sha (file_sha256),
+	INDEX ix_load_batches_unsurveilled (status, surveilled_at)
 ) ENGINE=InnoDB;
 
 CREATE TABLE IF NOT EXISTS stocks (

@@ -78,9 +78,11 @@ load_batches = Table(
     Column("status", String(10), nullable=False),
     Column("error", String(1000)),  # why a failed batch failed
     Column("applied_at", Timestamp),  # when update_portfolio applied its trades; NULL = pending
+    Column("surveilled_at", Timestamp),  # when surveillance checked its trades; NULL = pending
     _one_of("status", BATCH_STATUSES),
     Index("ix_load_batches_sha", "file_sha256"),
     Index("ix_load_batches_pending", "status", "applied_at"),
+    Index("ix_load_batches_unsurveilled", "status", "surveilled_at"),
 )
 
 transactions = Table(

@@ -304,17 +304,18 @@ def test_outcome_does_not_depend_on_chunk_size(seeded_engine, tmp_path):
            (large.rows_loaded, large.rows_duplicate, large.rows_rejected)
 
 
-def test_refs_differing_only_in_case_are_distinct_trades(seeded_engine, tmp_path, request):
-    if seeded_engine.dialect.name == "mysql":
-        request.applymarker(pytest.mark.xfail(
-            reason="BUG: txn_ref uses MariaDB's case-insensitive collation: 'ref-a' and 'REF-A' collide, "
-                   "reconcile_skipped finds no stored trade named 'REF-A' and the whole file fails", strict=True))
-    path = write_csv(tmp_path, "trades.csv", [HEADER, trade("ref-a"), trade("REF-A", quantity=11)])
+def test_refs_differing_only_in_case_are_distinct_trades(seeded_engine, tmp_path):
+    # Regression: with MariaDB's default case-insensitive collation 'REF-A' collided with 'ref-a' and the whole
+    # file failed ("the database skipped txn_ref 'REF-A' but holds no trade with that ref").
+    first = write_csv(tmp_path, "first.csv", [HEADER, trade("ref-a"), trade("REF-A", quantity=11)])
+    second = write_csv(tmp_path, "second.csv", [HEADER, trade("Ref-A", quantity=12), trade("ref-a")])
 
-    summary = load_transactions.load_file(seeded_engine, path)
+    one = load_transactions.load_file(seeded_engine, first)
+    two = load_transactions.load_file(seeded_engine, second)
 
-    assert (summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (2, 0, 0)
-    assert sorted(row[0] for row in stored_trades(seeded_engine)) == ["REF-A", "ref-a"]
+    assert (one.rows_loaded, one.rows_duplicate, one.rows_rejected) == (2, 0, 0)
+    assert (two.rows_loaded, two.rows_duplicate, two.rows_rejected) == (1, 1, 0)
+    assert [(row[0], row[4]) for row in stored_trades(seeded_engine)] == [("ref-a", 10), ("REF-A", 11), ("Ref-A", 12)]
 
 
 # ---------------------------------------------------------------------------------------------- legacy files (§3)

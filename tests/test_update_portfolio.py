@@ -1,0 +1,399 @@
+"""update_portfolio.py: the weighted-average-cost engine of SPEC §5, incremental and full, and its alerts.
+
+Every database test runs on SQLite and on a fresh MariaDB database. The numbers are checked against a
+brute-force reference written here from SPEC §5 with exact fractions (not against the code under test), and
+against hand-computed values.
+"""
+import contextlib
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+import db_config
+import load_transactions
+import seed_investors
+import update_portfolio
+from schema import alerts, investor_risk, portfolios
+
+HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
+CENT = Fraction(1, 200)  # "to the cent": an absolute difference of at most 0.005 currency units
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def write_trades(directory, name, rows):
+    """Write a canonical trades file of (txn_ref, investor_id, symbol, type, quantity, price, txn_time) rows."""
+    path = directory / name
+    path.write_text("\n".join([HEADER] + [",".join(str(cell) for cell in row) for row in rows]) + "\n",
+                    encoding="utf-8")
+    return str(path)
+
+
+def load(engine, path):
+    summary = load_transactions.load_file(engine, path)
+    assert summary.rows_rejected == 0, summary.sample_rejects
+    return summary
+
+
+def fraction(value):
+    """A DECIMAL column value (Decimal, or float on SQLite) as an exact Fraction of its decimal text."""
+    return Fraction(str(value)) if not isinstance(value, Decimal) else Fraction(value)
+
+
+def table_rows(engine, table, exclude=()):
+    """Every row of a table as sorted tuples, without the `exclude` columns."""
+    columns = [column for column in table.columns if column.name not in exclude]
+    with engine.connect() as connection:
+        return sorted(tuple(row) for row in connection.execute(select(*columns)))
+
+
+def position_rows(engine):
+    """portfolios by (investor_id, stock_symbol) as dicts."""
+    with engine.connect() as connection:
+        return {(row.investor_id, row.stock_symbol): row._asdict()
+                for row in connection.execute(select(portfolios))}
+
+
+def oversell_alerts(engine):
+    """(txn_ref, severity, investor_id, stock_symbol) of every OVERSELL alert."""
+    with engine.connect() as connection:
+        return connection.execute(select(alerts.c.txn_ref, alerts.c.severity, alerts.c.investor_id,
+                                         alerts.c.stock_symbol).where(alerts.c.rule == "OVERSELL")).all()
+
+
+# ---------------------------------------------------------------------------------------------- the reference
+
+@dataclass
+class Trade:
+    txn_ref: str
+    investor_id: int
+    stock_symbol: str
+    txn_type: str
+    quantity: int
+    price: Fraction
+    txn_time: datetime
+    load_sequence: int = 0  # position in load order: files in the order loaded, each in file order
+
+
+def reference_positions(trades):
+    """SPEC §5 by brute force with exact fractions.
+
+    Returns ({(investor, symbol): dict of quantity, cost_basis, realized_pnl, avg_cost, last_price, market_value,
+    unrealized_pnl}, set of oversold txn_refs). No market prices: last_price is the latest trade's price.
+    """
+    ordered = sorted(trades, key=lambda t: (t.txn_time, t.load_sequence))
+    state, oversold, last_price = {}, set(), {}
+    for trade in ordered:
+        last_price[trade.stock_symbol] = trade.price  # the latest trade in the symbol, of any investor, any outcome
+        quantity, cost, realized = state.get((trade.investor_id, trade.stock_symbol), (0, Fraction(0), Fraction(0)))
+        if trade.txn_type == "BUY":
+            quantity, cost = quantity + trade.quantity, cost + trade.quantity * trade.price
+        elif trade.quantity > quantity:
+            oversold.add(trade.txn_ref)
+        else:
+            avg_cost = cost / quantity
+            realized += trade.quantity * (trade.price - avg_cost)
+            quantity -= trade.quantity
+            cost = Fraction(0) if quantity == 0 else cost - trade.quantity * avg_cost
+        state[(trade.investor_id, trade.stock_symbol)] = (quantity, cost, realized)
+    expected = {}
+    for (investor_id, symbol), (quantity, cost, realized) in state.items():
+        market_value = quantity * last_price[symbol]
+        expected[(investor_id, symbol)] = {
+            "quantity": quantity, "cost_basis": cost, "realized_pnl": realized,
+            "avg_cost": cost / quantity if quantity else Fraction(0), "last_price": last_price[symbol],
+            "market_value": market_value, "unrealized_pnl": market_value - cost,
+        }
+    return expected, oversold
+
+
+def assert_matches_reference(engine, trades):
+    """portfolios and OVERSELL alerts equal the reference over `trades` (quantity exact, money to the cent)."""
+    expected, oversold = reference_positions(trades)
+    stored = position_rows(engine)
+    assert set(stored) == set(expected)
+    for key, want in expected.items():
+        row = stored[key]
+        assert row["quantity"] == want["quantity"], key
+        for column in ("cost_basis", "realized_pnl", "avg_cost", "last_price", "market_value", "unrealized_pnl"):
+            assert abs(fraction(row[column]) - want[column]) <= CENT, (key, column, row[column], float(want[column]))
+    found = oversell_alerts(engine)
+    assert {ref for ref, *_ in found} == oversold
+    assert len(found) == len(oversold)  # one alert per oversold trade
+    assert {severity for _, severity, *_ in found} <= {"HIGH"}
+
+
+# ---------------------------------------------------------------------------------------------- fresh databases
+
+@contextlib.contextmanager
+def fresh_engine(database_url):
+    """A seeded engine on a brand-new database of the same kind as `database_url`, dropped afterwards."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        directory = tempfile.mkdtemp(prefix="etl_hyp_")
+        engine = db_config.get_engine(f"sqlite:///{directory}/hyp.db")
+        cleanup = lambda: shutil.rmtree(directory, ignore_errors=True)  # noqa: E731
+    else:
+        name = f"etl_hyp_{uuid.uuid4().hex[:10]}"
+        server = create_engine(url._replace(database=None), isolation_level="AUTOCOMMIT")
+        with server.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+        engine = db_config.get_engine(url.set(database=name).render_as_string(hide_password=False))
+
+        def cleanup():
+            with server.connect() as connection:
+                connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+            server.dispose()
+    try:
+        seed_investors.seed_reference_data(engine, investor_count=5)
+        yield engine
+    finally:
+        engine.dispose()
+        cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- 1. property test
+
+POSITION_POOL = [(investor, symbol) for investor in (1001, 1002, 1003) for symbol in ("AAPL", "TSLA")]
+BASE_TIME = datetime(2024, 3, 4, 9, 30, 0)
+
+
+@st.composite
+def trade_scenarios(draw):
+    """Trades of a few positions in time order (with ties), split over files, with a load order and updates."""
+    keys = draw(st.lists(st.sampled_from(POSITION_POOL), min_size=1, max_size=4, unique=True))
+    count = draw(st.integers(1, 30))
+    slot, holdings, trades = 0, {}, []
+    for number in range(count):
+        slot += draw(st.sampled_from([0, 0, 1, 1, 2, 30]))  # 0: a same-timestamp tie
+        investor_id, symbol = draw(st.sampled_from(keys))
+        held = holdings.get((investor_id, symbol), 0)
+        kind = draw(st.sampled_from(["BUY", "BUY", "SELL_PART", "SELL_ALL", "SELL_MORE"]))
+        if kind == "BUY" or (held == 0 and kind != "SELL_MORE"):
+            txn_type, quantity = "BUY", draw(st.integers(1, 300))
+        elif kind == "SELL_ALL":
+            txn_type, quantity = "SELL", held  # sell to flat (if the replay order matches generation order)
+        elif kind == "SELL_PART":
+            txn_type, quantity = "SELL", draw(st.integers(1, held))
+        else:
+            txn_type, quantity = "SELL", held + draw(st.integers(1, 50))  # an oversell
+        if txn_type == "BUY":
+            holdings[(investor_id, symbol)] = held + quantity
+        elif quantity <= held:
+            holdings[(investor_id, symbol)] = held - quantity
+        ten_thousandths = draw(st.integers(1, 3_000_000))  # price 0.0001 .. 300.0000
+        trades.append(Trade(f"H{number:03d}", investor_id, symbol, txn_type, quantity,
+                            Fraction(ten_thousandths, 10_000), BASE_TIME + timedelta(minutes=slot)))
+    file_count = draw(st.integers(1, 4))
+    files = [[] for _ in range(file_count)]
+    for trade in trades:
+        files[draw(st.integers(0, file_count - 1))].append(trade)
+    files = [draw(st.permutations(content)) for content in files if content]  # a file need not be in time order
+    load_order = draw(st.permutations(range(len(files))))
+    update_after = draw(st.lists(st.booleans(), min_size=len(files), max_size=len(files)))
+    return files, load_order, update_after
+
+
+def price_text(price):
+    return f"{price.numerator * 10_000 // price.denominator // 10_000}." \
+           f"{price.numerator * 10_000 // price.denominator % 10_000:04d}"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(scenario=trade_scenarios())
+def test_replay_matches_brute_force_reference(database_url, scenario):
+    """Random trade sequences over shuffled files, updated at random points, equal the SPEC §5 reference;
+    the incremental result equals a full replay."""
+    files, load_order, update_after = scenario
+    with fresh_engine(database_url) as engine, tempfile.TemporaryDirectory() as directory:
+        loaded, sequence = [], 0
+        for step, file_index in enumerate(load_order):
+            rows = [(t.txn_ref, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, price_text(t.price),
+                     t.txn_time.strftime("%Y-%m-%d %H:%M:%S")) for t in files[file_index]]
+            path = write_trades(Path(directory), f"part{file_index}.csv", rows)
+            assert load(engine, path).rows_loaded == len(rows)
+            for trade in files[file_index]:
+                sequence += 1
+                trade.load_sequence = sequence
+                loaded.append(trade)
+            if update_after[step]:
+                update_portfolio.update_portfolios(engine)
+                assert_matches_reference(engine, loaded)
+        update_portfolio.update_portfolios(engine)
+        assert_matches_reference(engine, loaded)
+
+        incremental = table_rows(engine, portfolios, exclude={"updated_at"})
+        incremental_risk = table_rows(engine, investor_risk, exclude={"updated_at"})
+        incremental_alerts = sorted(oversell_alerts(engine))
+        update_portfolio.update_portfolios(engine, full=True)
+        assert table_rows(engine, portfolios, exclude={"updated_at"}) == incremental
+        assert table_rows(engine, investor_risk, exclude={"updated_at"}) == incremental_risk
+        assert sorted(oversell_alerts(engine)) == incremental_alerts
+
+
+def test_reference_itself_on_a_known_case():
+    """The reference is right on a case small enough to check by eye (oversell, flat, tie by load order)."""
+    t0 = BASE_TIME
+    trades = [
+        Trade("a", 1001, "AAPL", "BUY", 10, Fraction(10), t0, 1),
+        Trade("b", 1001, "AAPL", "SELL", 20, Fraction(11), t0 + timedelta(minutes=1), 2),  # oversell
+        Trade("c", 1001, "AAPL", "SELL", 10, Fraction(12), t0 + timedelta(minutes=2), 4),  # flat: after d
+        Trade("d", 1001, "AAPL", "BUY", 10, Fraction(14), t0 + timedelta(minutes=2), 3),
+    ]
+    expected, oversold = reference_positions(trades)
+    # BUY 10 @ 10; BUY 10 @ 14 -> 20 held, cost 240, avg 12; SELL 10 @ 12 -> realized 0, 10 held, cost 120
+    assert expected[(1001, "AAPL")]["quantity"] == 10
+    assert expected[(1001, "AAPL")]["cost_basis"] == 120
+    assert expected[(1001, "AAPL")]["realized_pnl"] == 0
+    assert expected[(1001, "AAPL")]["last_price"] == 12  # the latest trade: c (load sequence 4)
+    assert oversold == {"b"}
+
+
+# ---------------------------------------------------------------------------------------------- 2. by hand
+
+HAND_ROWS = [
+    ("HC-1", 1001, "AAPL", "BUY", 100, "10.00", "2024-05-01 10:00:00"),
+    ("HC-2", 1001, "AAPL", "BUY", 50, "13.50", "2024-05-01 11:00:00"),
+    ("HC-3", 1001, "AAPL", "SELL", 30, "15.00", "2024-05-02 10:00:00"),
+    ("HC-4", 1001, "AAPL", "SELL", 500, "20.00", "2024-05-02 11:00:00"),  # oversell: 120 held
+    ("HC-5", 1001, "AAPL", "SELL", 120, "9.00", "2024-05-03 10:00:00"),  # to flat
+    ("HC-6", 1001, "AAPL", "BUY", 10, "20.00", "2024-05-06 10:00:00"),
+    ("HC-7", 1001, "AAPL", "BUY", 5, "21.00", "2024-05-06 11:00:00"),
+    ("HC-8", 1001, "AAPL", "SELL", 3, "25.00", "2024-05-07 10:00:00"),
+    ("HC-9", 1002, "AAPL", "BUY", 5, "22.00", "2024-05-08 10:00:00"),  # another investor: the latest AAPL trade
+]
+
+
+def test_hand_computed_position(seeded_engine, tmp_path):
+    """Quantity, average cost, cost basis, P&L and the OVERSELL alert of a small file, computed by hand."""
+    load(seeded_engine, write_trades(tmp_path, "hand.csv", HAND_ROWS))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert (summary.trades_applied, summary.oversells, summary.positions_changed) == (9, 1, 2)
+    position = position_rows(seeded_engine)[(1001, "AAPL")]
+    # HC-1 BUY 100 @ 10     -> 100 held, cost 1000
+    # HC-2 BUY 50 @ 13.50   -> 150 held, cost 1000 + 675 = 1675, avg 11.1666...
+    # HC-3 SELL 30 @ 15     -> realized 30 * (15 - 11.1666...) = 450 - 335 = 115; 120 held, cost 1675 - 335 = 1340
+    # HC-4 SELL 500 @ 20    -> oversell (120 held): position unchanged
+    # HC-5 SELL 120 @ 9     -> realized 115 + 120 * (9 - 11.1666...) = 115 + 1080 - 1340 = -145; flat, cost 0
+    # HC-6 BUY 10 @ 20      -> 10 held, cost 200
+    # HC-7 BUY 5 @ 21       -> 15 held, cost 305, avg 20.3333...
+    # HC-8 SELL 3 @ 25      -> realized -145 + 3 * (25 - 20.3333...) = -145 + 75 - 61 = -131; 12 held, cost 244
+    # last price: HC-9 (investor 1002) at 22 is the latest AAPL trade -> market value 12 * 22 = 264, unrealized 20
+    assert position["quantity"] == 12
+    assert Decimal(str(position["avg_cost"])) == Decimal("20.3333")
+    assert abs(Decimal(str(position["cost_basis"])) - Decimal("244")) <= Decimal("0.005")
+    assert abs(Decimal(str(position["realized_pnl"])) - Decimal("-131")) <= Decimal("0.005")
+    assert Decimal(str(position["last_price"])) == Decimal("22")
+    assert abs(Decimal(str(position["market_value"])) - Decimal("264")) <= Decimal("0.005")
+    assert abs(Decimal(str(position["unrealized_pnl"])) - Decimal("20")) <= Decimal("0.005")
+    other = position_rows(seeded_engine)[(1002, "AAPL")]
+    assert (other["quantity"], Decimal(str(other["cost_basis"])), Decimal(str(other["unrealized_pnl"]))) == (
+        5, Decimal("110"), Decimal("0"))
+    assert oversell_alerts(seeded_engine) == [("HC-4", "HIGH", 1001, "AAPL")]
+
+
+def test_update_twice_changes_nothing(seeded_engine, tmp_path):
+    """A second update without new trades writes nothing: no duplicate alerts, every row as it was."""
+    load(seeded_engine, write_trades(tmp_path, "hand.csv", HAND_ROWS))
+    update_portfolio.update_portfolios(seeded_engine)
+    before = {table.name: table_rows(seeded_engine, table) for table in (portfolios, investor_risk, alerts)}
+    second = update_portfolio.update_portfolios(seeded_engine)
+    assert (second.trades_applied, second.alerts_raised, second.positions_changed) == (0, 0, 0)
+    after = {table.name: table_rows(seeded_engine, table) for table in (portfolios, investor_risk, alerts)}
+    assert after == before
+    assert len([row for row in after["alerts"] if row[2] == "OVERSELL"]) == 1
+
+
+def test_loading_the_same_file_again_changes_nothing(seeded_engine, tmp_path):
+    """Re-loading a file (skipped by its SHA-256) and updating leaves the results as they were."""
+    path = write_trades(tmp_path, "hand.csv", HAND_ROWS)
+    load(seeded_engine, path)
+    update_portfolio.update_portfolios(seeded_engine)
+    before = table_rows(seeded_engine, portfolios)
+    assert load_transactions.load_file(seeded_engine, path).skipped_batch is not None
+    update_portfolio.update_portfolios(seeded_engine)
+    assert table_rows(seeded_engine, portfolios) == before
+
+
+# ---------------------------------------------------------------------------------------------- 3. late trades
+
+def test_late_trade_replays_only_its_position(seeded_engine, tmp_path):
+    """A trade older than its position's last trade replays that position alone, to the full-replay result."""
+    load(seeded_engine, write_trades(tmp_path, "first.csv", [
+        ("LT-1", 1001, "AAPL", "BUY", 10, "100.00", "2024-06-03 10:00:00"),
+        ("LT-2", 1001, "AAPL", "SELL", 15, "110.00", "2024-06-04 10:00:00"),  # oversell now: only 10 held
+        ("LT-3", 1002, "MSFT", "BUY", 20, "300.00", "2024-06-03 10:00:00"),
+        ("LT-4", 1003, "TSLA", "BUY", 7, "200.00", "2024-06-03 10:00:00"),
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    assert [ref for ref, *_ in oversell_alerts(seeded_engine)] == ["LT-2"]
+    untouched_before = position_rows(seeded_engine)[(1003, "TSLA")]
+
+    load(seeded_engine, write_trades(tmp_path, "late.csv", [
+        ("LT-5", 1001, "AAPL", "BUY", 5, "90.00", "2024-06-03 12:00:00"),  # late: before LT-2
+        ("LT-6", 1002, "MSFT", "SELL", 5, "310.00", "2024-06-05 10:00:00"),  # newer: simply follows
+        ("LT-7", 1004, "GOOG", "BUY", 3, "150.00", "2024-06-01 10:00:00"),  # a new position
+    ]))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.positions_replayed == 1
+    assert summary.positions_changed == 3
+
+    aapl = position_rows(seeded_engine)[(1001, "AAPL")]
+    # BUY 10 @ 100, BUY 5 @ 90 -> 15 held, cost 1450, avg 96.6667; SELL 15 @ 110 -> realized 1650 - 1450 = 200, flat
+    assert (aapl["quantity"], fraction(aapl["cost_basis"]), fraction(aapl["realized_pnl"])) == (0, 0, 200)
+    assert oversell_alerts(seeded_engine) == []  # LT-2 is no longer an oversell: its alert is gone
+    assert position_rows(seeded_engine)[(1003, "TSLA")] == untouched_before  # not rewritten, updated_at included
+
+    incremental = table_rows(seeded_engine, portfolios, exclude={"updated_at"})
+    incremental_risk = table_rows(seeded_engine, investor_risk, exclude={"updated_at"})
+    full = update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert full.trades_applied == 7
+    assert table_rows(seeded_engine, portfolios, exclude={"updated_at"}) == incremental
+    assert table_rows(seeded_engine, investor_risk, exclude={"updated_at"}) == incremental_risk
+
+
+def test_late_sell_turns_a_later_sell_into_an_oversell(seeded_engine, tmp_path):
+    """A late SELL can make a SELL applied earlier an oversell: the replay raises its alert and skips it."""
+    load(seeded_engine, write_trades(tmp_path, "first.csv", [
+        ("LS-1", 1001, "NFLX", "BUY", 10, "600.00", "2024-06-03 10:00:00"),
+        ("LS-2", 1001, "NFLX", "SELL", 8, "610.00", "2024-06-05 10:00:00"),
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    load(seeded_engine, write_trades(tmp_path, "late.csv", [
+        ("LS-3", 1001, "NFLX", "SELL", 5, "620.00", "2024-06-04 10:00:00"),  # late: before LS-2
+    ]))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.positions_replayed == 1
+    position = position_rows(seeded_engine)[(1001, "NFLX")]
+    # BUY 10 @ 600; SELL 5 @ 620 -> realized 100, 5 held, cost 3000; SELL 8 > 5 held -> oversell, skipped
+    assert (position["quantity"], fraction(position["cost_basis"]), fraction(position["realized_pnl"])) == (
+        5, 3000, 100)
+    assert oversell_alerts(seeded_engine) == [("LS-2", "HIGH", 1001, "NFLX")]
+
+
+def test_same_time_in_a_later_file_keeps_load_order(seeded_engine, tmp_path):
+    """Trades of one position with the same txn_time in two files apply in load order (SPEC §5)."""
+    load(seeded_engine, write_trades(tmp_path, "a.csv", [
+        ("ST-1", 1001, "KO", "BUY", 10, "60.00", "2024-06-03 10:00:00"),
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    load(seeded_engine, write_trades(tmp_path, "b.csv", [
+        ("ST-2", 1001, "KO", "SELL", 10, "61.00", "2024-06-03 10:00:00"),  # same second, loaded later: after ST-1
+    ]))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.positions_replayed == 0
+    position = position_rows(seeded_engine)[(1001, "KO")]
+    assert (position["quantity"], fraction(position["realized_pnl"])) == (0, 10)
+    assert oversell_alerts(seeded_engine) == []
