@@ -28,24 +28,27 @@ LOOKUP_SLICE = 500  # bound parameters per IN (...) lookup
 
 
 def insert_trades(connection, trades, batch_id, method=None):
-    """Insert `trades` (validated, unique txn_refs) into transactions; return how many rows were inserted.
+    """Insert `trades` (validated, unique txn_refs) into transactions; return how many rows were inserted."""
+    return insert_rows(connection, row_tuples(trades, batch_id), method)
+
+
+def insert_rows(connection, rows, method=None):
+    """Insert row tuples (INSERT_COLUMNS order); return how many were inserted.
 
     method: None picks the dialect's bulk path; 'portable' forces the SQLAlchemy fallback (tests, benchmarks).
     """
-    if trades.empty:
+    if not rows:
         return 0
-    rows = _row_tuples(trades, batch_id)
     dialect = connection.dialect.name
     if method == "portable" or dialect not in _BULK_PATHS:
         return _insert_portable(connection, rows)
     return _BULK_PATHS[dialect](connection, rows)
 
 
-def _row_tuples(trades, batch_id):
+def row_tuples(trades, batch_id):
     """Plain Python tuples in INSERT_COLUMNS order (drivers do not take numpy scalars)."""
     columns = [trades[c].tolist() for c in INSERT_COLUMNS[:7]]
-    count = len(trades)
-    return list(zip(*columns, [batch_id] * count, trades["line_number"].tolist()))
+    return list(zip(*columns, [batch_id] * len(trades), trades["line_number"].tolist()))
 
 
 def _insert_sqlite(connection, rows):

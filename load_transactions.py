@@ -7,15 +7,18 @@ loaded (or repeated in the file with the same values) is counted as a duplicate.
 already loaded is skipped at once. The prices file beside a trade file (market_prices.csv) is loaded too.
 """
 import csv
+import io
 import logging
 import os
 import re
+import multiprocessing
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from itertools import islice
+from queue import Empty
 
 from tqdm import tqdm
 
@@ -35,6 +38,7 @@ logger = logging.getLogger(__name__)
 PRICES_FILE_NAME = "market_prices.csv"
 LOGGED_REJECTS = 10  # rejects shown in the log per file; all are kept in rejected_transactions
 MAX_REASON_LENGTH = 1000
+BACKGROUND_MIN_BYTES = 8 << 20  # files above 8 MB (about 130,000 trades) are parsed in a worker process
 COMPARED_COLUMNS = ("investor_id", "stock_symbol", "txn_type", "quantity", "price_value", "txn_time")
 
 
@@ -93,39 +97,76 @@ def iter_batches(path, layout, sha256, chunk_rows=constants.LOAD_CHUNK_ROWS, on_
 
 
 def _parse_lines(lines, first_line_number, layout, sha256):
-    """CSV-parse raw lines; rows of the wrong width or not UTF-8 become rejects. Blank lines are ignored."""
-    numbers, texts, cells, rejects = [], [], [], []
+    """CSV-parse raw lines into (trade batch, rejects): pandas' C parser for the usual well-formed chunk,
+    the csv module row by row when a chunk has short, blank or non-UTF-8 lines."""
+    texts = _decoded(lines)
+    frame = _read_well_formed(lines, texts, layout) if texts is not None else None
+    if frame is None:
+        return _parse_lines_one_by_one(lines, first_line_number, layout, sha256)
+    cells = {index: frame[index].to_numpy() for index in layout.columns}
+    numbers = range(first_line_number, first_line_number + len(texts))
+    return _trade_batch(cells, numbers, texts, layout, sha256), _rejects_frame([])
+
+
+def _read_well_formed(lines, texts, layout):
+    """The chunk as a DataFrame of text if every line is a record of the header's width, else None."""
+    try:
+        frame = pd.read_csv(io.BytesIO(b"".join(lines)), header=None, names=range(layout.width), dtype=object,
+                            na_filter=False, skip_blank_lines=False, engine="c")
+    except (pd.errors.ParserError, ValueError):
+        return None  # a line with more fields than the header, or a quoted field spanning lines
+    if len(frame) != len(texts):
+        return None
+    # The C parser pads a short line with empty fields: re-count the fields of lines ending in an empty one.
+    suspects = np.flatnonzero((frame[layout.width - 1] == "").to_numpy())
+    if any(len(next(csv.reader([texts[row]]), [])) < layout.width for row in suspects):
+        return None
+    return frame
+
+
+def _decoded(lines):
+    """The lines as text without line endings, or None if the chunk is not all UTF-8."""
+    try:
+        texts = b"".join(lines).decode("utf-8").replace("\r\n", "\n").split("\n")
+    except UnicodeDecodeError:
+        return None
+    if texts and texts[-1] == "" and lines[-1].endswith(b"\n"):
+        texts.pop()
+    return texts if len(texts) == len(lines) else None
+
+
+def _parse_lines_one_by_one(lines, first_line_number, layout, sha256):
+    """The slow path: rows of the wrong width or not UTF-8 become rejects; blank lines are ignored."""
+    numbers, texts, rejects = [], [], []
     for number, raw in enumerate(lines, start=first_line_number):
         try:
             text = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             rejects.append((number, "record: is not UTF-8 text", raw.decode("utf-8", "replace").rstrip("\r\n")))
             continue
-        if not text.strip():
-            continue
-        numbers.append(number)
-        texts.append(text)
-    parsed = list(csv.reader(texts))
-    width = max(layout.columns) + 1
-    keep = []
-    for number, text, row in zip(numbers, texts, parsed):
-        if len(row) < width:
+        if text.strip():
+            numbers.append(number)
+            texts.append(text)
+    kept_numbers, kept_texts, rows = [], [], []
+    for number, text, row in zip(numbers, texts, csv.reader(texts)):
+        if len(row) <= max(layout.columns):
             rejects.append((number, f"record: has {len(row)} fields, too few for the header", text))
         else:
-            keep.append(number)
-            cells.append([row[index] for index in layout.columns])
-    return _trade_batch(cells, keep, texts, numbers, layout, sha256), _rejects_frame(rejects)
+            kept_numbers.append(number)
+            kept_texts.append(text)
+            rows.append(row)
+    cells = {index: [row[index] for row in rows] for index in layout.columns}
+    return _trade_batch(cells, kept_numbers, kept_texts, layout, sha256), _rejects_frame(rejects)
 
 
-def _trade_batch(cells, kept_numbers, texts, numbers, layout, sha256):
-    """Text cells in canonical columns; a legacy row gets its derived txn_ref and txn_time."""
-    text_by_number = dict(zip(numbers, texts))
+def _trade_batch(cells, numbers, texts, layout, sha256):
+    """Text cells (by column index) in canonical columns; a legacy row gets its derived txn_ref and txn_time."""
     names = validation.TRADE_COLUMNS if layout.kind == "canonical" else validation.LEGACY_COLUMNS
-    batch = pd.DataFrame(cells, columns=list(names), dtype=object)
-    batch["line_number"] = kept_numbers
-    batch["raw_record"] = [text_by_number[n] for n in kept_numbers]
+    batch = pd.DataFrame({name: pd.Series(cells[index], dtype=object) for name, index in zip(names, layout.columns)})
+    batch["line_number"] = np.asarray(numbers, dtype=np.int64)
+    batch["raw_record"] = pd.Series(texts, dtype=object)
     if layout.kind == "legacy":
-        batch["txn_ref"] = [validation.legacy_txn_ref(sha256, n) for n in kept_numbers]
+        batch["txn_ref"] = [validation.legacy_txn_ref(sha256, n) for n in numbers]
         txn_date = batch.pop("txn_date").astype(str).str.strip()
         batch["txn_time"] = txn_date.where(txn_date.str.len() != 10, txn_date + " 00:00:00")
     return batch
@@ -148,7 +189,8 @@ def load_file(engine, path, progress=False, chunk_rows=constants.LOAD_CHUNK_ROWS
         return LoadSummary(path, skipped_batch=earlier)
     with _progress_bar(progress, os.path.getsize(path), os.path.basename(path)) as bar:
         chunks = iter_batches(path, layout, sha256, chunk_rows, on_progress=bar.update if bar else None)
-        return load_rows(engine, chunks, source=path, sha256=sha256, method=method)
+        background = os.path.getsize(path) > BACKGROUND_MIN_BYTES
+        return load_rows(engine, chunks, source=path, sha256=sha256, method=method, background=background)
 
 
 def load_records(engine, records, source="feed"):
@@ -162,9 +204,10 @@ def load_records(engine, records, source="feed"):
     return load_rows(engine, [(batch, _rejects_frame([]))], source=source)
 
 
-def load_rows(engine, chunks, source, sha256=None, method=None):
+def load_rows(engine, chunks, source, sha256=None, method=None, background=False):
     """Load chunks of (text rows, malformed rows) as one batch, committed in one transaction.
 
+    background: prepare the chunks in a worker process (for large files: it overlaps with the inserts).
     On any failure nothing of the batch is kept and its load_batches row is marked failed with the reason.
     """
     started = datetime.now().replace(microsecond=0)
@@ -176,8 +219,9 @@ def load_rows(engine, chunks, source, sha256=None, method=None):
                 connection.execute(select(stocks.c.stock_symbol)).scalars(),
                 started,
             )
-            for batch, malformed in chunks:
-                load_chunk(connection, batch, malformed, context, summary, method)
+            prepared = (prepare_chunk(batch, malformed, context, summary.batch_id) for batch, malformed in chunks)
+            for chunk in (in_background(prepared) if background else prepared):
+                store_chunk(connection, chunk, summary, method)
             finish_batch(connection, summary)
     except BaseException as error:
         fail_batch(engine, summary.batch_id, error)
@@ -185,23 +229,79 @@ def load_rows(engine, chunks, source, sha256=None, method=None):
     return summary
 
 
-def load_chunk(connection, batch, malformed, context, summary, method=None):
-    """Validate, de-duplicate and insert one chunk inside the batch's transaction; update `summary`."""
+@dataclass
+class PreparedChunk:
+    """A chunk after the CPU work: the rows to insert and what is already known to be duplicate or bad."""
+    rows_read: int
+    firsts: pd.DataFrame  # valid rows, first occurrence of each txn_ref in the chunk
+    rows: list  # firsts as bulk_insert row tuples
+    duplicates: int
+    rejects: pd.DataFrame
+
+
+def prepare_chunk(batch, malformed, context, batch_id):
+    """Validate a chunk and set aside repeats within it; no database access (runs in a worker thread)."""
     valid, rejected = validation.validate_trades(batch, context)
     firsts, duplicates, repeat_conflicts = split_repeats(valid)
-    inserted = bulk_insert.insert_trades(connection, firsts, summary.batch_id, method)
-    db_conflicts = _rejects_frame([])
-    if inserted < len(firsts):
-        extra_duplicates, db_conflicts = reconcile_skipped(connection, firsts, summary.batch_id)
+    return PreparedChunk(len(batch) + len(malformed), firsts, bulk_insert.row_tuples(firsts, batch_id), duplicates,
+                         pd.concat([malformed, rejected, repeat_conflicts], ignore_index=True))
+
+
+def store_chunk(connection, chunk, summary, method=None):
+    """Insert a prepared chunk inside the batch's transaction, classify what the database skipped, update summary."""
+    inserted = bulk_insert.insert_rows(connection, chunk.rows, method)
+    duplicates, rejects = chunk.duplicates, chunk.rejects
+    if inserted < len(chunk.rows):
+        extra_duplicates, db_conflicts = reconcile_skipped(connection, chunk.firsts, summary.batch_id)
         duplicates += extra_duplicates
-    rejects = pd.concat([malformed, rejected, repeat_conflicts, db_conflicts], ignore_index=True)
+        rejects = pd.concat([rejects, db_conflicts], ignore_index=True)
+    rejects = rejects.sort_values("line_number", kind="stable")
     store_rejects(connection, summary.batch_id, rejects)
-    summary.rows_read += len(batch) + len(malformed)
+    summary.rows_read += chunk.rows_read
     summary.rows_loaded += inserted
     summary.rows_duplicate += duplicates
     summary.rows_rejected += len(rejects)
     room = LOGGED_REJECTS - len(summary.sample_rejects)
-    summary.sample_rejects += rejects.sort_values("line_number")[["line_number", "reason"]].head(room).values.tolist()
+    summary.sample_rejects += rejects[["line_number", "reason"]].head(room).values.tolist()
+
+
+def in_background(items, depth=2):
+    """Iterate `items` in a forked worker process up to `depth` ahead, so that parsing and validating the next
+    chunks overlaps the database's work on this one (a thread would fight the driver for the GIL)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        yield from items
+        return
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue(maxsize=depth)
+    worker = context.Process(target=_produce, args=(items, queue), name="load-prepare", daemon=True)
+    worker.start()
+    try:
+        while True:
+            try:
+                kind, item = queue.get(timeout=1.0)
+            except Empty:
+                if not worker.is_alive():
+                    raise cli.StageError(f"the parsing process died (exit code {worker.exitcode})") from None
+                continue
+            if kind == "done":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        if worker.is_alive():
+            worker.terminate()
+        worker.join()
+
+
+def _produce(items, queue):
+    """The worker process: send ('item', x) for each item, then ('done', None), or ('error', exception)."""
+    try:
+        for item in items:
+            queue.put(("item", item))
+        queue.put(("done", None))
+    except BaseException as error:  # handed to the parent, which re-raises it
+        queue.put(("error", error))
 
 
 def split_repeats(valid):

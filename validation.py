@@ -19,10 +19,10 @@ VALUE_COLUMNS = TRADE_COLUMNS[1:]  # what must agree for two rows with one txn_r
 MAX_TXN_REF_LENGTH = 64
 MAX_QUANTITY = 2**31 - 1  # INT column
 MAX_PRICE = 10**14  # DECIMAL(18, 4)
-WHOLE_NUMBER = r"\+?\d+(?:\.0*)?"
+TEXT = np.dtypes.StringDType()
 PLAIN_DECIMAL = r"\+?(?:\d+(?:\.\d*)?|\.\d+)"
 
-FileLayout = namedtuple("FileLayout", "kind columns")  # kind: 'canonical', 'legacy' or 'prices'
+FileLayout = namedtuple("FileLayout", "kind columns width")  # kind: 'canonical', 'legacy' or 'prices'; width: header fields
 ValidationContext = namedtuple("ValidationContext", "investor_ids symbols latest_allowed_time")
 
 
@@ -31,7 +31,7 @@ def detect_layout(header, source):
     names = [name.strip().lower() for name in header]
     for kind, required in (("canonical", TRADE_COLUMNS), ("legacy", LEGACY_COLUMNS), ("prices", PRICE_COLUMNS)):
         if set(required) <= set(names):
-            return FileLayout(kind, [names.index(column) for column in required])
+            return FileLayout(kind, [names.index(column) for column in required], len(names))
     missing = [c for c in TRADE_COLUMNS if c not in names]
     raise ValueError(
         f"{source}: line 1: header lacks required column(s) {', '.join(missing)}; "
@@ -55,85 +55,112 @@ def validate_trades(batch, context):
 
     valid: txn_ref, investor_id (int), stock_symbol, txn_type (upper-case), quantity (int), price (text as given,
     trimmed), price_value (float, for comparisons), txn_time ('YYYY-MM-DD HH:MM:SS'), line_number, raw_record;
-    rejected: line_number, reason, raw_record.
+    rejected: line_number, reason, raw_record. The checks are vectorized (numpy string functions): most rows
+    are good, and a chunk of 100,000 rows must cost well under a second.
     """
-    cells = {column: batch[column].astype(str).str.strip() for column in TRADE_COLUMNS}
-    cells["stock_symbol"] = cells["stock_symbol"].str.upper()
-    cells["txn_type"] = cells["txn_type"].str.upper()
-    quantity = _whole_numbers(cells["quantity"])
-    price = _plain_decimals(cells["price"])
-    txn_time = _date_times(cells["txn_time"])
+    cells = {column: np.strings.strip(np.asarray(batch[column].to_numpy(dtype=object), dtype=TEXT))
+             for column in TRADE_COLUMNS}
+    cells["stock_symbol"] = np.strings.upper(cells["stock_symbol"])
+    cells["txn_type"] = np.strings.upper(cells["txn_type"])
     investor_id = _whole_numbers(cells["investor_id"])
+    quantity = _whole_numbers(cells["quantity"])
+    price, decimals = _plain_decimals(cells["price"])
+    txn_time, txn_text = _date_times(cells["txn_time"])
+    ref_length = np.strings.str_len(cells["txn_ref"])
     problems = [
-        (cells["txn_ref"] == "", "txn_ref: is empty"),
-        (cells["txn_ref"].str.len() > MAX_TXN_REF_LENGTH, f"txn_ref: {{txn_ref!r}} is longer than {MAX_TXN_REF_LENGTH} characters"),
-        (investor_id.isna(), "investor_id: {investor_id!r} is not an integer"),
-        (investor_id.notna() & ~investor_id.isin(context.investor_ids), "investor_id: {investor_id} is not a known investor"),
-        (~cells["stock_symbol"].isin(context.symbols), "stock_symbol: {stock_symbol!r} is not a known stock"),
-        (~cells["txn_type"].isin(("BUY", "SELL")), "txn_type: {txn_type!r} is not BUY or SELL"),
-        (quantity.isna() | (quantity <= 0) | (quantity > MAX_QUANTITY), "quantity: {quantity!r} is not a whole number > 0"),
-        (price.isna() | (price <= 0), "price: {price!r} is not a plain decimal > 0 (no thousands separators)"),
+        (ref_length == 0, "txn_ref: is empty"),
+        (ref_length > MAX_TXN_REF_LENGTH, f"txn_ref: {{txn_ref!r}} is longer than {MAX_TXN_REF_LENGTH} characters"),
+        (np.isnan(investor_id), "investor_id: {investor_id!r} is not an integer"),
+        (~np.isnan(investor_id) & ~np.isin(investor_id, list(context.investor_ids)),
+         "investor_id: {investor_id} is not a known investor"),
+        (~np.isin(cells["stock_symbol"].astype(object), list(context.symbols)),
+         "stock_symbol: {stock_symbol!r} is not a known stock"),
+        (~np.isin(cells["txn_type"].astype(object), ["BUY", "SELL"]), "txn_type: {txn_type!r} is not BUY or SELL"),
+        (np.isnan(quantity) | (quantity <= 0) | (quantity > MAX_QUANTITY),
+         "quantity: {quantity!r} is not a whole number > 0"),
+        (np.isnan(price) | (price <= 0), "price: {price!r} is not a plain decimal > 0 (no thousands separators)"),
         (price >= MAX_PRICE, f"price: {{price!r}} is not below {MAX_PRICE}"),
-        (cells["price"].str.contains(r"\.\d{5,}$", regex=True), "price: {price!r} has more than 4 decimal places"),
-        (txn_time.isna(), "txn_time: {txn_time!r} is not a real date-time YYYY-MM-DD HH:MM:SS"),
-        (txn_time > pd.Timestamp(context.latest_allowed_time), "txn_time: {txn_time!r} is in the future "
+        (decimals > 4, "price: {price!r} has more than 4 decimal places"),
+        (np.isnat(txn_time), "txn_time: {txn_time!r} is not a real date-time YYYY-MM-DD HH:MM:SS"),
+        (txn_time > np.datetime64(context.latest_allowed_time), "txn_time: {txn_time!r} is in the future "
          f"(later than {context.latest_allowed_time:%Y-%m-%d %H:%M:%S})"),
     ]
     reasons = _reasons(problems, cells, len(batch))
-    bad = reasons.notna().to_numpy()
-    rejected = pd.DataFrame({
-        "line_number": batch["line_number"].to_numpy()[bad],
-        "reason": reasons.to_numpy()[bad],
-        "raw_record": batch["raw_record"].to_numpy()[bad],
-    })
+    bad = np.array([reason is not None for reason in reasons], dtype=bool) if len(reasons) else np.zeros(0, bool)
     good = ~bad
+    line_number, raw_record = batch["line_number"].to_numpy(), batch["raw_record"].to_numpy(dtype=object)
+    rejected = pd.DataFrame({"line_number": line_number[bad], "reason": reasons[bad], "raw_record": raw_record[bad]})
     valid = pd.DataFrame({
-        "txn_ref": cells["txn_ref"].to_numpy()[good],
-        "investor_id": investor_id.to_numpy()[good].astype(np.int64),
-        "stock_symbol": cells["stock_symbol"].to_numpy()[good],
-        "txn_type": cells["txn_type"].to_numpy()[good],
-        "quantity": quantity.to_numpy()[good].astype(np.int64),
-        "price": cells["price"].to_numpy()[good],
-        "price_value": price.to_numpy()[good],
-        "txn_time": txn_time.dt.strftime("%Y-%m-%d %H:%M:%S").to_numpy()[good],
-        "line_number": batch["line_number"].to_numpy()[good],
-        "raw_record": batch["raw_record"].to_numpy()[good],
+        "txn_ref": cells["txn_ref"][good].astype(object),
+        "investor_id": investor_id[good].astype(np.int64),
+        "stock_symbol": cells["stock_symbol"][good].astype(object),
+        "txn_type": cells["txn_type"][good].astype(object),
+        "quantity": quantity[good].astype(np.int64),
+        "price": cells["price"][good].astype(object),
+        "price_value": price[good],
+        "txn_time": txn_text[good].astype(object),
+        "line_number": line_number[good],
+        "raw_record": raw_record[good],
     })
     return valid, rejected
 
 
 def _reasons(problems, cells, length):
-    """One '; '-joined reason per row with problems, None for good rows."""
-    reasons = pd.Series([None] * length, dtype=object)
+    """One '; '-joined reason per row with problems, None for good rows (an object array)."""
+    reasons = np.full(length, None, dtype=object)
     for mask, template in problems:
-        mask = mask.fillna(False).to_numpy(dtype=bool)
-        if not mask.any():
-            continue
         rows = np.flatnonzero(mask)
-        values = {column: cells[column].to_numpy()[rows] for column in TRADE_COLUMNS}
-        texts = [template.format(**{c: values[c][k] for c in TRADE_COLUMNS}) for k in range(len(rows))]
-        previous = reasons.to_numpy()[rows]
-        reasons.iloc[rows] = [t if p is None else f"{p}; {t}" for p, t in zip(previous, texts)]
+        for row in rows:
+            text = template.format(**{column: str(cells[column][row]) for column in TRADE_COLUMNS})
+            reasons[row] = text if reasons[row] is None else f"{reasons[row]}; {text}"
     return reasons
 
 
+def _unsigned(text):
+    """The text without one leading '+'."""
+    plus = np.strings.startswith(text, "+")
+    return np.where(plus, np.strings.slice(text, 1, None), text) if plus.any() else text
+
+
 def _whole_numbers(text):
-    """Whole numbers as float (exact below 2**53), NaN where the text is not one."""
-    ok = text.str.fullmatch(WHOLE_NUMBER).fillna(False)
-    return pd.to_numeric(text.where(ok), errors="coerce")
+    """Whole numbers as float (exact below 2**53), NaN where the text is not one ('5.0' is one, '2.5' not)."""
+    digits = _unsigned(text)
+    dotted = np.strings.find(digits, ".") > 0
+    if dotted.any():  # '5.0', '5.' count as whole: drop a fractional part made of zeros only (rare)
+        digits = digits.copy()
+        for row in np.flatnonzero(dotted):
+            head, _, tail = str(digits[row]).partition(".")
+            if not tail.strip("0"):
+                digits[row] = head
+    ok = np.strings.isdigit(digits)
+    return _to_float(digits, ok)
 
 
 def _plain_decimals(text):
-    """Plain decimals as float, NaN where the text is not one (NaN, inf, 1e3 and 1,000.00 are not)."""
-    ok = text.str.fullmatch(PLAIN_DECIMAL).fillna(False)
-    return pd.to_numeric(text.where(ok), errors="coerce")
+    """(plain decimals as float, NaN where not one; decimal places). NaN, inf, 1e3, 1,000.00 are not plain."""
+    unsigned = _unsigned(text)
+    ok = (np.strings.count(unsigned, ".") <= 1) & np.strings.isdigit(np.strings.replace(unsigned, ".", "", 1))
+    point = np.strings.find(unsigned, ".")
+    decimals = np.where(ok & (point >= 0), np.strings.str_len(unsigned) - point - 1, 0)
+    return _to_float(unsigned, ok), decimals
+
+
+def _to_float(text, ok):
+    values = np.full(len(text), np.nan)
+    if ok.any():
+        values[ok] = text[ok].astype(np.float64)
+    return values
 
 
 def _date_times(text):
-    """Date-times from 'YYYY-MM-DD HH:MM[:SS]' (or with T), NaT where not a real date-time."""
-    parts = text.str.extract(r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(:\d{2})?$")
-    normalized = parts[0] + " " + parts[1] + parts[2].fillna(":00")
-    return pd.to_datetime(normalized, format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    """(datetime64 with NaT where not a real 'YYYY-MM-DD HH:MM[:SS]' (or with T); the normalized text)."""
+    normalized = np.strings.replace(text, "T", " ", 1)
+    lengths = np.strings.str_len(normalized)
+    normalized = np.where(lengths == 16, np.strings.add(normalized, ":00"), normalized)
+    shaped = (np.strings.str_len(normalized) == 19) & (np.strings.find(normalized, " ") == 10)
+    parsed = pd.to_datetime(np.where(shaped, normalized, "").astype(object), format="%Y-%m-%d %H:%M:%S",
+                            errors="coerce")
+    return np.asarray(parsed, dtype="datetime64[s]"), normalized
 
 
 def file_sha256(path, block_size=1 << 20):

@@ -103,6 +103,12 @@ def parse_args(argv=None):
     parser.add_argument("--profile-below", type=float, default=0.7,
                         help="profile ours with cProfile when ours/raw is below this ratio; 0 never, "
                              "a large number always (default: %(default)s)")
+    parser.add_argument("--quiet-cores", type=float, default=0.25,
+                        help="before each timing, wait until other processes use fewer cores than this for 2 s "
+                             "(default: %(default)s)")
+    parser.add_argument("--quiet-timeout", type=float, default=600,
+                        help="longest wait for quiet, in seconds, then measure anyway and flag it; 0 never waits "
+                             "(default: %(default)s)")
     parser.add_argument("--profile-top", type=int, default=15, help="hot spots listed per profile (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.rows is None:
@@ -118,12 +124,97 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def timed(function, *args, **kwargs):
-    """(result, seconds) of one call, after a full garbage collection so earlier work does not leak in."""
+class CpuMeter:
+    """Who used the CPUs during a measurement, from /proc (Linux): this process, the local database server,
+    and everything else. The machine is shared (2 cores here), so a timing is only trusted when the other
+    processes stayed quiet; before each timing `wait_quiet` waits until they are."""
+
+    SERVER_NAMES = ("mariadbd", "mysqld")
+
+    def __init__(self, quiet_cores=0.25, quiet_timeout=300.0):
+        self.quiet_cores, self.quiet_timeout = quiet_cores, quiet_timeout
+        self.available = os.path.exists("/proc/stat")
+        self.ticks = os.sysconf("SC_CLK_TCK") if self.available else 100
+        self.cpus = os.cpu_count() or 1
+        self.server_pids = self._find_server_pids() if self.available else []
+        self.last = None
+
+    def _find_server_pids(self):
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/comm") as handle:
+                        if handle.read().strip() in self.SERVER_NAMES:
+                            pids.append(entry)
+                except OSError:
+                    continue
+        return pids
+
+    def sample(self):
+        """(wall, machine busy seconds, own CPU seconds, database server CPU seconds)."""
+        wall = time.perf_counter()
+        own = sum(os.times()[:2])
+        if not self.available:
+            return wall, 0.0, own, 0.0
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:9]]
+        busy = (sum(values) - values[3] - values[4]) / self.ticks  # all but idle and iowait
+        server = 0.0
+        for pid in self.server_pids:
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+                server += (int(fields[11]) + int(fields[12])) / self.ticks  # utime + stime
+            except (OSError, IndexError, ValueError):
+                continue
+        return wall, busy, own, server
+
+    def usage(self, start, end):
+        """CPU use between two samples, in cores (1.0 = one core busy the whole time)."""
+        wall = max(end[0] - start[0], 1e-9)
+        busy, own, server = ((end[i] - start[i]) / wall for i in (1, 2, 3))
+        return {"own_cores": round(own, 3), "server_cores": round(server, 3),
+                "other_cores": round(max(0.0, busy - own - server), 3), "machine_busy_cores": round(busy, 3)}
+
+    def wait_quiet(self, label):
+        """Wait until other processes use under `quiet_cores` for 2 s in a row (at most quiet_timeout s)."""
+        if not self.available or self.quiet_timeout <= 0:
+            return 0.0
+        started, quiet_seconds, told = time.perf_counter(), 0, False
+        while True:
+            before = self.sample()
+            time.sleep(1.0)
+            other = self.usage(before, self.sample())
+            other = other["other_cores"] + other["server_cores"]  # an idle server should be idle too
+            quiet_seconds = quiet_seconds + 1 if other < self.quiet_cores else 0
+            waited = time.perf_counter() - started
+            if quiet_seconds >= 2:
+                if told:
+                    log(f"{label}: machine quiet after {waited:.0f} s")
+                return waited
+            if waited >= self.quiet_timeout:
+                log(f"{label}: other processes still use {other:.2f} cores after {waited:.0f} s; measuring anyway")
+                return waited
+            if not told and waited >= 3:
+                log(f"{label}: waiting for other processes to go quiet ({other:.2f} cores busy)")
+                told = True
+
+
+CPU = CpuMeter()
+
+
+def timed(function, *args, label="", **kwargs):
+    """(result, seconds) of one call on a quiet machine, after a full garbage collection so earlier work
+    does not leak in; CPU.last holds who used the CPUs meanwhile (and how long the wait for quiet took)."""
+    waited = CPU.wait_quiet(label)
     gc.collect()
+    before = CPU.sample()
     started = time.perf_counter()
     result = function(*args, **kwargs)
-    return result, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    CPU.last = dict(CPU.usage(before, CPU.sample()), waited_for_quiet_s=round(waited, 1))
+    return result, seconds
 
 
 def rate(rows, seconds):
@@ -210,19 +301,21 @@ class Target:
 def measure_generation(rows, csv_path):
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        code, seconds = timed(generate_dummy_data.main, ["--rows", str(rows), "--seed", str(SEED), "--out", csv_path])
+        code, seconds = timed(generate_dummy_data.main, ["--rows", str(rows), "--seed", str(SEED), "--out", csv_path],
+                              label="generation")
     if code != 0:
         raise RuntimeError(f"generate_dummy_data exited with {code}: {buffer.getvalue().strip()}")
     log(buffer.getvalue().strip())
     return {"rows": rows, "seconds": seconds, "rows_per_s": rate(rows, seconds),
-            "file_bytes": os.path.getsize(csv_path)}
+            "file_bytes": os.path.getsize(csv_path), "cpu": CPU.last}
 
 
 def measure_ours(target, csv_path, rows):
     engine = target.fresh_engine("ours")
     url = engine.url
     try:
-        summary, seconds = timed(load_transactions.load_file, engine, csv_path)
+        summary, seconds = timed(load_transactions.load_file, engine, csv_path, label=f"{target.kind} ours")
+        cpu = CPU.last
         problems = []
         if summary.skipped_batch is not None:
             problems.append(f"skipped as already loaded in batch {summary.skipped_batch}")
@@ -235,12 +328,12 @@ def measure_ours(target, csv_path, rows):
         check_count(engine, rows, "ours")
         result = {"seconds": seconds, "rows_per_s": rate(rows, seconds), "summary": summary.line(),
                   "rows_loaded": summary.rows_loaded, "rows_rejected": summary.rows_rejected,
-                  "rows_duplicate": summary.rows_duplicate, "batch_id": summary.batch_id}
-        again, rerun_seconds = timed(load_transactions.load_file, engine, csv_path)
+                  "rows_duplicate": summary.rows_duplicate, "batch_id": summary.batch_id, "cpu": cpu}
+        again, rerun_seconds = timed(load_transactions.load_file, engine, csv_path, label=f"{target.kind} re-run")
         if again.skipped_batch is None:
             raise RuntimeError(f"ours re-run: the file was not skipped as already loaded ({again.line()})")
         check_count(engine, rows, "ours re-run")
-        rerun = {"seconds": rerun_seconds, "skipped_batch": again.skipped_batch, "summary": again.line()}
+        rerun = {"seconds": rerun_seconds, "skipped_batch": again.skipped_batch, "summary": again.line(), "cpu": CPU.last}
         return result, rerun
     finally:
         engine.dispose()
@@ -277,7 +370,7 @@ def measure_raw_sqlite(target, csv_path, rows):
                 connection.executemany(statement, data)
                 connection.execute("COMMIT")
 
-            _, seconds = timed(load)
+            _, seconds = timed(load, label="sqlite raw")
         finally:
             connection.close()
         del data
@@ -286,7 +379,7 @@ def measure_raw_sqlite(target, csv_path, rows):
             check_count(check_engine, rows, "raw")
         finally:
             check_engine.dispose()
-        return {"seconds": seconds, "rows_per_s": rate(rows, seconds),
+        return {"seconds": seconds, "rows_per_s": rate(rows, seconds), "cpu": CPU.last,
                 "method": "sqlite3 executemany, one transaction, pragmas as db_config (WAL, synchronous=NORMAL, "
                           "foreign_keys=ON)"}
     finally:
@@ -315,7 +408,8 @@ def measure_raw_mariadb(target, csv_path, rows):
                 connection.commit()
                 return loaded
 
-            loaded, seconds = timed(load)
+            loaded, seconds = timed(load, label="mariadb raw")
+            cpu = CPU.last
             with connection.cursor() as cursor:
                 cursor.execute("SHOW COUNT(*) WARNINGS")
                 warnings = cursor.fetchone()[0]
@@ -324,7 +418,7 @@ def measure_raw_mariadb(target, csv_path, rows):
         if loaded != rows:
             raise RuntimeError(f"raw: LOAD DATA loaded {loaded} rows, expected {rows}")
         check_count(engine, rows, "raw")
-        return {"seconds": seconds, "rows_per_s": rate(rows, seconds), "warnings": warnings,
+        return {"seconds": seconds, "rows_per_s": rate(rows, seconds), "warnings": warnings, "cpu": cpu,
                 "method": "LOAD DATA LOCAL INFILE of the CSV (pymysql, local_infile=True), one commit"}
     finally:
         engine.dispose()
@@ -336,10 +430,11 @@ def measure_to_sql(target, csv_path, rows):
     url = engine.url
     try:
         frame = pd.read_csv(csv_path)
-        written, seconds = timed(frame.to_sql, "transactions", engine, if_exists="append", index=False)
+        written, seconds = timed(frame.to_sql, "transactions", engine, if_exists="append", index=False,
+                                 label=f"{target.kind} to_sql")
         del frame
         check_count(engine, rows, "to_sql")
-        return {"seconds": seconds, "rows_per_s": rate(rows, seconds), "to_sql_returned": written,
+        return {"seconds": seconds, "rows_per_s": rate(rows, seconds), "to_sql_returned": written, "cpu": CPU.last,
                 "method": "pd.read_csv (untimed) + DataFrame.to_sql(if_exists='append', index=False)"}
     finally:
         engine.dispose()
@@ -352,6 +447,7 @@ def profile_ours(target, csv_path, top, out_path):
     url = engine.url
     try:
         profiler = cProfile.Profile()
+        CPU.wait_quiet(f"{target.kind} profile")
         gc.collect()
         started = time.perf_counter()
         profiler.enable()
@@ -412,10 +508,12 @@ def format_report(results):
         + f"; load average at start {_loadavg(meta.get('loadavg_start'))}, at end {_loadavg(meta.get('loadavg_end'))}",
         "",
         f"generation: {generation['rows']:,} rows in {generation['seconds']:.2f} s = "
-        f"{generation['rows_per_s']:,.0f} rows/s (trades CSV + market_prices.csv)",
+        f"{generation['rows_per_s']:,.0f} rows/s (trades CSV + market_prices.csv; CPU cores own/other "
+        f"{generation['cpu']['own_cores']:.2f}/{generation['cpu']['other_cores']:.2f})",
         "",
     ]
-    header = f"{'database':<9} {'method':<44} {'seconds':>9} {'rows/s':>11} {'ours/x':>7}"
+    header = (f"{'database':<9} {'method':<44} {'seconds':>9} {'rows/s':>11} {'ours/x':>7}   "
+              f"{'CPU cores used: own':>19} {'db':>5} {'other':>6}")
     lines += [header, "-" * len(header)]
     names = {"sqlite": ("raw: sqlite3 executemany, 1 transaction", "pandas to_sql (defaults, index=False)"),
              "mariadb": ("raw: LOAD DATA LOCAL INFILE of the CSV", "pandas to_sql (defaults, index=False)")}
@@ -433,15 +531,19 @@ def format_report(results):
             ratio = outcome["ratios"].get(ratio_key) if ratio_key else None
             ratio_text = f"{ratio:.2f}" if ratio is not None else ""
             lines.append(f"{database:<9} {label:<44} {measured['seconds']:>9.2f} {measured['rows_per_s']:>11,.0f} "
-                         f"{ratio_text:>7}")
+                         f"{ratio_text:>7}   {_cpu_columns(measured.get('cpu'))}")
         rerun = outcome.get("ours_rerun")
         if rerun:
             lines.append(f"{database:<9} {'ours re-run, already loaded (SHA-256 skip)':<44} {rerun['seconds']:>9.3f} "
-                         f"{'':>11} {'':>7}")
+                         f"{'':>11} {'':>7}   {_cpu_columns(rerun.get('cpu'))}")
         if "error" in outcome:
             lines.append(f"{database:<9} ERROR: {outcome['error']}")
     lines.append("")
     lines.append("ours/x = ours rows/s divided by x's rows/s (1.00 = as fast; below 1 = ours is slower).")
+    lines.append("CPU cores used during each timing (2 = both cores all the time): own = this Python process, "
+                 "db = the local database server,")
+    lines.append(f"other = every other process; each timing started after other processes had been quiet "
+                 f"(< {CPU.quiet_cores} cores) for 2 s, '!' marks other > {CPU.quiet_cores} (a disturbed timing).")
     for database, outcome in results["databases"].items():
         if outcome.get("ours"):
             lines.append(f"{database} ours summary: {outcome['ours']['summary']}")
@@ -484,6 +586,13 @@ def load_average():
         return None
 
 
+def _cpu_columns(cpu):
+    if not cpu:
+        return ""
+    flag = "!" if cpu["other_cores"] > CPU.quiet_cores else " "
+    return f"{cpu['own_cores']:>19.2f} {cpu['server_cores']:>5.2f} {cpu['other_cores']:>6.2f}{flag}"
+
+
 def _loadavg(values):
     return "/".join(f"{v:.2f}" for v in values) if values else "n/a"
 
@@ -501,6 +610,7 @@ def server_version(mariadb_url):
 
 def main(argv=None):
     args = parse_args(argv)
+    CPU.quiet_cores, CPU.quiet_timeout = args.quiet_cores, args.quiet_timeout
     run_id = f"{os.getpid()}_{int(time.time())}"
     own_workdir = args.workdir is None
     workdir = tempfile.mkdtemp(prefix="stocketl-bench-") if own_workdir else os.path.abspath(args.workdir)

@@ -360,7 +360,8 @@ def test_legacy_file_loaded_twice_loads_nothing_new(seeded_engine, tmp_path):
 def test_legacy_copy_with_an_extra_row_is_a_new_file_with_new_refs(seeded_engine, tmp_path):
     # SPEC §3: the refs derive from the file's SHA-256, so a file with other bytes gets other refs: all rows load.
     original = write_csv(tmp_path, "legacy.csv", [LEGACY_HEADER] + LEGACY_ROWS)
-    extended = write_csv(tmp_path, "legacy_more.csv", [LEGACY_HEADER] + LEGACY_ROWS + ["1003,GOOG,BUY,1,140,2025-01-06"])
+    extra = "1003,GOOG,BUY,1,140,2025-01-06"
+    extended = write_csv(tmp_path, "legacy_more.csv", [LEGACY_HEADER] + LEGACY_ROWS + [extra])
     load_transactions.load_file(seeded_engine, original)
 
     summary = load_transactions.load_file(seeded_engine, extended)
@@ -394,7 +395,8 @@ def test_bom_and_crlf_load(seeded_engine, tmp_path):
     assert (summary.rows_loaded, summary.rows_rejected) == (1, 1)
     assert stored_trades(seeded_engine) == [
         ("a", 1001, "AAPL", "BUY", 10, Decimal("100.5"), datetime(2025, 1, 2, 10, 0, 0))]
-    assert stored_rejects(seeded_engine) == [(1, 3, "quantity: 'x' is not a whole number > 0", trade("b", quantity="x"))]
+    assert stored_rejects(seeded_engine) == [
+        (1, 3, "quantity: 'x' is not a whole number > 0", trade("b", quantity="x"))]
 
 
 def test_blank_lines_are_skipped_but_keep_line_numbers(seeded_engine, tmp_path):
@@ -517,17 +519,21 @@ def test_verbose_shows_the_traceback_but_not_the_password(tmp_path):
 # ---------------------------------------------------------------------------------------------- atomicity
 
 def fail_on_call(monkeypatch, error, failing_call=2):
-    """Make bulk_insert.insert_trades raise `error` on its `failing_call`-th call."""
-    real = bulk_insert.insert_trades
+    """Make the loader's bulk insert raise `error` on its `failing_call`-th call; return the list of calls.
+
+    Patches bulk_insert.insert_rows where it exists (insert_trades delegates to it), else insert_trades.
+    """
+    name = "insert_rows" if hasattr(bulk_insert, "insert_rows") else "insert_trades"
+    real = getattr(bulk_insert, name)
     calls = []
 
-    def insert_trades(connection, trades, batch_id, method=None):
-        calls.append(len(trades))
+    def failing_insert(*args, **kwargs):
+        calls.append(name)
         if len(calls) == failing_call:
             raise error
-        return real(connection, trades, batch_id, method)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(bulk_insert, "insert_trades", insert_trades)
+    monkeypatch.setattr(bulk_insert, name, failing_insert)
     return calls
 
 
