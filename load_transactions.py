@@ -167,8 +167,8 @@ def _trade_batch(cells, numbers, texts, layout, sha256):
     batch["raw_record"] = pd.Series(texts, dtype=object)
     if layout.kind == "legacy":
         batch["txn_ref"] = [validation.legacy_txn_ref(sha256, n) for n in numbers]
-        txn_date = batch.pop("txn_date").astype(str).str.strip()
-        batch["txn_time"] = txn_date.where(txn_date.str.len() != 10, txn_date + " 00:00:00")
+        batch["txn_time"] = batch.pop("txn_date")
+        batch.attrs["time_field"] = "txn_date"  # validation names the file's field and takes a bare date
     return batch
 
 
@@ -231,31 +231,36 @@ def load_rows(engine, chunks, source, sha256=None, method=None, background=False
 
 @dataclass
 class PreparedChunk:
-    """A chunk after the CPU work: the rows to insert and what is already known to be duplicate or bad."""
+    """A chunk after the CPU work: the rows to insert, later repeats of their refs, and the bad rows."""
     rows_read: int
     firsts: pd.DataFrame  # valid rows, first occurrence of each txn_ref in the chunk
     rows: list  # firsts as bulk_insert row tuples
-    duplicates: int
+    repeats: pd.DataFrame  # valid rows whose txn_ref occurred earlier in the chunk
     rejects: pd.DataFrame
 
 
 def prepare_chunk(batch, malformed, context, batch_id):
-    """Validate a chunk and set aside repeats within it; no database access (runs in a worker thread)."""
+    """Validate a chunk and set aside repeats within it; no database access (may run in a worker process)."""
     valid, rejected = validation.validate_trades(batch, context)
-    firsts, duplicates, repeat_conflicts = split_repeats(valid)
-    return PreparedChunk(len(batch) + len(malformed), firsts, bulk_insert.row_tuples(firsts, batch_id), duplicates,
-                         pd.concat([malformed, rejected, repeat_conflicts], ignore_index=True))
+    repeated = valid["txn_ref"].duplicated(keep="first").to_numpy()
+    firsts = valid[~repeated]
+    return PreparedChunk(len(batch) + len(malformed), firsts, bulk_insert.row_tuples(firsts, batch_id),
+                         valid[repeated], pd.concat([malformed, rejected], ignore_index=True))
 
 
 def store_chunk(connection, chunk, summary, method=None):
-    """Insert a prepared chunk inside the batch's transaction, classify what the database skipped, update summary."""
+    """Insert a prepared chunk inside the batch's transaction, classify what was not inserted, update summary.
+
+    Every row not inserted (its txn_ref was stored already, by an earlier batch or earlier in this file) is
+    compared with the stored trade: the same values make a duplicate, others a reject. Comparing with what is
+    stored, never with another line of the file, makes the outcome independent of the chunk size.
+    """
     inserted = bulk_insert.insert_rows(connection, chunk.rows, method)
-    duplicates, rejects = chunk.duplicates, chunk.rejects
+    not_inserted = chunk.repeats
     if inserted < len(chunk.rows):
-        extra_duplicates, db_conflicts = reconcile_skipped(connection, chunk.firsts, summary.batch_id)
-        duplicates += extra_duplicates
-        rejects = pd.concat([rejects, db_conflicts], ignore_index=True)
-    rejects = rejects.sort_values("line_number", kind="stable")
+        not_inserted = pd.concat([skipped_rows(connection, chunk.firsts, summary.batch_id), chunk.repeats])
+    duplicates, conflicts = classify_against_stored(connection, not_inserted, summary.batch_id)
+    rejects = pd.concat([chunk.rejects, conflicts], ignore_index=True).sort_values("line_number", kind="stable")
     store_rejects(connection, summary.batch_id, rejects)
     summary.rows_read += chunk.rows_read
     summary.rows_loaded += inserted
@@ -304,20 +309,6 @@ def _produce(items, queue):
         queue.put(("error", error))
 
 
-def split_repeats(valid):
-    """Split rows into (first occurrences, number of same-valued repeats, rejects for other-valued repeats)."""
-    repeated = valid["txn_ref"].duplicated(keep="first").to_numpy()
-    firsts, repeats = valid[~repeated], valid[repeated]
-    if repeats.empty:
-        return firsts, 0, _rejects_frame([])
-    earlier = firsts.set_index("txn_ref").loc[repeats["txn_ref"]]
-    same = _same_values(repeats, earlier)
-    conflicts = repeats[~same]
-    reasons = [f"txn_ref: {ref!r} is a conflicting duplicate of line {line}"
-               for ref, line in zip(conflicts["txn_ref"], earlier["line_number"].to_numpy()[~same])]
-    return firsts, int(same.sum()), _rejects_frame(list(zip(conflicts["line_number"], reasons, conflicts["raw_record"])))
-
-
 def _same_values(left, right):
     """Row-wise: do two aligned frames of normalized trades agree on every value but txn_ref?"""
     same = np.ones(len(left), dtype=bool)
@@ -326,23 +317,29 @@ def _same_values(left, right):
     return same
 
 
-def reconcile_skipped(connection, firsts, batch_id):
-    """Explain the rows the database skipped: (duplicates of stored trades, rejects for conflicting ones)."""
+def skipped_rows(connection, firsts, batch_id):
+    """The rows of `firsts` that the database did not insert (it held their txn_ref already)."""
     lines = firsts["line_number"]
     inserted_lines = set(connection.execute(
         select(transactions.c.source_line).where(and_(
             transactions.c.batch_id == batch_id, transactions.c.source_line.between(int(lines.min()), int(lines.max()))))
     ).scalars())
-    skipped = firsts[~lines.isin(inserted_lines).to_numpy()]
-    stored = fetch_trades_by_ref(connection, skipped["txn_ref"].tolist()).set_index("txn_ref")
-    unexplained = skipped[~skipped["txn_ref"].isin(stored.index).to_numpy()]
+    return firsts[~lines.isin(inserted_lines).to_numpy()]
+
+
+def classify_against_stored(connection, rows, batch_id):
+    """(duplicates, rejects): each row against the stored trade with its txn_ref."""
+    if rows.empty:
+        return 0, _rejects_frame([])
+    stored = fetch_trades_by_ref(connection, rows["txn_ref"].unique().tolist()).set_index("txn_ref")
+    unexplained = rows[~rows["txn_ref"].isin(stored.index).to_numpy()]
     if not unexplained.empty:
         first = unexplained.iloc[0]
         raise cli.StageError(f"line {first.line_number}: the database skipped txn_ref {first.txn_ref!r} "
                              f"but holds no trade with that ref; {len(unexplained)} such row(s), batch rolled back")
-    stored = stored.loc[skipped["txn_ref"]]
-    same = _same_values(skipped, stored)
-    conflicts, holders = skipped[~same], stored[~same]
+    stored = stored.loc[rows["txn_ref"]]
+    same = _same_values(rows, stored)
+    conflicts, holders = rows[~same], stored[~same]
     reasons = [
         f"txn_ref: {ref!r} is a conflicting duplicate of line {line}" if holder_batch == batch_id
         else f"txn_ref: {ref!r} conflicts with loaded trade {txn_id} (batch {holder_batch}, line {line})"

@@ -65,7 +65,8 @@ def validate_trades(batch, context):
     investor_id = _whole_numbers(cells["investor_id"])
     quantity = _whole_numbers(cells["quantity"])
     price, decimals = _plain_decimals(cells["price"])
-    txn_time, txn_text = _date_times(cells["txn_time"])
+    time_field = batch.attrs.get("time_field", "txn_time")  # 'txn_date' in legacy files: a date is enough
+    txn_time, txn_text = _date_times(cells["txn_time"], date_only_ok=time_field == "txn_date")
     ref_length = np.strings.str_len(cells["txn_ref"])
     problems = [
         (ref_length == 0, "txn_ref: is empty"),
@@ -81,8 +82,9 @@ def validate_trades(batch, context):
         (np.isnan(price) | (price <= 0), "price: {price!r} is not a plain decimal > 0 (no thousands separators)"),
         (price >= MAX_PRICE, f"price: {{price!r}} is not below {MAX_PRICE}"),
         (decimals > 4, "price: {price!r} has more than 4 decimal places"),
-        (np.isnat(txn_time), "txn_time: {txn_time!r} is not a real date-time YYYY-MM-DD HH:MM:SS"),
-        (txn_time > np.datetime64(context.latest_allowed_time), "txn_time: {txn_time!r} is in the future "
+        (np.isnat(txn_time), time_field + ": {txn_time!r} is not a real date-time YYYY-MM-DD HH:MM:SS"
+         + (" or date YYYY-MM-DD" if time_field == "txn_date" else "")),
+        (txn_time > np.datetime64(context.latest_allowed_time), time_field + ": {txn_time!r} is in the future "
          f"(later than {context.latest_allowed_time:%Y-%m-%d %H:%M:%S})"),
     ]
     reasons = _reasons(problems, cells, len(batch))
@@ -152,11 +154,14 @@ def _to_float(text, ok):
     return values
 
 
-def _date_times(text):
-    """(datetime64 with NaT where not a real 'YYYY-MM-DD HH:MM[:SS]' (or with T); the normalized text)."""
+def _date_times(text, date_only_ok=False):
+    """(datetime64 with NaT where not a real 'YYYY-MM-DD HH:MM[:SS]' (or with T), or with date_only_ok a bare
+    'YYYY-MM-DD' at 00:00:00; the normalized text)."""
     normalized = np.strings.replace(text, "T", " ", 1)
     lengths = np.strings.str_len(normalized)
     normalized = np.where(lengths == 16, np.strings.add(normalized, ":00"), normalized)
+    if date_only_ok:
+        normalized = np.where(lengths == 10, np.strings.add(normalized, " 00:00:00"), normalized)
     shaped = (np.strings.str_len(normalized) == 19) & (np.strings.find(normalized, " ") == 10)
     parsed = pd.to_datetime(np.where(shaped, normalized, "").astype(object), format="%Y-%m-%d %H:%M:%S",
                             errors="coerce")

@@ -289,8 +289,6 @@ def test_duplicates_across_chunk_boundaries(seeded_engine, tmp_path):
     assert [tuple(row) for row in source_lines] == [("a", 2), ("b", 3), ("c", 6)]
 
 
-@pytest.mark.xfail(reason="BUG: counts of a file depend on chunk_rows when a repeated ref conflicts with a loaded "
-                          "trade (same chunk: 1 duplicate + 1 reject; different chunks: 2 rejects)", strict=True)
 def test_outcome_does_not_depend_on_chunk_size(seeded_engine, tmp_path):
     load_transactions.load_file(seeded_engine, write_csv(tmp_path, "first.csv", [HEADER, trade("a")]))
     second = [HEADER, trade("a", quantity=99), trade("a", quantity=99)]
@@ -372,8 +370,6 @@ def test_legacy_copy_with_an_extra_row_is_a_new_file_with_new_refs(seeded_engine
                     legacy_ref(extended, 2), legacy_ref(extended, 3), legacy_ref(extended, 4)]
 
 
-@pytest.mark.xfail(reason="BUG: a bad legacy txn_date is reported as txn_time with ' 00:00:00' appended, a field "
-                          "and value that are not in the file", strict=True)
 def test_legacy_bad_date_reason_names_txn_date(seeded_engine, tmp_path):
     path = write_csv(tmp_path, "legacy.csv", [LEGACY_HEADER, "1001,AAPL,BUY,10,100.5,2025-02-30"])
 
