@@ -60,9 +60,10 @@ def planned_stages(args):
 
 
 def run_stages(engine, args):
-    """Run the stages in order; raise StageError naming the first one that fails."""
+    """Run the stages in order; return [(name, seconds, result)]; raise StageError naming a failing stage."""
     stages = planned_stages(args)
     total = time.perf_counter()
+    timings = []
     for number, (name, stage) in enumerate(stages, start=1):
         started = time.perf_counter()
         try:
@@ -70,8 +71,10 @@ def run_stages(engine, args):
         except Exception as error:
             logger.debug("stage %s failed", name, exc_info=True)
             raise cli.StageError(f"stage {number}/{len(stages)} '{name}' failed: {_one_line(error)}") from error
-        print(f"[{number}/{len(stages)}] {name}: {result} ({time.perf_counter() - started:.2f} s)", flush=True)
+        timings.append((name, time.perf_counter() - started, result))
+        print(f"[{number}/{len(stages)}] {name}: {result} ({timings[-1][1]:.2f} s)", flush=True)
     print(f"pipeline finished: {len(stages)} stages in {time.perf_counter() - total:.2f} s")
+    return timings
 
 
 def _one_line(error):
@@ -79,7 +82,8 @@ def _one_line(error):
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def main(argv=None):
+def make_parser():
+    """The command line of master_etl (also used by bench/bench_pipeline.py)."""
     parser = cli.make_parser(__doc__)
     parser.add_argument("--rows", type=int, default=10_000, help="trades to generate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="random seed of the generator (default: %(default)s)")
@@ -87,6 +91,11 @@ def main(argv=None):
     parser.add_argument("--no-plots", action="store_true", help="print the summary, draw nothing")
     parser.add_argument("--input", default="transactions.csv", help="trades file (default: %(default)s)")
     parser.add_argument("--reports", default="reports", help="folder for the dashboard (default: %(default)s)")
+    return parser
+
+
+def main(argv=None):
+    parser = make_parser()
     args = parser.parse_args(argv)
     cli.setup_logging(args)
     if args.rows < 0:
