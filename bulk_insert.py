@@ -1,6 +1,6 @@
 """Insert validated trades through each database's own bulk path, skipping txn_refs that already exist.
 
-One interface, `insert_trades(connection, trades, batch_id) -> rows inserted`, over:
+One interface, `insert_columns(connection, columns) -> rows inserted`, over:
 SQLite `INSERT OR IGNORE` executemany; MySQL/MariaDB `LOAD DATA LOCAL INFILE ... IGNORE` (falling back to
 `INSERT IGNORE` executemany when the server or client has local_infile off); PostgreSQL `COPY` into a staging
 table then `INSERT ... ON CONFLICT DO NOTHING`; any other database a portable SQLAlchemy insert of the refs
@@ -28,45 +28,45 @@ LOOKUP_SLICE = 500  # bound parameters per IN (...) lookup
 
 
 def insert_trades(connection, trades, batch_id, method=None):
-    """Insert `trades` (validated, unique txn_refs) into transactions; return how many rows were inserted."""
-    return insert_rows(connection, row_tuples(trades, batch_id), method)
+    """Insert a DataFrame of validated trades (unique txn_refs); return how many rows were inserted."""
+    return insert_columns(connection, trade_columns(trades, batch_id), method)
 
 
-def insert_rows(connection, rows, method=None):
-    """Insert row tuples (INSERT_COLUMNS order); return how many were inserted.
+def insert_columns(connection, columns, method=None):
+    """Insert trades given as one list per INSERT_COLUMNS entry; return how many were inserted.
 
+    Columns rather than row tuples: they cross from the parsing process cheaply, and drivers zip them as they go.
     method: None picks the dialect's bulk path; 'portable' forces the SQLAlchemy fallback (tests, benchmarks).
     """
-    if not rows:
+    if not columns[0]:
         return 0
     dialect = connection.dialect.name
     if method == "portable" or dialect not in _BULK_PATHS:
-        return _insert_portable(connection, rows)
-    return _BULK_PATHS[dialect](connection, rows)
+        return _insert_portable(connection, list(zip(*columns)))
+    return _BULK_PATHS[dialect](connection, columns)
 
 
-def row_tuples(trades, batch_id):
-    """Plain Python tuples in INSERT_COLUMNS order (drivers do not take numpy scalars)."""
-    columns = [trades[c].tolist() for c in INSERT_COLUMNS[:7]]
-    return list(zip(*columns, [batch_id] * len(trades), trades["line_number"].tolist()))
+def trade_columns(trades, batch_id):
+    """Plain Python lists in INSERT_COLUMNS order (drivers do not take numpy scalars)."""
+    return [trades[c].tolist() for c in INSERT_COLUMNS[:7]] + [[batch_id] * len(trades), trades["line_number"].tolist()]
 
 
-def _insert_sqlite(connection, rows):
+def _insert_sqlite(connection, columns):
     placeholders = ", ".join("?" * len(INSERT_COLUMNS))
     cursor = connection.connection.dbapi_connection.cursor()
     try:
         cursor.executemany(
-            f"INSERT OR IGNORE INTO transactions ({', '.join(INSERT_COLUMNS)}) VALUES ({placeholders})", rows)
+            f"INSERT OR IGNORE INTO transactions ({', '.join(INSERT_COLUMNS)}) VALUES ({placeholders})", zip(*columns))
         return cursor.rowcount
     finally:
         cursor.close()
 
 
-def _insert_mysql(connection, rows):
+def _insert_mysql(connection, columns):
     engine_state = connection.engine.__dict__
     if engine_state.get("stock_etl_local_infile", True):
         try:
-            return _load_data_local_infile(connection, rows)
+            return _load_data_local_infile(connection, columns)
         except OperationalError as error:
             code = error.orig.args[0] if error.orig is not None and error.orig.args else None
             if code not in MYSQL_LOCAL_INFILE_REFUSED:
@@ -74,23 +74,35 @@ def _insert_mysql(connection, rows):
             engine_state["stock_etl_local_infile"] = False
             logger.warning("LOAD DATA LOCAL INFILE refused (%s); loading with INSERT IGNORE, which is slower",
                            error.orig.args[-1])
-    return _insert_ignore_mysql(connection, rows)
+    return _insert_ignore_mysql(connection, list(zip(*columns)))
 
 
-def _load_data_local_infile(connection, rows):
+def _load_data_local_infile(connection, columns):
+    text_columns = [[_mysql_field(value) for value in column] if _needs_escaping(column) else list(map(str, column))
+                    for column in columns]
     handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="\n", suffix=".tsv", delete=False)
     try:
         with handle:
-            handle.writelines("\t".join(_mysql_field(value) for value in row) + "\n" for row in rows)
-        columns = ", ".join(INSERT_COLUMNS)
+            handle.write("\n".join(map("\t".join, zip(*text_columns))))
+            handle.write("\n")
         result = connection.exec_driver_sql(
             f"LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE transactions CHARACTER SET utf8mb4 "
-            f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({columns})",
+            f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({', '.join(INSERT_COLUMNS)})",
             (handle.name,),
         )
         return result.rowcount
     finally:
         os.unlink(handle.name)
+
+
+def _needs_escaping(column):
+    """Does a column hold a value that LOAD DATA would misread (None, backslash, tab, line break)?"""
+    if None in column:
+        return True
+    if not column or not isinstance(column[0], str):
+        return False
+    joined = "".join(column)
+    return "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined
 
 
 def _mysql_field(value):
@@ -116,7 +128,7 @@ def _insert_ignore_mysql(connection, rows):
         cursor.close()
 
 
-def _insert_postgresql(connection, rows):
+def _insert_postgresql(connection, columns):
     columns = ", ".join(INSERT_COLUMNS)
     connection.exec_driver_sql(
         "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (txn_ref VARCHAR(64), investor_id INTEGER, "
@@ -126,7 +138,7 @@ def _insert_postgresql(connection, rows):
     cursor = connection.connection.dbapi_connection.cursor()
     try:
         with cursor.copy(f"COPY staging_transactions ({columns}) FROM STDIN") as copy:
-            for row in rows:
+            for row in zip(*columns):
                 copy.write_row(row)
     finally:
         cursor.close()

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 PRICES_FILE_NAME = "market_prices.csv"
 LOGGED_REJECTS = 10  # rejects shown in the log per file; all are kept in rejected_transactions
 MAX_REASON_LENGTH = 1000
+FIRST_CHUNK_ROWS = 10_000
 BACKGROUND_MIN_BYTES = 8 << 20  # files above 8 MB (about 130,000 trades) are parsed in a worker process
 COMPARED_COLUMNS = ("investor_id", "stock_symbol", "txn_type", "quantity", "price_value", "txn_time")
 
@@ -87,8 +88,9 @@ def iter_batches(path, layout, sha256, chunk_rows=constants.LOAD_CHUNK_ROWS, on_
     """Yield (trade rows as text cells with line_number and raw_record, malformed rows) per chunk of lines."""
     with open(path, "rb") as handle:
         handle.readline()
-        line_number = 2
-        while lines := list(islice(handle, chunk_rows)):
+        line_number, size = 2, min(chunk_rows, FIRST_CHUNK_ROWS)  # a small first chunk starts the inserts sooner
+        while lines := list(islice(handle, size)):
+            size = chunk_rows
             batch, malformed = _parse_lines(lines, line_number, layout, sha256)
             line_number += len(lines)
             if on_progress:
@@ -233,10 +235,16 @@ def load_rows(engine, chunks, source, sha256=None, method=None, background=False
 class PreparedChunk:
     """A chunk after the CPU work: the rows to insert, later repeats of their refs, and the bad rows."""
     rows_read: int
-    firsts: pd.DataFrame  # valid rows, first occurrence of each txn_ref in the chunk
-    rows: list  # firsts as bulk_insert row tuples
+    columns: list  # first occurrence of each valid txn_ref, as bulk_insert columns (plain lists: cheap to send)
+    raw_records: list  # the lines of those rows
     repeats: pd.DataFrame  # valid rows whose txn_ref occurred earlier in the chunk
     rejects: pd.DataFrame
+
+    def firsts(self):
+        """The rows to insert as a DataFrame like validation's output (built only when needed)."""
+        firsts = pd.DataFrame(dict(zip(bulk_insert.INSERT_COLUMNS, self.columns)))
+        return firsts.rename(columns={"source_line": "line_number"}).assign(
+            price_value=firsts["price"].astype(float), raw_record=self.raw_records)
 
 
 def prepare_chunk(batch, malformed, context, batch_id):
@@ -244,8 +252,9 @@ def prepare_chunk(batch, malformed, context, batch_id):
     valid, rejected = validation.validate_trades(batch, context)
     repeated = valid["txn_ref"].duplicated(keep="first").to_numpy()
     firsts = valid[~repeated]
-    return PreparedChunk(len(batch) + len(malformed), firsts, bulk_insert.row_tuples(firsts, batch_id),
-                         valid[repeated], pd.concat([malformed, rejected], ignore_index=True))
+    return PreparedChunk(len(batch) + len(malformed), bulk_insert.trade_columns(firsts, batch_id),
+                         firsts["raw_record"].tolist(), valid[repeated],
+                         pd.concat([malformed, rejected], ignore_index=True))
 
 
 def store_chunk(connection, chunk, summary, method=None):
@@ -255,10 +264,10 @@ def store_chunk(connection, chunk, summary, method=None):
     compared with the stored trade: the same values make a duplicate, others a reject. Comparing with what is
     stored, never with another line of the file, makes the outcome independent of the chunk size.
     """
-    inserted = bulk_insert.insert_rows(connection, chunk.rows, method)
+    inserted = bulk_insert.insert_columns(connection, chunk.columns, method)
     not_inserted = chunk.repeats
-    if inserted < len(chunk.rows):
-        not_inserted = pd.concat([skipped_rows(connection, chunk.firsts, summary.batch_id), chunk.repeats])
+    if inserted < len(chunk.raw_records):
+        not_inserted = pd.concat([skipped_rows(connection, chunk.firsts(), summary.batch_id), chunk.repeats])
     duplicates, conflicts = classify_against_stored(connection, not_inserted, summary.batch_id)
     rejects = pd.concat([chunk.rejects, conflicts], ignore_index=True).sort_values("line_number", kind="stable")
     store_rejects(connection, summary.batch_id, rejects)

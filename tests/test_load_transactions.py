@@ -517,9 +517,9 @@ def test_verbose_shows_the_traceback_but_not_the_password(tmp_path):
 def fail_on_call(monkeypatch, error, failing_call=2):
     """Make the loader's bulk insert raise `error` on its `failing_call`-th call; return the list of calls.
 
-    Patches bulk_insert.insert_rows where it exists (insert_trades delegates to it), else insert_trades.
+    Patches bulk_insert.insert_columns, which every load goes through.
     """
-    name = "insert_rows" if hasattr(bulk_insert, "insert_rows") else "insert_trades"
+    name = "insert_columns"
     real = getattr(bulk_insert, name)
     calls = []
 
