@@ -61,6 +61,16 @@ def mariadb_url():
 
 
 @pytest.fixture
+def second_mariadb_url():
+    """Another fresh MariaDB database, for comparisons between two loads."""
+    name = f"etl_test_{uuid.uuid4().hex[:10]}"
+    url, finalize = _server_database(
+        MARIADB_URL, name, "CREATE DATABASE {name} CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS {name}")
+    yield url
+    finalize()
+
+
+@pytest.fixture
 def postgres_url():
     name = f"etl_test_{uuid.uuid4().hex[:10]}"
     url, finalize = _server_database(

@@ -1,0 +1,79 @@
+"""The bulk paths and their fallbacks load the same rows, with the same counts, on every database."""
+import pymysql
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+import bulk_insert
+import db_config
+import load_transactions
+import seed_investors
+
+HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
+LINES = [
+    HEADER,
+    "t1,1001,AAPL,BUY,10,190.5,2025-01-02 10:00:00",
+    "t2,1002,msft,sell,3,410.1234,2025-01-02T10:01:00",
+    "t\\3,1003,KO,BUY,7,62,2025-01-02 10:02:00",  # a backslash: LOAD DATA must not read it as an escape
+    "t1,1001,AAPL,BUY,10,190.50,2025-01-02 10:00:00",  # a duplicate in the file
+    "t4,1004,TSLA,BUY,0,200,2025-01-02 10:03:00",  # rejected
+    "t5,1005,NVDA,BUY,1,850,2025-01-02 10:04",
+]
+
+
+def stored(engine):
+    with engine.connect() as connection:
+        rows = connection.execute(text(
+            "SELECT txn_ref, investor_id, stock_symbol, txn_type, quantity, price, txn_time, source_line "
+            "FROM transactions ORDER BY txn_id")).all()
+    return [(r[0], r[1], r[2], r[3], r[4], float(r[5]), str(r[6])[:19], r[7]) for r in rows]
+
+
+def load_with(url, path, method, chunk_rows=2):
+    engine = db_config.get_engine(url)
+    seed_investors.seed_reference_data(engine)
+    summary = load_transactions.load_file(engine, str(path), chunk_rows=chunk_rows, method=method)
+    rows = stored(engine)
+    engine.dispose()
+    return (summary.rows_read, summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected), rows
+
+
+@pytest.mark.parametrize("database", ["sqlite", "mariadb"])
+def test_bulk_path_and_portable_fallback_load_the_same_rows(database, request, tmp_path):
+    path = tmp_path / "trades.csv"
+    path.write_text("\n".join(LINES) + "\n")
+    url_bulk = request.getfixturevalue(f"{database}_url")
+    url_portable = f"sqlite:///{tmp_path / 'portable.db'}" if database == "sqlite" else request.getfixturevalue(
+        "second_mariadb_url")
+
+    bulk = load_with(url_bulk, path, method=None)
+    portable = load_with(url_portable, path, method="portable")
+
+    assert bulk == portable
+    assert bulk[0] == (6, 4, 1, 1)
+    assert [row[0] for row in bulk[1]] == ["t1", "t2", "t\\3", "t5"]
+    assert bulk[1][1][2:4] == ("MSFT", "SELL") and bulk[1][1][5] == pytest.approx(410.1234)
+    assert bulk[1][3][6] == "2025-01-02 10:04:00"
+
+
+def test_mariadb_without_local_infile_falls_back_to_insert_ignore(mariadb_url, tmp_path, monkeypatch, caplog):
+    path = tmp_path / "trades.csv"
+    path.write_text("\n".join(LINES) + "\n")
+    engine = db_config.get_engine(mariadb_url)
+    seed_investors.seed_reference_data(engine)
+    refused = []
+
+    # Simulate a server with local_infile off: error 3948 "Loading local data is disabled".
+    def disabled(connection, columns):
+        refused.append(len(columns[0]))
+        raise OperationalError("LOAD DATA", {}, pymysql.err.OperationalError(
+            3948, "Loading local data is disabled; this must be enabled on both the client and server sides"))
+
+    monkeypatch.setattr(bulk_insert, "_load_data_local_infile", disabled)
+    summary = load_transactions.load_file(engine, str(path), chunk_rows=2)
+
+    assert (summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (4, 1, 1)
+    assert refused == [2]  # tried once, then the engine remembers the server refuses
+    assert "LOAD DATA LOCAL INFILE refused" in caplog.text
+    assert [row[0] for row in stored(engine)] == ["t1", "t2", "t\\3", "t5"]
+    engine.dispose()
