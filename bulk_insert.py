@@ -129,7 +129,7 @@ def _insert_ignore_mysql(connection, rows):
 
 
 def _insert_postgresql(connection, columns):
-    columns = ", ".join(INSERT_COLUMNS)
+    names = ", ".join(INSERT_COLUMNS)
     connection.exec_driver_sql(
         "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (txn_ref VARCHAR(64), investor_id INTEGER, "
         "stock_symbol VARCHAR(10), txn_type VARCHAR(4), quantity INTEGER, price NUMERIC(18, 4), "
@@ -137,13 +137,13 @@ def _insert_postgresql(connection, columns):
     )
     cursor = connection.connection.dbapi_connection.cursor()
     try:
-        with cursor.copy(f"COPY staging_transactions ({columns}) FROM STDIN") as copy:
+        with cursor.copy(f"COPY staging_transactions ({names}) FROM STDIN") as copy:
             for row in zip(*columns):
                 copy.write_row(row)
     finally:
         cursor.close()
     result = connection.exec_driver_sql(
-        f"INSERT INTO transactions ({columns}) SELECT {columns} FROM staging_transactions "
+        f"INSERT INTO transactions ({names}) SELECT {names} FROM staging_transactions "
         f"ORDER BY source_line ON CONFLICT (txn_ref) DO NOTHING"
     )
     connection.exec_driver_sql("TRUNCATE staging_transactions")

@@ -56,11 +56,24 @@ def run(work, args, name):
         return _fail(f"{name}: {error}", EXIT_USAGE, args)
     except (DatabaseUnavailable, StageError) as error:
         return _fail(f"{name}: {error}", EXIT_FAILURE, args)
-    except SQLAlchemyError as error:
+    except (SQLAlchemyError, *driver_errors()) as error:
         message = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         return _fail(f"{name}: database error: {message}", EXIT_FAILURE, args)
     except KeyboardInterrupt:
         return _fail(f"{name}: interrupted", EXIT_FAILURE, args)
+
+
+def driver_errors():
+    """The database drivers' own error classes (raised where a stage uses a driver's bulk API directly)."""
+    import sqlite3
+
+    errors = [sqlite3.Error]
+    for module, name in (("pymysql", "Error"), ("psycopg", "Error")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except ImportError:
+            continue
+    return tuple(errors)
 
 
 def _fail(message, code, args):

@@ -125,7 +125,7 @@ def stream_trades(connection, where="", params=None, with_batch=False):
     statement = text(f"SELECT {columns} FROM transactions t {where} {ORDER_SQL}")
     if params and isinstance(params.get("ids"), list):
         statement = statement.bindparams(bindparam("ids", expanding=True))
-    result = connection.execution_options(stream_results=True).execute(statement, params or {})
+    result = connection.execute(statement.execution_options(stream_results=True), params or {})
     while rows := result.fetchmany(FETCH_ROWS):
         for row in rows:
             yield (row[0], row[1], row[2], normalize_time(row[3]), row[4], row[5], to_decimal(row[6])) + tuple(row[7:])

@@ -113,8 +113,9 @@ def bare_read(engine):
     """Seconds to read every trade's replay columns in replay order, doing nothing with them."""
     started = time.perf_counter()
     with engine.connect() as connection:
-        result = connection.execution_options(stream_results=True).execute(text(
-            f"SELECT {update_portfolio.TRADE_COLUMNS_SQL} FROM transactions t {update_portfolio.ORDER_SQL}"))
+        result = connection.execute(text(
+            f"SELECT {update_portfolio.TRADE_COLUMNS_SQL} FROM transactions t {update_portfolio.ORDER_SQL}"
+        ).execution_options(stream_results=True))
         while result.fetchmany(50_000):
             pass
     return time.perf_counter() - started
