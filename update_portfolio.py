@@ -11,7 +11,7 @@ Everything one run writes is committed in one transaction.
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -92,11 +92,10 @@ class UpdateSummary:
     alerts_raised: int = 0
     seconds: float = 0.0
     full: bool = False
-    details: dict = field(default_factory=dict)
 
     def line(self):
         mode = "full replay" if self.full else "incremental"
-        return (f"update_portfolio ({mode}): {self.trades_applied} trades from {self.batches_applied} batches applied "
+        return (f"update_portfolio ({mode}): {self.trades_applied} trades from {self.batches_applied} batch(es) applied "
                 f"to {self.positions_changed} positions ({self.positions_replayed} replayed for late trades), "
                 f"{self.oversells} oversells skipped, {self.investors_scored} investors scored, "
                 f"{self.alerts_raised} new alerts ({self.seconds:.2f} s)")

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Run one stage from cron: in the project folder, with the project's virtual environment, under a per-stage
 # flock (a run still going when the next one is due makes the next one skip, logged), appending to logs/etl.log.
-# Usage: cron/run_stage.sh SCRIPT.py [ARGS...]     PYTHON overrides the interpreter (default .venv/bin/python).
+# Usage: cron/run_stage.sh SCRIPT.py [ARGS...]     PYTHON overrides the interpreter (default .venv/bin/python),
+# LOG_DIR the folder of etl.log and the lock files (default logs/).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root" || exit 1
-mkdir -p logs
+logs="${LOG_DIR:-$root/logs}"
+mkdir -p "$logs"
 script="${1:?usage: cron/run_stage.sh SCRIPT.py [ARGS...]}"
 shift
 python="${PYTHON:-$root/.venv/bin/python}"
-log="$root/logs/etl.log"
+log="$logs/etl.log"
 stamp() { date '+%Y-%m-%d %H:%M:%S'; }
 
-exec 9>"$root/logs/${script%.py}.lock"
+exec 9>"$logs/${script%.py}.lock"
 if ! flock -n 9; then
   echo "$(stamp) $script: the previous run still holds the lock; skipped" >> "$log"
   exit 0
