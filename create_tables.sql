@@ -42,12 +42,12 @@ CREATE TABLE IF NOT EXISTS stocks (
 
 CREATE TABLE IF NOT EXISTS alerts (
 	alert_id BIGINT NOT NULL AUTO_INCREMENT, 
-	alert_key VARCHAR(200) NOT NULL, 
+	alert_key VARCHAR(200) COLLATE utf8mb4_bin NOT NULL, 
 	rule VARCHAR(30) NOT NULL, 
 	severity VARCHAR(10) NOT NULL, 
 	investor_id INTEGER, 
 	stock_symbol VARCHAR(10), 
-	txn_ref VARCHAR(64), 
+	txn_ref VARCHAR(64) COLLATE utf8mb4_bin, 
 	detected_at DATETIME NOT NULL, 
 	metric NUMERIC(24, 6), 
 	threshold NUMERIC(24, 6), 

@@ -64,7 +64,8 @@ class TradeSimulator:
 def read_market_state(engine):
     """(investor ids, last price per symbol, conservative holdings per position) from the database.
 
-    Holdings are bought minus sold: never more than the replayed position (which skips oversells).
+    Holdings are what was bought until now minus everything sold, later sells included: never more than the
+    replayed position holds now (it skips oversells), and a trade stamped now leaves every later sell covered.
     """
     with engine.connect() as connection:
         investor_ids = connection.execute(text("SELECT investor_id FROM investors ORDER BY investor_id")).scalars().all()
@@ -74,8 +75,9 @@ def read_market_state(engine):
             "ON d.stock_symbol = mp.stock_symbol AND d.price_date = mp.price_date")).all())
         symbols = connection.execute(text("SELECT stock_symbol FROM stocks ORDER BY stock_symbol")).scalars().all()
         holdings = {(i, s): int(q) for i, s, q in connection.execute(text(
-            "SELECT investor_id, stock_symbol, SUM(CASE WHEN txn_type = 'BUY' THEN quantity ELSE -quantity END) "
-            "FROM transactions GROUP BY investor_id, stock_symbol")) if q and q > 0}
+            "SELECT investor_id, stock_symbol, "
+            "       SUM(CASE WHEN txn_type = 'SELL' THEN -quantity WHEN txn_time <= :now THEN quantity ELSE 0 END) "
+            "FROM transactions GROUP BY investor_id, stock_symbol"), {"now": datetime.now()}) if q and q > 0}
     if not investor_ids or not symbols:
         raise cli.StageError("no investors or stocks in the database: run seed_investors.py first")
     start_prices = {s.symbol: s.start_price for s in constants.STOCKS}

@@ -19,8 +19,14 @@ Timestamp = DateTime().with_variant(
     ),
     "sqlite",
 )
-# txn_ref is an exact, case-sensitive identifier on every database (MySQL's default collation ignores case).
-TxnRef = String(64).with_variant(mysql.VARCHAR(64, collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
+def exact_text(length):
+    """VARCHAR compared byte for byte on every database (MySQL's default collation ignores case)."""
+    return String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
+TxnRef = exact_text(64)  # an identifier: 'ref-a' and 'REF-A' are two trades
 Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite auto-increments only INTEGER PRIMARY KEY
 Price = Numeric(18, 4)  # currency units per share
 Amount = Numeric(24, 6)  # currency units
@@ -165,12 +171,12 @@ investor_risk = Table(
 alerts = Table(
     "alerts", metadata,
     Column("alert_id", Id, primary_key=True, autoincrement=True),
-    Column("alert_key", String(200), nullable=False, unique=True),  # rule + subject: makes re-runs idempotent
+    Column("alert_key", exact_text(200), nullable=False, unique=True),  # rule + subject: makes re-runs idempotent
     Column("rule", String(30), nullable=False),
     Column("severity", String(10), nullable=False),
     Column("investor_id", Integer, ForeignKey("investors.investor_id")),
     Column("stock_symbol", String(10)),
-    Column("txn_ref", String(64)),  # NULL for position-level alerts
+    Column("txn_ref", TxnRef),  # NULL for position-level alerts
     Column("detected_at", Timestamp, nullable=False),
     Column("metric", Numeric(24, 6)),
     Column("threshold", Numeric(24, 6)),

@@ -289,6 +289,7 @@ def mark_applied(connection, batch_ids, now):
 # ---------------------------------------------------------------------------------------------- valuation and risk
 
 # Shared CTEs: the last price of every symbol (SPEC §5) and its annualized volatility from daily closes.
+# Ratios multiply by 1.0E0 first: SQLite keeps whole-number DECIMALs as integers and would divide as integers.
 PRICE_CTES = """
 latest_close_days AS (
     SELECT stock_symbol, MAX(price_date) AS price_date
@@ -338,7 +339,7 @@ weighted AS (  -- weight: share of the investor's market value, 0..1
     SELECT valued.*,
            market_value - cost_basis AS unrealized_pnl,
            CASE WHEN SUM(market_value) OVER (PARTITION BY investor_id) > 0
-                THEN market_value / SUM(market_value) OVER (PARTITION BY investor_id) ELSE 0 END AS weight
+                THEN market_value * 1.0E0 / SUM(market_value) OVER (PARTITION BY investor_id) ELSE 0 END AS weight
     FROM valued
 ),
 components AS (  -- each component scaled to 0..1, see constants.py
@@ -346,8 +347,8 @@ components AS (  -- each component scaled to 0..1, see constants.py
            CASE WHEN annual_volatility >= :position_volatility_full_at THEN 1
                 ELSE annual_volatility / :position_volatility_full_at END AS volatility_share,
            CASE WHEN unrealized_pnl >= 0 OR cost_basis <= 0 THEN 0
-                WHEN -unrealized_pnl / cost_basis >= :position_loss_full_at THEN 1
-                ELSE -unrealized_pnl / cost_basis / :position_loss_full_at END AS loss_share
+                WHEN -unrealized_pnl * 1.0E0 / cost_basis >= :position_loss_full_at THEN 1
+                ELSE -unrealized_pnl * 1.0E0 / cost_basis / :position_loss_full_at END AS loss_share
     FROM weighted
 )
 SELECT investor_id, stock_symbol, last_price, market_value, unrealized_pnl, weight,
@@ -393,8 +394,8 @@ components AS (
            CASE WHEN t.weighted_volatility >= :investor_volatility_full_at THEN 1
                 ELSE t.weighted_volatility / :investor_volatility_full_at END AS volatility_share,
            CASE WHEN t.unrealized_pnl >= 0 OR t.total_cost_basis <= 0 THEN 0
-                WHEN -t.unrealized_pnl / t.total_cost_basis >= :investor_loss_full_at THEN 1
-                ELSE -t.unrealized_pnl / t.total_cost_basis / :investor_loss_full_at END AS loss_share
+                WHEN -t.unrealized_pnl * 1.0E0 / t.total_cost_basis >= :investor_loss_full_at THEN 1
+                ELSE -t.unrealized_pnl * 1.0E0 / t.total_cost_basis / :investor_loss_full_at END AS loss_share
     FROM totals t
 )
 SELECT investor_id, total_market_value, total_cost_basis, realized_pnl, unrealized_pnl, open_positions,

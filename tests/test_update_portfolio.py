@@ -14,7 +14,6 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, select, text
@@ -86,11 +85,12 @@ class Trade:
     load_sequence: int = 0  # position in load order: files in the order loaded, each in file order
 
 
-def reference_positions(trades):
+def reference_positions(trades, closes=None):
     """SPEC §5 by brute force with exact fractions.
 
     Returns ({(investor, symbol): dict of quantity, cost_basis, realized_pnl, avg_cost, last_price, market_value,
-    unrealized_pnl}, set of oversold txn_refs). No market prices: last_price is the latest trade's price.
+    unrealized_pnl}, set of oversold txn_refs). last_price is the symbol's close in `closes` (the latest close on
+    or before today), else the price of its latest trade.
     """
     ordered = sorted(trades, key=lambda t: (t.txn_time, t.load_sequence))
     state, oversold, last_price = {}, set(), {}
@@ -107,6 +107,7 @@ def reference_positions(trades):
             quantity -= trade.quantity
             cost = Fraction(0) if quantity == 0 else cost - trade.quantity * avg_cost
         state[(trade.investor_id, trade.stock_symbol)] = (quantity, cost, realized)
+    last_price.update(closes or {})
     expected = {}
     for (investor_id, symbol), (quantity, cost, realized) in state.items():
         market_value = quantity * last_price[symbol]
@@ -118,9 +119,9 @@ def reference_positions(trades):
     return expected, oversold
 
 
-def assert_matches_reference(engine, trades):
+def assert_matches_reference(engine, trades, closes=None):
     """portfolios and OVERSELL alerts equal the reference over `trades` (quantity exact, money to the cent)."""
-    expected, oversold = reference_positions(trades)
+    expected, oversold = reference_positions(trades, closes)
     stored = position_rows(engine)
     assert set(stored) == set(expected)
     for key, want in expected.items():
@@ -146,7 +147,7 @@ def fresh_engine(database_url):
         cleanup = lambda: shutil.rmtree(directory, ignore_errors=True)  # noqa: E731
     else:
         name = f"etl_hyp_{uuid.uuid4().hex[:10]}"
-        server = create_engine(url._replace(database=None), isolation_level="AUTOCOMMIT")
+        server = create_engine(url.set(database="information_schema"), isolation_level="AUTOCOMMIT")
         with server.connect() as connection:
             connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
         engine = db_config.get_engine(url.set(database=name).render_as_string(hide_password=False))
@@ -202,22 +203,31 @@ def trade_scenarios(draw):
     files = [draw(st.permutations(content)) for content in files if content]  # a file need not be in time order
     load_order = draw(st.permutations(range(len(files))))
     update_after = draw(st.lists(st.booleans(), min_size=len(files), max_size=len(files)))
-    return files, load_order, update_after
+    # sometimes a daily close (on or before today) prices a symbol instead of its latest trade
+    closes = draw(st.dictionaries(st.sampled_from(["AAPL", "TSLA"]),
+                                  st.integers(1, 3_000_000).map(lambda n: Fraction(n, 10_000))))
+    return files, load_order, update_after, closes
 
 
 def price_text(price):
-    return f"{price.numerator * 10_000 // price.denominator // 10_000}." \
-           f"{price.numerator * 10_000 // price.denominator % 10_000:04d}"
+    """A price with at most 4 decimals as plain text with exactly 4 ('12.3400')."""
+    ten_thousandths = int(price * 10_000)
+    return f"{ten_thousandths // 10_000}.{ten_thousandths % 10_000:04d}"
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(scenario=trade_scenarios())
 def test_replay_matches_brute_force_reference(database_url, scenario):
     """Random trade sequences over shuffled files, updated at random points, equal the SPEC §5 reference;
     the incremental result equals a full replay."""
-    files, load_order, update_after = scenario
+    files, load_order, update_after, closes = scenario
     with fresh_engine(database_url) as engine, tempfile.TemporaryDirectory() as directory:
+        if closes:
+            prices = Path(directory) / "closes.csv"
+            prices.write_text("stock_symbol,price_date,close_price\n" + "".join(
+                f"{symbol},2024-01-02,{price_text(close)}\n" for symbol, close in closes.items()), encoding="utf-8")
+            assert load_transactions.load_prices_file(engine, str(prices)).rows_new == len(closes)
         loaded, sequence = [], 0
         for step, file_index in enumerate(load_order):
             rows = [(t.txn_ref, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, price_text(t.price),
@@ -230,9 +240,9 @@ def test_replay_matches_brute_force_reference(database_url, scenario):
                 loaded.append(trade)
             if update_after[step]:
                 update_portfolio.update_portfolios(engine)
-                assert_matches_reference(engine, loaded)
+                assert_matches_reference(engine, loaded, closes)
         update_portfolio.update_portfolios(engine)
-        assert_matches_reference(engine, loaded)
+        assert_matches_reference(engine, loaded, closes)
 
         incremental = table_rows(engine, portfolios, exclude={"updated_at"})
         incremental_risk = table_rows(engine, investor_risk, exclude={"updated_at"})
@@ -397,3 +407,86 @@ def test_same_time_in_a_later_file_keeps_load_order(seeded_engine, tmp_path):
     position = position_rows(seeded_engine)[(1001, "KO")]
     assert (position["quantity"], fraction(position["realized_pnl"])) == (0, 10)
     assert oversell_alerts(seeded_engine) == []
+
+
+# ---------------------------------------------------------------------------------------------- prices, many batches
+
+def test_last_price_is_latest_close_on_or_before_today(seeded_engine, tmp_path):
+    """last_price: the latest close not after `today`, else the latest trade's price (SPEC §5)."""
+    tomorrow = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d")
+    prices = tmp_path / "closes.csv"
+    prices.write_text("stock_symbol,price_date,close_price\n"
+                      f"AAPL,2024-06-03,50.00\nAAPL,2024-06-04,55.00\nAAPL,{tomorrow},999.00\n", encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("LP-1", 1001, "AAPL", "BUY", 10, "40.00", "2024-06-05 10:00:00"),
+        ("LP-2", 1001, "MSFT", "BUY", 4, "300.00", "2024-06-05 10:00:00"),
+        ("LP-3", 1002, "MSFT", "SELL", 9, "333.00", "2024-06-06 10:00:00"),  # an oversell still sets the price
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    rows = position_rows(seeded_engine)
+    # AAPL: close of 2024-06-04 (the future close is ignored): 10 * 55 = 550, unrealized 550 - 400 = 150
+    assert (fraction(rows[(1001, "AAPL")]["last_price"]), fraction(rows[(1001, "AAPL")]["market_value"]),
+            fraction(rows[(1001, "AAPL")]["unrealized_pnl"])) == (55, 550, 150)
+    # MSFT has no close: the latest MSFT trade (LP-3, 333) prices it: 4 * 333 = 1332, unrealized 1332 - 1200 = 132
+    assert (fraction(rows[(1001, "MSFT")]["last_price"]), fraction(rows[(1001, "MSFT")]["market_value"]),
+            fraction(rows[(1001, "MSFT")]["unrealized_pnl"])) == (333, 1332, 132)
+    update_portfolio.update_portfolios(seeded_engine, today=datetime(2024, 6, 3).date())
+    assert fraction(position_rows(seeded_engine)[(1001, "AAPL")]["last_price"]) == 50
+
+
+def test_many_small_batches(seeded_engine, monkeypatch):
+    """Feed batches (one trade each) beyond the IN-list size take the range path and give the full result."""
+    monkeypatch.setattr(update_portfolio, "ID_SLICE", 2)
+    records = [
+        ("MB-1", 1001, "JPM", "BUY", 10, "190.00", "2024-06-03 10:00:00"),
+        ("MB-2", 1001, "JPM", "SELL", 4, "195.00", "2024-06-03 11:00:00"),
+        ("MB-3", 1002, "JPM", "SELL", 1, "196.00", "2024-06-03 12:00:00"),  # oversell
+        ("MB-4", 1001, "JPM", "BUY", 2, "180.00", "2024-06-02 10:00:00"),  # late, in the same update
+        ("MB-5", 1002, "BAC", "BUY", 100, "37.00", "2024-06-03 10:00:00"),
+    ]
+    columns = HEADER.split(",")
+    for record in records[:2]:
+        assert load_transactions.load_records(seeded_engine, [dict(zip(columns, record))]).rows_loaded == 1
+    update_portfolio.update_portfolios(seeded_engine)
+    for record in records[2:]:
+        assert load_transactions.load_records(seeded_engine, [dict(zip(columns, record))]).rows_loaded == 1
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert (summary.batches_applied, summary.trades_applied, summary.positions_replayed) == (3, 3, 1)
+    jpm = position_rows(seeded_engine)[(1001, "JPM")]
+    # BUY 2 @ 180, BUY 10 @ 190 -> 12 held, cost 2260, avg 188.3333; SELL 4 @ 195 -> realized 780 - 753.3333 = 26.6667
+    assert jpm["quantity"] == 8
+    assert abs(fraction(jpm["realized_pnl"]) - Fraction(80, 3)) <= CENT
+    assert abs(fraction(jpm["cost_basis"]) - Fraction(4520, 3)) <= CENT
+    assert [ref for ref, *_ in oversell_alerts(seeded_engine)] == ["MB-3"]
+    incremental = table_rows(seeded_engine, portfolios, exclude={"updated_at"})
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert table_rows(seeded_engine, portfolios, exclude={"updated_at"}) == incremental
+
+
+def test_oversells_whose_refs_differ_only_in_case(seeded_engine, tmp_path, request):
+    """txn_refs are case-sensitive (schema.TxnRef): 'os-1' and 'OS-1' are two trades, two oversells, two alerts."""
+    load(seeded_engine, write_trades(tmp_path, "case.csv", [
+        ("os-1", 1001, "AAPL", "SELL", 5, "100.00", "2024-06-03 10:00:00"),
+        ("OS-1", 1001, "AAPL", "SELL", 6, "100.00", "2024-06-03 11:00:00"),
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    assert sorted(ref for ref, *_ in oversell_alerts(seeded_engine)) == ["OS-1", "os-1"]
+
+
+def test_new_closes_alone_revalue_positions(seeded_engine, tmp_path):
+    """Closes loaded after the trades, with no new trade, change last price and market value on the next update."""
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("NC-1", 1001, "GS", "BUY", 4, "450.25", "2024-06-03 10:00:00"),
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    assert fraction(position_rows(seeded_engine)[(1001, "GS")]["market_value"]) == Fraction("1801")
+    prices = tmp_path / "closes.csv"
+    prices.write_text("stock_symbol,price_date,close_price\nGS,2024-06-04,440.10\n", encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.trades_applied == 0
+    position = position_rows(seeded_engine)[(1001, "GS")]
+    # 4 * 440.10 = 1760.40; unrealized 1760.40 - 1801.00 = -40.60
+    assert (fraction(position["last_price"]), fraction(position["market_value"]),
+            fraction(position["unrealized_pnl"])) == (Fraction("440.1"), Fraction("1760.4"), Fraction("-40.6"))

@@ -1,0 +1,181 @@
+"""master_etl.py end to end: every stage from an empty database, a second run that loads nothing new, and
+a failing stage that is named on stderr with exit code 1. Runs on SQLite and on a fresh MariaDB database.
+"""
+import csv
+import logging
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+from sqlalchemy import func, select
+
+import db_config
+import master_etl
+import update_portfolio
+from schema import alerts, investor_risk, load_batches, market_prices, portfolios, transactions
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """main() reconfigures the root logger onto capsys' stream; put it back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def counts(url):
+    """Row counts of the tables a run fills, read through a new engine."""
+    engine = db_config.get_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {table.name: connection.execute(select(func.count()).select_from(table)).scalar()
+                    for table in (transactions, load_batches, market_prices, portfolios, investor_risk, alerts)}
+    finally:
+        engine.dispose()
+
+
+def stored_positions(url):
+    engine = db_config.get_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {(row.investor_id, row.stock_symbol): row for row in connection.execute(select(portfolios))}
+    finally:
+        engine.dispose()
+
+
+def reference_positions(trades_path, prices_path):
+    """SPEC §5 over the generated file (file order breaks ties), valued at the latest close of each symbol."""
+    with open(trades_path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    ordered = sorted(enumerate(rows), key=lambda item: (item[1]["txn_time"], item[0]))
+    state, oversold = {}, []
+    for _, row in ordered:
+        key = (int(row["investor_id"]), row["stock_symbol"])
+        quantity, cost, realized = state.get(key, (0, Fraction(0), Fraction(0)))
+        q, p = int(row["quantity"]), Fraction(row["price"])
+        if row["txn_type"] == "BUY":
+            quantity, cost = quantity + q, cost + q * p
+        elif q > quantity:
+            oversold.append(row["txn_ref"])
+        else:
+            avg = cost / quantity
+            realized, quantity = realized + q * (p - avg), quantity - q
+            cost = Fraction(0) if quantity == 0 else cost - q * avg
+        state[key] = (quantity, cost, realized)
+    with open(prices_path, newline="", encoding="utf-8") as handle:
+        last_close = {}
+        for row in sorted(csv.DictReader(handle), key=lambda r: r["price_date"]):
+            last_close[row["stock_symbol"]] = Fraction(row["close_price"])
+    return {key: (quantity, cost, realized, quantity * last_close[key[1]])
+            for key, (quantity, cost, realized) in state.items()}, oversold
+
+
+def test_pipeline_from_empty_database_then_rerun(database_url, tmp_path, capsys):
+    """Generate, seed, load, update and analyze into an empty database; a second run adds nothing."""
+    argv = ["--rows", "2000", "--seed", "3", "--database-url", database_url, "--input", str(tmp_path / "t.csv"),
+            "--reports", str(tmp_path / "r")]
+    assert master_etl.main(argv) == 0
+    out = capsys.readouterr().out
+    for number, stage in enumerate(("generate", "seed", "load", "update", "analyze"), start=1):
+        assert f"[{number}/5] {stage}: " in out
+    assert "pipeline finished: 5 stages" in out
+    first = counts(database_url)
+    assert first["transactions"] == 2000
+    assert first["load_batches"] == 1
+    assert first["market_prices"] > 0
+    assert first["portfolios"] > 0 and first["investor_risk"] > 0
+    png = (tmp_path / "r" / "dashboard.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+
+    expected, oversold = reference_positions(tmp_path / "t.csv", tmp_path / "market_prices.csv")
+    assert oversold == []  # the generator never sells more than is held
+    stored = stored_positions(database_url)
+    assert set(stored) == set(expected)
+    for key, (quantity, cost, realized, market_value) in expected.items():
+        row = stored[key]
+        assert row.quantity == quantity, key
+        assert abs(Fraction(str(row.cost_basis)) - cost) <= Fraction(1, 200), key
+        assert abs(Fraction(str(row.realized_pnl)) - realized) <= Fraction(1, 200), key
+        assert abs(Fraction(str(row.market_value)) - market_value) <= Fraction(1, 200), key
+
+    before = {key: tuple(row) for key, row in stored.items()}
+    assert master_etl.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "already loaded in batch" in out
+    assert counts(database_url) == first  # nothing new: not a trade, not a batch, not an alert
+    assert {key: tuple(row) for key, row in stored_positions(database_url).items()} == before
+
+
+def test_cron_mode_with_missing_input_names_the_load_stage(database_url, tmp_path, capsys):
+    """--no-generate with a missing input file: exit 1, one stderr line naming the 'load' stage and the file."""
+    missing = tmp_path / "nowhere.csv"
+    code = master_etl.main(["--no-generate", "--database-url", database_url, "--input", str(missing),
+                            "--reports", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.splitlines() == [f"error: master_etl: stage 2/4 'load' failed: {missing}: no such file"]
+    assert "[1/4] seed: " in captured.out and "update" not in captured.out
+    assert not (tmp_path / "r").exists()
+    assert counts(database_url)["transactions"] == 0
+
+
+def test_failing_update_stage_stops_the_run(database_url, tmp_path, capsys, monkeypatch):
+    """An error inside a stage stops the run there: exit 1, the stage named, later stages not run."""
+    def broken(engine, *args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(update_portfolio, "update_portfolios", broken)
+    code = master_etl.main(["--rows", "50", "--seed", "1", "--database-url", database_url,
+                            "--input", str(tmp_path / "t.csv"), "--reports", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.splitlines() == ["error: master_etl: stage 4/5 'update' failed: disk on fire"]
+    assert "Traceback" not in captured.err
+    assert "[3/5] load: " in captured.out and "[5/5]" not in captured.out
+    assert not (tmp_path / "r").exists()
+    assert counts(database_url)["transactions"] == 50  # what the earlier stages committed stays
+    assert counts(database_url)["portfolios"] == 0
+
+
+def test_verbose_failure_shows_the_traceback(sqlite_url, tmp_path, capsys, monkeypatch):
+    """--verbose adds the traceback to the one-line error (SPEC §1)."""
+    monkeypatch.setattr(update_portfolio, "update_portfolios",
+                        lambda engine, *a, **k: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+    code = master_etl.main(["--verbose", "--rows", "20", "--seed", "1", "--database-url", sqlite_url,
+                            "--input", str(tmp_path / "t.csv"), "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" in err
+    assert err.rstrip().splitlines()[-1] == "error: master_etl: stage 4/5 'update' failed: disk on fire"
+
+
+def test_no_plots_writes_no_png(sqlite_url, tmp_path, capsys):
+    """--no-plots prints the summary and draws nothing."""
+    assert master_etl.main(["--rows", "100", "--seed", "2", "--database-url", sqlite_url, "--no-plots",
+                            "--input", str(tmp_path / "t.csv"), "--reports", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "10 riskiest investors:" in out
+    assert "[5/5] analyze: summary printed, no plots" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_negative_rows_is_a_usage_error(sqlite_url, tmp_path, capsys):
+    """--rows -1 is refused by the parser: exit 2 with the option named."""
+    with pytest.raises(SystemExit) as exit_info:
+        master_etl.main(["--rows", "-1", "--database-url", sqlite_url, "--input", str(tmp_path / "t.csv")])
+    assert exit_info.value.code == 2
+    assert "--rows must be 0 or more" in capsys.readouterr().err
+
+
+def test_decimal_columns_survive_round_trip(database_url, tmp_path, capsys):
+    """A small run keeps 4-decimal average costs (no float noise beyond the column's scale)."""
+    assert master_etl.main(["--rows", "200", "--seed", "5", "--database-url", database_url, "--no-plots",
+                            "--input", str(tmp_path / "t.csv")]) == 0
+    capsys.readouterr()
+    for row in stored_positions(database_url).values():
+        avg_cost = Decimal(str(row.avg_cost))
+        assert avg_cost == avg_cost.quantize(Decimal("0.0001"))

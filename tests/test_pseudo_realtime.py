@@ -1,0 +1,135 @@
+"""pseudo_realtime.py: streamed trades are valid, committed one at a time, and never oversell.
+
+Each test seeds a fresh database (SQLite and MariaDB), loads a small generated file with its prices, then
+streams trades with --interval 0.
+"""
+import logging
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+import db_config
+import generate_dummy_data
+import load_transactions
+import pseudo_realtime
+import seed_investors
+import update_portfolio
+from schema import alerts, load_batches, transactions
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """main() reconfigures the root logger onto capsys' stream; put it back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def market(engine, tmp_path):
+    """The fresh database with investors, stocks, a small generated file of trades and its daily closes."""
+    seed_investors.seed_reference_data(engine)
+    path = tmp_path / "t.csv"
+    generate_dummy_data.write_dummy_data(str(path), 300, seed=8)
+    load_transactions.load_prices_file(engine, str(tmp_path / "market_prices.csv"))
+    summary = load_transactions.load_file(engine, str(path))
+    assert (summary.rows_loaded, summary.rows_rejected) == (300, 0)
+    return engine
+
+
+def realtime_trades(url):
+    """Streamed trades (txn_ref, txn_type, batch_id), read through a brand-new engine: only committed rows."""
+    engine = db_config.get_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(transactions.c.txn_ref, transactions.c.txn_type, transactions.c.batch_id)
+                                      .where(transactions.c.txn_ref.like("RT-%"))
+                                      .order_by(transactions.c.txn_id)).all()
+    finally:
+        engine.dispose()
+
+
+def count_trades(engine):
+    with engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(transactions)).scalar()
+
+
+def oversold_refs(engine):
+    with engine.connect() as connection:
+        return connection.execute(select(alerts.c.txn_ref).where(alerts.c.rule == "OVERSELL")).scalars().all()
+
+
+def test_five_trades_are_committed(market, database_url, capsys):
+    """--count 5 adds exactly 5 committed trades (one feed batch each) that a new connection sees."""
+    before = count_trades(market)
+    code = pseudo_realtime.main(["--interval", "0", "--count", "5", "--seed", "1", "--database-url", database_url])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert count_trades(market) == before + 5
+    streamed = realtime_trades(database_url)
+    assert len(streamed) == 5 and all(ref.startswith("RT-") for ref, _, _ in streamed)
+    assert len({batch for _, _, batch in streamed}) == 5  # committed one at a time
+    with market.connect() as connection:
+        sources = connection.execute(select(load_batches.c.source, load_batches.c.status).where(
+            load_batches.c.batch_id.in_([batch for _, _, batch in streamed]))).all()
+    assert set(sources) == {("feed", "loaded")}
+    assert [line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("committed ")] == [
+        ref for ref, _, _ in streamed]
+    assert "stopped: 5 trades committed" in out
+
+    update_portfolio.update_portfolios(market)
+    assert not [ref for ref in oversold_refs(market) if ref.startswith("RT-")]
+
+
+def test_longer_stream_never_oversells(market, database_url, capsys):
+    """Thirty streamed trades (with SELLs of what is held), updated every 10: no OVERSELL alert at all."""
+    code = pseudo_realtime.main(["--interval", "0", "--count", "30", "--seed", "4", "--update-every", "10",
+                                 "--database-url", database_url])
+    out = capsys.readouterr().out
+    assert code == 0
+    streamed = realtime_trades(database_url)
+    assert len(streamed) == 30
+    assert {kind for _, kind, _ in streamed} == {"BUY", "SELL"}
+    assert out.count("update_portfolio (incremental)") == 3
+    update_portfolio.update_portfolios(market)
+    assert oversold_refs(market) == []
+
+
+def test_same_seed_streams_the_same_trades(sqlite_url, tmp_path):
+    """--seed makes the stream reproducible (apart from the clock): the same refs on two fresh databases."""
+    refs = []
+    for name in ("one", "two"):
+        engine = db_config.get_engine(f"sqlite:///{tmp_path / name}.db")
+        seed_investors.seed_reference_data(engine)
+        assert pseudo_realtime.stream(engine, interval=0, count=3, seed=21) == 3
+        with engine.connect() as connection:
+            refs.append(connection.execute(select(transactions.c.txn_ref, transactions.c.investor_id,
+                                                  transactions.c.stock_symbol, transactions.c.quantity)
+                                           .order_by(transactions.c.txn_id)).all())
+        engine.dispose()
+    assert refs[0] == refs[1] and len(refs[0]) == 3
+
+
+def test_empty_database_is_a_runtime_error(sqlite_url, capsys):
+    """Without investors and stocks the stream cannot start: exit 1 and a one-line hint."""
+    code = pseudo_realtime.main(["--interval", "0", "--count", "1", "--database-url", sqlite_url])
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: pseudo_realtime: no investors or stocks in the database: run seed_investors.py first"]
+
+
+def test_no_oversell_when_a_loaded_buy_is_minutes_ahead(engine, tmp_path):
+    """Holdings bought at a txn_time slightly in the future (within the loader's 5 minutes) are not yet held
+    'now': the stream must not sell them at an earlier txn_time."""
+    seed_investors.seed_reference_data(engine, investor_count=5)  # the five named investors only
+    ahead = (datetime.now() + timedelta(minutes=3)).strftime("%Y-%m-%d %H:%M:%S")
+    path = tmp_path / "ahead.csv"
+    path.write_text("txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time\n" + "".join(
+        f"AH-{investor},{investor},AAPL,BUY,50,190.00,{ahead}\n" for investor in range(1001, 1006)), encoding="utf-8")
+    assert load_transactions.load_file(engine, str(path)).rows_loaded == 5
+    assert pseudo_realtime.stream(engine, interval=0, count=10, seed=1) == 10
+    update_portfolio.update_portfolios(engine)
+    assert [ref for ref in oversold_refs(engine) if ref.startswith("RT-")] == []
