@@ -221,6 +221,9 @@ def load_rows(engine, chunks, source, sha256=None, method=None, background=False
                 connection.execute(select(stocks.c.stock_symbol)).scalars(),
                 started,
             )
+            if not context.investor_ids or not context.symbols:
+                logger.warning("%s: the database has no investors or no stocks, so every row will be rejected; "
+                               "run seed_investors.py first", source)
             prepared = (prepare_chunk(batch, malformed, context, summary.batch_id) for batch, malformed in chunks)
             for chunk in (in_background(prepared) if background else prepared):
                 store_chunk(connection, chunk, summary, method)
