@@ -162,6 +162,11 @@ investor_risk = Table(
     Column("hhi", Ratio, nullable=False),
     Column("top_sector_weight", Ratio, nullable=False),
     Column("weighted_volatility", Ratio, nullable=False),  # annualized, weighted by market value
+    # Historical simulation: today's holdings valued over the price history (see update_portfolio.risk_metrics).
+    Column("portfolio_volatility", Ratio),  # annualized standard deviation of the daily returns
+    Column("var_95_1d", Amount),  # 1-day 95% Value at Risk, currency units (a loss, positive)
+    Column("expected_shortfall_95_1d", Amount),  # mean loss on the days at or beyond the VaR, currency units
+    Column("max_drawdown", Ratio),  # largest fall from a running peak of the value, as a share of that peak
     Column("risk_score", Score, nullable=False),
     Column("risk_level", String(10), nullable=False),
     Column("updated_at", Timestamp, nullable=False),

@@ -20,6 +20,7 @@ from sqlalchemy import and_, bindparam, delete, select, text, update
 import cli
 import constants
 import db_config
+import risk_metrics
 from schema import alerts, investor_risk, load_batches, portfolios, symbol_last_trades, transactions
 
 logger = logging.getLogger(__name__)
@@ -493,19 +494,24 @@ def _differs(stored, values):
 
 INVESTOR_RISK_COLUMNS = ("total_market_value", "total_cost_basis", "realized_pnl", "unrealized_pnl", "open_positions",
                          "top_position_weight", "hhi", "top_sector_weight", "weighted_volatility", "risk_score",
-                         "risk_level")
-INVESTOR_RISK_STEPS = (MONEY_STEP, MONEY_STEP, MONEY_STEP, MONEY_STEP, None) + (Decimal("0.00000001"),) * 4
+                         "risk_level", *risk_metrics.RiskMetrics._fields)
+RATIO_STEP = Decimal("0.00000001")
+INVESTOR_RISK_STEPS = (MONEY_STEP, MONEY_STEP, MONEY_STEP, MONEY_STEP, None) + (RATIO_STEP,) * 4
+METRIC_STEPS = (RATIO_STEP, MONEY_STEP, MONEY_STEP, RATIO_STEP)
 
 
 def score_investors(connection, params, now):
     """Write investor_risk for every investor with a position; return (investors scored, rows changed)."""
     stored = {r[0]: tuple(r[1:]) for r in connection.execute(text(
         f"SELECT investor_id, {', '.join(INVESTOR_RISK_COLUMNS)} FROM investor_risk"))}
+    metrics = risk_metrics.compute_risk_metrics(connection, params["today"])
     inserts, updates, scored = [], [], 0
     for row in connection.execute(text(INVESTOR_RISK_SQL), params):
         investor_id, figures, score = row[0], row[1:10], _rounded(row[10], Decimal("0.01"))
         values = tuple(int(v) if step is None else _rounded(v, step) for v, step in zip(figures, INVESTOR_RISK_STEPS))
-        values += (score, risk_level(score))
+        found = metrics.get(investor_id)
+        values += (score, risk_level(score)) + (
+            tuple(_rounded(v, step) for v, step in zip(found, METRIC_STEPS)) if found else (None,) * len(METRIC_STEPS))
         scored += 1
         record = dict(zip(INVESTOR_RISK_COLUMNS, values), updated_at=now)
         if investor_id not in stored:
