@@ -1,9 +1,11 @@
-"""Draw the portfolio and risk dashboard and print a plain-text summary.
+"""Draw the portfolio and risk dashboards and print a plain-text summary.
 
-Last stage of the chain (after update_portfolio.py). Reads portfolios, investor_risk, stocks and alerts; writes
-reports/dashboard.png (market value by investor and symbol, investor x sector concentration, risk levels,
-realized vs unrealized P&L, alerts by rule, market value by symbol) and prints totals, the 10 riskiest
-investors and alert counts. Headless by default (cron, ssh); --show also opens the window.
+Last stage of the chain (after update_portfolio.py and surveillance.py). Reads portfolios, investor_risk,
+stocks and alerts; writes reports/dashboard.png (market value by investor and symbol, investor x sector
+concentration, risk levels, realized vs unrealized P&L, alerts by rule, market value by symbol) and
+reports/risk.png (alerts by day and rule, VaR and expected shortfall, drawdown and volatility), and prints
+totals, the 10 riskiest investors and alert counts. `--investor ID` also draws that investor's risk card,
+reports/investor_ID.png. Headless by default (cron, ssh); --show also opens the windows.
 """
 import logging
 import os
@@ -30,11 +32,19 @@ JOIN stocks s ON s.stock_symbol = p.stock_symbol
 """
 INVESTOR_RISK_SQL = """
 SELECT r.investor_id, i.name, r.total_market_value, r.total_cost_basis, r.realized_pnl, r.unrealized_pnl,
-       r.open_positions, r.top_position_weight, r.hhi, r.top_sector_weight, r.risk_score, r.risk_level
+       r.open_positions, r.top_position_weight, r.hhi, r.top_sector_weight, r.risk_score, r.risk_level,
+       r.portfolio_volatility, r.var_95_1d, r.expected_shortfall_95_1d, r.max_drawdown
 FROM investor_risk r
 JOIN investors i ON i.investor_id = r.investor_id
 """
-ALERTS_SQL = "SELECT rule, severity, investor_id, stock_symbol, detected_at FROM alerts"
+ALERTS_SQL = """
+SELECT a.rule, a.severity, a.investor_id, a.stock_symbol, a.txn_ref, a.details, a.detected_at,
+       COALESCE(t.txn_time, a.detected_at) AS alert_time  -- a trade's alert belongs to the trade's day
+FROM alerts a
+LEFT JOIN transactions t ON t.txn_ref = a.txn_ref
+"""
+TEXT_COLUMNS = ("name", "stock_symbol", "sector", "risk_level", "rule", "severity", "txn_ref", "details",
+                "detected_at", "alert_time")
 
 
 def read_dashboard_data(engine):
@@ -44,8 +54,7 @@ def read_dashboard_data(engine):
             ("positions", POSITIONS_SQL), ("investors", INVESTOR_RISK_SQL), ("alerts", ALERTS_SQL))}
     for frame in frames.values():
         for column in frame.columns:
-            if frame[column].dtype == object and column not in ("name", "stock_symbol", "sector", "risk_level",
-                                                                 "rule", "severity", "detected_at"):
+            if column not in TEXT_COLUMNS and not pd.api.types.is_numeric_dtype(frame[column]):
                 frame[column] = pd.to_numeric(frame[column])
     return frames
 
@@ -152,27 +161,139 @@ def _value_by_symbol(ax, positions, sns):
     ax.set(title=f"Market value by symbol (top {TOP_INVESTORS})", xlabel="market value", ylabel="")
 
 
-def analyze(engine, report_dir="reports", plots=True, show=False):
-    """Print the summary and draw the dashboard; return the paths written."""
+def draw_risk_dashboard(data, path):
+    """Draw alerts by day and rule, VaR and expected shortfall, drawdown and volatility to `path` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 2, figsize=(16, 11))
+    _alerts_by_day(axes[0, 0], data["alerts"])
+    _alerts_by_rule(axes[0, 1], data["alerts"], __import__("seaborn"))
+    _value_at_risk(axes[1, 0], data["investors"])
+    _drawdown_and_volatility(axes[1, 1], data["investors"])
+    figure.suptitle("stock-etl surveillance and risk metrics", fontsize=14)
+    figure.tight_layout(rect=(0, 0, 1, 0.96))
+    figure.savefig(path, dpi=100)
+    return figure
+
+
+def _alerts_by_day(ax, alert_rows):
+    if alert_rows.empty:
+        ax.text(0.5, 0.5, "no alerts", ha="center", va="center", transform=ax.transAxes)
+    else:
+        days = pd.to_datetime(alert_rows["alert_time"]).dt.to_period("D").dt.to_timestamp()
+        table = alert_rows.assign(day=days).pivot_table(index="day", columns="rule", values="severity",
+                                                        aggfunc="count", fill_value=0)
+        weekly = len(table) > 40
+        if weekly:  # a bar per week once there are many days
+            table = table.resample("W-MON", label="left", closed="left").sum()
+        table.index = table.index.strftime("%Y-%m-%d")
+        table.plot.bar(stacked=True, ax=ax, width=0.9, colormap="tab10")
+        step = max(1, len(table) // 12)
+        ax.set_xticks(range(0, len(table), step), table.index[::step], rotation=45, ha="right")
+        ax.legend(title="rule", fontsize=7)
+    ax.set(title="Alerts by day of the trade (by week when there are many days)", xlabel="", ylabel="alerts")
+
+
+def _value_at_risk(ax, investors):
+    ranked = investors.dropna(subset=["var_95_1d"]).nlargest(TOP_INVESTORS, "var_95_1d").sort_values("var_95_1d")
+    if ranked.empty:
+        ax.text(0.5, 0.5, "no price history", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ranked.set_index("investor_id")[["var_95_1d", "expected_shortfall_95_1d"]].plot.barh(
+            ax=ax, color=["#ef6c00", "#b71c1c"])
+        ax.legend(["1-day 95% VaR", "expected shortfall"], fontsize=8)
+    ax.set(title=f"1-day 95% Value at Risk and expected shortfall (top {TOP_INVESTORS})", xlabel="currency",
+           ylabel="investor")
+
+
+def _drawdown_and_volatility(ax, investors):
+    known = investors.dropna(subset=["portfolio_volatility"])
+    colors = known["risk_level"].map(RISK_COLORS)
+    ax.scatter(known["portfolio_volatility"], known["max_drawdown"], s=20 + 80 * known["top_position_weight"],
+               c=colors, alpha=0.8, edgecolors="black", linewidths=0.3)
+    for row in known.nlargest(5, "max_drawdown").itertuples():
+        ax.annotate(str(row.investor_id), (row.portfolio_volatility, row.max_drawdown), fontsize=7)
+    ax.set(title="Max drawdown vs annualized volatility (size: top weight, colour: risk level)",
+           xlabel="annualized volatility", ylabel="max drawdown")
+
+
+def investor_card_text(data, investor_id):
+    """One investor's holdings, P&L, weights, risk metrics and alerts, as plain text."""
+    risk = data["investors"][data["investors"]["investor_id"] == investor_id]
+    if risk.empty:
+        raise cli.InputError(f"investor {investor_id} has no portfolio (unknown investor, or no trades applied yet)")
+    row = risk.iloc[0]
+    lines = [f"Investor {investor_id} {row['name']}: risk {row['risk_score']:.2f} {row['risk_level']}, "
+             f"market value {row['total_market_value']:,.2f}, realized P&L {row['realized_pnl']:,.2f}, "
+             f"unrealized P&L {row['unrealized_pnl']:,.2f}"]
+    if pd.notna(row["var_95_1d"]):
+        lines.append(f"  volatility {row['portfolio_volatility']:.1%}/year, 1-day 95% VaR {row['var_95_1d']:,.2f}, "
+                     f"expected shortfall {row['expected_shortfall_95_1d']:,.2f}, max drawdown {row['max_drawdown']:.1%}")
+    held = data["positions"][data["positions"]["investor_id"] == investor_id].sort_values("market_value", ascending=False)
+    lines += [f"  {p.stock_symbol:<6} {p.quantity:>8} shares  value {p.market_value:>14,.2f}  weight {p.weight:>6.1%}  "
+              f"unrealized {p.unrealized_pnl:>12,.2f}  realized {p.realized_pnl:>12,.2f}  {p.risk_level}"
+              for p in held.itertuples()]
+    alert_rows = data["alerts"][data["alerts"]["investor_id"] == investor_id]
+    lines.append(f"  alerts: {len(alert_rows)}")
+    lines += [f"    {a.rule} ({a.severity}): {a.details}" for a in alert_rows.head(20).itertuples()]
+    return "\n".join(lines)
+
+
+def draw_investor_card(data, investor_id, path):
+    """Draw one investor's risk card (holdings, P&L, sector weights, metrics and alerts) to `path` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    held = data["positions"][(data["positions"]["investor_id"] == investor_id)]
+    figure, axes = plt.subplots(2, 2, figsize=(15, 10))
+    open_positions = held[held["quantity"] > 0].sort_values("market_value")
+    open_positions.plot.barh(x="stock_symbol", y="market_value", ax=axes[0, 0], legend=False, color="#5c6bc0")
+    axes[0, 0].set(title="Market value by holding", xlabel="market value", ylabel="")
+    held.set_index("stock_symbol")[["realized_pnl", "unrealized_pnl"]].plot.bar(ax=axes[0, 1],
+                                                                                 color=["#1976d2", "#90caf9"])
+    axes[0, 1].axhline(0, color="black", linewidth=0.8)
+    axes[0, 1].set(title="Realized and unrealized P&L by symbol", xlabel="", ylabel="P&L")
+    sectors = open_positions.groupby("sector")["weight"].sum()
+    if not sectors.empty:
+        axes[1, 0].pie(sectors.values, labels=sectors.index, autopct="%1.0f%%", textprops={"fontsize": 8})
+    axes[1, 0].set(title="Weights by sector")
+    axes[1, 1].axis("off")
+    axes[1, 1].text(0, 1, investor_card_text(data, investor_id).replace("  ", " "), va="top", family="monospace",
+                    fontsize=7, wrap=True)
+    figure.suptitle(f"Risk card: investor {investor_id}", fontsize=14)
+    figure.tight_layout(rect=(0, 0, 1, 0.96))
+    figure.savefig(path, dpi=100)
+    return figure
+
+
+def analyze(engine, report_dir="reports", plots=True, show=False, investor_id=None):
+    """Print the summary (and an investor's card) and draw the dashboards; return the paths written."""
     data = read_dashboard_data(engine)
     print(summary_text(data))
+    if investor_id is not None:
+        print()
+        print(investor_card_text(data, investor_id))
     if not plots or data["investors"].empty:
         return []
     os.makedirs(report_dir, exist_ok=True)
-    path = os.path.join(report_dir, "dashboard.png")
-    draw_dashboard(data, path)
-    print(f"dashboard written to {path}")
+    paths = [os.path.join(report_dir, "dashboard.png"), os.path.join(report_dir, "risk.png")]
+    draw_dashboard(data, paths[0])
+    draw_risk_dashboard(data, paths[1])
+    if investor_id is not None:
+        paths.append(os.path.join(report_dir, f"investor_{investor_id}.png"))
+        draw_investor_card(data, investor_id, paths[-1])
+    print(f"written: {', '.join(paths)}")
     if show:
         import matplotlib.pyplot as plt
         plt.show()
-    return [path]
+    return paths
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--show", action="store_true", help="also open the dashboard in a window")
+    parser.add_argument("--show", action="store_true", help="also open the dashboards in windows")
     parser.add_argument("--reports", default="reports", help="folder for the PNG files (default: %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="print the summary only")
+    parser.add_argument("--investor", type=int, metavar="ID", help="also print and draw this investor's risk card")
     args = parser.parse_args(argv)
     cli.setup_logging(args)
     if not args.show:
@@ -180,7 +301,7 @@ def main(argv=None):
 
     def work():
         engine = db_config.get_engine(args.database_url)
-        analyze(engine, args.reports, plots=not args.no_plots, show=args.show)
+        analyze(engine, args.reports, plots=not args.no_plots, show=args.show, investor_id=args.investor)
         return cli.EXIT_OK
 
     return cli.run(work, args, "analyze")

@@ -69,7 +69,25 @@ def test_dashboard_and_summary(analyzed, database_url, tmp_path, capsys, headles
     assert riskiest[1].split() == ["1002", "Bob", "Smith", "80.00", "CRITICAL", "600.30", "100.0%", "1.000"]
     assert "Alerts: 2" in lines
     assert "CONCENTRATION HIGH 2" in [" ".join(line.split()) for line in lines]
-    assert f"dashboard written to {reports / 'dashboard.png'}" in lines
+    assert f"written: {reports / 'dashboard.png'}, {reports / 'risk.png'}" in lines
+    assert (reports / "risk.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_investor_card(analyzed, database_url, tmp_path, capsys, headless):
+    """--investor ID prints the card and draws reports/investor_ID.png; an unknown investor is a usage error."""
+    reports = tmp_path / "r"
+    assert analyze.main(["--database-url", database_url, "--reports", str(reports), "--investor", "1001"]) == 0
+    out = capsys.readouterr().out
+    assert (reports / "investor_1001.png").read_bytes().startswith(PNG_MAGIC)
+    card = out[out.index("Investor 1001 Alice Johnson:"):].splitlines()
+    assert card[0].startswith("Investor 1001 Alice Johnson: risk 80.00 CRITICAL, market value 663.00, realized P&L 20.00")
+    assert [line.split()[:2] for line in card if line.startswith("  AAPL") or line.startswith("  MSFT")] == [
+        ["AAPL", "6"], ["MSFT", "0"]]
+    assert "CONCENTRATION (HIGH): AAPL is 100.0% of investor 1001's market value (limit 40%)" in out
+
+    assert analyze.main(["--database-url", database_url, "--reports", str(reports), "--investor", "4242"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: analyze: investor 4242 has no portfolio (unknown investor, or no trades applied yet)")
 
 
 def test_no_plots_prints_only(analyzed, database_url, tmp_path, capsys, headless):
