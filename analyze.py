@@ -276,15 +276,17 @@ def analyze(engine, report_dir="reports", plots=True, show=False, investor_id=No
         return []
     os.makedirs(report_dir, exist_ok=True)
     paths = [os.path.join(report_dir, "dashboard.png"), os.path.join(report_dir, "risk.png")]
-    draw_dashboard(data, paths[0])
-    draw_risk_dashboard(data, paths[1])
+    import matplotlib.pyplot as plt
+
+    figures = [draw_dashboard(data, paths[0]), draw_risk_dashboard(data, paths[1])]
     if investor_id is not None:
         paths.append(os.path.join(report_dir, f"investor_{investor_id}.png"))
-        draw_investor_card(data, investor_id, paths[-1])
+        figures.append(draw_investor_card(data, investor_id, paths[-1]))
     print(f"written: {', '.join(paths)}")
     if show:
-        import matplotlib.pyplot as plt
         plt.show()
+    for figure in figures:  # a long-running caller (master_etl in a loop) must not pile up figures
+        plt.close(figure)
     return paths
 
 
