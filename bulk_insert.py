@@ -32,10 +32,11 @@ def insert_trades(connection, trades, batch_id, method=None):
     return insert_columns(connection, trade_columns(trades, batch_id), method)
 
 
-def insert_columns(connection, columns, method=None):
+def insert_columns(connection, columns, method=None, tsv=None):
     """Insert trades given as one list per INSERT_COLUMNS entry; return how many were inserted.
 
     Columns rather than row tuples: they cross from the parsing process cheaply, and drivers zip them as they go.
+    tsv: the same rows as tab_separated(columns) made in advance (the parsing process does it for MySQL).
     method: None picks the dialect's bulk path; 'portable' forces the SQLAlchemy fallback (tests, benchmarks).
     """
     if not columns[0]:
@@ -43,7 +44,21 @@ def insert_columns(connection, columns, method=None):
     dialect = connection.dialect.name
     if method == "portable" or dialect not in _BULK_PATHS:
         return _insert_portable(connection, list(zip(*columns)))
+    if dialect == "mysql":
+        return _insert_mysql(connection, columns, tsv)
     return _BULK_PATHS[dialect](connection, columns)
+
+
+def prepared_text(dialect, columns):
+    """What the parsing process can prepare for a dialect's bulk path: LOAD DATA's text for MySQL, else None."""
+    return tab_separated(columns) if dialect == "mysql" else None
+
+
+def tab_separated(columns):
+    """The rows as LOAD DATA text: tab-separated, one per line, with backslash escapes where needed."""
+    text_columns = [[_mysql_field(value) for value in column] if _needs_escaping(column) else list(map(str, column))
+                    for column in columns]
+    return "\n".join(map("\t".join, zip(*text_columns))) + "\n"
 
 
 def trade_columns(trades, batch_id):
@@ -62,11 +77,11 @@ def _insert_sqlite(connection, columns):
         cursor.close()
 
 
-def _insert_mysql(connection, columns):
+def _insert_mysql(connection, columns, tsv=None):
     engine_state = connection.engine.__dict__
     if engine_state.get("stock_etl_local_infile", True):
         try:
-            return _load_data_local_infile(connection, columns)
+            return _load_data_local_infile(connection, tsv or tab_separated(columns))
         except OperationalError as error:
             code = error.orig.args[0] if error.orig is not None and error.orig.args else None
             if code not in MYSQL_LOCAL_INFILE_REFUSED:
@@ -77,14 +92,11 @@ def _insert_mysql(connection, columns):
     return _insert_ignore_mysql(connection, list(zip(*columns)))
 
 
-def _load_data_local_infile(connection, columns):
-    text_columns = [[_mysql_field(value) for value in column] if _needs_escaping(column) else list(map(str, column))
-                    for column in columns]
+def _load_data_local_infile(connection, tsv):
     handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="\n", suffix=".tsv", delete=False)
     try:
         with handle:
-            handle.write("\n".join(map("\t".join, zip(*text_columns))))
-            handle.write("\n")
+            handle.write(tsv)
         result = connection.exec_driver_sql(
             f"LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE transactions CHARACTER SET utf8mb4 "
             f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({', '.join(INSERT_COLUMNS)})",
@@ -166,4 +178,4 @@ def _insert_portable(connection, rows):
     return len(new_rows)
 
 
-_BULK_PATHS = {"sqlite": _insert_sqlite, "mysql": _insert_mysql, "postgresql": _insert_postgresql}
+_BULK_PATHS = {"sqlite": _insert_sqlite, "mysql": _insert_mysql, "postgresql": _insert_postgresql}  # mysql: see above

@@ -224,7 +224,9 @@ def load_rows(engine, chunks, source, sha256=None, method=None, background=False
             if not context.investor_ids or not context.symbols:
                 logger.warning("%s: the database has no investors or no stocks, so every row will be rejected; "
                                "run seed_investors.py first", source)
-            prepared = (prepare_chunk(batch, malformed, context, summary.batch_id) for batch, malformed in chunks)
+            dialect = connection.dialect.name
+            prepared = (prepare_chunk(batch, malformed, context, summary.batch_id, dialect)
+                        for batch, malformed in chunks)
             for chunk in (in_background(prepared) if background else prepared):
                 store_chunk(connection, chunk, summary, method)
             finish_batch(connection, summary)
@@ -242,6 +244,7 @@ class PreparedChunk:
     raw_records: list  # the lines of those rows
     repeats: pd.DataFrame  # valid rows whose txn_ref occurred earlier in the chunk
     rejects: pd.DataFrame
+    bulk_text: str = None  # the rows as the dialect's bulk path takes them, when it takes text (MySQL)
 
     def firsts(self):
         """The rows to insert as a DataFrame like validation's output (built only when needed)."""
@@ -250,14 +253,15 @@ class PreparedChunk:
             price_value=firsts["price"].astype(float), raw_record=self.raw_records)
 
 
-def prepare_chunk(batch, malformed, context, batch_id):
+def prepare_chunk(batch, malformed, context, batch_id, dialect=None):
     """Validate a chunk and set aside repeats within it; no database access (may run in a worker process)."""
     valid, rejected = validation.validate_trades(batch, context)
     repeated = valid["txn_ref"].duplicated(keep="first").to_numpy()
     firsts = valid[~repeated]
-    return PreparedChunk(len(batch) + len(malformed), bulk_insert.trade_columns(firsts, batch_id),
-                         firsts["raw_record"].tolist(), valid[repeated],
-                         pd.concat([malformed, rejected], ignore_index=True))
+    columns = bulk_insert.trade_columns(firsts, batch_id)
+    return PreparedChunk(len(batch) + len(malformed), columns, firsts["raw_record"].tolist(), valid[repeated],
+                         pd.concat([malformed, rejected], ignore_index=True),
+                         bulk_insert.prepared_text(dialect, columns) if columns[0] else None)
 
 
 def store_chunk(connection, chunk, summary, method=None):
@@ -267,7 +271,7 @@ def store_chunk(connection, chunk, summary, method=None):
     compared with the stored trade: the same values make a duplicate, others a reject. Comparing with what is
     stored, never with another line of the file, makes the outcome independent of the chunk size.
     """
-    inserted = bulk_insert.insert_columns(connection, chunk.columns, method)
+    inserted = bulk_insert.insert_columns(connection, chunk.columns, method, tsv=chunk.bulk_text)
     not_inserted = chunk.repeats
     if inserted < len(chunk.raw_records):
         not_inserted = pd.concat([skipped_rows(connection, chunk.firsts(), summary.batch_id), chunk.repeats])
