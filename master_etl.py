@@ -1,4 +1,4 @@
-"""Run the whole pipeline in order: generate, seed, load, update portfolios, analyze.
+"""Run the whole pipeline in order: generate, seed, load, update portfolios, surveillance, analyze.
 
 The stages run in this process on one engine; each prints its result and time. The run stops at the first
 stage that fails, names it, and exits 1. `--no-generate` is the cron mode: load what is new in the input file
@@ -17,6 +17,7 @@ import db_config
 import generate_dummy_data
 import load_transactions
 import seed_investors
+import surveillance
 import update_portfolio
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ def stage_update(engine, args):
     return update_portfolio.update_portfolios(engine).line()
 
 
+def stage_surveillance(engine, args):
+    return surveillance.run_surveillance(engine).line()
+
+
 def stage_analyze(engine, args):
     paths = analyze.analyze(engine, args.reports, plots=not args.no_plots)
     return f"dashboard: {', '.join(paths)}" if paths else "summary printed, no plots"
@@ -56,7 +61,8 @@ def stage_analyze(engine, args):
 def planned_stages(args):
     """(name, function) of the stages this run performs, in order."""
     stages = [("generate", stage_generate)] if not args.no_generate else []
-    return stages + [("seed", stage_seed), ("load", stage_load), ("update", stage_update), ("analyze", stage_analyze)]
+    return stages + [("seed", stage_seed), ("load", stage_load), ("update", stage_update),
+                     ("surveillance", stage_surveillance), ("analyze", stage_analyze)]
 
 
 def run_stages(engine, args):

@@ -80,9 +80,9 @@ def test_pipeline_from_empty_database_then_rerun(database_url, tmp_path, capsys)
             "--reports", str(tmp_path / "r")]
     assert master_etl.main(argv) == 0
     out = capsys.readouterr().out
-    for number, stage in enumerate(("generate", "seed", "load", "update", "analyze"), start=1):
-        assert f"[{number}/5] {stage}: " in out
-    assert "pipeline finished: 5 stages" in out
+    for number, stage in enumerate(("generate", "seed", "load", "update", "surveillance", "analyze"), start=1):
+        assert f"[{number}/6] {stage}: " in out
+    assert "pipeline finished: 6 stages" in out
     first = counts(database_url)
     assert first["transactions"] == 2000
     assert first["load_batches"] == 1
@@ -117,8 +117,8 @@ def test_cron_mode_with_missing_input_names_the_load_stage(database_url, tmp_pat
                             "--reports", str(tmp_path / "r")])
     captured = capsys.readouterr()
     assert code == 1
-    assert captured.err.splitlines() == [f"error: master_etl: stage 2/4 'load' failed: {missing}: no such file"]
-    assert "[1/4] seed: " in captured.out and "update" not in captured.out
+    assert captured.err.splitlines() == [f"error: master_etl: stage 2/5 'load' failed: {missing}: no such file"]
+    assert "[1/5] seed: " in captured.out and "update" not in captured.out
     assert not (tmp_path / "r").exists()
     assert counts(database_url)["transactions"] == 0
 
@@ -133,9 +133,9 @@ def test_failing_update_stage_stops_the_run(database_url, tmp_path, capsys, monk
                             "--input", str(tmp_path / "t.csv"), "--reports", str(tmp_path / "r")])
     captured = capsys.readouterr()
     assert code == 1
-    assert captured.err.splitlines() == ["error: master_etl: stage 4/5 'update' failed: disk on fire"]
+    assert captured.err.splitlines() == ["error: master_etl: stage 4/6 'update' failed: disk on fire"]
     assert "Traceback" not in captured.err
-    assert "[3/5] load: " in captured.out and "[5/5]" not in captured.out
+    assert "[3/6] load: " in captured.out and "[5/6]" not in captured.out
     assert not (tmp_path / "r").exists()
     assert counts(database_url)["transactions"] == 50  # what the earlier stages committed stays
     assert counts(database_url)["portfolios"] == 0
@@ -150,7 +150,7 @@ def test_verbose_failure_shows_the_traceback(sqlite_url, tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert code == 1
     assert "Traceback" in err
-    assert err.rstrip().splitlines()[-1] == "error: master_etl: stage 4/5 'update' failed: disk on fire"
+    assert err.rstrip().splitlines()[-1] == "error: master_etl: stage 4/6 'update' failed: disk on fire"
 
 
 def test_no_plots_writes_no_png(sqlite_url, tmp_path, capsys):
@@ -159,7 +159,7 @@ def test_no_plots_writes_no_png(sqlite_url, tmp_path, capsys):
                             "--input", str(tmp_path / "t.csv"), "--reports", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "10 riskiest investors:" in out
-    assert "[5/5] analyze: summary printed, no plots" in out
+    assert "[6/6] analyze: summary printed, no plots" in out
     assert not (tmp_path / "r").exists()
 
 

@@ -1,0 +1,629 @@
+"""Flag unusual trading in the new trades, and sector concentration in the portfolios, as alerts.
+
+Fifth stage of the chain (after update_portfolio.py, before analyze.py). It checks the trades of loaded batches
+that update_portfolio has applied and surveillance has not checked yet (`--full`: every trade) against the
+trade-level rules LARGE_TRADE, OFF_MARKET_PRICE, WASH_TRADE, ROUND_TRIP and BURST, reading only the history they
+need: per investor with new trades, the last LARGE_TRADE_LOOKBACK_TRADES trades and the last
+SURVEILLANCE_CONTEXT_MINUTES before the first new one; the holdings before that history are the investor's
+portfolios minus what the history changed. Then SECTOR_CONCENTRATION compares each investor's sector weights
+(portfolios, as update_portfolio left them) with the limit. Thresholds are in constants.py and explained in
+README.md (Surveillance). A trade-level alert is keyed by rule and txn_ref, a sector alert by rule, investor and
+sector, so re-running never duplicates one. Alerts and the batches' surveilled_at commit in one transaction.
+"""
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Date, bindparam, select, text, update
+
+import cli
+import constants
+import db_config
+from schema import Timestamp, alerts, load_batches
+
+logger = logging.getLogger(__name__)
+
+TRADE_RULES = ("LARGE_TRADE", "OFF_MARKET_PRICE", "WASH_TRADE", "ROUND_TRIP", "BURST")
+RULES = TRADE_RULES + ("SECTOR_CONCENTRATION",)
+ID_SLICE = 500  # values per IN (...) list
+GROUP_STRIDE = 10**11  # seconds: keeps each group's time keys apart when windows are counted over all groups
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
+CHUNK_ROWS = 100_000  # rows per block of the rolling median: bounds memory at 1,000,000 trades
+MIN_PORTFOLIO_VALUE = 0.01  # currency units: below this the portfolio is empty (float sums leave dust)
+ALERT_COLUMNS = ["rule", "severity", "investor_id", "stock_symbol", "txn_ref", "metric", "threshold", "details"]
+
+
+@dataclass
+class SurveillanceSummary:
+    """What one surveillance run did."""
+    batches: int = 0
+    trades_checked: int = 0
+    context_trades: int = 0
+    investors: int = 0
+    new_alerts: dict = field(default_factory=dict)  # rule: alerts raised by this run
+    seconds: float = 0.0
+    full: bool = False
+
+    def line(self):
+        mode = "full re-check" if self.full else "incremental"
+        by_rule = ", ".join(f"{rule} {count}" for rule, count in self.new_alerts.items() if count) or "none"
+        return (f"surveillance ({mode}): {self.trades_checked} trades of {self.investors} investors from "
+                f"{self.batches} batches checked against {self.context_trades} trades of history; "
+                f"{sum(self.new_alerts.values())} new alerts ({by_rule}) ({self.seconds:.2f} s)")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+PENDING_CTES = """
+pending AS (  -- trades of loaded batches that update_portfolio applied and surveillance has not checked
+    SELECT t.investor_id, t.txn_time
+    FROM transactions t
+    WHERE t.batch_id IN (SELECT b.batch_id FROM load_batches b
+                         WHERE b.status = 'loaded' AND b.applied_at IS NOT NULL AND b.surveilled_at IS NULL)
+),
+first_new AS (  -- each investor's earliest pending trade: it and every later trade of the investor are checked
+    SELECT investor_id, MIN(txn_time) AS first_time
+    FROM pending
+    GROUP BY investor_id
+)"""
+CONTEXT_CTES = PENDING_CTES + """,
+position_bounds AS (  -- per position, the time of its LOOKBACK-th newest trade before first_time; the
+                      -- investor's last trades are among its positions' last ones (index seeks, no full scan)
+    SELECT f.investor_id, s.stock_symbol, f.first_time,
+           (SELECT t.txn_time FROM transactions t
+            WHERE t.investor_id = f.investor_id AND t.stock_symbol = s.stock_symbol AND t.txn_time < f.first_time
+            ORDER BY t.txn_time DESC LIMIT 1 OFFSET :lookback_offset) AS bound
+    FROM first_new f
+    CROSS JOIN stocks s
+),
+earlier AS (  -- candidates before first_time, numbered newest first per investor
+    SELECT t.txn_id, t.investor_id, t.txn_time,
+           ROW_NUMBER() OVER (PARTITION BY t.investor_id ORDER BY t.txn_time DESC, t.txn_id DESC) AS trades_back
+    FROM position_bounds b
+    JOIN transactions t ON t.investor_id = b.investor_id AND t.stock_symbol = b.stock_symbol
+        AND t.txn_time < b.first_time AND (b.bound IS NULL OR t.txn_time >= b.bound OR t.txn_time >= :since)
+),
+context AS (  -- history (the last trades, and every trade since the context start), then the checked trades
+    SELECT txn_id, 0 AS checked FROM earlier WHERE trades_back <= :lookback_trades OR txn_time >= :since
+    UNION ALL
+    SELECT t.txn_id, 1 AS checked
+    FROM position_bounds b
+    JOIN transactions t ON t.investor_id = b.investor_id AND t.stock_symbol = b.stock_symbol
+        AND t.txn_time >= b.first_time
+)"""
+CONTEXT_SQL = f"""
+WITH {CONTEXT_CTES}
+SELECT t.txn_id, t.txn_ref, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.price, t.txn_time, c.checked,
+       CASE WHEN lb.applied_at IS NOT NULL AND t.txn_ref NOT IN (SELECT a.txn_ref FROM alerts a
+                 WHERE a.rule = 'OVERSELL' AND a.txn_ref IS NOT NULL) THEN 1 ELSE 0 END AS in_portfolio
+FROM context c
+JOIN transactions t ON t.txn_id = c.txn_id
+LEFT JOIN load_batches lb ON lb.batch_id = t.batch_id  -- in_portfolio: update_portfolio applied it (no oversell)
+"""
+ALL_TRADES_SQL = """
+SELECT t.txn_id, t.txn_ref, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.price, t.txn_time,
+       1 AS checked, 0 AS in_portfolio
+FROM transactions t
+"""
+PORTFOLIO_SQL = """
+WITH context_start AS ({starts}),  -- investor_id, start_time, start_id: each investor's first context trade
+positions AS (
+    SELECT p.investor_id, p.stock_symbol, p.quantity, s.start_time, s.start_id
+    FROM portfolios p
+    JOIN context_start s ON s.investor_id = p.investor_id
+)
+SELECT investor_id, stock_symbol, quantity,
+       (SELECT t.price FROM transactions t  -- the price the position last traded at before the context
+        WHERE t.investor_id = positions.investor_id AND t.stock_symbol = positions.stock_symbol
+          AND (t.txn_time < positions.start_time
+               OR (t.txn_time = positions.start_time AND t.txn_id < positions.start_id))
+        ORDER BY t.txn_time DESC, t.txn_id DESC LIMIT 1) AS last_price
+FROM positions
+"""
+PENDING_SUMMARY_SQL = f"WITH {PENDING_CTES} SELECT COUNT(*), MIN(txn_time) FROM pending"
+ALL_SUMMARY_SQL = "SELECT COUNT(*), MIN(txn_time) FROM transactions"
+WAITING_SQL = "SELECT COUNT(*) FROM load_batches WHERE status = 'loaded' AND applied_at IS NULL"
+CLOSES_SQL = """
+SELECT stock_symbol, price_date, close_price
+FROM market_prices
+WHERE price_date BETWEEN :first_day AND :last_day
+"""
+
+
+def pending_batches(connection):
+    """Ids of loaded batches that update_portfolio applied and surveillance has not checked yet."""
+    return connection.execute(select(load_batches.c.batch_id).where(
+        load_batches.c.status == "loaded", load_batches.c.applied_at.is_not(None),
+        load_batches.c.surveilled_at.is_(None)
+    ).order_by(load_batches.c.batch_id)).scalars().all()
+
+
+def _history_params(since):
+    lookback = constants.LARGE_TRADE_LOOKBACK_TRADES
+    return {"lookback_trades": lookback, "lookback_offset": lookback - 1, "since": since}
+
+
+def _with_since(sql):
+    return text(sql).bindparams(bindparam("since", type_=Timestamp))
+
+
+def read_pending(connection, full=False):
+    """(trades to check, the earliest txn_time among them as datetime or None, trades in the table)."""
+    waiting = connection.execute(text(WAITING_SQL)).scalar()
+    if waiting and not full:
+        logger.warning("%d loaded batches wait for update_portfolio; they are checked after it applied them", waiting)
+    total, first_of_all = connection.execute(text(ALL_SUMMARY_SQL)).one()
+    count, first = (total, first_of_all) if full else connection.execute(text(PENDING_SUMMARY_SQL)).one()
+    return count, (None if first is None else pd.Timestamp(first).to_pydatetime()), total
+
+
+def read_context(connection, since, everything=False):
+    """The trades to check and their history, sorted by investor, time and txn_id (see CONTEXT_SQL); with
+    everything=True, every trade, all checked."""
+    statement = text(ALL_TRADES_SQL) if everything else _with_since(CONTEXT_SQL)
+    trades = pd.read_sql_query(statement, connection, params=None if everything else _history_params(since))
+    trades["price"] = trades["price"].astype(float)
+    trades["quantity"] = trades["quantity"].astype(np.int64)
+    trades["checked"] = trades["checked"].astype(bool)
+    trades["in_portfolio"] = trades["in_portfolio"].astype(np.int64)
+    times = pd.to_datetime(trades["txn_time"].astype(str), format="%Y-%m-%d %H:%M:%S")
+    trades["seconds"] = times.to_numpy().astype("datetime64[s]").astype(np.int64)
+    trades["day"] = times.to_numpy().astype("datetime64[D]")
+    return trades.sort_values(["investor_id", "seconds", "txn_id"], ignore_index=True)
+
+
+def read_opening(connection, trades, everything=False):
+    """Per (investor_id, stock_symbol): the holding before the investor's context (its portfolios quantity minus
+    what the context trades that update_portfolio applied changed) and the price it last traded at before."""
+    starts = trades.loc[~trades["checked"]].groupby("investor_id", sort=False).head(1)  # trades are in time order
+    if everything or starts.empty:
+        return pd.DataFrame({"investor_id": pd.Series(dtype=np.int64), "stock_symbol": pd.Series(dtype=str),
+                             "quantity": pd.Series(dtype=np.int64), "last_price": pd.Series(dtype=float)})
+    held = read_positions_before(connection, starts)
+    signed = np.where(trades["txn_type"] == "BUY", 1, -1) * trades["quantity"] * trades["in_portfolio"]
+    changed = signed.groupby([trades["investor_id"], trades["stock_symbol"]]).sum().rename("changed")
+    opening = held.join(changed, on=["investor_id", "stock_symbol"])
+    opening["quantity"] = opening["quantity"] - opening["changed"].fillna(0).astype(np.int64)
+    return opening.drop(columns="changed")
+
+
+def read_positions_before(connection, starts):
+    """portfolios quantity and the last traded price before the context of the investors in `starts` (their
+    first context trade: investor_id, txn_time, txn_id)."""
+    selects, params = [], {}
+    for number, row in enumerate(starts.itertuples()):
+        selects.append(f"SELECT :investor_{number} AS investor_id, :time_{number} AS start_time, "
+                       f":txn_{number} AS start_id")
+        params.update({f"investor_{number}": int(row.investor_id), f"time_{number}": pd.Timestamp(row.txn_time),
+                       f"txn_{number}": int(row.txn_id)})
+    statement = text(PORTFOLIO_SQL.format(starts=" UNION ALL ".join(selects))).bindparams(
+        *[bindparam(f"time_{number}", type_=Timestamp) for number in range(len(selects))])
+    held = pd.read_sql_query(statement, connection, params=params)
+    held["quantity"] = held["quantity"].astype(np.int64)
+    held["last_price"] = held["last_price"].astype(float)
+    return held
+
+
+def read_closes(connection, first_day, last_day):
+    """Daily closes of every symbol from first_day to last_day: stock_symbol, day, close_price (float)."""
+    statement = text(CLOSES_SQL).bindparams(bindparam("first_day", type_=Date), bindparam("last_day", type_=Date))
+    closes = pd.read_sql_query(statement, connection, params={"first_day": first_day, "last_day": last_day})
+    closes["day"] = pd.to_datetime(closes.pop("price_date").astype(str)).to_numpy().astype("datetime64[D]")
+    closes["close_price"] = closes["close_price"].astype(float)
+    return closes
+
+
+# ---------------------------------------------------------------------------------------------- shared arrays
+
+def trailing_counts(group_codes, seconds, window_seconds):
+    """For rows sorted by (group, time): rows of the same group in (t - window, t], this one included."""
+    key = group_codes.astype(np.int64) * GROUP_STRIDE + seconds
+    return np.arange(len(key)) - np.searchsorted(key, key - window_seconds, side="right") + 1
+
+
+def previous_in_group(values, group_codes, first_value=0):
+    """Each row's previous value within its group (rows sorted by group); first_value for a group's first row."""
+    previous = np.roll(values, 1)
+    previous[group_starts(group_codes)] = first_value
+    return previous
+
+
+def group_starts(group_codes):
+    """True for the first row of each group (rows sorted by group)."""
+    starts = np.ones(len(group_codes), dtype=bool)
+    starts[1:] = group_codes[1:] != group_codes[:-1]
+    return starts
+
+
+def position_states(trades, opening):
+    """Holding before and after each trade, trades of a position in replay order (SPEC §5: an oversell changes
+    nothing), and the price the position was last traded at before it (or before the context).
+
+    Returns the trades sorted by position with holding_before, holding_after, applied, last_price, position_code."""
+    by_position = trades.sort_values(["investor_id", "stock_symbol", "seconds", "txn_id"], ignore_index=True)
+    start = by_position[["investor_id", "stock_symbol"]].merge(opening, how="left", on=["investor_id", "stock_symbol"])
+    code = by_position.groupby(["investor_id", "stock_symbol"], sort=False).ngroup().to_numpy()
+    first = group_starts(code)
+    signed = np.where(by_position["txn_type"].to_numpy() == "BUY", 1, -1) * by_position["quantity"].to_numpy()
+    opening_quantity = np.where(first, start["quantity"].fillna(0).clip(lower=0).to_numpy(), 0).astype(np.int64)
+    after = pd.Series(signed + opening_quantity).groupby(code).cumsum().to_numpy().copy()  # written by the replay
+    applied = np.ones(len(code), dtype=bool)
+    oversold_positions = np.unique(code[after < 0])
+    if len(oversold_positions):
+        _replay_oversold(np.isin(code, oversold_positions), signed, opening_quantity, code, after, applied)
+    price = by_position["price"].to_numpy()
+    opening_price = start["last_price"].fillna(by_position["price"]).to_numpy()
+    return by_position.assign(
+        holding_after=after, applied=applied, holding_before=after - np.where(applied, signed, 0),
+        last_price=np.where(first, opening_price, previous_in_group(price, code)), position_code=code)
+
+
+def _replay_oversold(rows, signed, opening_quantity, code, after, applied):
+    """Replay positions with an oversell trade by trade (rare), in place."""
+    held, current = 0, None
+    for index in np.flatnonzero(rows):
+        if code[index] != current:
+            current, held = code[index], opening_quantity[index]
+        if held + signed[index] < 0:
+            applied[index] = False
+        else:
+            held += signed[index]
+        after[index] = held
+
+
+def rolling_robust_z(values, group_codes, rows, lookback, min_history):
+    """Robust z of values[rows] against the previous `lookback` values of the same group (rows sorted by group):
+    (value - median) / max(1.4826 * MAD, LARGE_TRADE_MIN_SCALE).
+
+    Returns (z, history counts); z is NaN with fewer than min_history previous values."""
+    group_start = np.maximum.accumulate(np.where(group_starts(group_codes), np.arange(len(values)), 0))
+    z = np.full(len(rows), np.nan)
+    counts = np.minimum(rows - group_start[rows], lookback)
+    for begin in range(0, len(rows), CHUNK_ROWS):
+        block = rows[begin:begin + CHUNK_ROWS]
+        index = block[:, None] - lookback + np.arange(lookback)
+        window = np.where(index >= group_start[block][:, None], values[np.maximum(index, 0)], np.nan)
+        median = _sorted_median(window)
+        scale = np.maximum(MAD_TO_SIGMA * _sorted_median(np.abs(window - median[:, None])),
+                           constants.LARGE_TRADE_MIN_SCALE)
+        z[begin:begin + len(block)] = (values[block] - median) / scale
+    z[counts < min_history] = np.nan
+    return z, counts
+
+
+def _sorted_median(window):
+    """Median of each row, ignoring NaN (a row has at least one value where it matters)."""
+    ordered = np.sort(window, axis=1)  # NaN sort last
+    valid = np.maximum((~np.isnan(ordered)).sum(axis=1), 1)
+    low = np.take_along_axis(ordered, ((valid - 1) // 2)[:, None], axis=1)[:, 0]
+    high = np.take_along_axis(ordered, (valid // 2)[:, None], axis=1)[:, 0]
+    return (low + high) / 2
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+def _alerts(rule, rows, severity, metric, threshold, details):
+    """Alert candidates of one rule for the trades in `rows` (a DataFrame)."""
+    return pd.DataFrame({
+        "rule": rule, "severity": severity, "investor_id": rows["investor_id"].to_numpy(),
+        "stock_symbol": rows["stock_symbol"].to_numpy(), "txn_ref": rows["txn_ref"].to_numpy(),
+        "metric": np.asarray(metric, dtype=float), "threshold": np.asarray(threshold, dtype=float),
+        "details": list(details)}, columns=ALERT_COLUMNS)
+
+
+def to_decimal(value):
+    """A DECIMAL column value as Decimal (pandas holds floats; their shortest repr is the stored decimal)."""
+    return value if isinstance(value, Decimal) else Decimal(repr(float(value)))
+
+
+def money(value):
+    """A stored price or amount as text: 2 decimals, 4 when it has them."""
+    amount = to_decimal(value)
+    return f"{amount:,.2f}" if amount == amount.quantize(Decimal("0.01")) else f"{amount:,.4f}"
+
+
+def _trade_text(row):
+    return f"{row.txn_type} {row.txn_ref} of {row.quantity} {row.stock_symbol} at {money(row.price)}"
+
+
+def large_trade_alerts(trades, by_position, opening):
+    """LARGE_TRADE: ln(notional) far above the investor's own history (robust z), or notional above a multiple
+    of the investor's portfolio value just before the trade; both need LARGE_TRADE_MIN_HISTORY earlier trades."""
+    notional = trades["quantity"].to_numpy() * trades["price"].to_numpy()
+    rows = np.flatnonzero(trades["checked"].to_numpy())
+    z, counts = rolling_robust_z(np.log(notional), trades["investor_id"].to_numpy(), rows,
+                                 constants.LARGE_TRADE_LOOKBACK_TRADES, constants.LARGE_TRADE_MIN_HISTORY)
+    value = portfolio_value_before(trades, by_position, opening)[rows]
+    valued = (value >= MIN_PORTFOLIO_VALUE) & (counts >= constants.LARGE_TRADE_MIN_HISTORY)
+    share = np.where(valued, notional[rows] / np.where(valued, value, 1), np.nan)
+    by_z, by_share = z >= constants.LARGE_TRADE_Z, share > constants.LARGE_TRADE_PORTFOLIO_SHARE
+    hit = by_z | by_share
+    flagged = trades.iloc[rows[hit]]
+    details = [_large_trade_details(row, zz, s, n) for row, zz, s, n in
+               zip(flagged.itertuples(), z[hit], share[hit], counts[hit])]
+    return _alerts("LARGE_TRADE", flagged, np.where(by_z[hit] & by_share[hit], "HIGH", "MEDIUM"),
+                   np.where(by_z[hit], z[hit], share[hit]),
+                   np.where(by_z[hit], constants.LARGE_TRADE_Z, constants.LARGE_TRADE_PORTFOLIO_SHARE), details)
+
+
+def _large_trade_details(row, z, share, history):
+    reasons = []
+    if z >= constants.LARGE_TRADE_Z:
+        reasons.append(f"robust z-score {z:.1f} of its log notional against the investor's last {history} trades "
+                       f"(threshold {constants.LARGE_TRADE_Z:g})")
+    if share > constants.LARGE_TRADE_PORTFOLIO_SHARE:
+        reasons.append(f"{share:.1f} times the investor's portfolio value before it "
+                       f"(threshold {constants.LARGE_TRADE_PORTFOLIO_SHARE:g})")
+    notional = int(row.quantity) * to_decimal(row.price)
+    return f"{_trade_text(row)} is worth {money(notional)}: {'; '.join(reasons)}"
+
+
+def portfolio_value_before(trades, by_position, opening):
+    """The investor's portfolio value just before each trade (rows of `trades`), each position valued at the
+    price it last traded at: the positions held before the context, plus the change of value trade by trade."""
+    change = (by_position["holding_after"] * by_position["price"]
+              - by_position["holding_before"] * by_position["last_price"])
+    held = opening["quantity"].clip(lower=0) * opening["last_price"]
+    opening_value = held.groupby(opening["investor_id"]).sum()
+    keyed = pd.Series(change.to_numpy(), index=by_position["txn_id"].to_numpy()).reindex(trades["txn_id"]).to_numpy()
+    running = pd.Series(keyed).groupby(trades["investor_id"].to_numpy()).cumsum().to_numpy() - keyed
+    return trades["investor_id"].map(opening_value).fillna(0).to_numpy() + running
+
+
+def off_market_price_alerts(trades, closes):
+    """OFF_MARKET_PRICE: the price more than OFF_MARKET_PRICE_THRESHOLD away from that day's close."""
+    checked = trades.loc[trades["checked"]].merge(closes, how="inner", on=["stock_symbol", "day"])
+    deviation = (checked["price"] / checked["close_price"] - 1).to_numpy()
+    flagged = checked.loc[np.abs(deviation) > constants.OFF_MARKET_PRICE_THRESHOLD]
+    deviation = deviation[np.abs(deviation) > constants.OFF_MARKET_PRICE_THRESHOLD]
+    details = [f"{_trade_text(row)} is {abs(d):.1%} {'above' if d > 0 else 'below'} the "
+               f"{pd.Timestamp(row.day):%Y-%m-%d} close of "
+               f"{money(row.close_price)} (threshold {constants.OFF_MARKET_PRICE_THRESHOLD:.0%})"
+               for row, d in zip(flagged.itertuples(), deviation)]
+    severity = np.where(np.abs(deviation) >= constants.OFF_MARKET_PRICE_HIGH, "HIGH", "MEDIUM")
+    return _alerts("OFF_MARKET_PRICE", flagged, severity, np.abs(deviation), constants.OFF_MARKET_PRICE_THRESHOLD,
+                   details)
+
+
+def wash_trade_alerts(trades):
+    """WASH_TRADE: a trade that, with an earlier opposite trade of the same investor, symbol and quantity at most
+    WASH_TRADE_WINDOW_MINUTES before, buys and sells at nearly the same price: within WASH_TRADE_PRICE_TOLERANCE
+    of each other, or within WASH_TRADE_PRICE_TICK."""
+    pairs = reversing_pairs(trades, constants.WASH_TRADE_WINDOW_MINUTES * 60)
+    difference = (pairs["price"] - pairs["other_price"]).abs().to_numpy()
+    spread = difference / pairs["other_price"].to_numpy()
+    near = (spread <= constants.WASH_TRADE_PRICE_TOLERANCE) | (difference <= constants.WASH_TRADE_PRICE_TICK + 1e-9)
+    flagged, spread = pairs.loc[near], spread[near]
+    details = [f"{_trade_text(row)} reverses {row.other_txn_ref} at {money(row.other_price)}, "
+               f"{(row.seconds - row.other_seconds) / 60:.0f} min earlier: same quantity, prices "
+               f"{money(abs(to_decimal(row.price) - to_decimal(row.other_price)))} ({d:.4%}) apart "
+               f"(within {constants.WASH_TRADE_PRICE_TOLERANCE:.2%} or {money(constants.WASH_TRADE_PRICE_TICK)}, "
+               f"and {constants.WASH_TRADE_WINDOW_MINUTES} min)"
+               for row, d in zip(flagged.itertuples(), spread)]
+    return _alerts("WASH_TRADE", flagged, "HIGH", spread, constants.WASH_TRADE_PRICE_TOLERANCE, details)
+
+
+def reversing_pairs(trades, window_seconds):
+    """Each checked trade with the latest earlier opposite trade (BUY for a SELL, SELL for a BUY) of the same
+    investor, symbol and quantity at most window_seconds before it; that trade's columns are prefixed other_."""
+    ordered = trades.sort_values(["seconds", "txn_id"], ignore_index=True)
+    legs = ordered[["seconds", "txn_id", "txn_ref", "investor_id", "stock_symbol", "quantity", "price", "txn_type"]]
+    pairs = []
+    for side, other in (("SELL", "BUY"), ("BUY", "SELL")):
+        later = ordered.loc[ordered["checked"] & (ordered["txn_type"] == side)]
+        earlier = legs.loc[legs["txn_type"] == other].drop(columns="txn_type").rename(
+            columns=lambda c: c if c in ("investor_id", "stock_symbol", "quantity") else f"other_{c}")
+        pairs.append(pd.merge_asof(later, earlier.assign(seconds=earlier["other_seconds"]), on="seconds",
+                                   by=["investor_id", "stock_symbol", "quantity"], tolerance=window_seconds,
+                                   direction="backward"))
+    pairs = pd.concat(pairs, ignore_index=True).dropna(subset=["other_txn_id"])
+    return pairs.loc[(pairs["other_seconds"] < pairs["seconds"]) | (pairs["other_txn_id"] < pairs["txn_id"])]
+
+
+def round_trip_alerts(by_position):
+    """ROUND_TRIP: the close of a position opened from flat at most ROUND_TRIP_MAX_HOLD_MINUTES before, when it is
+    the ROUND_TRIP_MIN_COUNT-th or a later such round trip in that position on that trading day."""
+    opened = by_position["applied"] & (by_position["holding_before"] == 0) & (by_position["holding_after"] > 0)
+    closed = by_position["applied"] & (by_position["holding_before"] > 0) & (by_position["holding_after"] == 0)
+    open_time = by_position["seconds"].where(opened).groupby(by_position["position_code"]).ffill()
+    hold = by_position["seconds"] - open_time
+    quick = by_position.assign(hold=hold).loc[closed & (hold <= constants.ROUND_TRIP_MAX_HOLD_MINUTES * 60)]
+    count = quick.groupby(["position_code", "day"]).cumcount().to_numpy() + 1
+    hit = (count >= constants.ROUND_TRIP_MIN_COUNT) & quick["checked"].to_numpy()
+    flagged = quick.loc[hit]
+    details = [f"{_trade_text(row)} closes a position opened {row.hold / 60:.0f} min earlier: round trip "
+               f"number {n} in {row.stock_symbol} of at most {constants.ROUND_TRIP_MAX_HOLD_MINUTES} min on "
+               f"{pd.Timestamp(row.day):%Y-%m-%d} (threshold {constants.ROUND_TRIP_MIN_COUNT})"
+               for row, n in zip(flagged.itertuples(), count[hit])]
+    return _alerts("ROUND_TRIP", flagged, "MEDIUM", count[hit], constants.ROUND_TRIP_MIN_COUNT, details)
+
+
+def burst_alerts(trades):
+    """BURST: the trade that makes more than BURST_MAX_TRADES trades of the investor within BURST_WINDOW_MINUTES
+    (one alert per burst: only when the trade before was not already over the limit)."""
+    codes = trades["investor_id"].to_numpy()
+    count = trailing_counts(codes, trades["seconds"].to_numpy(), constants.BURST_WINDOW_MINUTES * 60)
+    rising = (count > constants.BURST_MAX_TRADES) & (previous_in_group(count, codes) <= constants.BURST_MAX_TRADES)
+    hit = rising & trades["checked"].to_numpy()
+    flagged = trades.loc[hit]
+    details = [f"{_trade_text(row)} is investor {row.investor_id}'s {n}th trade within "
+               f"{constants.BURST_WINDOW_MINUTES} min (more than {constants.BURST_MAX_TRADES})"
+               for row, n in zip(flagged.itertuples(), count[hit])]
+    return _alerts("BURST", flagged, "LOW", count[hit], constants.BURST_MAX_TRADES, details)
+
+
+def detect_trade_alerts(trades, opening, closes):
+    """Every trade-level alert for the checked trades, as a DataFrame of ALERT_COLUMNS (pure: no database)."""
+    if trades.empty:
+        return pd.DataFrame(columns=ALERT_COLUMNS)
+    by_position = position_states(trades, opening)
+    found = [large_trade_alerts(trades, by_position, opening), off_market_price_alerts(trades, closes),
+             wash_trade_alerts(trades), round_trip_alerts(by_position), burst_alerts(trades)]
+    return pd.concat([frame for frame in found if not frame.empty] or [found[0]], ignore_index=True)
+
+
+def evaluate_alerts(found, truth):
+    """Recall and precision per planted rule, against generate_dummy_data's ground truth (txn_ref, rule,
+    anomaly_id). An anomaly counts as detected when an alert of its rule names one of its trades (a wash trade,
+    round trip or burst is several trades); an alert is true when its trade belongs to an anomaly of its rule."""
+    rows = []
+    for rule in TRADE_RULES:
+        planted = truth.loc[truth["rule"] == rule]
+        raised = found.loc[found["rule"] == rule, "txn_ref"]
+        anomalies = planted["anomaly_id"].nunique()
+        detected = planted.loc[planted["txn_ref"].isin(raised), "anomaly_id"].nunique()
+        true_alerts = int(raised.isin(planted["txn_ref"]).sum())
+        rows.append({"rule": rule, "anomalies": anomalies, "detected": detected,
+                     "recall": detected / anomalies if anomalies else float("nan"), "alerts": len(raised),
+                     "true_alerts": true_alerts,
+                     "precision": true_alerts / len(raised) if len(raised) else float("nan")})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------- position level
+
+SECTOR_WEIGHTS_SQL = """
+WITH open_positions AS (
+    SELECT p.investor_id, s.sector, p.weight  -- weight: share of the investor's market value, 0..1
+    FROM portfolios p
+    JOIN stocks s ON s.stock_symbol = p.stock_symbol
+    WHERE p.quantity > 0 AND p.weight IS NOT NULL
+),
+sector_weights AS (
+    SELECT investor_id, sector, SUM(weight) AS sector_weight
+    FROM open_positions
+    GROUP BY investor_id, sector
+)
+SELECT investor_id, sector, sector_weight
+FROM sector_weights
+WHERE sector_weight > :limit
+ORDER BY investor_id, sector
+"""
+
+
+def sector_concentration_alerts(connection):
+    """SECTOR_CONCENTRATION: one sector above SECTOR_CONCENTRATION_LIMIT of an investor's market value."""
+    limit = constants.SECTOR_CONCENTRATION_LIMIT
+    rows = connection.execute(text(SECTOR_WEIGHTS_SQL), {"limit": limit}).all()
+    return pd.DataFrame([
+        {"alert_key": f"SECTOR_CONCENTRATION:{investor_id}:{sector}", "rule": "SECTOR_CONCENTRATION",
+         "severity": "HIGH" if float(weight) >= constants.SECTOR_CONCENTRATION_HIGH else "MEDIUM",
+         "investor_id": investor_id, "stock_symbol": None, "txn_ref": None, "metric": float(weight),
+         "threshold": limit,
+         "details": f"{sector} is {float(weight):.1%} of investor {investor_id}'s market value (limit {limit:.0%})"}
+        for investor_id, sector, weight in rows], columns=["alert_key"] + ALERT_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+def write_alerts(connection, candidates, now):
+    """Insert the candidates whose alert_key is not stored yet; return new alerts by rule."""
+    keys = candidates["alert_key"].tolist()
+    stored = set()
+    for start in range(0, len(keys), ID_SLICE):
+        stored.update(connection.execute(select(alerts.c.alert_key).where(
+            alerts.c.alert_key.in_(keys[start:start + ID_SLICE]))).scalars())
+    new = candidates.loc[~candidates["alert_key"].isin(stored)].drop_duplicates("alert_key")
+    records = [
+        {**record, "investor_id": int(record["investor_id"]), "detected_at": now,
+         "metric": _decimal(record["metric"]), "threshold": _decimal(record["threshold"])}
+        for record in new.to_dict("records")]
+    if records:
+        connection.execute(alerts.insert(), records)
+    return new["rule"].value_counts().to_dict()
+
+
+def _decimal(value):
+    """A metric as DECIMAL(24, 6)."""
+    return Decimal(f"{float(value):.6f}")
+
+
+def mark_surveilled(connection, batch_ids, now):
+    """Record that these batches' trades have been checked."""
+    for start in range(0, len(batch_ids), ID_SLICE):
+        connection.execute(update(load_batches).where(
+            load_batches.c.batch_id.in_(batch_ids[start:start + ID_SLICE])).values(surveilled_at=now))
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+
+def check_trades(connection, full=False):
+    """Read the trades to check with their history and return (alert candidates, checked, context rows, investors)."""
+    count, first_time, total = read_pending(connection, full)
+    if not count:
+        return pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS), 0, 0, 0
+    everything = count == total  # e.g. the first run after the first load: a plain read, no history to select
+    since = first_time - timedelta(minutes=constants.SURVEILLANCE_CONTEXT_MINUTES)
+    trades = read_context(connection, since, everything)
+    opening = read_opening(connection, trades, everything)
+    checked_days = trades.loc[trades["checked"], "day"]
+    closes = read_closes(connection, pd.Timestamp(checked_days.min()).date(), pd.Timestamp(checked_days.max()).date())
+    found = detect_trade_alerts(trades, opening, closes)
+    found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
+    checked = int(trades["checked"].sum())
+    logger.info("checked %d trades with %d trades of history; %d candidate alerts", checked,
+                len(trades) - checked, len(found))
+    return found, checked, len(trades), trades.loc[trades["checked"], "investor_id"].nunique()
+
+
+def refresh_statistics(engine):
+    """Refresh the optimizer's table statistics where a bulk load leaves them stale (MySQL/MariaDB: the index
+    seeks of CONTEXT_SQL turn into full scans until InnoDB recounts in the background). Its own transaction:
+    ANALYZE TABLE commits implicitly."""
+    statement = REFRESH_STATISTICS.get(engine.dialect.name)
+    if statement:
+        with engine.connect() as connection:
+            result = connection.execute(text(statement))
+            if result.returns_rows:
+                result.all()
+            connection.commit()
+
+
+REFRESH_STATISTICS = {  # dialect: statement (SQLite plans these queries well without statistics)
+    "mysql": "ANALYZE TABLE transactions, stocks, load_batches, portfolios",
+    "postgresql": "ANALYZE transactions",
+}
+
+
+def run_surveillance(engine, full=False):
+    """Check new trades (every trade with full=True) and sector weights; write alerts; one transaction."""
+    started = time.perf_counter()
+    summary = SurveillanceSummary(full=full)
+    refresh_statistics(engine)
+    with db_config.stage_transaction(engine, "surveillance") as connection:
+        now = datetime.now().replace(microsecond=0)
+        batch_ids = pending_batches(connection)
+        found, summary.trades_checked, context, summary.investors = check_trades(connection, full)
+        summary.context_trades = context - summary.trades_checked
+        candidates = pd.concat([frame for frame in (found, sector_concentration_alerts(connection))
+                                if not frame.empty] or [found], ignore_index=True)
+        new = write_alerts(connection, candidates, now)
+        mark_surveilled(connection, batch_ids, now)
+    summary.batches = len(batch_ids)
+    summary.new_alerts = {rule: int(new.get(rule, 0)) for rule in RULES}
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def main(argv=None):
+    parser = cli.make_parser(__doc__)
+    parser.add_argument("--full", action="store_true", help="re-check every trade instead of only the new ones")
+    args = parser.parse_args(argv)
+    cli.setup_logging(args)
+
+    def work():
+        engine = db_config.get_engine(args.database_url)
+        summary = run_surveillance(engine, full=args.full)
+        print(summary.line())
+        return cli.EXIT_OK
+
+    return cli.run(work, args, "surveillance")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

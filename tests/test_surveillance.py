@@ -1,0 +1,483 @@
+"""surveillance.py: each rule on small hand-made files (fires, and a near miss does not), idempotent and
+incremental runs, and recall/precision against the ground truth that generate_dummy_data --anomalies plants.
+
+Database tests run on SQLite and on a fresh MariaDB database (conftest fixtures). Expected metrics are worked out
+by hand in the comments; the rolling robust z-score is checked against a direct numpy reference.
+"""
+import csv
+import math
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import func, select, text
+
+import constants
+import db_config
+import generate_dummy_data
+import load_transactions
+import seed_investors
+import surveillance
+import update_portfolio
+from schema import alerts, load_batches, market_prices
+
+HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
+DAY = datetime(2026, 3, 2)  # a Monday, well in the past
+RATE = 0.002  # planted anomalies per trade and rule in the generated-data tests
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def at(minutes, day=0):
+    """DAY + `day` days, 09:00 + `minutes`, as the CSV's txn_time."""
+    return (DAY + timedelta(days=day, hours=9, minutes=minutes)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def write_trades(directory, name, rows):
+    """A canonical trades file of (txn_ref, investor_id, symbol, type, quantity, price, txn_time) rows."""
+    path = directory / name
+    path.write_text("\n".join([HEADER] + [",".join(str(cell) for cell in row) for row in rows]) + "\n",
+                    encoding="utf-8")
+    return str(path)
+
+
+def load_and_surveil(engine, directory, rows, name="trades.csv", full=False):
+    """Load the rows, update portfolios, run surveillance; return the surveillance summary."""
+    summary = load_transactions.load_file(engine, write_trades(directory, name, rows))
+    assert summary.rows_rejected == 0, summary.sample_rejects
+    update_portfolio.update_portfolios(engine)
+    return surveillance.run_surveillance(engine, full=full)
+
+
+def alert_rows(engine, rule):
+    """The alerts of one rule as dicts, by txn_ref (or investor for position-level ones)."""
+    with engine.connect() as connection:
+        rows = connection.execute(select(alerts).where(alerts.c.rule == rule).order_by(alerts.c.alert_key)).all()
+    return [row._asdict() for row in rows]
+
+
+def refs(engine, rule):
+    return [row["txn_ref"] for row in alert_rows(engine, rule)]
+
+
+def history(investor_id, symbol="AAPL", cycles=12, start=0):
+    """3 * cycles BUYs at 100.00 of 10, 20, 40 shares, 30 minutes apart: ln(notional) has median ln(2000) and
+    MAD ln(2), so robust sigma = 1.4826 * ln(2) = 1.0277 and the position is worth 84,000 for 12 cycles."""
+    return [(f"H{investor_id}-{n:03d}", investor_id, symbol, "BUY", (10, 20, 40)[n % 3], "100.00", at(30 * n + start))
+            for n in range(3 * cycles)]
+
+
+# ---------------------------------------------------------------------------------------------- pure functions
+
+def test_rolling_robust_z_matches_a_direct_computation():
+    rng = np.random.default_rng(3)
+    groups = np.repeat([1, 2, 3], [80, 5, 60])
+    values = rng.normal(0, 1, len(groups))
+    rows = np.arange(len(values))
+
+    z, counts = surveillance.rolling_robust_z(values, groups, rows, lookback=50, min_history=30)
+
+    for row in rows:
+        start = np.flatnonzero(groups == groups[row])[0]
+        window = values[max(start, row - 50):row]
+        assert counts[row] == len(window)
+        if len(window) < 30:
+            assert np.isnan(z[row])
+            continue
+        median = np.median(window)
+        scale = max(1.4826 * np.median(np.abs(window - median)), constants.LARGE_TRADE_MIN_SCALE)
+        assert z[row] == pytest.approx((values[row] - median) / scale)
+
+
+def test_evaluate_alerts_counts_anomalies_detected_and_alerts_true():
+    truth = pd.DataFrame({"txn_ref": ["a", "b1", "b2", "c"], "rule": ["BURST", "WASH_TRADE", "WASH_TRADE", "BURST"],
+                          "anomaly_id": [1, 2, 2, 3]})
+    found = pd.DataFrame({"rule": ["BURST", "BURST", "WASH_TRADE", "LARGE_TRADE"], "txn_ref": ["a", "x", "b2", "c"]})
+
+    table = surveillance.evaluate_alerts(found, truth).set_index("rule")
+
+    assert table.loc["BURST", ["anomalies", "detected", "alerts", "true_alerts"]].tolist() == [2, 1, 2, 1]
+    assert table.loc["WASH_TRADE", ["recall", "precision"]].tolist() == [1.0, 1.0]
+    assert table.loc["LARGE_TRADE", "precision"] == 0.0 and math.isnan(table.loc["LARGE_TRADE", "recall"])
+
+
+# ---------------------------------------------------------------------------------------------- each rule
+
+def test_large_trade_fires_far_above_own_history_and_not_just_below(seeded_engine, tmp_path):
+    rows = history(1001) + history(1002) + history(1003, cycles=6)
+    rows += [("BIG", 1001, "AAPL", "BUY", 5000, "100.00", at(0, day=2)),  # z = ln(250) / 1.0277 = 5.37
+             ("NEAR", 1002, "AAPL", "BUY", 3000, "100.00", at(0, day=2)),  # z = ln(150) / 1.0277 = 4.88
+             ("NEW", 1003, "AAPL", "BUY", 5000, "100.00", at(0, day=2))]  # 18 earlier trades: a new account
+
+    load_and_surveil(seeded_engine, tmp_path, rows)
+
+    [alert] = alert_rows(seeded_engine, "LARGE_TRADE")
+    assert (alert["txn_ref"], alert["investor_id"], alert["stock_symbol"], alert["severity"]) == (
+        "BIG", 1001, "AAPL", "MEDIUM")
+    assert float(alert["metric"]) == pytest.approx(math.log(250) / (1.4826 * math.log(2)), abs=1e-6)
+    assert float(alert["threshold"]) == constants.LARGE_TRADE_Z
+    assert alert["details"] == ("BUY BIG of 5000 AAPL at 100.00 is worth 500,000.00: robust z-score 5.4 of its "
+                                "log notional against the investor's last 36 trades (threshold 5)")
+
+
+def test_large_trade_fires_above_ten_times_the_portfolio_value(seeded_engine, tmp_path):
+    rows = []
+    for investor_id in (1004, 1005):  # 15 round trips two hours apart, then 1 share: the portfolio is worth 100
+        for n in range(15):
+            rows += [(f"R{investor_id}-{n}B", investor_id, "MSFT", "BUY", 100, "100.00", at(0, day=n)),
+                     (f"R{investor_id}-{n}S", investor_id, "MSFT", "SELL", 100, "101.00", at(120, day=n))]
+        rows.append((f"ONE{investor_id}", investor_id, "MSFT", "BUY", 1, "100.00", at(0, day=20)))
+    rows += [("TWENTY", 1004, "MSFT", "BUY", 20, "100.00", at(60, day=20)),  # 2,000 = 20 x the portfolio
+             ("NINE", 1005, "MSFT", "BUY", 9, "100.00", at(60, day=20))]  # 900 = 9 x
+
+    load_and_surveil(seeded_engine, tmp_path, rows)
+
+    [alert] = alert_rows(seeded_engine, "LARGE_TRADE")
+    assert (alert["txn_ref"], alert["severity"]) == ("TWENTY", "MEDIUM")
+    assert (float(alert["metric"]), float(alert["threshold"])) == (20.0, constants.LARGE_TRADE_PORTFOLIO_SHARE)
+    assert alert["details"].endswith("20.0 times the investor's portfolio value before it (threshold 10)")
+
+
+def test_off_market_price_fires_beyond_five_percent_of_the_close(seeded_engine, tmp_path):
+    with seeded_engine.begin() as connection:
+        connection.execute(market_prices.insert(), [{"stock_symbol": "AAPL", "price_date": DAY.date(),
+                                                     "close_price": 100}])
+    rows = [("UP", 1001, "AAPL", "BUY", 10, "106.00", at(0)),  # +6%: MEDIUM
+            ("DOWN", 1002, "AAPL", "BUY", 10, "89.00", at(10)),  # -11%: HIGH
+            ("INSIDE", 1003, "AAPL", "BUY", 10, "104.99", at(20)),  # +4.99%
+            ("NO_CLOSE", 1004, "AAPL", "BUY", 10, "150.00", at(0, day=1))]  # no close that day: not checked
+
+    load_and_surveil(seeded_engine, tmp_path, rows)
+
+    found = {row["txn_ref"]: row for row in alert_rows(seeded_engine, "OFF_MARKET_PRICE")}
+    assert sorted(found) == ["DOWN", "UP"]
+    assert (found["UP"]["severity"], float(found["UP"]["metric"]), float(found["UP"]["threshold"])) == (
+        "MEDIUM", pytest.approx(0.06), 0.05)
+    assert found["DOWN"]["severity"] == "HIGH"
+    assert found["DOWN"]["details"] == ("BUY DOWN of 10 AAPL at 89.00 is 11.0% below the 2026-03-02 close of "
+                                        "100.00 (threshold 5%)")
+
+
+def test_wash_trade_fires_on_the_reversing_leg_only_when_near_in_time_and_price(seeded_engine, tmp_path):
+    rows = [("W-BUY", 1001, "MSFT", "BUY", 10, "400.00", at(0)),
+            ("W-SELL", 1001, "MSFT", "SELL", 10, "400.01", at(4)),  # 4 min, 1 cent: a wash trade
+            ("P-BUY", 1002, "MSFT", "BUY", 10, "400.00", at(0)),
+            ("P-SELL", 1002, "MSFT", "SELL", 10, "400.20", at(4)),  # 0.05% and 20 cents apart
+            ("T-BUY", 1003, "MSFT", "BUY", 10, "400.00", at(0)),
+            ("T-SELL", 1003, "MSFT", "SELL", 10, "400.00", at(6)),  # 6 minutes apart
+            ("Q-BUY", 1004, "MSFT", "BUY", 10, "400.00", at(0)),
+            ("Q-SELL", 1004, "MSFT", "SELL", 9, "400.00", at(1))]  # not the same quantity
+
+    load_and_surveil(seeded_engine, tmp_path, rows)
+
+    [alert] = alert_rows(seeded_engine, "WASH_TRADE")
+    assert (alert["txn_ref"], alert["severity"], float(alert["metric"])) == ("W-SELL", "HIGH", 0.000025)
+    assert float(alert["threshold"]) == constants.WASH_TRADE_PRICE_TOLERANCE
+    assert alert["details"] == ("SELL W-SELL of 10 MSFT at 400.01 reverses W-BUY at 400.00, 4 min earlier: same "
+                                "quantity, prices 0.01 (0.0025%) apart (within 0.02% or 0.01, and 5 min)")
+
+
+def round_trips(investor_id, holds, day=0, symbol="TSLA"):
+    """One round trip per hold (minutes) in `symbol`, an hour apart, the SELL 0.5% above the BUY."""
+    rows = []
+    for n, hold in enumerate(holds):
+        ref = f"{investor_id}-{symbol}-{day}-{n}"
+        rows += [(f"{ref}B", investor_id, symbol, "BUY", 5 + n, "200.00", at(60 * n, day)),
+                 (f"{ref}S", investor_id, symbol, "SELL", 5 + n, "201.00", at(60 * n + hold, day))]
+    return rows
+
+
+def test_round_trip_fires_on_the_third_quick_round_trip_of_a_position_in_a_day(seeded_engine, tmp_path):
+    rows = (round_trips(1001, [10, 5, 14, 3])  # the 3rd and 4th closes fire
+            + round_trips(1002, [10, 5, 16])  # the 3rd is held 16 minutes
+            + round_trips(1003, [10, 5]) + round_trips(1003, [3], day=1)  # the 3rd is on the next day
+            + round_trips(1004, [10, 5]) + round_trips(1004, [3], symbol="NVDA"))  # the 3rd in another symbol
+
+    load_and_surveil(seeded_engine, tmp_path, rows)
+
+    found = alert_rows(seeded_engine, "ROUND_TRIP")
+    assert [(row["txn_ref"], float(row["metric"]), row["severity"]) for row in found] == [
+        ("1001-TSLA-0-2S", 3.0, "MEDIUM"), ("1001-TSLA-0-3S", 4.0, "MEDIUM")]
+    assert found[0]["details"] == ("SELL 1001-TSLA-0-2S of 7 TSLA at 201.00 closes a position opened 14 min earlier: "
+                                   "round trip number 3 in TSLA of at most 15 min on 2026-03-02 (threshold 3)")
+
+
+def test_burst_fires_once_on_the_eleventh_trade_within_five_minutes(seeded_engine, tmp_path):
+    def burst(investor_id, count, step_seconds=20):
+        return [(f"B{investor_id}-{n:02d}", investor_id, "KO", "BUY", n + 1, "60.00",
+                 (DAY + timedelta(hours=10, seconds=step_seconds * n)).strftime("%Y-%m-%d %H:%M:%S"))
+                for n in range(count)]
+
+    rows = burst(1001, 14) + burst(1002, 10) + burst(1003, 11, step_seconds=30)  # 1003: 11 in exactly 5 min
+
+    load_and_surveil(seeded_engine, tmp_path, rows)
+
+    [alert] = alert_rows(seeded_engine, "BURST")
+    assert (alert["txn_ref"], float(alert["metric"]), float(alert["threshold"]), alert["severity"]) == (
+        "B1001-10", 11.0, 10.0, "LOW")
+    assert alert["details"] == ("BUY B1001-10 of 11 KO at 60.00 is investor 1001's 11th trade within 5 min "
+                                "(more than 10)")
+
+
+def test_sector_concentration_fires_above_the_limit_once_per_investor_and_sector(seeded_engine, tmp_path):
+    rows = [("T1", 1001, "AAPL", "BUY", 10, "100.00", at(0)), ("T2", 1001, "MSFT", "BUY", 10, "100.00", at(1)),
+            ("H1", 1002, "AAPL", "BUY", 10, "100.00", at(0)), ("H2", 1002, "JPM", "BUY", 10, "100.00", at(1)),
+            ("S1", 1003, "AAPL", "BUY", 7, "100.00", at(0)), ("S2", 1003, "JPM", "BUY", 3, "100.00", at(1))]
+
+    load_and_surveil(seeded_engine, tmp_path, rows)
+    surveillance.run_surveillance(seeded_engine)
+
+    found = alert_rows(seeded_engine, "SECTOR_CONCENTRATION")
+    assert [(row["alert_key"], row["severity"], float(row["metric"]), row["txn_ref"]) for row in found] == [
+        ("SECTOR_CONCENTRATION:1001:Technology", "HIGH", 1.0, None),
+        ("SECTOR_CONCENTRATION:1003:Technology", "MEDIUM", 0.7, None)]
+    assert found[1]["details"] == "Technology is 70.0% of investor 1003's market value (limit 60%)"
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+def every_rule_rows():
+    """A file on which every trade-level rule fires once."""
+    return (history(1001) + [("BIG", 1001, "AAPL", "BUY", 5000, "100.00", at(0, day=2)),
+                             ("FAR", 1002, "AAPL", "BUY", 1, "150.00", at(0, day=2))]
+            + [("W-BUY", 1003, "MSFT", "BUY", 10, "400.00", at(0, 3)),
+               ("W-SELL", 1003, "MSFT", "SELL", 10, "400.01", at(4, 3))]
+            + round_trips(1004, [10, 5, 14])
+            + [(f"B{n}", 1005, "KO", "BUY", n + 1, "60.00", at(n / 4, day=4)) for n in range(11)])
+
+
+def test_every_rule_once_and_rerunning_or_full_never_duplicates(seeded_engine, database_url, tmp_path, capsys):
+    with seeded_engine.begin() as connection:
+        connection.execute(market_prices.insert(), [{
+            "stock_symbol": "AAPL", "price_date": (DAY + timedelta(days=2)).date(), "close_price": 100}])
+    first = load_and_surveil(seeded_engine, tmp_path, every_rule_rows())
+    # 1001 and 1002 hold only AAPL, 1005 only KO: 100% of one sector; 1003 and 1004 closed their positions
+    assert first.new_alerts == {"LARGE_TRADE": 1, "OFF_MARKET_PRICE": 1, "WASH_TRADE": 1, "ROUND_TRIP": 1,
+                                "BURST": 1, "SECTOR_CONCENTRATION": 3}
+    assert (first.trades_checked, first.batches, first.investors) == (len(every_rule_rows()), 1, 5)
+
+    again = surveillance.run_surveillance(seeded_engine)
+    assert (again.trades_checked, again.batches, sum(again.new_alerts.values())) == (0, 0, 0)
+    assert surveillance.main(["--database-url", database_url, "--full"]) == 0
+    assert surveillance.main(["--database-url", database_url]) == 0
+
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"surveillance (full re-check): {len(every_rule_rows())} trades of 5 investors from "
+                             f"0 batches checked against 0 trades of history; 0 new alerts (none) (")
+    assert out[1].startswith("surveillance (incremental): 0 trades of 0 investors from 0 batches checked")
+    with seeded_engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(alerts).where(
+            alerts.c.rule.in_(surveillance.RULES))).scalar() == 8
+        assert connection.execute(select(func.count()).select_from(load_batches).where(
+            load_batches.c.surveilled_at.is_(None))).scalar() == 0
+
+
+def test_first_run_summary_line(seeded_engine, tmp_path):
+    summary = load_and_surveil(seeded_engine, tmp_path, history(1001, cycles=1))
+
+    assert summary.line().startswith("surveillance (incremental): 3 trades of 1 investors from 1 batches checked "
+                                     "against 0 trades of history; 1 new alerts (SECTOR_CONCENTRATION 1) (")
+
+
+def test_incremental_checks_only_new_trades_with_their_history(seeded_engine, tmp_path):
+    first = load_and_surveil(seeded_engine, tmp_path, history(1001) + [
+        ("W-BUY", 1002, "MSFT", "BUY", 10, "400.00", at(0, day=5))], name="first.csv")
+    assert first.trades_checked == 37 and sum(first.new_alerts.values()) == 2  # 1001 and 1002: one sector each
+
+    second = load_and_surveil(seeded_engine, tmp_path, [
+        ("BIG", 1001, "AAPL", "BUY", 5000, "100.00", at(0, day=5)),
+        ("W-SELL", 1002, "MSFT", "SELL", 10, "400.00", at(3, day=5))], name="second.csv")
+
+    assert (second.trades_checked, second.batches, second.context_trades) == (2, 1, 37)
+    assert refs(seeded_engine, "LARGE_TRADE") == ["BIG"]
+    assert refs(seeded_engine, "WASH_TRADE") == ["W-SELL"]
+    assert "against the investor's last 36 trades" in alert_rows(seeded_engine, "LARGE_TRADE")[0]["details"]
+
+
+def test_a_late_trade_is_checked_with_the_trades_after_it(seeded_engine, tmp_path):
+    load_and_surveil(seeded_engine, tmp_path, [(f"B{n}", 1005, "KO", "BUY", n + 1, "60.00", at(n / 4))
+                                               for n in range(1, 11)], name="first.csv")
+    assert refs(seeded_engine, "BURST") == []
+
+    late = load_and_surveil(seeded_engine, tmp_path, [("B0", 1005, "KO", "BUY", 1, "60.00", at(0))], name="late.csv")
+
+    assert late.trades_checked == 11  # the late trade and the 10 after it, whose windows now hold it
+    assert refs(seeded_engine, "BURST") == ["B10"]
+
+
+def split_generated(directory, rows, seed, rate, share=0.6):
+    """Generated trades with anomalies in two files (the first `share` of the rows, then the rest)."""
+    trades, prices, _ = generate_dummy_data.generate_with_anomalies(rows, seed, rate)
+    paths = []
+    for name, lines in (("a", trades[:int(len(trades) * share)]), ("b", trades[int(len(trades) * share):])):
+        (directory / name).mkdir()
+        generate_dummy_data.write_csv(directory / name / "trades.csv", generate_dummy_data.TRADE_HEADER, lines)
+        generate_dummy_data.write_csv(directory / name / "market_prices.csv", generate_dummy_data.PRICE_HEADER, prices)
+        paths.append(str(directory / name / "trades.csv"))
+    return paths
+
+
+def trade_alerts(engine):
+    """(alert_key, severity, metric) of every trade-level alert of this stage."""
+    with engine.connect() as connection:
+        return sorted(connection.execute(select(alerts.c.alert_key, alerts.c.severity, alerts.c.metric).where(
+            alerts.c.rule.in_(surveillance.TRADE_RULES))).all())
+
+
+def test_two_incremental_runs_raise_the_same_trade_alerts_as_one_full_run(seeded_engine, tmp_path):
+    for path in split_generated(tmp_path, 20_000, 5, 0.003):
+        assert load_transactions.load_paths(seeded_engine, [path]) == 0
+        update_portfolio.update_portfolios(seeded_engine)
+        surveillance.run_surveillance(seeded_engine)
+    incremental = trade_alerts(seeded_engine)
+    with seeded_engine.begin() as connection:
+        connection.execute(alerts.delete().where(alerts.c.rule.in_(surveillance.TRADE_RULES)))
+
+    full = surveillance.run_surveillance(seeded_engine, full=True)
+
+    assert full.trades_checked > 20_000 and len(incremental) > 250
+    assert [key for key, _, _ in trade_alerts(seeded_engine)] == [key for key, _, _ in incremental]
+    assert trade_alerts(seeded_engine) == incremental
+
+
+# ---------------------------------------------------------------------------------------------- generated data
+
+def generated_database(engine, directory, rows, seed, rate):
+    """Generate, load, update and surveil; return (alerts as a DataFrame, ground truth, trades loaded)."""
+    out = str(directory / "trades.csv")
+    if rate:
+        generate_dummy_data.write_anomalous_data(out, rows, seed, rate)
+        truth = pd.read_csv(directory / "trades_anomalies.csv")
+    else:
+        generate_dummy_data.write_dummy_data(out, rows, seed)
+        truth = pd.DataFrame(columns=["txn_ref", "rule", "anomaly_id"])
+    load_transactions.load_prices_file(engine, str(directory / "market_prices.csv"))
+    summary = load_transactions.load_file(engine, out)
+    update_portfolio.update_portfolios(engine)
+    surveillance.run_surveillance(engine)
+    with engine.connect() as connection:
+        found = pd.read_sql_query(text("SELECT rule, txn_ref FROM alerts"), connection)
+    return found, truth, summary.rows_loaded
+
+
+def test_recall_and_precision_on_100000_generated_trades_with_anomalies(seeded_engine, tmp_path):
+    found, truth, loaded = generated_database(seeded_engine, tmp_path, 100_000, 42, RATE)
+
+    table = surveillance.evaluate_alerts(found, truth).set_index("rule")
+
+    assert loaded == 100_000 + len(truth)
+    assert table["anomalies"].tolist() == [round(RATE * 100_000)] * len(surveillance.TRADE_RULES)
+    assert (table["recall"] >= 0.95).all(), table
+    assert (table["precision"] >= 0.9).all(), table
+
+
+def test_clean_generated_data_raises_fewer_than_one_alert_per_1000_trades(seeded_engine, tmp_path):
+    found, _, loaded = generated_database(seeded_engine, tmp_path, 100_000, 42, 0)
+
+    assert loaded == 100_000
+    assert len(found) < loaded / 1000, found["rule"].value_counts()  # every rule, CONCENTRATION included
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 3, 7])
+def test_recall_and_precision_hold_for_other_seeds(sqlite_url, tmp_path, seed):
+    engine = db_config.get_engine(sqlite_url)
+    seed_investors.seed_reference_data(engine)
+    found, truth, _ = generated_database(engine, tmp_path, 100_000, seed, RATE)
+
+    table = surveillance.evaluate_alerts(found, truth)
+
+    assert (table["recall"] >= 0.95).all() and (table["precision"] >= 0.9).all(), table
+
+
+# ---------------------------------------------------------------------------------------------- the generator
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_anomalies_leave_the_clean_trades_as_they_were(tmp_path):
+    clean, clean_prices = generate_dummy_data.generate(5000, 9)
+    trades, prices, truth = generate_dummy_data.generate_with_anomalies(5000, 9, 0.004)
+
+    planted = {line.split(",")[0] for line in truth}
+    assert [line for line in trades if line.split(",")[0] not in planted] == clean
+    assert prices == clean_prices
+    assert len(trades) == 5000 + len(truth) and len(planted) == len(truth)
+
+
+def test_planted_trades_are_valid_rows_for_the_loader(tmp_path):
+    out = tmp_path / "trades.csv"
+    assert generate_dummy_data.main(["--rows", "20000", "--seed", "4", "--anomalies", "0.005",
+                                     "--out", str(out)]) == 0
+    trades, truth = read_rows(out), read_rows(tmp_path / "trades_anomalies.csv")
+
+    held = defaultdict(int)
+    ordered = sorted(enumerate(trades), key=lambda item: (item[1]["txn_time"], item[0]))  # the loader's order
+    for _, trade in ordered:
+        key, quantity = (trade["investor_id"], trade["stock_symbol"]), int(trade["quantity"])
+        assert 0 < quantity < 2**31 and float(trade["price"]) > 0, trade
+        when = datetime.strptime(trade["txn_time"], "%Y-%m-%d %H:%M:%S")
+        assert when.weekday() < 5 and "09:30:00" <= trade["txn_time"][11:] <= "16:00:00", trade
+        if trade["txn_type"] == "SELL":
+            assert quantity <= held[key], trade
+        held[key] += quantity if trade["txn_type"] == "BUY" else -quantity
+    events = {(row["rule"], row["anomaly_id"]) for row in truth}
+    assert sorted({rule for rule, _ in events}) == sorted(surveillance.TRADE_RULES)
+    assert all(sum(rule == r for r, _ in events) == 100 for rule in surveillance.TRADE_RULES)
+    assert {row["txn_ref"] for row in truth} <= {trade["txn_ref"] for trade in trades}
+
+
+def test_anomalies_option_writes_the_sidecar_and_rejects_a_bad_rate(tmp_path, capsys):
+    out = tmp_path / "t.csv"
+
+    assert generate_dummy_data.main(["--rows", "3000", "--anomalies", "0.002", "--out", str(out)]) == 0
+    assert (tmp_path / "t_anomalies.csv").read_text().splitlines()[0] == "txn_ref,rule,anomaly_id"
+    assert f"{tmp_path / 't_anomalies.csv'}: ground truth" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit_info:
+        generate_dummy_data.main(["--anomalies", "0.5", "--out", str(tmp_path / "u.csv")])
+    assert exit_info.value.code == 2
+    assert "--anomalies 0.5 is out of range; give a rate from 0 to 0.02, e.g. 0.001" in capsys.readouterr().err
+
+    assert generate_dummy_data.main(["--rows", "100", "--out", str(tmp_path / "clean.csv")]) == 0
+    assert not (tmp_path / "clean_anomalies.csv").exists()
+
+
+def test_position_states_skip_an_oversell_and_start_from_the_opening_holding():
+    trades = pd.DataFrame({
+        "txn_id": [1, 2, 3, 4, 5], "txn_ref": list("abcde"), "investor_id": [7] * 5,
+        "stock_symbol": ["X", "X", "X", "Y", "Y"], "txn_type": ["BUY", "SELL", "SELL", "SELL", "BUY"],
+        "quantity": [10, 15, 10, 4, 1], "price": [1.0, 2.0, 3.0, 4.0, 5.0], "seconds": [1, 2, 3, 4, 5]})
+    opening = pd.DataFrame({"investor_id": [7], "stock_symbol": ["Y"], "quantity": [4], "last_price": [3.5]})
+
+    states = surveillance.position_states(trades, opening).set_index("txn_ref")
+
+    assert states["holding_before"].tolist() == [0, 10, 10, 4, 0]
+    assert states["holding_after"].tolist() == [10, 10, 0, 0, 1]
+    assert states["applied"].tolist() == [True, False, True, True, True]
+    assert states["last_price"].tolist() == [1.0, 1.0, 2.0, 3.5, 4.0]
+
+
+@pytest.mark.parametrize("second_sell, fires", [(10, True), (15, False)])
+def test_holdings_before_the_history_come_from_portfolios(seeded_engine, tmp_path, second_sell, fires):
+    # AAPL: BUY 10, then SELL 10 (flat) or SELL 15 (an oversell: 10 still held); then 60 KO trades push them out
+    # of the history read for the second file, whose 3 quick AAPL round trips open from flat only in the first case
+    first = [("A1", 1001, "AAPL", "BUY", 10, "100.00", at(0)),
+             ("A2", 1001, "AAPL", "SELL", second_sell, "101.00", at(60))]
+    first += [(f"K{n}", 1001, "KO", "BUY", 1 + n % 3, "60.00", at(10 * n, day=1)) for n in range(60)]
+    load_and_surveil(seeded_engine, tmp_path, first, name="first.csv")
+    assert refs(seeded_engine, "OVERSELL") == ([] if fires else ["A2"])
+
+    second = load_and_surveil(seeded_engine, tmp_path, round_trips(1001, [10, 5, 14], day=7, symbol="AAPL"),
+                              name="second.csv")
+
+    assert second.context_trades == 50  # the last 50 KO trades; A1 and A2 only through portfolios
+    assert refs(seeded_engine, "ROUND_TRIP") == (["1001-AAPL-7-2S"] if fires else [])
+    with seeded_engine.begin() as connection:
+        connection.execute(alerts.delete().where(alerts.c.rule == "ROUND_TRIP"))
+    surveillance.run_surveillance(seeded_engine, full=True)
+    assert refs(seeded_engine, "ROUND_TRIP") == (["1001-AAPL-7-2S"] if fires else [])
