@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import and_, bindparam, func, select, text, update
 
 import bulk_insert
 import cli
@@ -365,18 +365,23 @@ def classify_against_stored(connection, rows, batch_id):
     return int(same.sum()), _rejects_frame(list(zip(conflicts["line_number"], reasons, conflicts["raw_record"])))
 
 
+STORED_TRADE_SQL = text(
+    "SELECT txn_id, txn_ref, batch_id, source_line AS line_number, investor_id, stock_symbol, txn_type, quantity, "
+    "price, txn_time FROM transactions WHERE txn_ref IN :refs"
+).bindparams(bindparam("refs", expanding=True))
+
+
 def fetch_trades_by_ref(connection, refs):
     """Stored trades with these txn_refs, normalized like validated rows (price_value, txn_time as text)."""
-    t = transactions.c
-    columns = [t.txn_id, t.txn_ref, t.batch_id, t.source_line.label("line_number"), t.investor_id, t.stock_symbol,
-               t.txn_type, t.quantity, t.price, t.txn_time]
+    slice_size = bulk_insert.LOOKUP_SLICE if connection.dialect.name == "sqlite" else 10 * bulk_insert.LOOKUP_SLICE
     rows = []
-    for start in range(0, len(refs), bulk_insert.LOOKUP_SLICE):
-        chunk = refs[start:start + bulk_insert.LOOKUP_SLICE]
-        rows += connection.execute(select(*columns).where(t.txn_ref.in_(chunk))).all()
-    stored = pd.DataFrame(rows, columns=[c.name for c in columns])
+    for start in range(0, len(refs), slice_size):
+        rows += map(tuple, connection.execute(STORED_TRADE_SQL, {"refs": refs[start:start + slice_size]}))
+    stored = pd.DataFrame.from_records(rows, columns=["txn_id", "txn_ref", "batch_id", "line_number", "investor_id",
+                                                      "stock_symbol", "txn_type", "quantity", "price", "txn_time"])
     stored["price_value"] = stored["price"].astype(float)
-    stored["txn_time"] = [value.strftime("%Y-%m-%d %H:%M:%S") for value in stored["txn_time"]]
+    stored["txn_time"] = [value if isinstance(value, str) else value.strftime("%Y-%m-%d %H:%M:%S")
+                          for value in stored["txn_time"]]
     return stored
 
 
