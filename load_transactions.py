@@ -365,20 +365,30 @@ def classify_against_stored(connection, rows, batch_id):
     return int(same.sum()), _rejects_frame(list(zip(conflicts["line_number"], reasons, conflicts["raw_record"])))
 
 
+STORED_COLUMNS = ["txn_id", "batch_id", "line_number", "investor_id", "txn_type", "quantity", "price", "txn_time"]
 STORED_TRADE_SQL = text(
-    "SELECT txn_id, txn_ref, batch_id, source_line AS line_number, investor_id, stock_symbol, txn_type, quantity, "
-    "price, txn_time FROM transactions WHERE txn_ref IN :refs"
+    "SELECT txn_ref, stock_symbol, txn_id, batch_id, source_line, investor_id, txn_type, quantity, price, txn_time "
+    "FROM transactions WHERE txn_ref IN :refs"
+).bindparams(bindparam("refs", expanding=True))
+# Over the network, fewer columns read much faster through the driver: the fields that hold no comma, packed.
+PACKED_STORED_TRADE_SQL = text(
+    "SELECT txn_ref, stock_symbol, CONCAT_WS(',', txn_id, COALESCE(batch_id, 0), COALESCE(source_line, 0), "
+    "investor_id, txn_type, quantity, price, txn_time) FROM transactions WHERE txn_ref IN :refs"
 ).bindparams(bindparam("refs", expanding=True))
 
 
 def fetch_trades_by_ref(connection, refs):
     """Stored trades with these txn_refs, normalized like validated rows (price_value, txn_time as text)."""
-    slice_size = bulk_insert.LOOKUP_SLICE if connection.dialect.name == "sqlite" else 10 * bulk_insert.LOOKUP_SLICE
+    packed = connection.dialect.name in ("mysql", "postgresql")
+    statement, slice_size = (PACKED_STORED_TRADE_SQL, 10 * bulk_insert.LOOKUP_SLICE) if packed else (
+        STORED_TRADE_SQL, bulk_insert.LOOKUP_SLICE)
     rows = []
     for start in range(0, len(refs), slice_size):
-        rows += map(tuple, connection.execute(STORED_TRADE_SQL, {"refs": refs[start:start + slice_size]}))
-    stored = pd.DataFrame.from_records(rows, columns=["txn_id", "txn_ref", "batch_id", "line_number", "investor_id",
-                                                      "stock_symbol", "txn_type", "quantity", "price", "txn_time"])
+        result = connection.execute(statement, {"refs": refs[start:start + slice_size]})
+        rows += ((ref, symbol, *values.split(",")) for ref, symbol, values in result) if packed else map(tuple, result)
+    stored = pd.DataFrame.from_records(rows, columns=["txn_ref", "stock_symbol", *STORED_COLUMNS])
+    for column in ("txn_id", "batch_id", "line_number", "investor_id", "quantity"):
+        stored[column] = pd.to_numeric(stored[column]).fillna(0).astype(np.int64)  # NULL source_line: 0
     stored["price_value"] = stored["price"].astype(float)
     stored["txn_time"] = [value if isinstance(value, str) else value.strftime("%Y-%m-%d %H:%M:%S")
                           for value in stored["txn_time"]]
