@@ -20,6 +20,7 @@ from collections import namedtuple
 from datetime import date, timedelta
 
 import numpy as np
+from tqdm import tqdm
 
 import cli
 import constants
@@ -76,14 +77,15 @@ def draw_trades(rng, rows, day_count, investors, stock_count):
     }
 
 
-def decide_sides(draws, stock_count):
+def decide_sides(draws, stock_count, progress=False):
     """Replay holdings in time order: returns (is_sell, quantity); a sell never exceeds the holding."""
     position = draws["investor"] * stock_count + draws["symbol"]
     holdings = {}
     is_sell = np.zeros(len(position), dtype=bool)
     quantity = draws["size"].copy()
-    for i, (key, sell_draw, share) in enumerate(zip(position.tolist(), draws["sell_draw"].tolist(),
-                                                    draws["sell_share"].tolist())):
+    trades = zip(position.tolist(), draws["sell_draw"].tolist(), draws["sell_share"].tolist())
+    for i, (key, sell_draw, share) in enumerate(tqdm(trades, total=len(position), unit=" trades", leave=False,
+                                                     desc="generating", disable=not progress, mininterval=0.5)):
         held = holdings.get(key, 0)
         if held > 0 and sell_draw < SELL_PROBABILITY:
             sold = held if share < FULL_CLOSE_PROBABILITY else max(1, min(held, round(held * share)))
@@ -121,31 +123,33 @@ def price_lines(days, closes):
 Market = namedtuple("Market", "days closes investors draws is_sell quantity prices run_tag")
 
 
-def simulate(rows, seed, end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT):
+def simulate(rows, seed, end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT,
+             progress=False):
     """The clean simulation for `rows` trades: closes, draws, sides, quantities and prices; deterministic per seed."""
     rng = np.random.default_rng(seed)
     days = weekdays_ending(end_date, constants.TRADING_DAYS)
     closes = simulate_closes(rng, days)
     investors = constants.default_investors(investor_count)
     draws = draw_trades(rng, rows, len(days), investors, len(constants.STOCKS))
-    is_sell, quantity = decide_sides(draws, len(constants.STOCKS))
+    is_sell, quantity = decide_sides(draws, len(constants.STOCKS), progress)
     prices = np.round(closes[draws["day"], draws["symbol"]] * (1 + draws["price_draw"]), 2)
     run_tag = f"S{seed}N{rows}"  # refs of different runs never collide; the same run repeats its refs
     return Market(days, closes, investors, draws, is_sell, quantity, prices, run_tag)
 
 
-def generate(rows, seed, end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT):
+def generate(rows, seed, end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT,
+             progress=False):
     """Generate (trade lines, price lines) for `rows` trades; deterministic for a given seed."""
-    market = simulate(rows, seed, end_date, investor_count)
+    market = simulate(rows, seed, end_date, investor_count, progress)
     trades = trade_lines(market.draws, market.is_sell, market.quantity, market.days, market.closes,
                          market.investors, market.run_tag)
     return trades, price_lines(market.days, market.closes)
 
 
 def generate_with_anomalies(rows, seed, rate, end_date=constants.DEFAULT_END_DATE,
-                            investor_count=constants.DEFAULT_INVESTOR_COUNT):
+                            investor_count=constants.DEFAULT_INVESTOR_COUNT, progress=False):
     """Generate (trade lines, price lines, ground-truth lines): the clean trades of `seed` plus planted patterns."""
-    market = simulate(rows, seed, end_date, investor_count)
+    market = simulate(rows, seed, end_date, investor_count, progress)
     planted = plant_anomalies(market, rate, seed)
     clean = trade_lines(market.draws, market.is_sell, market.quantity, market.days, market.closes,
                         market.investors, market.run_tag)
@@ -371,19 +375,20 @@ def anomalies_path_for(out):
 
 
 def write_dummy_data(out, rows, seed, prices_out=None, end_date=constants.DEFAULT_END_DATE,
-                     investor_count=constants.DEFAULT_INVESTOR_COUNT):
+                     investor_count=constants.DEFAULT_INVESTOR_COUNT, progress=False):
     """Generate and write the trades and prices files; return (trades written, closes written)."""
-    trades, prices = generate(rows, seed, end_date, investor_count)
+    trades, prices = generate(rows, seed, end_date, investor_count, progress)
     _write_files([(out, TRADE_HEADER, trades), (prices_out or prices_path_for(out), PRICE_HEADER, prices)])
     return len(trades), len(prices)
 
 
 def write_anomalous_data(out, rows, seed, rate, prices_out=None, anomalies_out=None,
-                         end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT):
+                         end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT,
+                         progress=False):
     """Generate with planted anomalies and write trades, prices and ground truth.
 
     Returns (trades written, closes written, planted trades, planted anomalies)."""
-    trades, prices, truth = generate_with_anomalies(rows, seed, rate, end_date, investor_count)
+    trades, prices, truth = generate_with_anomalies(rows, seed, rate, end_date, investor_count, progress)
     _write_files([(out, TRADE_HEADER, trades), (prices_out or prices_path_for(out), PRICE_HEADER, prices),
                   (anomalies_out or anomalies_path_for(out), ANOMALY_HEADER, truth)])
     return len(trades), len(prices), len(truth), len({line.rsplit(",", 1)[1] for line in truth})
@@ -425,7 +430,8 @@ def main(argv=None):
         started = time.perf_counter()
         if args.anomalies:
             return _write_with_anomalies(args, prices_out, started)
-        trades, closes = write_dummy_data(args.out, args.rows, args.seed, prices_out, args.end_date, args.investors)
+        trades, closes = write_dummy_data(args.out, args.rows, args.seed, prices_out, args.end_date, args.investors,
+                                          cli.progress_enabled(args))
         print(f"{args.out}: {trades} trades written; {prices_out}: {closes} daily closes "
               f"({time.perf_counter() - started:.1f} s, seed {args.seed})")
         return cli.EXIT_OK
@@ -436,7 +442,8 @@ def main(argv=None):
 def _write_with_anomalies(args, prices_out, started):
     anomalies_out = args.anomalies_out or anomalies_path_for(args.out)
     trades, closes, planted, anomalies = write_anomalous_data(
-        args.out, args.rows, args.seed, args.anomalies, prices_out, anomalies_out, args.end_date, args.investors)
+        args.out, args.rows, args.seed, args.anomalies, prices_out, anomalies_out, args.end_date, args.investors,
+        cli.progress_enabled(args))
     print(f"{args.out}: {trades} trades written ({planted} of them planted, {anomalies} anomalies); "
           f"{prices_out}: {closes} daily closes; {anomalies_out}: ground truth "
           f"({time.perf_counter() - started:.1f} s, seed {args.seed})")

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 def stage_generate(engine, args):
-    trades, closes = generate_dummy_data.write_dummy_data(args.input, args.rows, args.seed)
+    trades, closes = generate_dummy_data.write_dummy_data(args.input, args.rows, args.seed,
+                                                          progress=cli.progress_enabled(args))
     return f"{trades} trades and {closes} daily closes written to {args.input}"
 
 

@@ -172,13 +172,13 @@ def main(argv=None):
 
 
 def print_table(results):
-    print("\n| database | trades | generate | seed | load | update | analyze | master_etl total | original load+update "
-          "| update --full | bare read | incremental 10k |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| database | trades | generate | seed | load | update | surveillance | analyze | master_etl total "
+          "| original load + update | update --full | bare read | incremental update, 10k new |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         m, u, o = r["master_etl"], r["update_portfolio"], r["original"]
         print(f"| {r['database']} | {r['rows']:,} | {m['generate']} s | {m['seed']} s | {m['load']} s | {m['update']} s "
-              f"| {m['analyze']} s | {m['total']} s | {o['load_s']} + {o['update_s']} = {o['total']} s "
+              f"| {m['surveillance']} s | {m['analyze']} s | {m['total']} s | {o['load_s']} + {o['update_s']} s "
               f"| {u['full_replay_s']} s | {u['bare_read_s']} s | {u['incremental_10k_s']} s |")
 
 
