@@ -27,11 +27,6 @@ MYSQL_LOCAL_INFILE_REFUSED = {1148, 2068, 3948}  # not allowed / rejected by cli
 LOOKUP_SLICE = 500  # bound parameters per IN (...) lookup
 
 
-def insert_trades(connection, trades, batch_id, method=None):
-    """Insert a DataFrame of validated trades (unique txn_refs); return how many rows were inserted."""
-    return insert_columns(connection, trade_columns(trades, batch_id), method)
-
-
 def insert_columns(connection, columns, method=None, tsv=None):
     """Insert trades given as one list per INSERT_COLUMNS entry; return how many were inserted.
 

@@ -4,6 +4,7 @@ MariaDB comes from TEST_MARIADB_URL (default mysql+pymysql://root:@127.0.0.1:330
 MariaDB tests skip on a developer machine and fail when CI is set, so CI never passes without them.
 PostgreSQL (TEST_POSTGRES_URL) is used the same way by the tests that ask for `postgres_engine`.
 """
+import logging
 import os
 import sys
 import uuid
@@ -46,16 +47,30 @@ def _server_database(server_url, name, create, drop):
     return make_url(server_url).set(database=name).render_as_string(hide_password=False), finalize
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """main() reconfigures the root logger onto capsys' stream; put it back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'test.db'}"
 
 
+def _fresh_mariadb():
+    name = f"etl_test_{uuid.uuid4().hex[:10]}"
+    return _server_database(
+        MARIADB_URL, name, "CREATE DATABASE {name} CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS {name}")
+
+
 @pytest.fixture
 def mariadb_url():
-    name = f"etl_test_{uuid.uuid4().hex[:10]}"
-    url, finalize = _server_database(
-        MARIADB_URL, name, "CREATE DATABASE {name} CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS {name}")
+    url, finalize = _fresh_mariadb()
     yield url
     finalize()
 
@@ -63,9 +78,7 @@ def mariadb_url():
 @pytest.fixture
 def second_mariadb_url():
     """Another fresh MariaDB database, for comparisons between two loads."""
-    name = f"etl_test_{uuid.uuid4().hex[:10]}"
-    url, finalize = _server_database(
-        MARIADB_URL, name, "CREATE DATABASE {name} CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS {name}")
+    url, finalize = _fresh_mariadb()
     yield url
     finalize()
 

@@ -2,7 +2,6 @@
 
 Every database test runs on SQLite and on a fresh MariaDB database.
 """
-import logging
 
 import pytest
 
@@ -19,16 +18,6 @@ TRADES = [
     "AN-4,1001,MSFT,SELL,2,290.25,2024-05-03 10:00:00",
     "AN-5,1002,TSLA,BUY,3,200.10,2024-05-02 10:00:00",
 ]
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() reconfigures the root logger onto capsys' stream; put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

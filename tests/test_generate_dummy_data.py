@@ -4,7 +4,6 @@ The properties are checked on the parsed CSV output, independently of the genera
 last test needs a database (SQLite and MariaDB through the fixtures).
 """
 import csv
-import logging
 import os
 from collections import defaultdict
 from datetime import date, datetime, time as clock_time, timedelta
@@ -21,16 +20,6 @@ from schema import market_prices, transactions
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRADE_HEADER = ["txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time"]
 PRICE_HEADER = ["stock_symbol", "price_date", "close_price"]
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() reconfigures the root logger onto capsys' stream; put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def read_csv(path):

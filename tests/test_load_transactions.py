@@ -4,7 +4,6 @@ Every database test runs on SQLite and on a fresh MariaDB database (the `engine`
 Small CSVs are written inline to tmp_path; expected values are spelled out, not recomputed by the code under test.
 """
 import hashlib
-import logging
 import os
 import subprocess
 import sys
@@ -25,16 +24,6 @@ HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
 LEGACY_HEADER = "investor_id,stock_symbol,txn_type,quantity,price,txn_date"
 PRICE_PROBLEM = "is not a plain decimal > 0 (no thousands separators)"
 TIME_PROBLEM = "is not a real date-time YYYY-MM-DD HH:MM:SS"
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() reconfigures the root logger onto capsys' stream; put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def write_csv(directory, name, lines, newline="\n", bom=False):

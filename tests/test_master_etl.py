@@ -2,7 +2,6 @@
 a failing stage that is named on stderr with exit code 1. Runs on SQLite and on a fresh MariaDB database.
 """
 import csv
-import logging
 from decimal import Decimal
 from fractions import Fraction
 
@@ -15,16 +14,6 @@ import update_portfolio
 from schema import alerts, investor_risk, load_batches, market_prices, portfolios, transactions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() reconfigures the root logger onto capsys' stream; put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def counts(url):

@@ -3,7 +3,6 @@
 Each test seeds a fresh database (SQLite and MariaDB), loads a small generated file with its prices, then
 streams trades with --interval 0.
 """
-import logging
 from datetime import datetime, timedelta
 
 import pytest
@@ -16,16 +15,6 @@ import pseudo_realtime
 import seed_investors
 import update_portfolio
 from schema import alerts, load_batches, transactions
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() reconfigures the root logger onto capsys' stream; put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
