@@ -1,7 +1,7 @@
 """Run the whole pipeline in order: generate, seed, load, update portfolios, surveillance, analyze.
 
 The stages run in this process on one engine; each prints its result and time. The run stops at the first
-stage that fails, names it, and exits 1. `--no-generate` is the cron mode: load what is new in the input file
+stage that fails, names it, and exits 1 (2 when the stage failed on bad input, such as a missing file). `--no-generate` is the cron mode: load what is new in the input file
 (an already-loaded file is skipped by its SHA-256), update, report. Running it twice is safe: the same seed
 gives the same file, which loads nothing new the second time.
 """
@@ -67,7 +67,10 @@ def planned_stages(args):
 
 
 def run_stages(engine, args):
-    """Run the stages in order; return [(name, seconds, result)]; raise StageError naming a failing stage."""
+    """Run the stages in order; return [(name, seconds, result)].
+
+    A failing stage stops the run with an error naming it: InputError (exit 2) for bad input, else StageError.
+    """
     stages = planned_stages(args)
     total = time.perf_counter()
     timings = []
@@ -77,7 +80,10 @@ def run_stages(engine, args):
             result = stage(engine, args)
         except Exception as error:
             logger.debug("stage %s failed", name, exc_info=True)
-            raise cli.StageError(f"stage {number}/{len(stages)} '{name}' failed: {_one_line(error)}") from error
+            message = f"stage {number}/{len(stages)} '{name}' failed: {_one_line(error)}"
+            if isinstance(error, cli.InputError):  # bad input (a missing file): exit 2 as SPEC §1 asks
+                raise cli.InputError(message) from error
+            raise cli.StageError(message) from error
         timings.append((name, time.perf_counter() - started, result))
         print(f"[{number}/{len(stages)}] {name}: {result} ({timings[-1][1]:.2f} s)", flush=True)
     print(f"pipeline finished: {len(stages)} stages in {time.perf_counter() - total:.2f} s")

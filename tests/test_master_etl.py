@@ -100,12 +100,13 @@ def test_pipeline_from_empty_database_then_rerun(database_url, tmp_path, capsys)
 
 
 def test_cron_mode_with_missing_input_names_the_load_stage(database_url, tmp_path, capsys):
-    """--no-generate with a missing input file: exit 1, one stderr line naming the 'load' stage and the file."""
+    """--no-generate with a missing input file: exit 2 (an input error, SPEC §1), one stderr line naming the
+    'load' stage and the file."""
     missing = tmp_path / "nowhere.csv"
     code = master_etl.main(["--no-generate", "--database-url", database_url, "--input", str(missing),
                             "--reports", str(tmp_path / "r")])
     captured = capsys.readouterr()
-    assert code == 1
+    assert code == 2
     assert captured.err.splitlines() == [f"error: master_etl: stage 2/5 'load' failed: {missing}: no such file"]
     assert "[1/5] seed: " in captured.out and "update" not in captured.out
     assert not (tmp_path / "r").exists()
