@@ -344,18 +344,24 @@ def skipped_rows(connection, firsts, batch_id):
 
 
 def classify_against_stored(connection, rows, batch_id):
-    """(duplicates, rejects): each row against the stored trade with its txn_ref."""
+    """(duplicates, rejects): each row against the stored trade with its txn_ref.
+
+    Rows are first compared by a digest of their values computed by the database (two short columns read per
+    row); only the rows that differ are read in full, to name the trade they conflict with.
+    """
     if rows.empty:
         return 0, _rejects_frame([])
-    stored = fetch_trades_by_ref(connection, rows["txn_ref"].unique().tolist()).set_index("txn_ref")
-    unexplained = rows[~rows["txn_ref"].isin(stored.index).to_numpy()]
+    stored_digests = fetch_value_digests(connection, rows["txn_ref"].unique().tolist())
+    unexplained = rows[~rows["txn_ref"].isin(stored_digests.keys()).to_numpy()]
     if not unexplained.empty:
         first = unexplained.iloc[0]
         raise cli.StageError(f"line {first.line_number}: the database skipped txn_ref {first.txn_ref!r} "
                              f"but holds no trade with that ref; {len(unexplained)} such row(s), batch rolled back")
-    stored = stored.loc[rows["txn_ref"]]
-    same = _same_values(rows, stored)
-    conflicts, holders = rows[~same], stored[~same]
+    same = np.array([stored_digests[ref] == digest for ref, digest in zip(rows["txn_ref"], value_digests(rows))],
+                    dtype=bool)
+    conflicts = rows[~same]
+    holders = fetch_trades_by_ref(connection, conflicts["txn_ref"].unique().tolist()).set_index("txn_ref")
+    holders = holders.loc[conflicts["txn_ref"]] if not conflicts.empty else holders
     reasons = [
         f"txn_ref: {ref!r} is a conflicting duplicate of line {line}" if holder_batch == batch_id
         else f"txn_ref: {ref!r} conflicts with loaded trade {txn_id} (batch {holder_batch}, line {line})"
@@ -363,6 +369,33 @@ def classify_against_stored(connection, rows, batch_id):
             conflicts["txn_ref"], holders["batch_id"], holders["line_number"], holders["txn_id"])
     ]
     return int(same.sum()), _rejects_frame(list(zip(conflicts["line_number"], reasons, conflicts["raw_record"])))
+
+
+# A trade's values as one text, the same from the database and from value_digests: the price with 4 decimals.
+DIGEST_SQL = {
+    "sqlite": "investor_id || ',' || stock_symbol || ',' || txn_type || ',' || quantity || ',' || "
+              "printf('%.4f', price) || ',' || txn_time",
+    "default": "CONCAT_WS(',', investor_id, stock_symbol, txn_type, quantity, CAST(price AS DECIMAL(18, 4)), txn_time)",
+}
+
+
+def value_digests(rows):
+    """The digest of each validated row's values (see DIGEST_SQL)."""
+    return [f"{investor_id},{symbol},{txn_type},{quantity},{price:.4f},{txn_time}" for investor_id, symbol, txn_type,
+            quantity, price, txn_time in zip(rows["investor_id"], rows["stock_symbol"], rows["txn_type"],
+                                             rows["quantity"], rows["price_value"], rows["txn_time"])]
+
+
+def fetch_value_digests(connection, refs):
+    """{txn_ref: digest of the stored trade's values} for the stored trades with these refs."""
+    digest = DIGEST_SQL.get(connection.dialect.name, DIGEST_SQL["default"])
+    statement = text(f"SELECT txn_ref, {digest} FROM transactions WHERE txn_ref IN :refs").bindparams(
+        bindparam("refs", expanding=True))
+    slice_size = bulk_insert.LOOKUP_SLICE if connection.dialect.name == "sqlite" else 10 * bulk_insert.LOOKUP_SLICE
+    digests = {}
+    for start in range(0, len(refs), slice_size):
+        digests.update(map(tuple, connection.execute(statement, {"refs": refs[start:start + slice_size]})))
+    return digests
 
 
 STORED_COLUMNS = ["txn_id", "batch_id", "line_number", "investor_id", "txn_type", "quantity", "price", "txn_time"]
