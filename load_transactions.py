@@ -40,7 +40,6 @@ LOGGED_REJECTS = 10  # rejects shown in the log per file; all are kept in reject
 MAX_REASON_LENGTH = 1000
 FIRST_CHUNK_ROWS = 10_000
 BACKGROUND_MIN_BYTES = 8 << 20  # files above 8 MB (about 130,000 trades) are parsed in a worker process
-COMPARED_COLUMNS = ("investor_id", "stock_symbol", "txn_type", "quantity", "price_value", "txn_time")
 
 
 @dataclass
@@ -325,14 +324,6 @@ def _produce(items, queue):
         queue.put(("error", error))
 
 
-def _same_values(left, right):
-    """Row-wise: do two aligned frames of normalized trades agree on every value but txn_ref?"""
-    same = np.ones(len(left), dtype=bool)
-    for column in COMPARED_COLUMNS:
-        same &= left[column].to_numpy() == right[column].to_numpy()
-    return same
-
-
 def skipped_rows(connection, firsts, batch_id):
     """The rows of `firsts` that the database did not insert (it held their txn_ref already)."""
     lines = firsts["line_number"]
@@ -360,7 +351,7 @@ def classify_against_stored(connection, rows, batch_id):
     same = np.array([stored_digests[ref] == digest for ref, digest in zip(rows["txn_ref"], value_digests(rows))],
                     dtype=bool)
     conflicts = rows[~same]
-    holders = fetch_trades_by_ref(connection, conflicts["txn_ref"].unique().tolist()).set_index("txn_ref")
+    holders = fetch_trades_by_ref(connection, conflicts["txn_ref"].unique().tolist()).set_index("txn_ref")  # rare
     holders = holders.loc[conflicts["txn_ref"]] if not conflicts.empty else holders
     reasons = [
         f"txn_ref: {ref!r} is a conflicting duplicate of line {line}" if holder_batch == batch_id
@@ -398,33 +389,18 @@ def fetch_value_digests(connection, refs):
     return digests
 
 
-STORED_COLUMNS = ["txn_id", "batch_id", "line_number", "investor_id", "txn_type", "quantity", "price", "txn_time"]
 STORED_TRADE_SQL = text(
-    "SELECT txn_ref, stock_symbol, txn_id, batch_id, source_line, investor_id, txn_type, quantity, price, txn_time "
-    "FROM transactions WHERE txn_ref IN :refs"
-).bindparams(bindparam("refs", expanding=True))
-# Over the network, fewer columns read much faster through the driver: the fields that hold no comma, packed.
-PACKED_STORED_TRADE_SQL = text(
-    "SELECT txn_ref, stock_symbol, CONCAT_WS(',', txn_id, COALESCE(batch_id, 0), COALESCE(source_line, 0), "
-    "investor_id, txn_type, quantity, price, txn_time) FROM transactions WHERE txn_ref IN :refs"
+    "SELECT txn_ref, txn_id, batch_id, source_line AS line_number FROM transactions WHERE txn_ref IN :refs"
 ).bindparams(bindparam("refs", expanding=True))
 
 
 def fetch_trades_by_ref(connection, refs):
-    """Stored trades with these txn_refs, normalized like validated rows (price_value, txn_time as text)."""
-    packed = connection.dialect.name in ("mysql", "postgresql")
-    statement, slice_size = (PACKED_STORED_TRADE_SQL, 10 * bulk_insert.LOOKUP_SLICE) if packed else (
-        STORED_TRADE_SQL, bulk_insert.LOOKUP_SLICE)
+    """txn_id, batch_id and line_number (0 when unknown) of the stored trades with these refs."""
     rows = []
-    for start in range(0, len(refs), slice_size):
-        result = connection.execute(statement, {"refs": refs[start:start + slice_size]})
-        rows += ((ref, symbol, *values.split(",")) for ref, symbol, values in result) if packed else map(tuple, result)
-    stored = pd.DataFrame.from_records(rows, columns=["txn_ref", "stock_symbol", *STORED_COLUMNS])
-    for column in ("txn_id", "batch_id", "line_number", "investor_id", "quantity"):
-        stored[column] = pd.to_numeric(stored[column]).fillna(0).astype(np.int64)  # NULL source_line: 0
-    stored["price_value"] = stored["price"].astype(float)
-    stored["txn_time"] = [value if isinstance(value, str) else value.strftime("%Y-%m-%d %H:%M:%S")
-                          for value in stored["txn_time"]]
+    for start in range(0, len(refs), bulk_insert.LOOKUP_SLICE):
+        rows += map(tuple, connection.execute(STORED_TRADE_SQL, {"refs": refs[start:start + bulk_insert.LOOKUP_SLICE]}))
+    stored = pd.DataFrame.from_records(rows, columns=["txn_ref", "txn_id", "batch_id", "line_number"])
+    stored["line_number"] = pd.to_numeric(stored["line_number"]).fillna(0).astype(np.int64)
     return stored
 
 
