@@ -173,4 +173,5 @@ def _insert_portable(connection, rows):
     return len(new_rows)
 
 
-_BULK_PATHS = {"sqlite": _insert_sqlite, "mysql": _insert_mysql, "postgresql": _insert_postgresql}  # mysql: see above
+# mysql's path also takes the text prepared in the parsing process: insert_columns calls it directly.
+_BULK_PATHS = {"sqlite": _insert_sqlite, "mysql": _insert_mysql, "postgresql": _insert_postgresql}

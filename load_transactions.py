@@ -439,6 +439,13 @@ def finish_batch(connection, summary):
         rows_loaded=summary.rows_loaded, rows_duplicate=summary.rows_duplicate, rows_rejected=summary.rows_rejected))
 
 
+def stamp_batches(connection, batch_ids, column, when):
+    """Set a later stage's mark on these batches (applied_at by update_portfolio, surveilled_at by surveillance)."""
+    for start in range(0, len(batch_ids), bulk_insert.LOOKUP_SLICE):
+        connection.execute(update(load_batches).where(
+            load_batches.c.batch_id.in_(batch_ids[start:start + bulk_insert.LOOKUP_SLICE])).values({column: when}))
+
+
 def fail_batch(engine, batch_id, error):
     """Mark the batch failed with the reason; the load's own transaction has been rolled back."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -19,11 +19,12 @@ from decimal import Decimal
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Date, bindparam, select, text, update
+from sqlalchemy import Date, bindparam, select, text
 
 import cli
 import constants
 import db_config
+import load_transactions
 from schema import Timestamp, alerts, load_batches
 
 logger = logging.getLogger(__name__)
@@ -543,13 +544,6 @@ def _decimal(value):
     return Decimal(f"{float(value):.6f}")
 
 
-def mark_surveilled(connection, batch_ids, now):
-    """Record that these batches' trades have been checked."""
-    for start in range(0, len(batch_ids), ID_SLICE):
-        connection.execute(update(load_batches).where(
-            load_batches.c.batch_id.in_(batch_ids[start:start + ID_SLICE])).values(surveilled_at=now))
-
-
 # ---------------------------------------------------------------------------------------------- the stage
 
 def check_trades(connection, full=False):
@@ -603,7 +597,7 @@ def run_surveillance(engine, full=False):
         candidates = pd.concat([frame for frame in (found, sector_concentration_alerts(connection))
                                 if not frame.empty] or [found], ignore_index=True)
         new = write_alerts(connection, candidates, now)
-        mark_surveilled(connection, batch_ids, now)
+        load_transactions.stamp_batches(connection, batch_ids, "surveilled_at", now)
     summary.batches = len(batch_ids)
     summary.new_alerts = {rule: int(new.get(rule, 0)) for rule in RULES}
     summary.seconds = time.perf_counter() - started

@@ -20,6 +20,7 @@ from sqlalchemy import and_, bindparam, delete, select, text, update
 import cli
 import constants
 import db_config
+import load_transactions
 import risk_metrics
 from schema import alerts, investor_risk, load_batches, portfolios, symbol_last_trades, transactions
 
@@ -303,13 +304,6 @@ def txn_refs(connection, txn_ids):
     return refs
 
 
-def mark_applied(connection, batch_ids, now):
-    """Record that these batches' trades are in the positions."""
-    for start in range(0, len(batch_ids), ID_SLICE):
-        connection.execute(update(load_batches).where(
-            load_batches.c.batch_id.in_(batch_ids[start:start + ID_SLICE])).values(applied_at=now))
-
-
 # ---------------------------------------------------------------------------------------------- valuation and risk
 
 # Shared CTEs: the last price of every symbol (SPEC §5) and its annualized volatility from daily closes.
@@ -569,7 +563,7 @@ def update_portfolios(engine, full=False, today=None):
         write_positions(connection, positions, changed | late, stored_keys, now)
         write_latest_trades(connection, latest)
         summary.alerts_raised = sync_oversell_alerts(connection, oversells, late | (changed if full else set()), now)
-        mark_applied(connection, batch_ids, now)
+        load_transactions.stamp_batches(connection, batch_ids, "applied_at", now)
         params = risk_parameters(today)
         revalue_positions(connection, params, now)
         summary.investors_scored, _ = score_investors(connection, params, now)
