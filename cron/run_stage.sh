@@ -20,7 +20,10 @@ if ! flock -n 9; then
   exit 0
 fi
 echo "$(stamp) $script: start" >> "$log"
-"$python" "$script" --quiet "$@" >> "$log" 2>&1
+# The lock stays with this shell, which waits for the stage: the stage itself gets no fd 9 (9>&-). Otherwise the
+# stage, and any worker it forks, would hold the lock too, and a worker outliving a killed stage would make
+# every later run skip.
+"$python" "$script" --quiet "$@" >> "$log" 2>&1 9>&-
 status=$?
 echo "$(stamp) $script: exit $status" >> "$log"
 exit "$status"
