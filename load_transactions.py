@@ -7,18 +7,19 @@ loaded (or repeated in the file with the same values) is counted as a duplicate.
 already loaded is skipped at once. The prices file beside a trade file (market_prices.csv) is loaded too.
 """
 import csv
-import io
+import ctypes
 import logging
 import os
 import re
 import multiprocessing
+import signal
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from itertools import islice
-from queue import Empty
+from queue import Empty, Full
 
 from tqdm import tqdm
 
@@ -26,10 +27,13 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import and_, bindparam, func, select, text, update
 
+import batches
 import bulk_insert
 import cli
 import constants
 import db_config
+import db_retry
+import dialects
 import validation
 from schema import investors, load_batches, market_prices, rejected_transactions, stocks, transactions
 
@@ -39,6 +43,12 @@ PRICES_FILE_NAME = "market_prices.csv"
 LOGGED_REJECTS = 10  # rejects shown in the log per file; all are kept in rejected_transactions
 MAX_REASON_LENGTH = 1000
 FIRST_CHUNK_ROWS = 10_000
+MAX_RECORD_LINES = 10  # a quoted field may carry line breaks, within this many lines of one record
+MAX_FIELD_CHARS = 1 << 24  # a longer field is a reject, not a crash of the csv module
+UPSERT_ROWS = 5_000
+MAX_RAW_RECORD_CHARS = 10_000  # a rejected record is kept up to this length, with a note of its full length
+
+csv.field_size_limit(MAX_FIELD_CHARS)
 BACKGROUND_MIN_BYTES = 8 << 20  # files above 8 MB (about 130,000 trades) are parsed in a worker process
 
 
@@ -53,6 +63,9 @@ class LoadSummary:
     rows_rejected: int = 0
     skipped_batch: int = None
     sample_rejects: list = field(default_factory=list)  # (line_number, reason) of the first rejects
+
+    def where_rejects_are(self):
+        return f"all are in rejected_transactions (batch {self.batch_id})"
 
     def line(self):
         name = os.path.basename(self.source) if self.source != "feed" else "feed"
@@ -74,7 +87,7 @@ def read_layout(path):
     except OSError as error:
         raise cli.InputError(f"{path}: cannot read: {error.strerror}") from None
     try:
-        header = next(csv.reader([first.decode("utf-8-sig").rstrip("\r\n")]), [])
+        header = first.decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError:
         raise cli.InputError(f"{path}: line 1: header is not UTF-8 text") from None
     try:
@@ -83,81 +96,174 @@ def read_layout(path):
         raise cli.InputError(str(error)) from None
 
 
+@dataclass
+class Chunk:
+    """Physical lines of a file (bytes with their line endings), the first numbered first_number."""
+    first_number: int
+    lines: list
+
+
+class PhysicalLines:
+    """The lines of an open file, taken a chunk at a time, or one more for a record that runs past its chunk."""
+
+    def __init__(self, handle, first_number):
+        self.handle, self.next_number = handle, first_number
+
+    def take(self, count):
+        """The next `count` lines (fewer at the end) as a Chunk, or None when the file is done."""
+        lines = list(islice(self.handle, count))
+        if not lines:
+            return None
+        chunk = Chunk(self.next_number, lines)
+        self.next_number += len(lines)
+        return chunk
+
+    def extend(self, chunk):
+        """Append the file's next line to `chunk`; False at the end of the file."""
+        line = self.handle.readline()
+        if line:
+            chunk.lines.append(line)
+            self.next_number += 1
+        return bool(line)
+
+
 def iter_batches(path, layout, sha256, chunk_rows=constants.LOAD_CHUNK_ROWS, on_progress=None):
     """Yield (trade rows as text cells with line_number and raw_record, malformed rows) per chunk of lines."""
     with open(path, "rb") as handle:
         handle.readline()
-        line_number, size = 2, min(chunk_rows, FIRST_CHUNK_ROWS)  # a small first chunk starts the inserts sooner
-        while lines := list(islice(handle, size)):
+        lines, size = PhysicalLines(handle, 2), min(chunk_rows, FIRST_CHUNK_ROWS)  # a small first chunk starts sooner
+        while chunk := lines.take(size):
             size = chunk_rows
-            batch, malformed = _parse_lines(lines, line_number, layout, sha256)
-            line_number += len(lines)
+            batch, malformed = parse_chunk(chunk, lines, layout, sha256)
             if on_progress:
-                on_progress(sum(map(len, lines)))
+                on_progress(sum(map(len, chunk.lines)))
             yield batch, malformed
 
 
-def _parse_lines(lines, first_line_number, layout, sha256):
-    """CSV-parse raw lines into (trade batch, rejects): pandas' C parser for the usual well-formed chunk,
-    the csv module row by row when a chunk has short, blank or non-UTF-8 lines."""
-    texts = _decoded(lines)
-    frame = _read_well_formed(lines, texts, layout) if texts is not None else None
-    if frame is None:
-        return _parse_lines_one_by_one(lines, first_line_number, layout, sha256)
-    cells = {index: frame[index].to_numpy() for index in layout.columns}
-    numbers = range(first_line_number, first_line_number + len(texts))
-    return _trade_batch(cells, numbers, texts, layout, sha256), _rejects_frame([])
+def parse_chunk(chunk, lines, layout, sha256):
+    """CSV-parse a chunk into (trade batch, rejects): a plain split for the usual chunk of simple lines, the csv
+    module record by record for anything else (quotes, blank lines, control characters, wrong widths)."""
+    texts = _plain_texts(chunk.lines, layout)
+    if texts is None:
+        return _parse_records(chunk, lines, layout, sha256)
+    cells = list(zip(*(text.split(layout.delimiter) for text in texts)))
+    numbers = range(chunk.first_number, chunk.first_number + len(texts))
+    return _trade_batch({index: cells[index] for index in layout.columns}, numbers, texts, layout, sha256), \
+        _rejects_frame([])
 
 
-def _read_well_formed(lines, texts, layout):
-    """The chunk as a DataFrame of text if every line is a record of the header's width, else None."""
-    try:
-        frame = pd.read_csv(io.BytesIO(b"".join(lines)), header=None, names=range(layout.width), dtype=object,
-                            na_filter=False, skip_blank_lines=False, engine="c")
-    except (pd.errors.ParserError, ValueError):
-        return None  # a line with more fields than the header, or a quoted field spanning lines
-    if len(frame) != len(texts):
+CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _plain_texts(lines, layout):
+    """The lines without endings if every one is printable ASCII without quotes and has exactly the header's
+    width, so that splitting on the delimiter is the CSV parse; else None."""
+    data = b"".join(lines)
+    delimiter = layout.delimiter.encode()
+    if not data.isascii() or b'"' in data or CONTROL_BYTES.search(data) or data.count(b"\r") != data.count(b"\r\n"):
         return None
-    # The C parser pads a short line with empty fields: re-count the fields of lines ending in an empty one.
-    suspects = np.flatnonzero((frame[layout.width - 1] == "").to_numpy())
-    if any(len(next(csv.reader([texts[row]]), [])) < layout.width for row in suspects):
+    if any(line.count(delimiter) != layout.width - 1 for line in lines):
         return None
-    return frame
-
-
-def _decoded(lines):
-    """The lines as text without line endings, or None if the chunk is not all UTF-8."""
-    try:
-        texts = b"".join(lines).decode("utf-8").replace("\r\n", "\n").split("\n")
-    except UnicodeDecodeError:
-        return None
-    if texts and texts[-1] == "" and lines[-1].endswith(b"\n"):
+    texts = data.decode("ascii").replace("\r\n", "\n").split("\n")
+    if texts[-1] == "":
         texts.pop()
-    return texts if len(texts) == len(lines) else None
+    return texts
 
 
-def _parse_lines_one_by_one(lines, first_line_number, layout, sha256):
-    """The slow path: rows of the wrong width or not UTF-8 become rejects; blank lines are ignored."""
-    numbers, texts, rejects = [], [], []
-    for number, raw in enumerate(lines, start=first_line_number):
-        try:
-            text = raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            rejects.append((number, "record: is not UTF-8 text", raw.decode("utf-8", "replace").rstrip("\r\n")))
-            continue
-        if text.strip():
-            numbers.append(number)
-            texts.append(text)
-    kept_numbers, kept_texts, rows = [], [], []
-    for number, text, row in zip(numbers, texts, csv.reader(texts)):
-        if len(row) <= max(layout.columns):
-            rejects.append((number, f"record: has {len(row)} fields, too few for the header", text))
-        else:
-            kept_numbers.append(number)
-            kept_texts.append(text)
-            rows.append(row)
+@dataclass
+class Record:
+    """One record of a file: its first line, how many lines it spans, its text, and its fields or problem."""
+    line_number: int
+    line_count: int
+    raw: str
+    fields: list = None
+    problem: str = None
+
+
+def _parse_records(chunk, lines, layout, sha256):
+    """The slow path: records one by one; blank lines are ignored, bad records become rejects."""
+    numbers, texts, rows, rejects = [], [], [], []
+    position = 0
+    while position < len(chunk.lines):
+        record = read_record(chunk, position, lines, layout)
+        position += record.line_count
+        if record.problem:
+            rejects.append((record.line_number, record.problem, record.raw))
+        elif record.fields is not None:
+            numbers.append(record.line_number)
+            texts.append(record.raw)
+            rows.append(record.fields)
     cells = {index: [row[index] for row in rows] for index in layout.columns}
-    return _trade_batch(cells, kept_numbers, kept_texts, layout, sha256), _rejects_frame(rejects)
+    return _trade_batch(cells, numbers, texts, layout, sha256), _rejects_frame(rejects)
+
+
+class _LineBreaksRecord(Exception):
+    """A line that a record would continue on cannot be read (not UTF-8, a bare carriage return)."""
+
+
+def read_record(chunk, position, lines, layout):
+    """The record starting at chunk.lines[position]. A quoted field may carry line breaks for up to
+    MAX_RECORD_LINES lines, pulled from the file past the chunk's end if need be; a record that cannot be read
+    is one reject of its first line, and the lines after it are read again as records of their own."""
+    number = chunk.first_number + position
+    text, problem = _line_text(chunk.lines[position])
+    if problem or not text.strip():
+        return Record(number, 1, text, problem=problem)
+    consumed = [chunk.lines[position]]
+
+    def record_lines():
+        yield text + "\n"
+        while len(consumed) < MAX_RECORD_LINES:
+            index = position + len(consumed)
+            if index == len(chunk.lines) and not lines.extend(chunk):
+                return
+            continuation, trouble = _line_text(chunk.lines[index])
+            if trouble:
+                raise _LineBreaksRecord(trouble)
+            consumed.append(chunk.lines[index])
+            yield continuation + "\n"
+
+    reader = csv.reader(record_lines(), delimiter=layout.delimiter, strict=True)
+    try:
+        fields = next(reader)
+    except csv.Error as error:
+        return Record(number, 1, text, problem=f"record: {_csv_problem(error)}")
+    except _LineBreaksRecord as error:
+        return Record(number, 1, text, problem=f"record: a quoted field runs on to a line that {error}")
+    raw = b"".join(consumed).decode("utf-8").rstrip("\r\n")
+    return Record(number, len(consumed), raw, fields, _width_problem(fields, layout))
+
+
+def _line_text(line):
+    """(the line as text without its ending, None), or (its text with U+FFFD for bad bytes, the problem)."""
+    body = line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body.decode("utf-8", "replace"), "record: is not UTF-8 text"
+    if "\r" in text:
+        return text, "record: holds a carriage return inside the line"
+    return text, None
+
+
+def _csv_problem(error):
+    """Why the csv module could not read a record, in the user's words."""
+    message = str(error)
+    if "unexpected end of data" in message:
+        return f"a quoted field is not closed (within {MAX_RECORD_LINES} lines)"
+    if "field larger than field limit" in message:
+        return f"a field is longer than {MAX_FIELD_CHARS:,} characters"
+    return f"is not valid CSV ({message})"
+
+
+def _width_problem(fields, layout):
+    """Why a record's number of fields does not fit the header, or None. Empty fields past the header's width
+    (the trailing commas spreadsheets write) are ignored; anything else past it makes the record a reject."""
+    if len(fields) > layout.width and any(field.strip() for field in fields[layout.width:]):
+        return f"record: has {len(fields)} fields, the header has {layout.width}"
+    if len(fields) <= max(layout.columns):
+        return f"record: has {len(fields)} fields, too few for the header"
+    return None
 
 
 def _trade_batch(cells, numbers, texts, layout, sha256):
@@ -179,19 +285,64 @@ def _rejects_frame(rows):
 
 # ------------------------------------------------------------------------------------------------ loading trades
 
-def load_file(engine, path, progress=False, chunk_rows=constants.LOAD_CHUNK_ROWS, method=None):
-    """Load one trade file as one batch; an already-loaded file (same SHA-256) is skipped."""
-    layout = read_layout(path)
+def load_path(engine, path, progress=False, again=False):
+    """Load a trade file or a prices file, by its header; a file refused whole is recorded as a failed batch."""
+    layout = read_offered_layout(engine, path)
+    if layout.kind == "prices":
+        return load_prices_file(engine, path, layout)
+    return load_file(engine, path, progress, layout=layout, again=again)
+
+
+def read_offered_layout(engine, path):
+    """read_layout, recording a file that exists but is refused (bad header, not text) as a failed batch."""
+    try:
+        return read_layout(path)
+    except cli.InputError as error:
+        if os.path.isfile(path):
+            batches.record_refused(engine, path, _sha256_or_none(path), str(error))
+        raise
+
+
+def _sha256_or_none(path):
+    try:
+        return validation.file_sha256(path)
+    except OSError:
+        return None
+
+
+def load_file(engine, path, progress=False, chunk_rows=constants.LOAD_CHUNK_ROWS, method=None, layout=None,
+              again=False):
+    """Load one trade file as one batch. A file whose SHA-256 was loaded before is skipped, unless `again`
+    (--retry-rejects): then rows loaded before count as duplicates and rows rejected before are checked again."""
+    layout = layout or read_offered_layout(engine, path)
     if layout.kind == "prices":
         raise cli.InputError(f"{path}: is a prices file, not trades")
     sha256 = validation.file_sha256(path)
-    earlier = find_loaded_batch(engine, sha256)
-    if earlier is not None:
+    earlier = batches.find_loaded_batch(engine, sha256)
+    if earlier is not None and not again:
         return LoadSummary(path, skipped_batch=earlier)
+    require_reference_data(engine, path, sha256)
     with _progress_bar(progress, os.path.getsize(path), os.path.basename(path)) as bar:
-        chunks = iter_batches(path, layout, sha256, chunk_rows, on_progress=bar.update if bar else None)
+        def chunks():
+            if bar:
+                bar.reset()
+            return iter_batches(path, layout, sha256, chunk_rows, on_progress=bar.update if bar else None)
+
         background = os.path.getsize(path) > BACKGROUND_MIN_BYTES
         return load_rows(engine, chunks, source=path, sha256=sha256, method=method, background=background)
+
+
+def require_reference_data(engine, path, sha256):
+    """Refuse (exit 2, recorded as a failed batch) a load into a database without investors or stocks: every
+    row would be rejected, and the file recorded as loaded could not be loaded again after seeding."""
+    with engine.connect() as connection:
+        has_investors = connection.execute(select(investors.c.investor_id).limit(1)).first() is not None
+        has_stocks = connection.execute(select(stocks.c.stock_symbol).limit(1)).first() is not None
+    if not (has_investors and has_stocks):
+        reason = (f"{path}: the database has no {'investors' if not has_investors else 'stocks'}; "
+                  "run seed_investors.py first (nothing was loaded)")
+        batches.record_refused(engine, path, sha256, reason)
+        raise cli.InputError(reason)
 
 
 def load_records(engine, records, source="feed"):
@@ -202,36 +353,41 @@ def load_records(engine, records, source="feed"):
     )
     batch["line_number"] = range(1, len(batch) + 1)
     batch["raw_record"] = [",".join(row) for row in batch[list(validation.TRADE_COLUMNS)].itertuples(index=False)]
-    return load_rows(engine, [(batch, _rejects_frame([]))], source=source)
+    return load_rows(engine, lambda: [(batch, _rejects_frame([]))], source=source)
 
 
-def load_rows(engine, chunks, source, sha256=None, method=None, background=False):
-    """Load chunks of (text rows, malformed rows) as one batch, committed in one transaction.
+def load_rows(engine, make_chunks, source, sha256=None, method=None, background=False):
+    """Load the chunks of (text rows, malformed rows) that make_chunks() yields as one batch, in one transaction.
 
-    background: prepare the chunks in a worker process (for large files: it overlaps with the inserts).
-    On any failure nothing of the batch is kept and its load_batches row is marked failed with the reason.
+    A deadlock or lock wait (two loaders at once) rolls the transaction back and it runs again from the first
+    chunk (db_retry). background: prepare the chunks in a worker process (for large files: it overlaps with the
+    inserts). On failure nothing of the batch is kept and its load_batches row is marked failed with the reason.
     """
-    started = datetime.now().replace(microsecond=0)
-    summary = LoadSummary(source, start_batch(engine, source, sha256, started))
+    batches.recover_stale_batches(engine)
+    started = batches.now()
+    batch_id = batches.start_batch(engine, source, sha256, started)
     try:
-        with db_config.write_transaction(engine) as connection:
-            context = validation.make_context(
-                connection.execute(select(investors.c.investor_id)).scalars(),
-                connection.execute(select(stocks.c.stock_symbol)).scalars(),
-                started,
-            )
-            if not context.investor_ids or not context.symbols:
-                logger.warning("%s: the database has no investors or no stocks, so every row will be rejected; "
-                               "run seed_investors.py first", source)
-            dialect = connection.dialect.name
-            prepared = (prepare_chunk(batch, malformed, context, summary.batch_id, dialect)
-                        for batch, malformed in chunks)
-            for chunk in (in_background(prepared) if background else prepared):
-                store_chunk(connection, chunk, summary, method)
-            finish_batch(connection, summary)
+        return db_retry.with_retries(
+            lambda: load_batch(engine, LoadSummary(source, batch_id), make_chunks(), started, method, background),
+            f"{source}: load")
     except BaseException as error:
-        fail_batch(engine, summary.batch_id, error)
+        batches.fail_batch(engine, batch_id, error)
         raise
+
+
+def load_batch(engine, summary, chunks, started, method=None, background=False):
+    """One attempt at loading a batch's chunks, committed with the batch's counts."""
+    with db_config.write_transaction(engine) as connection:
+        context = validation.make_context(
+            connection.execute(select(investors.c.investor_id)).scalars(),
+            connection.execute(select(stocks.c.stock_symbol)).scalars(),
+            started,
+        )
+        dialect = connection.dialect.name
+        prepared = (prepare_chunk(batch, malformed, context, summary.batch_id, dialect) for batch, malformed in chunks)
+        for chunk in (in_background(prepared) if background else prepared):
+            store_chunk(connection, chunk, summary, method)
+        batches.finish_batch(connection, summary)
     return summary
 
 
@@ -293,7 +449,7 @@ def in_background(items, depth=2):
         return
     context = multiprocessing.get_context("fork")
     queue = context.Queue(maxsize=depth)
-    worker = context.Process(target=_produce, args=(items, queue), name="load-prepare", daemon=True)
+    worker = context.Process(target=_produce, args=(items, queue, os.getpid()), name="load-prepare", daemon=True)
     worker.start()
     try:
         while True:
@@ -314,14 +470,38 @@ def in_background(items, depth=2):
         worker.join()
 
 
-def _produce(items, queue):
+def _produce(items, queue, parent_pid):
     """The worker process: send ('item', x) for each item, then ('done', None), or ('error', exception)."""
+    _die_with_parent(parent_pid)
     try:
         for item in items:
-            queue.put(("item", item))
-        queue.put(("done", None))
+            _put(queue, ("item", item), parent_pid)
+        _put(queue, ("done", None), parent_pid)
     except BaseException as error:  # handed to the parent, which re-raises it
-        queue.put(("error", error))
+        _put(queue, ("error", error), parent_pid)
+
+
+PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal this process gets when its parent dies
+
+
+def _die_with_parent(parent_pid):
+    """Have the kernel kill this worker when the loader dies, however it dies (SIGKILL, OOM), where it can."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: _put notices the parent's death instead
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _put(queue, item, parent_pid):
+    """queue.put, giving up (exiting) if the parent process is gone."""
+    while True:
+        try:
+            return queue.put(item, timeout=1.0)
+        except Full:
+            if os.getppid() != parent_pid:
+                os._exit(1)
 
 
 def skipped_rows(connection, firsts, batch_id):
@@ -362,7 +542,8 @@ def classify_against_stored(connection, rows, batch_id):
     return int(same.sum()), _rejects_frame(list(zip(conflicts["line_number"], reasons, conflicts["raw_record"])))
 
 
-# A trade's values as one text, the same from the database and from value_digests: the price with 4 decimals.
+# "The same trade values", defined once: a trade's values as one text, the same from the database and from
+# value_digests, the price as a decimal with 4 places (exact on every database below validation.MAX_PRICE).
 DIGEST_SQL = {
     "sqlite": "investor_id || ',' || stock_symbol || ',' || txn_type || ',' || quantity || ',' || "
               "printf('%.4f', price) || ',' || txn_time",
@@ -371,10 +552,10 @@ DIGEST_SQL = {
 
 
 def value_digests(rows):
-    """The digest of each validated row's values (see DIGEST_SQL)."""
-    return [f"{investor_id},{symbol},{txn_type},{quantity},{price:.4f},{txn_time}" for investor_id, symbol, txn_type,
+    """The digest of each validated row's values (see DIGEST_SQL); the price is validation.price_text's."""
+    return [f"{investor_id},{symbol},{txn_type},{quantity},{price},{txn_time}" for investor_id, symbol, txn_type,
             quantity, price, txn_time in zip(rows["investor_id"], rows["stock_symbol"], rows["txn_type"],
-                                             rows["quantity"], rows["price_value"], rows["txn_time"])]
+                                             rows["quantity"], rows["price"], rows["txn_time"])]
 
 
 def fetch_value_digests(connection, refs):
@@ -409,52 +590,26 @@ def store_rejects(connection, batch_id, rejects):
     if rejects.empty:
         return
     connection.execute(rejected_transactions.insert(), [
-        {"batch_id": batch_id, "line_number": int(line), "reason": str(reason)[:MAX_REASON_LENGTH], "raw_record": raw}
+        {"batch_id": batch_id, "line_number": int(line), "reason": str(reason)[:MAX_REASON_LENGTH],
+         "raw_record": stored_raw_record(raw)}
         for line, reason, raw in rejects[["line_number", "reason", "raw_record"]].itertuples(index=False)
     ])
 
 
+def stored_raw_record(raw):
+    """A record as rejected_transactions keeps it: NUL written as \\x00 (PostgreSQL text cannot hold it), and
+    cut after MAX_RAW_RECORD_CHARS characters with a note of the full length (a TEXT column holds 64 KB)."""
+    raw = raw.replace("\x00", "\\x00")
+    if len(raw) <= MAX_RAW_RECORD_CHARS:
+        return raw
+    return f"{raw[:MAX_RAW_RECORD_CHARS]}… [cut: {len(raw):,} characters in all]"
+
+
 # ------------------------------------------------------------------------------------------------ batch rows
-
-def find_loaded_batch(engine, sha256):
-    """The first batch that loaded a file with this SHA-256 completely, or None."""
-    with engine.connect() as connection:
-        return connection.execute(select(func.min(load_batches.c.batch_id)).where(and_(
-            load_batches.c.file_sha256 == sha256, load_batches.c.status == "loaded"))).scalar()
-
-
-def start_batch(engine, source, sha256, started):
-    """Record a running batch, committed at once so that a crash leaves a trace; return its id."""
-    with db_config.write_transaction(engine) as connection:
-        result = connection.execute(load_batches.insert().values(
-            source=source[:500], file_sha256=sha256, started_at=started, status="running",
-            rows_read=0, rows_loaded=0, rows_duplicate=0, rows_rejected=0))
-        return result.inserted_primary_key[0]
-
-
-def finish_batch(connection, summary):
-    """Mark the batch loaded with its counts, inside the load's transaction."""
-    connection.execute(update(load_batches).where(load_batches.c.batch_id == summary.batch_id).values(
-        status="loaded", finished_at=datetime.now().replace(microsecond=0), rows_read=summary.rows_read,
-        rows_loaded=summary.rows_loaded, rows_duplicate=summary.rows_duplicate, rows_rejected=summary.rows_rejected))
-
 
 def stamp_batches(connection, batch_ids, column, when):
     """Set a later stage's mark on these batches (applied_at by update_portfolio, surveilled_at by surveillance)."""
-    for start in range(0, len(batch_ids), bulk_insert.LOOKUP_SLICE):
-        connection.execute(update(load_batches).where(
-            load_batches.c.batch_id.in_(batch_ids[start:start + bulk_insert.LOOKUP_SLICE])).values({column: when}))
-
-
-def fail_batch(engine, batch_id, error):
-    """Mark the batch failed with the reason; the load's own transaction has been rolled back."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    try:
-        with db_config.write_transaction(engine) as connection:
-            connection.execute(update(load_batches).where(load_batches.c.batch_id == batch_id).values(
-                status="failed", finished_at=datetime.now().replace(microsecond=0), error=reason[:1000]))
-    except Exception as mark_error:  # the original error matters more; say why the mark failed too
-        logger.error("could not mark batch %s failed: %s", batch_id, mark_error)
+    batches.stamp_batches(connection, batch_ids, column, when)
 
 
 def _progress_bar(enabled, total, name):
@@ -474,8 +629,6 @@ class PricesSummary:
     rows_changed: int = 0
     rejects: list = field(default_factory=list)  # (line_number, reason)
 
-    batch_id = None  # prices are not a trade batch; rejects are only logged
-
     @property
     def rows_rejected(self):
         return len(self.rejects)
@@ -484,69 +637,89 @@ class PricesSummary:
     def sample_rejects(self):
         return self.rejects[:LOGGED_REJECTS]
 
+    def where_rejects_are(self):
+        return f"only the first {LOGGED_REJECTS} are shown: prices are not a trade batch, their rejects are not stored"
+
     def line(self):
         return (f"{os.path.basename(self.source)}: {self.rows_read} daily closes read, {self.rows_new} new, "
                 f"{self.rows_changed} changed, {len(self.rejects)} rejected")
 
 
-def load_prices_file(engine, path):
+def load_prices_file(engine, path, layout=None):
     """Upsert the daily closes of a prices file (stock_symbol,price_date,close_price) into market_prices."""
-    layout = read_layout(path)
+    layout = layout or read_layout(path)
     if layout.kind != "prices":
         raise cli.InputError(f"{path}: header is not {','.join(validation.PRICE_COLUMNS)}")
     summary = PricesSummary(path)
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        next(reader)
-        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
-    summary.rows_read = len(rows)
-    with db_config.write_transaction(engine) as connection:
+    records = [record for record in iter_records(path, layout) if record.fields is not None or record.problem]
+    summary.rows_read = len(records)
+    with engine.connect() as connection:
         symbols = set(connection.execute(select(stocks.c.stock_symbol)).scalars())
-        closes = {}
-        for line_number, row in rows:
-            parsed = parse_close(row, layout, symbols)
-            if isinstance(parsed, str):
-                summary.rejects.append((line_number, parsed))
-            else:
-                closes[parsed[:2]] = parsed[2]
-        summary.rows_new, summary.rows_changed = upsert_closes(connection, closes)
+    closes = {}
+    for record in records:
+        parsed = record.problem or parse_close(record.fields, layout, symbols)
+        if isinstance(parsed, str):
+            summary.rejects.append((record.line_number, parsed))
+        else:
+            closes[parsed[:2]] = parsed[2]
+    summary.rows_new, summary.rows_changed = db_retry.with_retries(
+        lambda: _upsert_in_transaction(engine, closes), f"{path}: prices")
     return summary
+
+
+def iter_records(path, layout, chunk_lines=10_000):
+    """Every record of a file after its header, read as the loader's slow path reads them."""
+    with open(path, "rb") as handle:
+        handle.readline()
+        lines = PhysicalLines(handle, 2)
+        while chunk := lines.take(chunk_lines):
+            position = 0
+            while position < len(chunk.lines):
+                record = read_record(chunk, position, lines, layout)
+                position += record.line_count
+                yield record
+
+
+PLAIN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+PLAIN_CLOSE = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]{0,4})?|\.[0-9]{1,4})")  # ASCII digits, at most 4 decimals
 
 
 def parse_close(row, layout, symbols):
     """(stock_symbol, price_date, close_price as Decimal) from a row, or the reason it is bad."""
-    if len(row) <= max(layout.columns):
-        return f"record: has {len(row)} fields, too few for the header"
-    symbol, day, close = (row[i].strip() for i in layout.columns)
-    symbol = symbol.upper()
-    if symbol not in symbols:
+    symbol, day, close = (row[i].strip(" \t") for i in layout.columns)
+    if symbol.upper() not in symbols or not symbol.isascii():
         return f"stock_symbol: {symbol!r} is not a known stock"
     try:
-        day = date.fromisoformat(day)
+        day = date.fromisoformat(day) if PLAIN_DATE.fullmatch(day) else None
     except ValueError:
-        return f"price_date: {day!r} is not a real date YYYY-MM-DD"
-    if not re.fullmatch(validation.PLAIN_DECIMAL, close) or Decimal(close) <= 0 or Decimal(close) >= validation.MAX_PRICE:
-        return f"close_price: {close!r} is not a plain decimal > 0"
-    return symbol, day, Decimal(close).quantize(Decimal("0.0001"))
+        day = None
+    if day is None:
+        return f"price_date: {row[layout.columns[1]].strip()!r} is not a real date YYYY-MM-DD"
+    if not PLAIN_CLOSE.fullmatch(close) or not 0 < Decimal(close) < validation.MAX_PRICE:
+        return (f"close_price: {close!r} is not a plain decimal > 0 and below {validation.MAX_PRICE:,} "
+                "with at most 4 decimals")
+    return symbol.upper(), day, Decimal(close).quantize(Decimal("0.0001"))
+
+
+def _upsert_in_transaction(engine, closes):
+    with db_config.write_transaction(engine) as connection:
+        return upsert_closes(connection, closes)
 
 
 def upsert_closes(connection, closes):
-    """Insert new closes and update changed ones; return (new, changed)."""
+    """Insert new closes and update changed ones in one atomic statement per slice (two loaders at once cannot
+    both insert one close); return (new, changed) as counted against what was stored before."""
     existing = {
         (symbol, day if isinstance(day, date) else date.fromisoformat(day)): Decimal(str(close)).quantize(Decimal("0.0001"))
         for symbol, day, close in connection.execute(select(
             market_prices.c.stock_symbol, market_prices.c.price_date, market_prices.c.close_price))
     }
-    new = [{"stock_symbol": s, "price_date": d, "close_price": c} for (s, d), c in closes.items() if (s, d) not in existing]
-    changed = [{"symbol": s, "day": d, "close": c} for (s, d), c in closes.items()
-               if (s, d) in existing and existing[(s, d)] != c]
-    if new:
-        connection.execute(market_prices.insert(), new)
-    if changed:
-        connection.execute(update(market_prices).where(and_(
-            market_prices.c.stock_symbol == bindparam("symbol"), market_prices.c.price_date == bindparam("day")
-        )).values(close_price=bindparam("close")), changed)
-    return len(new), len(changed)
+    rows = [{"stock_symbol": s, "price_date": d, "close_price": c} for (s, d), c in closes.items()
+            if existing.get((s, d)) != c]
+    for start in range(0, len(rows), UPSERT_ROWS):
+        connection.execute(dialects.upsert(connection, market_prices, ["close_price"]), rows[start:start + UPSERT_ROWS])
+    new = sum((row["stock_symbol"], row["price_date"]) not in existing for row in rows)
+    return new, len(rows) - new
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -563,7 +736,7 @@ def plan_files(paths):
     return planned
 
 
-def load_paths(engine, paths, progress=False):
+def load_paths(engine, paths, progress=False, again=False):
     """Load every file, reporting each; a file with bad input is reported and the rest still load.
 
     Returns the exit code: 0, or 2 if any file was refused (missing, unreadable, wrong header).
@@ -571,8 +744,7 @@ def load_paths(engine, paths, progress=False):
     code = cli.EXIT_OK
     for path in plan_files(paths):
         try:
-            summary = (load_prices_file(engine, path) if read_layout(path).kind == "prices"
-                       else load_file(engine, path, progress))
+            summary = load_path(engine, path, progress, again=again)
         except cli.InputError as error:
             print(f"error: load_transactions: {error}", file=sys.stderr)
             code = cli.EXIT_USAGE
@@ -586,8 +758,8 @@ def log_rejects(summary):
     for line_number, reason in summary.sample_rejects:
         logger.warning("%s:%s: %s", summary.source, line_number, reason)
     if summary.rows_rejected > len(summary.sample_rejects):
-        logger.warning("%s: all %d rejected rows are in rejected_transactions (batch %s)",
-                       summary.source, summary.rows_rejected, summary.batch_id)
+        logger.warning("%s: %d rejected rows in all; %s", summary.source, summary.rows_rejected,
+                       summary.where_rejects_are())
 
 
 def report(summary):
@@ -600,12 +772,15 @@ def main(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("files", nargs="*", metavar="FILE", default=["transactions.csv"],
                         help="trade files to load (default: transactions.csv); a prices file is loaded as prices")
+    parser.add_argument("--retry-rejects", action="store_true",
+                        help="load files again although they were loaded before (after investors or stocks were "
+                             "added): rows loaded before count as duplicates, rows rejected before are checked again")
     args = parser.parse_args(argv)
     cli.setup_logging(args)
 
     def work():
         engine = db_config.get_engine(args.database_url)
-        return load_paths(engine, args.files, cli.progress_enabled(args))
+        return load_paths(engine, args.files, cli.progress_enabled(args), again=args.retry_rejects)
 
     return cli.run(work, args, "load_transactions")
 

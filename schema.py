@@ -29,7 +29,7 @@ def exact_text(length):
 TxnRef = exact_text(64)  # an identifier: 'ref-a' and 'REF-A' are two trades
 Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite auto-increments only INTEGER PRIMARY KEY
 Price = Numeric(18, 4)  # currency units per share
-Amount = Numeric(24, 6)  # currency units
+Amount = Numeric(30, 6)  # currency units: room for a million trades at the largest notional loading accepts
 Ratio = Numeric(12, 8)  # a share between 0 and 1
 Score = Numeric(6, 2)  # 0..100
 
@@ -83,6 +83,7 @@ load_batches = Table(
     Column("rows_rejected", Integer, nullable=False, default=0),
     Column("status", String(10), nullable=False),
     Column("error", String(1000)),  # why a failed batch failed
+    Column("runner", String(200)),  # host:pid:process start of the loader, to tell a crashed run from a live one
     Column("applied_at", Timestamp),  # when update_portfolio applied its trades; NULL = pending
     Column("surveilled_at", Timestamp),  # when surveillance checked its trades; NULL = pending
     _one_of("status", BATCH_STATUSES),
@@ -123,7 +124,7 @@ portfolios = Table(
     "portfolios", metadata,
     Column("investor_id", Integer, ForeignKey("investors.investor_id"), primary_key=True),
     Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
-    Column("quantity", Integer, nullable=False),
+    Column("quantity", BigInteger, nullable=False),  # a sum of INT trade quantities may pass 2**31
     Column("avg_cost", Price, nullable=False),
     Column("cost_basis", Amount, nullable=False),
     Column("realized_pnl", Amount, nullable=False),

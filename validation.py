@@ -3,7 +3,9 @@
 A batch is a DataFrame of text cells with the canonical columns plus `line_number` and `raw_record`.
 `validate_trades` returns the good rows, normalized, and one reason per bad row naming field and value.
 """
+import csv
 import hashlib
+from decimal import Decimal
 from collections import namedtuple
 from datetime import timedelta
 
@@ -15,28 +17,45 @@ import constants
 TRADE_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time")
 LEGACY_COLUMNS = ("investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_date")
 PRICE_COLUMNS = ("stock_symbol", "price_date", "close_price")
-VALUE_COLUMNS = TRADE_COLUMNS[1:]  # what must agree for two rows with one txn_ref to be duplicates
 MAX_TXN_REF_LENGTH = 64
 MAX_QUANTITY = 2**31 - 1  # INT column
-MAX_PRICE = 10**14  # DECIMAL(18, 4)
+MAX_PRICE = 10**9  # below this every database keeps 4 decimals exactly (SQLite stores a binary float)
+MAX_NOTIONAL = 10**12  # quantity × price of one trade, currency units: positions' sums stay exact DECIMALs
+EARLIEST_TIME = "1900-01-01T00:00:00"
 TEXT = np.dtypes.StringDType()
 PLAIN_DECIMAL = r"\+?(?:\d+(?:\.\d*)?|\.\d+)"
 
-FileLayout = namedtuple("FileLayout", "kind columns width")  # kind: 'canonical', 'legacy' or 'prices'; width: header fields
+# kind: 'canonical', 'legacy' or 'prices'; columns: the required columns' positions; width: header fields
+FileLayout = namedtuple("FileLayout", "kind columns width delimiter")
 ValidationContext = namedtuple("ValidationContext", "investor_ids symbols latest_allowed_time")
+DELIMITERS = {",": "commas", ";": "semicolons", "\t": "tabs"}  # comma first: the format's own separator
 
 
-def detect_layout(header, source):
-    """The layout of a file from its header cells; InputError-worthy ValueError if no layout fits."""
-    names = [name.strip().lower() for name in header]
-    for kind, required in (("canonical", TRADE_COLUMNS), ("legacy", LEGACY_COLUMNS), ("prices", PRICE_COLUMNS)):
-        if set(required) <= set(names):
-            return FileLayout(kind, [names.index(column) for column in required], len(names))
+def detect_layout(header_text, source):
+    """The layout of a file from its header line; ValueError (fit for the user) if no layout fits.
+
+    Comma-separated is the format; a header that only fits when split on semicolons or tabs (a spreadsheet's
+    export) is read with that delimiter.
+    """
+    for delimiter in DELIMITERS:
+        names = [name.strip().lower() for name in next(csv.reader([header_text], delimiter=delimiter), [])]
+        for kind, required in (("canonical", TRADE_COLUMNS), ("legacy", LEGACY_COLUMNS), ("prices", PRICE_COLUMNS)):
+            if set(required) <= set(names):
+                return FileLayout(kind, [names.index(column) for column in required], len(names), delimiter)
+    delimiter = _likely_delimiter(header_text)
+    names = [name.strip().lower() for name in next(csv.reader([header_text], delimiter=delimiter), [])]
     missing = [c for c in TRADE_COLUMNS if c not in names]
+    hint = "" if delimiter == "," else f" (it is separated by {DELIMITERS[delimiter]}, not commas)"
     raise ValueError(
         f"{source}: line 1: header lacks required column(s) {', '.join(missing)}; "
-        f"expected {','.join(TRADE_COLUMNS)} (or the legacy {','.join(LEGACY_COLUMNS)}), found {','.join(names)}"
+        f"expected {','.join(TRADE_COLUMNS)} (or the legacy {','.join(LEGACY_COLUMNS)}), found {header_text[:200]}"
+        + hint
     )
+
+
+def _likely_delimiter(header_text):
+    """The delimiter that splits a header: a comma, else a semicolon or tab found in it."""
+    return next((d for d in DELIMITERS if d in header_text), ",") if "," not in header_text else ","
 
 
 def make_context(investor_ids, symbols, load_started):
@@ -53,37 +72,42 @@ def legacy_txn_ref(file_sha256, line_number):
 def validate_trades(batch, context):
     """Split a batch into (valid rows, rejected rows).
 
-    valid: txn_ref, investor_id (int), stock_symbol, txn_type (upper-case), quantity (int), price (text as given,
-    trimmed), price_value (float, for comparisons), txn_time ('YYYY-MM-DD HH:MM:SS'), line_number, raw_record;
-    rejected: line_number, reason, raw_record. The checks are vectorized (numpy string functions): most rows
-    are good, and a chunk of 100,000 rows must cost well under a second.
+    valid: txn_ref, investor_id (int), stock_symbol, txn_type (upper-case), quantity (int), price (the decimal
+    text with exactly 4 decimals, see price_text), price_value (float, for comparisons), txn_time
+    ('YYYY-MM-DD HH:MM:SS'), line_number, raw_record; rejected: line_number, reason, raw_record. The checks are
+    vectorized (numpy string functions): most rows are good, and a chunk of 100,000 rows must cost well under a
+    second.
     """
-    cells = {column: np.strings.strip(np.asarray(batch[column].to_numpy(dtype=object), dtype=TEXT))
-             for column in TRADE_COLUMNS}
-    cells["stock_symbol"] = np.strings.upper(cells["stock_symbol"])
-    cells["txn_type"] = np.strings.upper(cells["txn_type"])
-    investor_id = _whole_numbers(cells["investor_id"])
-    quantity = _whole_numbers(cells["quantity"])
-    price, decimals = _plain_decimals(cells["price"])
+    cells = {column: _trimmed(batch[column]) for column in TRADE_COLUMNS}
+    plain = {column: _printable_ascii(cells[column]) for column in TRADE_COLUMNS}
+    symbol, txn_type = np.strings.upper(cells["stock_symbol"]), np.strings.upper(cells["txn_type"])
+    investor_id = _whole_numbers(cells["investor_id"], plain["investor_id"])
+    quantity = _whole_numbers(cells["quantity"], plain["quantity"])
+    price, decimals = _plain_decimals(cells["price"], plain["price"])
     time_field = batch.attrs.get("time_field", "txn_time")  # 'txn_date' in legacy files: a date is enough
-    txn_time, txn_text = _date_times(cells["txn_time"], date_only_ok=time_field == "txn_date")
+    txn_time, txn_text = _date_times(cells["txn_time"], plain["txn_time"], date_only_ok=time_field == "txn_date")
     ref_length = np.strings.str_len(cells["txn_ref"])
     problems = [
         (ref_length == 0, "txn_ref: is empty"),
         (ref_length > MAX_TXN_REF_LENGTH, f"txn_ref: {{txn_ref!r}} is longer than {MAX_TXN_REF_LENGTH} characters"),
+        ((ref_length > 0) & ~plain["txn_ref"], "txn_ref: {txn_ref!r} holds a character other than printable ASCII"),
         (np.isnan(investor_id), "investor_id: {investor_id!r} is not an integer"),
         (~np.isnan(investor_id) & ~np.isin(investor_id, list(context.investor_ids)),
          "investor_id: {investor_id} is not a known investor"),
-        (~np.isin(cells["stock_symbol"].astype(object), list(context.symbols)),
+        (~plain["stock_symbol"] | ~np.isin(symbol.astype(object), list(context.symbols)),
          "stock_symbol: {stock_symbol!r} is not a known stock"),
-        (~np.isin(cells["txn_type"].astype(object), ["BUY", "SELL"]), "txn_type: {txn_type!r} is not BUY or SELL"),
+        (~plain["txn_type"] | ~np.isin(txn_type.astype(object), ["BUY", "SELL"]),
+         "txn_type: {txn_type!r} is not BUY or SELL"),
         (np.isnan(quantity) | (quantity <= 0) | (quantity > MAX_QUANTITY),
          "quantity: {quantity!r} is not a whole number > 0"),
         (np.isnan(price) | (price <= 0), "price: {price!r} is not a plain decimal > 0 (no thousands separators)"),
-        (price >= MAX_PRICE, f"price: {{price!r}} is not below {MAX_PRICE}"),
+        (price >= MAX_PRICE, f"price: {{price!r}} is not below {MAX_PRICE:,}"),
         (decimals > 4, "price: {price!r} has more than 4 decimal places"),
+        (_notional_too_large(quantity, price, cells["price"]),
+         f"quantity × price: {{quantity}} × {{price}} is not below {MAX_NOTIONAL:,}"),
         (np.isnat(txn_time), time_field + ": {txn_time!r} is not a real date-time YYYY-MM-DD HH:MM:SS"
          + (" or date YYYY-MM-DD" if time_field == "txn_date" else "")),
+        (txn_time < np.datetime64(EARLIEST_TIME), time_field + f": {{txn_time!r}} is before {EARLIEST_TIME[:4]}"),
         (txn_time > np.datetime64(context.latest_allowed_time), time_field + ": {txn_time!r} is in the future "
          f"(later than {context.latest_allowed_time:%Y-%m-%d %H:%M:%S})"),
     ]
@@ -95,10 +119,10 @@ def validate_trades(batch, context):
     valid = pd.DataFrame({
         "txn_ref": cells["txn_ref"][good].astype(object),
         "investor_id": investor_id[good].astype(np.int64),
-        "stock_symbol": cells["stock_symbol"][good].astype(object),
-        "txn_type": cells["txn_type"][good].astype(object),
+        "stock_symbol": symbol[good].astype(object),
+        "txn_type": txn_type[good].astype(object),
         "quantity": quantity[good].astype(np.int64),
-        "price": cells["price"][good].astype(object),
+        "price": price_text(cells["price"][good]).astype(object),
         "price_value": price[good],
         "txn_time": txn_text[good].astype(object),
         "line_number": line_number[good],
@@ -113,9 +137,25 @@ def _reasons(problems, cells, length):
     for mask, template in problems:
         rows = np.flatnonzero(mask)
         for row in rows:
-            text = template.format(**{column: str(cells[column][row]) for column in TRADE_COLUMNS})
+            text = template.format(**{column: _shown(str(cells[column][row])) for column in TRADE_COLUMNS})
             reasons[row] = text if reasons[row] is None else f"{reasons[row]}; {text}"
     return reasons
+
+
+def _shown(value, limit=100):
+    """A value as a reason quotes it: cut after `limit` characters (a 1 MB field makes no readable reason)."""
+    return value if len(value) <= limit else f"{value[:limit]}… ({len(value):,} characters)"
+
+
+def _trimmed(column):
+    """The cells as numpy text without leading and trailing ASCII spaces and tabs (other spaces are kept)."""
+    return np.strings.strip(np.asarray(column.to_numpy(dtype=object), dtype=TEXT), " \t")
+
+
+def _printable_ascii(cells):
+    """Is each cell printable ASCII only (no control character, no NUL, no other script's digits or spaces)?"""
+    return np.fromiter((text.isascii() and text.isprintable() for text in cells.astype(object)), dtype=bool,
+                       count=len(cells))
 
 
 def _unsigned(text):
@@ -124,7 +164,7 @@ def _unsigned(text):
     return np.where(plus, np.strings.slice(text, 1, None), text) if plus.any() else text
 
 
-def _whole_numbers(text):
+def _whole_numbers(text, plain):
     """Whole numbers as float (exact below 2**53), NaN where the text is not one ('5.0' is one, '2.5' not)."""
     digits = _unsigned(text)
     dotted = np.strings.find(digits, ".") > 0
@@ -134,17 +174,38 @@ def _whole_numbers(text):
             head, _, tail = str(digits[row]).partition(".")
             if not tail.strip("0"):
                 digits[row] = head
-    ok = np.strings.isdigit(digits)
+    ok = plain & np.strings.isdigit(digits)  # ASCII only: isdigit alone takes '１０' and '١٠'
     return _to_float(digits, ok)
 
 
-def _plain_decimals(text):
+def _plain_decimals(text, plain):
     """(plain decimals as float, NaN where not one; decimal places). NaN, inf, 1e3, 1,000.00 are not plain."""
     unsigned = _unsigned(text)
-    ok = (np.strings.count(unsigned, ".") <= 1) & np.strings.isdigit(np.strings.replace(unsigned, ".", "", 1))
+    ok = plain & (np.strings.count(unsigned, ".") <= 1) & np.strings.isdigit(np.strings.replace(unsigned, ".", "", 1))
     point = np.strings.find(unsigned, ".")
     decimals = np.where(ok & (point >= 0), np.strings.str_len(unsigned) - point - 1, 0)
     return _to_float(unsigned, ok), decimals
+
+
+def price_text(text):
+    """Valid prices as decimal text with exactly 4 decimals and no sign ('+010.5' -> '10.5000').
+
+    The one form of a price that loading compares and stores: two rows are the same trade when these agree.
+    """
+    whole, _, fraction = np.strings.partition(_unsigned(text), np.asarray(".", dtype=TEXT))
+    whole = np.strings.lstrip(whole, "0")
+    whole = np.where(np.strings.str_len(whole) == 0, "0", whole)
+    return np.strings.add(np.strings.add(whole, "."), np.strings.ljust(fraction, 4, "0"))
+
+
+def _notional_too_large(quantity, price, price_cells):
+    """Is quantity × price at or above MAX_NOTIONAL? Floats decide, except within a unit of the limit (exact)."""
+    notional = quantity * price
+    close = np.flatnonzero(np.abs(notional - MAX_NOTIONAL) < 1)
+    too_large = notional >= MAX_NOTIONAL
+    for row in close:
+        too_large[row] = int(quantity[row]) * Decimal(str(_unsigned(price_cells[row:row + 1])[0])) >= MAX_NOTIONAL
+    return too_large
 
 
 def _to_float(text, ok):
@@ -154,15 +215,16 @@ def _to_float(text, ok):
     return values
 
 
-def _date_times(text, date_only_ok=False):
+def _date_times(text, plain, date_only_ok=False):
     """(datetime64 with NaT where not a real 'YYYY-MM-DD HH:MM[:SS]' (or with T), or with date_only_ok a bare
-    'YYYY-MM-DD' at 00:00:00; the normalized text)."""
+    'YYYY-MM-DD' at 00:00:00; the normalized text). Seconds run to 59: a leap second is not a real time here."""
     normalized = np.strings.replace(text, "T", " ", 1)
     lengths = np.strings.str_len(normalized)
     normalized = np.where(lengths == 16, np.strings.add(normalized, ":00"), normalized)
     if date_only_ok:
         normalized = np.where(lengths == 10, np.strings.add(normalized, " 00:00:00"), normalized)
-    shaped = (np.strings.str_len(normalized) == 19) & (np.strings.find(normalized, " ") == 10)
+    shaped = (plain & (np.strings.str_len(normalized) == 19) & (np.strings.find(normalized, " ") == 10)
+              & (np.strings.slice(normalized, 17, 19) <= "59"))
     parsed = pd.to_datetime(np.where(shaped, normalized, "").astype(object), format="%Y-%m-%d %H:%M:%S",
                             errors="coerce")
     return np.asarray(parsed, dtype="datetime64[s]"), normalized

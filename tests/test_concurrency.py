@@ -4,6 +4,7 @@ import threading
 import pytest
 from sqlalchemy import text
 
+import batches
 import db_config
 import load_transactions
 import seed_investors
@@ -44,7 +45,7 @@ def test_out_of_order_commits_are_applied_once(mariadb_engine, tmp_path, monkeyp
         "B2,1003,KO,BUY,5,60.00,2025-01-03 10:00:00",
     ])
     a_inserted, release_a = threading.Event(), threading.Event()
-    real_finish = load_transactions.finish_batch
+    real_finish = batches.finish_batch
 
     def finish_after_release(connection, summary):
         if summary.source == str(file_a):
@@ -52,7 +53,7 @@ def test_out_of_order_commits_are_applied_once(mariadb_engine, tmp_path, monkeyp
             assert release_a.wait(30), "test did not release loader A"
         real_finish(connection, summary)
 
-    monkeypatch.setattr(load_transactions, "finish_batch", finish_after_release)
+    monkeypatch.setattr(batches, "finish_batch", finish_after_release)
     outcome = {}
     loader_a = threading.Thread(target=lambda: outcome.update(a=load_transactions.load_file(mariadb_engine, str(file_a))))
     loader_a.start()

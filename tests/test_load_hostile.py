@@ -1,0 +1,215 @@
+"""Every row accounted for, whatever arrives: malformed records, huge fields, control characters, limits.
+
+Each test plants one kind of damage in an otherwise good file and checks that exactly the damaged record is
+rejected, with its physical line number, reason and text, and that every other row loads unchanged, wherever the
+damage sits (first row of a chunk, across a chunk boundary). Runs on SQLite and MariaDB (`seeded_engine`);
+PostgreSQL where a case is specific to it.
+"""
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+import db_config
+import load_transactions
+import seed_investors
+from schema import rejected_transactions, transactions
+
+HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
+
+
+def trade(ref, price="100.50", quantity=10):
+    return f"{ref},1001,AAPL,BUY,{quantity},{price},2025-01-02 10:00:00"
+
+
+def write(tmp_path, lines, name="trades.csv", newline="\n"):
+    path = tmp_path / name
+    path.write_bytes((HEADER + newline + "".join(line + newline for line in lines)).encode("utf-8"))
+    return str(path)
+
+
+def loaded_refs(engine):
+    with engine.connect() as connection:
+        return connection.execute(select(transactions.c.txn_ref).order_by(transactions.c.txn_id)).scalars().all()
+
+
+def rejects(engine):
+    r = rejected_transactions.c
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(
+            select(r.line_number, r.reason, r.raw_record).order_by(r.batch_id, r.line_number))]
+
+
+def good_rows(count, prefix="g"):
+    return [trade(f"{prefix}{number}") for number in range(count)]
+
+
+def assert_accounted(summary):
+    assert summary.rows_read == summary.rows_loaded + summary.rows_duplicate + summary.rows_rejected
+
+
+# ---------------------------------------------------------------------------------------------- record shape
+
+@pytest.mark.parametrize("extra", [",extra", ",,x"])
+def test_extra_field_on_the_first_row_of_a_chunk_rejects_that_row_only(seeded_engine, tmp_path, extra):
+    rows = good_rows(12)
+    rows[5] += extra  # line 7: the first row of the second chunk of 5
+    path = write(tmp_path, rows)
+
+    summary = load_transactions.load_file(seeded_engine, path, chunk_rows=5)
+
+    assert rejects(seeded_engine) == [(7, f"record: has {7 + extra.count(',')} fields, the header has 7", rows[5])]
+    assert loaded_refs(seeded_engine) == [f"g{n}" for n in range(12) if n != 5]
+    assert summary.rows_loaded == 11
+    assert_accounted(summary)
+
+
+def test_trailing_empty_fields_are_ignored(seeded_engine, tmp_path):
+    rows = good_rows(6)
+    rows[0] += ","
+    rows[3] += ",,  ,"
+    path = write(tmp_path, rows)
+
+    summary = load_transactions.load_file(seeded_engine, path, chunk_rows=3)
+
+    assert (summary.rows_loaded, summary.rows_rejected) == (6, 0)
+    assert loaded_refs(seeded_engine) == [f"g{n}" for n in range(6)]
+
+
+def test_quoted_line_break_in_a_field_is_rejected_at_its_first_line_and_later_lines_keep_their_numbers(
+        seeded_engine, tmp_path):
+    rows = ['"E-nl', 'X",1001,AAPL,BUY,10,100.5,2025-01-02 10:00:00', trade("ok1"), trade("bad", quantity=0),
+            trade("ok2")]
+    path = write(tmp_path, rows)
+
+    summary = load_transactions.load_file(seeded_engine, path)
+
+    assert rejects(seeded_engine) == [
+        (2, "txn_ref: 'E-nl\\nX' holds a character other than printable ASCII", f"{rows[0]}\n{rows[1]}"),
+        (5, "quantity: '0' is not a whole number > 0", rows[3]),
+    ]
+    assert loaded_refs(seeded_engine) == ["ok1", "ok2"]
+    assert (summary.rows_read, summary.rows_loaded, summary.rows_rejected) == (4, 2, 2)
+
+
+def test_quoted_record_across_a_chunk_boundary_is_read_whole(seeded_engine, tmp_path):
+    header = HEADER + ",note"
+    rows = [trade("a") + ",plain", trade("b") + ',"two', 'lines"', trade("c") + ",x", trade("d") + ',"multi ""quoted""',
+            "", 'note"', trade("e") + ",y"]
+    path = tmp_path / "notes.csv"
+    path.write_text(header + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+
+    summary = load_transactions.load_file(seeded_engine, str(path), chunk_rows=2)  # 'b' ends its chunk mid-record
+
+    assert loaded_refs(seeded_engine) == ["a", "b", "c", "d", "e"]
+    assert (summary.rows_read, summary.rows_rejected) == (5, 0)
+
+
+def test_unclosed_quote_rejects_its_line_and_the_next_lines_load(seeded_engine, tmp_path):
+    rows = [trade("a"), 'u1,1001,AAPL,BUY,10,"100.5,2025-01-02 10:00:00', *good_rows(12, prefix="n")]
+    path = write(tmp_path, rows)
+
+    summary = load_transactions.load_file(seeded_engine, path, chunk_rows=4)
+
+    assert rejects(seeded_engine) == [
+        (3, f"record: a quoted field is not closed (within {load_transactions.MAX_RECORD_LINES} lines)", rows[1])]
+    assert loaded_refs(seeded_engine) == ["a"] + [f"n{n}" for n in range(12)]
+    assert_accounted(summary)
+
+
+def test_bare_carriage_return_in_an_unquoted_field_is_one_reject(seeded_engine, tmp_path):
+    rows = [trade("a"), "c\rr,1001,AAPL,BUY,10,100.5,2025-01-02 10:00:00", trade("b")]
+    path = write(tmp_path, rows, newline="\r\n")
+
+    summary = load_transactions.load_file(seeded_engine, path)
+
+    assert rejects(seeded_engine) == [(3, "record: holds a carriage return inside the line", rows[1])]
+    assert loaded_refs(seeded_engine) == ["a", "b"]
+    assert_accounted(summary)
+
+
+def test_stray_quote_inside_an_unquoted_field_is_not_silently_dropped(seeded_engine, tmp_path):
+    rows = [trade("a"), 'q,1001,AAPL,BUY,10,"10"5,2025-01-02 10:00:00', trade("b")]
+    path = write(tmp_path, rows)
+
+    load_transactions.load_file(seeded_engine, path)
+
+    [(line, reason, raw)] = rejects(seeded_engine)
+    assert (line, raw) == (3, rows[1]) and reason.startswith("record: is not valid CSV (")
+    assert loaded_refs(seeded_engine) == ["a", "b"]
+
+
+def test_one_megabyte_field_on_a_later_row_is_one_reject_kept_cut(seeded_engine, tmp_path):
+    huge = "x" * 1_000_000
+    rows = [trade("a"), trade("b" + huge), trade("c")]
+    path = write(tmp_path, rows)
+
+    summary = load_transactions.load_file(seeded_engine, path)
+
+    [(line, reason, raw)] = rejects(seeded_engine)
+    assert line == 3
+    assert reason == "txn_ref: 'b" + "x" * 99 + "… (1,000,001 characters)' is longer than 64 characters"
+    limit = load_transactions.MAX_RAW_RECORD_CHARS
+    assert raw == rows[1][:limit] + f"… [cut: {len(rows[1]):,} characters in all]"
+    assert loaded_refs(seeded_engine) == ["a", "c"]
+    assert_accounted(summary)
+
+
+def test_line_that_is_not_utf8_is_one_reject(seeded_engine, tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(f"{HEADER}\n{trade('a')}\nl\xe9,1001,AAPL,BUY,1,1,2025-01-02 10:00:00\n{trade('b')}\n"
+                     .encode("latin-1"))
+
+    load_transactions.load_file(seeded_engine, str(path))
+
+    assert rejects(seeded_engine) == [(3, "record: is not UTF-8 text", "l\ufffd,1001,AAPL,BUY,1,1,2025-01-02 10:00:00")]
+    assert loaded_refs(seeded_engine) == ["a", "b"]
+
+
+def test_nul_in_txn_ref_is_one_reject_on_postgresql(postgres_url, tmp_path):
+    engine = db_config.get_engine(postgres_url)
+    seed_investors.seed_reference_data(engine)
+    rows = [trade("a"), trade("n\x00ul"), trade("b")]
+    path = write(tmp_path, rows)
+
+    summary = load_transactions.load_file(engine, path)
+
+    assert rejects(engine) == [(3, "txn_ref: 'n\\x00ul' holds a character other than printable ASCII",
+                                rows[1].replace("\x00", "\\x00"))]
+    assert loaded_refs(engine) == ["a", "b"]
+    assert_accounted(summary)
+    engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------------- same values
+
+@pytest.mark.parametrize("first, again", [("999999999.9999", "999999999.9999"), ("10.5", "+10.5000")])
+def test_the_same_trade_sent_again_in_another_file_is_a_duplicate(seeded_engine, tmp_path, first, again):
+    load_transactions.load_file(seeded_engine, write(tmp_path, [trade("p", price=first, quantity=1)], "one.csv"))
+    second = write(tmp_path, [trade("q"), trade("p", price=again, quantity=1)], "two.csv")  # another file: no skip
+    summary = load_transactions.load_file(seeded_engine, second)
+
+    assert (summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (1, 1, 0)
+    with seeded_engine.connect() as connection:
+        stored = connection.execute(select(transactions.c.price).where(transactions.c.txn_ref == "p")).scalar()
+    assert Decimal(str(stored)) == Decimal(first)
+
+
+def test_a_price_one_ten_thousandth_apart_is_a_conflict(seeded_engine, tmp_path):
+    load_transactions.load_file(seeded_engine, write(tmp_path, [trade("p", price="999999999.9999", quantity=1)], "1.csv"))
+    summary = load_transactions.load_file(seeded_engine, write(tmp_path, [trade("p", price="999999999.9998",
+                                                                                quantity=1)], "2.csv"))
+
+    assert summary.rows_rejected == 1
+    assert rejects(seeded_engine)[0][1] == "txn_ref: 'p' conflicts with loaded trade 1 (batch 1, line 2)"
+
+
+def test_every_row_is_counted_once(seeded_engine, tmp_path):
+    rows = [trade("a"), trade("a"), trade("b", quantity=0), "", trade("c") + ",extra", trade("d")]
+    path = write(tmp_path, rows)
+
+    summary = load_transactions.load_file(seeded_engine, path, chunk_rows=2)
+
+    assert (summary.rows_read, summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (5, 2, 1, 2)
+    with seeded_engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(rejected_transactions)).scalar() == 2
