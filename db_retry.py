@@ -34,6 +34,6 @@ def with_retries(work, what, attempts=ATTEMPTS, pause_seconds=0.5):
         except Exception as error:
             if attempt == attempts or not is_transient(error):
                 raise
-            message = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            message = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
             logger.warning("%s: %s; trying again (attempt %d of %d)", what, message, attempt + 1, attempts)
             time.sleep(pause_seconds * attempt * (1 + random.random()))

@@ -213,3 +213,31 @@ def test_every_row_is_counted_once(seeded_engine, tmp_path):
     assert (summary.rows_read, summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (5, 2, 1, 2)
     with seeded_engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(rejected_transactions)).scalar() == 2
+
+
+# ---------------------------------------------------------------------------------------------- later updates
+
+def test_quantities_summing_past_32_bits_keep_the_update_working(seeded_engine, tmp_path):
+    import update_portfolio
+
+    rows = [trade("big", price="1", quantity=2147483647), "one,1001,AAPL,BUY,1,1,2025-01-02 10:00:01"]
+    load_transactions.load_file(seeded_engine, write(tmp_path, rows))
+
+    update_portfolio.update_portfolios(seeded_engine)
+    update_portfolio.update_portfolios(seeded_engine)  # and every later run
+
+    with seeded_engine.connect() as connection:
+        quantity, cost = connection.execute(select(
+            update_portfolio.portfolios.c.quantity, update_portfolio.portfolios.c.cost_basis)).one()
+    assert (quantity, Decimal(str(cost))) == (2147483648, Decimal(2147483648))
+
+
+@pytest.mark.parametrize("bad", ["2025-06-30 23:59:60", "１０.5"])
+def test_rows_that_would_break_later_updates_are_rejected(seeded_engine, tmp_path, bad):
+    import update_portfolio
+
+    row = (f"x,1001,AAPL,BUY,1,10,{bad}" if ":" in bad else f"x,1001,AAPL,BUY,1,{bad},2025-01-02 10:00:00")
+    summary = load_transactions.load_file(seeded_engine, write(tmp_path, [trade("a"), row]))
+
+    assert (summary.rows_loaded, summary.rows_rejected) == (1, 1)
+    assert update_portfolio.update_portfolios(seeded_engine).trades_applied == 1
