@@ -17,10 +17,10 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from sqlalchemy import and_, bindparam, delete, select, text, update
 
+import batches
 import cli
 import constants
 import db_config
-import load_transactions
 import risk_metrics
 from schema import alerts, investor_risk, load_batches, portfolios, symbol_last_trades, transactions
 
@@ -95,12 +95,12 @@ class UpdateSummary:
     seconds: float = 0.0
     full: bool = False
 
-    def line(self):
+    def line(self, seconds=True):
         mode = "full replay" if self.full else "incremental"
         return (f"update_portfolio ({mode}): {self.trades_applied} trades from {self.batches_applied} batch(es) applied "
                 f"to {self.positions_changed} positions ({self.positions_replayed} replayed for late trades), "
                 f"{self.oversells} oversells skipped, {self.investors_scored} investors scored, "
-                f"{self.alerts_raised} new alerts ({self.seconds:.2f} s)")
+                f"{self.alerts_raised} new alerts" + (f" ({self.seconds:.2f} s)" if seconds else ""))
 
 
 # ---------------------------------------------------------------------------------------------- reading trades
@@ -563,7 +563,7 @@ def update_portfolios(engine, full=False, today=None):
         write_positions(connection, positions, changed | late, stored_keys, now)
         write_latest_trades(connection, latest)
         summary.alerts_raised = sync_oversell_alerts(connection, oversells, late | (changed if full else set()), now)
-        load_transactions.stamp_batches(connection, batch_ids, "applied_at", now)
+        batches.stamp_batches(connection, batch_ids, "applied_at", now)
         params = risk_parameters(today)
         revalue_positions(connection, params, now)
         summary.investors_scored, _ = score_investors(connection, params, now)

@@ -79,7 +79,8 @@ def validate_trades(batch, context):
     second.
     """
     cells = {column: _trimmed(batch[column]) for column in TRADE_COLUMNS}
-    plain = {column: _printable_ascii(cells[column]) for column in TRADE_COLUMNS}
+    plain = {column: np.ones(len(batch), dtype=bool) if batch.attrs.get("printable_ascii")
+             else _printable_ascii(cells[column]) for column in TRADE_COLUMNS}
     symbol, txn_type = np.strings.upper(cells["stock_symbol"]), np.strings.upper(cells["txn_type"])
     investor_id = _whole_numbers(cells["investor_id"], plain["investor_id"])
     quantity = _whole_numbers(cells["quantity"], plain["quantity"])
