@@ -1,18 +1,23 @@
-"""Draw the portfolio and risk dashboards and print a plain-text summary.
+"""Draw the portfolio and risk dashboards and print a plain-text summary, or one investor's risk card.
 
 Last stage of the chain (after update_portfolio.py and surveillance.py). Reads portfolios, investor_risk,
-stocks and alerts; writes reports/dashboard.png (market value by investor and symbol, investor x sector
-concentration, risk levels, realized vs unrealized P&L, alerts by rule, market value by symbol) and
-reports/risk.png (alerts by day and rule, VaR and expected shortfall, drawdown and volatility), and prints
-totals, the 10 riskiest investors and alert counts. `--investor ID` also draws that investor's risk card,
-reports/investor_ID.png. Headless by default (cron, ssh); --show also opens the windows.
+stocks, alerts and transactions; writes reports/dashboard.png (market value by investor and symbol, investor x
+sector concentration, risk levels, realized vs unrealized P&L, alerts by rule, market value by symbol) and
+reports/risk.png (alerts by trade date and rule, VaR and expected shortfall, drawdown and volatility), and prints
+totals, the 10 riskiest investors and alert counts. `--investor ID` instead prints and draws only that investor's
+risk card, reports/investor_ID.png. Headless by default (cron, ssh); --show also opens the windows.
 """
+import functools
 import logging
+import math
 import os
 import sys
+import textwrap
 
 import matplotlib
 import pandas as pd
+from matplotlib import dates as mdates, ticker
+from matplotlib.lines import Line2D
 
 import cli
 import db_config
@@ -23,6 +28,14 @@ TOP_INVESTORS = 15  # bars per chart: readable at 100 investors
 TOP_SYMBOLS = 8
 HEATMAP_INVESTORS = 20
 RISK_COLORS = {"LOW": "#4caf50", "MEDIUM": "#ffc107", "HIGH": "#ff7043", "CRITICAL": "#c62828"}
+SIZE_LEGEND_WEIGHTS = (0.25, 0.5, 1.0)  # top position weights shown in the drawdown scatter's size legend
+WEEKLY_AFTER_DAYS = 60  # alerts spanning more days are counted per week
+OTHER_SHARE = 0.03  # sectors under 3% of an investor's market value share one 'Other' slice
+PIE_LABEL_SHARE = 0.05  # a wedge this big has room for its percentage
+MONEY_SUFFIXES = ((1e9, "B"), (1e6, "M"), (1e3, "k"))
+PNL_LABELS = {"realized_pnl": "realized P&L", "unrealized_pnl": "unrealized P&L"}
+LOSS_LABELS = {"var_95_1d": "1-day 95% VaR", "expected_shortfall_95_1d": "expected shortfall"}
+CARD_TEXT_WIDTH, CARD_TEXT_LINES = 105, 36  # characters and lines of the card's text panel at fontsize 7
 
 POSITIONS_SQL = """
 SELECT p.investor_id, p.stock_symbol, s.sector, p.quantity, p.market_value, p.cost_basis, p.realized_pnl,
@@ -38,10 +51,26 @@ FROM investor_risk r
 JOIN investors i ON i.investor_id = r.investor_id
 """
 ALERTS_SQL = """
-SELECT a.rule, a.severity, a.investor_id, a.stock_symbol, a.txn_ref, a.details, a.detected_at,
-       COALESCE(t.txn_time, a.detected_at) AS alert_time  -- a trade's alert belongs to the trade's day
-FROM alerts a
-LEFT JOIN transactions t ON t.txn_ref = a.txn_ref
+WITH investor_last_trades AS (
+    SELECT investor_id, MAX(last_txn_time) AS last_txn_time  -- the investor's latest trade over all positions
+    FROM portfolios
+    GROUP BY investor_id
+),
+dated_alerts AS (
+    SELECT a.rule, a.severity, a.investor_id, a.stock_symbol, a.txn_ref, a.details, a.detected_at,
+           t.txn_time,                           -- a trade's alert: the trade's time
+           p.last_txn_time AS position_time,     -- a position's alert (no trade): the position's last trade
+           i.last_txn_time AS investor_time      -- an investor's alert (no trade, no symbol): their last trade
+    FROM alerts a
+    LEFT JOIN transactions t ON t.txn_ref = a.txn_ref
+    LEFT JOIN portfolios p
+           ON a.txn_ref IS NULL AND p.investor_id = a.investor_id AND p.stock_symbol = a.stock_symbol
+    LEFT JOIN investor_last_trades i
+           ON a.txn_ref IS NULL AND a.stock_symbol IS NULL AND i.investor_id = a.investor_id
+)
+SELECT rule, severity, investor_id, stock_symbol, txn_ref, details, detected_at,
+       COALESCE(txn_time, position_time, investor_time, detected_at) AS alert_time
+FROM dated_alerts
 """
 TEXT_COLUMNS = ("name", "stock_symbol", "sector", "risk_level", "rule", "severity", "txn_ref", "details",
                 "detected_at", "alert_time")
@@ -56,6 +85,7 @@ def read_dashboard_data(engine):
         for column in frame.columns:
             if column not in TEXT_COLUMNS and not pd.api.types.is_numeric_dtype(frame[column]):
                 frame[column] = pd.to_numeric(frame[column])
+    frames["alerts"]["alert_time"] = pd.to_datetime(frames["alerts"]["alert_time"])  # SQLite returns text
     return frames
 
 
@@ -84,22 +114,44 @@ def summary_text(data):
     return "\n".join(lines)
 
 
-def draw_dashboard(data, path):
-    """Draw the six-panel dashboard to `path` (PNG)."""
-    import matplotlib.pyplot as plt
+def format_money(value, _position=None):
+    """A money tick label in currency units: $350k, $1.2M, -$40k, $75 (a matplotlib FuncFormatter)."""
+    sign, size = ("-" if value < 0 else ""), abs(value)
+    for divisor, suffix in MONEY_SUFFIXES:
+        if size >= divisor:
+            return f"{sign}${size / divisor:.2f}".rstrip("0").rstrip(".") + suffix
+    return f"{sign}${size:.2f}".rstrip("0").rstrip(".")
+
+
+def _money_axis(axis):
+    """Currency tick labels and no offset text ('1e6') on a matplotlib XAxis or YAxis."""
+    axis.set_major_formatter(ticker.FuncFormatter(format_money))
+
+
+def _set_theme():
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", font_scale=0.8)
+
+
+def _no_data(ax, message):
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+
+
+def draw_dashboard(data):
+    """The six-panel portfolio dashboard as a matplotlib Figure (the caller saves and closes it)."""
+    import matplotlib.pyplot as plt
+
+    _set_theme()
     figure, axes = plt.subplots(3, 2, figsize=(16, 17))
     _value_by_investor_and_symbol(axes[0, 0], data["positions"], data["investors"])
-    _sector_heatmap(axes[0, 1], data["positions"], data["investors"], sns)
-    _risk_levels(axes[1, 0], data["investors"], sns)
+    _sector_heatmap(axes[0, 1], data["positions"], data["investors"])
+    _risk_levels(axes[1, 0], data["investors"])
     _pnl(axes[1, 1], data["investors"])
-    _alerts_by_rule(axes[2, 0], data["alerts"], sns)
-    _value_by_symbol(axes[2, 1], data["positions"], sns)
+    _alerts_by_rule(axes[2, 0], data["alerts"])
+    _value_by_symbol(axes[2, 1], data["positions"])
     figure.suptitle("stock-etl portfolio and risk dashboard", fontsize=14)
     figure.tight_layout(rect=(0, 0, 1, 0.97))
-    figure.savefig(path, dpi=100)
     return figure
 
 
@@ -119,9 +171,13 @@ def _value_by_investor_and_symbol(ax, positions, investors):
         ax.legend(title="symbol", fontsize=7, ncol=3)
     ax.set(title=f"Market value by investor and symbol (top {TOP_INVESTORS} investors)", xlabel="market value",
            ylabel="investor")
+    ax.set_xlim(left=0)
+    _money_axis(ax.xaxis)
 
 
-def _sector_heatmap(ax, positions, investors, sns):
+def _sector_heatmap(ax, positions, investors):
+    import seaborn as sns
+
     top = _top_investors(investors, HEATMAP_INVESTORS)
     weights = positions[positions["investor_id"].isin(top)].pivot_table(
         index="investor_id", columns="sector", values="weight", aggfunc="sum", fill_value=0).reindex(top)
@@ -131,7 +187,9 @@ def _sector_heatmap(ax, positions, investors, sns):
     ax.set(title=f"Concentration: sector weights (top {HEATMAP_INVESTORS} investors by value)", xlabel="", ylabel="investor")
 
 
-def _risk_levels(ax, investors, sns):
+def _risk_levels(ax, investors):
+    import seaborn as sns
+
     counts = investors["risk_level"].value_counts().reindex(list(RISK_COLORS), fill_value=0)
     sns.barplot(x=counts.index, y=counts.values, hue=counts.index, palette=RISK_COLORS, legend=False, ax=ax)
     ax.set(title="Investors by risk level", xlabel="risk level", ylabel="investors")
@@ -140,14 +198,18 @@ def _risk_levels(ax, investors, sns):
 def _pnl(ax, investors):
     ranked = investors.assign(total=investors["realized_pnl"].abs() + investors["unrealized_pnl"].abs())
     top = ranked.sort_values("total", ascending=False).head(TOP_INVESTORS).sort_values("total")
-    top.set_index("investor_id")[["realized_pnl", "unrealized_pnl"]].plot.barh(ax=ax, color=["#1976d2", "#90caf9"])
+    top.set_index("investor_id")[list(PNL_LABELS)].rename(columns=PNL_LABELS).plot.barh(
+        ax=ax, color=["#1976d2", "#90caf9"])
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set(title=f"Realized vs unrealized P&L (top {TOP_INVESTORS} by size)", xlabel="P&L", ylabel="investor")
+    _money_axis(ax.xaxis)
 
 
-def _alerts_by_rule(ax, alert_rows, sns):
+def _alerts_by_rule(ax, alert_rows):
+    import seaborn as sns
+
     if alert_rows.empty:
-        ax.text(0.5, 0.5, "no alerts", ha="center", va="center", transform=ax.transAxes)
+        _no_data(ax, "no alerts")
     else:
         counts = alert_rows.groupby(["rule", "severity"]).size().reset_index(name="alerts")
         sns.barplot(data=counts, y="rule", x="alerts", hue="severity", ax=ax,
@@ -155,66 +217,114 @@ def _alerts_by_rule(ax, alert_rows, sns):
     ax.set(title="Alerts by rule", xlabel="alerts", ylabel="")
 
 
-def _value_by_symbol(ax, positions, sns):
+def _value_by_symbol(ax, positions):
+    import seaborn as sns
+
     values = positions.groupby("stock_symbol")["market_value"].sum().nlargest(TOP_INVESTORS)
     sns.barplot(x=values.values, y=values.index, ax=ax, color="#5c6bc0")
     ax.set(title=f"Market value by symbol (top {TOP_INVESTORS})", xlabel="market value", ylabel="")
+    _money_axis(ax.xaxis)
 
 
-def draw_risk_dashboard(data, path):
-    """Draw alerts by day and rule, VaR and expected shortfall, drawdown and volatility to `path` (PNG)."""
+def draw_risk_dashboard(data):
+    """Alerts by date and rule, VaR and expected shortfall, drawdown and volatility as a matplotlib Figure."""
     import matplotlib.pyplot as plt
 
+    _set_theme()
     figure, axes = plt.subplots(2, 2, figsize=(16, 11))
-    _alerts_by_day(axes[0, 0], data["alerts"])
-    _alerts_by_rule(axes[0, 1], data["alerts"], __import__("seaborn"))
+    _alerts_by_date(axes[0, 0], data["alerts"])
+    _alerts_by_rule(axes[0, 1], data["alerts"])
     _value_at_risk(axes[1, 0], data["investors"])
     _drawdown_and_volatility(axes[1, 1], data["investors"])
     figure.suptitle("stock-etl surveillance and risk metrics", fontsize=14)
     figure.tight_layout(rect=(0, 0, 1, 0.96))
-    figure.savefig(path, dpi=100)
     return figure
 
 
-def _alerts_by_day(ax, alert_rows):
+def alerts_by_date(alert_rows):
+    """Alert counts per day (per week, from Monday, when they span more than WEEKLY_AFTER_DAYS) and rule.
+
+    Returns (a DataFrame indexed by the first day of each bin, one column per rule; the bin length in days).
+    """
+    days = pd.to_datetime(alert_rows["alert_time"]).dt.normalize().rename("day")
+    table = pd.crosstab(days, alert_rows["rule"])
+    if (table.index.max() - table.index.min()).days <= WEEKLY_AFTER_DAYS:
+        return table, 1
+    return table.resample("W-MON", label="left", closed="left").sum(), 7
+
+
+def _alerts_by_date(ax, alert_rows):
+    ax.set(title="Alerts per day, by date of the trade and rule", ylabel="alerts",
+           xlabel="trade date; position alerts (no trade): the position's last trade, sector alerts: the investor's")
     if alert_rows.empty:
-        ax.text(0.5, 0.5, "no alerts", ha="center", va="center", transform=ax.transAxes)
-    else:
-        days = pd.to_datetime(alert_rows["alert_time"]).dt.to_period("D").dt.to_timestamp()
-        table = alert_rows.assign(day=days).pivot_table(index="day", columns="rule", values="severity",
-                                                        aggfunc="count", fill_value=0)
-        weekly = len(table) > 40
-        if weekly:  # a bar per week once there are many days
-            table = table.resample("W-MON", label="left", closed="left").sum()
-        table.index = table.index.strftime("%Y-%m-%d")
-        table.plot.bar(stacked=True, ax=ax, width=0.9, colormap="tab10")
-        step = max(1, len(table) // 12)
-        ax.set_xticks(range(0, len(table), step), table.index[::step], rotation=45, ha="right")
-        ax.legend(title="rule", fontsize=7)
-    ax.set(title="Alerts by day of the trade (by week when there are many days)", xlabel="", ylabel="alerts")
+        _no_data(ax, "no alerts")
+        return
+    table, bin_days = alerts_by_date(alert_rows)
+    position_rules = set(alert_rows["rule"]) - set(alert_rows.loc[alert_rows["txn_ref"].notna(), "rule"])
+    starts, bottom = table.index.to_pydatetime(), pd.Series(0, index=table.index)
+    for rule in table.columns:  # stacked bars, each spanning its day or week on a real time axis
+        ax.bar(starts, table[rule], width=0.9 * bin_days, bottom=bottom, align="edge",
+               label=f"{rule} (position)" if rule in position_rules else rule)
+        bottom = bottom + table[rule]
+    _date_axis(ax.xaxis)
+    ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.legend(title="rule", fontsize=7)
+    if bin_days == 7:
+        ax.set_title("Alerts per week (from Monday), by date of the trade and rule")
+
+
+def _date_axis(axis):
+    """Dates as ticks that fit: years, months or days as the span needs."""
+    locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
 def _value_at_risk(ax, investors):
     ranked = investors.dropna(subset=["var_95_1d"]).nlargest(TOP_INVESTORS, "var_95_1d").sort_values("var_95_1d")
     if ranked.empty:
-        ax.text(0.5, 0.5, "no price history", ha="center", va="center", transform=ax.transAxes)
+        _no_data(ax, "no price history")
     else:
-        ranked.set_index("investor_id")[["var_95_1d", "expected_shortfall_95_1d"]].plot.barh(
+        ranked.set_index("investor_id")[list(LOSS_LABELS)].rename(columns=LOSS_LABELS).plot.barh(
             ax=ax, color=["#ef6c00", "#b71c1c"])
-        ax.legend(["1-day 95% VaR", "expected shortfall"], fontsize=8)
-    ax.set(title=f"1-day 95% Value at Risk and expected shortfall (top {TOP_INVESTORS})", xlabel="currency",
+    ax.set(title=f"1-day 95% Value at Risk and expected shortfall (top {TOP_INVESTORS})", xlabel="loss",
            ylabel="investor")
+    _money_axis(ax.xaxis)
+
+
+def _marker_area(top_position_weight):
+    """Scatter marker area in points squared for a top position weight (0..1)."""
+    return 20 + 80 * top_position_weight
 
 
 def _drawdown_and_volatility(ax, investors):
+    ax.set(title="Max drawdown vs annualized volatility, one dot per investor", xlabel="annualized volatility",
+           ylabel="max drawdown")
     known = investors.dropna(subset=["portfolio_volatility"])
-    colors = known["risk_level"].map(RISK_COLORS)
-    ax.scatter(known["portfolio_volatility"], known["max_drawdown"], s=20 + 80 * known["top_position_weight"],
-               c=colors, alpha=0.8, edgecolors="black", linewidths=0.3)
+    if known.empty:
+        _no_data(ax, "no price history")
+        return
+    ax.scatter(known["portfolio_volatility"], known["max_drawdown"], s=_marker_area(known["top_position_weight"]),
+               c=known["risk_level"].map(RISK_COLORS), alpha=0.8, edgecolors="black", linewidths=0.3)
     for row in known.nlargest(5, "max_drawdown").itertuples():
         ax.annotate(str(row.investor_id), (row.portfolio_volatility, row.max_drawdown), fontsize=7)
-    ax.set(title="Max drawdown vs annualized volatility (size: top weight, colour: risk level)",
-           xlabel="annualized volatility", ylabel="max drawdown")
+    _scatter_legends(ax)
+    ax.xaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
+    ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
+
+
+def _scatter_legends(ax):
+    """Two legends for the drawdown scatter: colour is the risk level, size the top position weight."""
+    def dot(color, area):
+        return Line2D([], [], linestyle="", marker="o", markersize=area ** 0.5, markerfacecolor=color,
+                      markeredgecolor="black", markeredgewidth=0.3, alpha=0.8)
+
+    colours = ax.legend([dot(color, _marker_area(0.5)) for color in RISK_COLORS.values()], list(RISK_COLORS),
+                        title="risk level", loc="upper left", fontsize=7, title_fontsize=8)
+    ax.add_artist(colours)  # a second ax.legend() call would replace the first
+    ax.legend([dot("#9e9e9e", _marker_area(weight)) for weight in SIZE_LEGEND_WEIGHTS],
+              [f"{weight:.0%}" for weight in SIZE_LEGEND_WEIGHTS], title="top position weight", loc="lower right",
+              fontsize=7, title_fontsize=8, labelspacing=1.2, borderpad=0.8)
 
 
 def investor_card_text(data, investor_id):
@@ -239,54 +349,109 @@ def investor_card_text(data, investor_id):
     return "\n".join(lines)
 
 
-def draw_investor_card(data, investor_id, path):
-    """Draw one investor's risk card (holdings, P&L, sector weights, metrics and alerts) to `path` (PNG)."""
+def draw_investor_card(data, investor_id):
+    """One investor's risk card (holdings, P&L, sector weights, metrics and alerts) as a matplotlib Figure."""
     import matplotlib.pyplot as plt
 
-    held = data["positions"][(data["positions"]["investor_id"] == investor_id)]
-    figure, axes = plt.subplots(2, 2, figsize=(15, 10))
+    _set_theme()
+    held = data["positions"][data["positions"]["investor_id"] == investor_id]
     open_positions = held[held["quantity"] > 0].sort_values("market_value")
-    open_positions.plot.barh(x="stock_symbol", y="market_value", ax=axes[0, 0], legend=False, color="#5c6bc0")
-    axes[0, 0].set(title="Market value by holding", xlabel="market value", ylabel="")
-    held.set_index("stock_symbol")[["realized_pnl", "unrealized_pnl"]].plot.bar(ax=axes[0, 1],
-                                                                                 color=["#1976d2", "#90caf9"])
-    axes[0, 1].axhline(0, color="black", linewidth=0.8)
-    axes[0, 1].set(title="Realized and unrealized P&L by symbol", xlabel="", ylabel="P&L")
-    sectors = open_positions.groupby("sector")["weight"].sum()
-    if not sectors.empty:
-        axes[1, 0].pie(sectors.values, labels=sectors.index, autopct="%1.0f%%", textprops={"fontsize": 8})
-    axes[1, 0].set(title="Weights by sector")
+    figure, axes = plt.subplots(2, 2, figsize=(15, 10))
+    _holdings(axes[0, 0], open_positions)
+    _pnl_by_symbol(axes[0, 1], held)
+    _sector_pie(axes[1, 0], open_positions)
     axes[1, 1].axis("off")
-    axes[1, 1].text(0, 1, investor_card_text(data, investor_id).replace("  ", " "), va="top", family="monospace",
-                    fontsize=7, wrap=True)
+    axes[1, 1].text(0, 1, fit_card_text(investor_card_text(data, investor_id)), va="top", family="monospace",
+                    fontsize=7)
     figure.suptitle(f"Risk card: investor {investor_id}", fontsize=14)
     figure.tight_layout(rect=(0, 0, 1, 0.96))
-    figure.savefig(path, dpi=100)
     return figure
 
 
+def fit_card_text(text, width=CARD_TEXT_WIDTH, lines=CARD_TEXT_LINES):
+    """The card's text fitted to the panel: long lines wrapped, lines past the last replaced by how many were left."""
+    rows = [part for row in text.replace("  ", " ").splitlines()
+            for part in textwrap.wrap(row, width, subsequent_indent="      ") or [""]]
+    if len(rows) > lines:
+        rows = rows[:lines - 1] + [f"… {len(rows) - lines + 1} more lines: see the printed card"]
+    return "\n".join(rows)
+
+
+def _holdings(ax, open_positions):
+    open_positions.plot.barh(x="stock_symbol", y="market_value", ax=ax, legend=False, color="#5c6bc0")
+    ax.set(title="Market value by holding", xlabel="market value", ylabel="")
+    _money_axis(ax.xaxis)
+
+
+def _pnl_by_symbol(ax, held):
+    held.set_index("stock_symbol")[list(PNL_LABELS)].rename(columns=PNL_LABELS).plot.bar(
+        ax=ax, color=["#1976d2", "#90caf9"])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set(title="Realized and unrealized P&L by symbol", xlabel="", ylabel="P&L")
+    _money_axis(ax.yaxis)
+
+
+def sector_shares(open_positions):
+    """Each sector's share of the open market value, largest first; sectors under OTHER_SHARE together as 'Other'."""
+    shares = open_positions.groupby("sector")["market_value"].sum()
+    shares = (shares / shares.sum()).sort_values(ascending=False)
+    small = shares < OTHER_SHARE
+    if small.sum() < 2:  # one small sector keeps its name: 'Other' would hide it and save no room
+        return shares
+    other = pd.Series({f"Other ({small.sum()} sectors)": shares[small].sum()})
+    return pd.concat([shares[~small], other])
+
+
+def _sector_pie(ax, open_positions):
+    shares = sector_shares(open_positions) if open_positions["market_value"].sum() > 0 else pd.Series(dtype=float)
+    if shares.empty:
+        _no_data(ax, "no open positions")
+    else:  # names in a legend beside the pie, percentages on the wedges that have room for them
+        wedges, _texts = ax.pie(shares.values, startangle=90, counterclock=False,
+                                wedgeprops={"linewidth": 0.8, "edgecolor": "white"})
+        for wedge, share in zip(wedges, shares.values):
+            if share >= PIE_LABEL_SHARE:
+                ax.text(*_wedge_middle(wedge), f"{share:.0%}", ha="center", va="center", fontsize=8)
+        ax.legend(wedges, [f"{sector} {share:.1%}" for sector, share in shares.items()], loc="center left",
+                  bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    ax.set(title=f"Weights by sector (under {OTHER_SHARE:.0%} together as Other)")
+
+
+def _wedge_middle(wedge, radius=0.65):
+    """The point at `radius` of the pie's radius in the middle of a wedge's angle (where a percentage goes)."""
+    angle = math.radians((wedge.theta1 + wedge.theta2) / 2)
+    return wedge.center[0] + radius * wedge.r * math.cos(angle), wedge.center[1] + radius * wedge.r * math.sin(angle)
+
+
+def save_figures(figures, show=False):
+    """Write each Figure to its path (PNG), open the windows with `show`, then close them; return the paths."""
+    import matplotlib.pyplot as plt
+
+    try:
+        for path, figure in figures.items():
+            figure.savefig(path, dpi=100)
+        if show:
+            plt.show()
+    finally:
+        for figure in figures.values():  # a long-running caller (master_etl in a loop) must not pile up figures
+            plt.close(figure)
+    return list(figures)
+
+
 def analyze(engine, report_dir="reports", plots=True, show=False, investor_id=None):
-    """Print the summary (and an investor's card) and draw the dashboards; return the paths written."""
+    """Print the summary and draw both dashboards, or with `investor_id` only that investor's card; return the paths."""
     data = read_dashboard_data(engine)
-    print(summary_text(data))
-    if investor_id is not None:
-        print()
+    if investor_id is None:
+        print(summary_text(data))
+        drawings = {"dashboard.png": draw_dashboard, "risk.png": draw_risk_dashboard}
+    else:
         print(investor_card_text(data, investor_id))
+        drawings = {f"investor_{investor_id}.png": functools.partial(draw_investor_card, investor_id=investor_id)}
     if not plots or data["investors"].empty:
         return []
     os.makedirs(report_dir, exist_ok=True)
-    paths = [os.path.join(report_dir, "dashboard.png"), os.path.join(report_dir, "risk.png")]
-    import matplotlib.pyplot as plt
-
-    figures = [draw_dashboard(data, paths[0]), draw_risk_dashboard(data, paths[1])]
-    if investor_id is not None:
-        paths.append(os.path.join(report_dir, f"investor_{investor_id}.png"))
-        figures.append(draw_investor_card(data, investor_id, paths[-1]))
+    paths = save_figures({os.path.join(report_dir, name): draw(data) for name, draw in drawings.items()}, show)
     print(f"written: {', '.join(paths)}")
-    if show:
-        plt.show()
-    for figure in figures:  # a long-running caller (master_etl in a loop) must not pile up figures
-        plt.close(figure)
     return paths
 
 
@@ -295,7 +460,8 @@ def main(argv=None):
     parser.add_argument("--show", action="store_true", help="also open the dashboards in windows")
     parser.add_argument("--reports", default="reports", help="folder for the PNG files (default: %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="print the summary only")
-    parser.add_argument("--investor", type=int, metavar="ID", help="also print and draw this investor's risk card")
+    parser.add_argument("--investor", type=int, metavar="ID",
+                        help="print and draw only this investor's risk card (no summary, no dashboards)")
     args = parser.parse_args(argv)
     cli.setup_logging(args)
     if not args.show:

@@ -1,13 +1,23 @@
 """analyze.py: the headless dashboard PNG and the plain-text summary, whose numbers are checked by hand.
 
-Every database test runs on SQLite and on a fresh MariaDB database.
+Every database test runs on SQLite and on a fresh MariaDB database. The chart tests inspect the matplotlib
+Figures that the draw_* functions return (axes, ticks, bars, legends), drawn from SAMPLE frames in millions.
 """
+import re
+from datetime import datetime
 
+import matplotlib
+import pandas as pd
 import pytest
+from matplotlib import dates as mdates
+from matplotlib.legend import Legend
 
 import analyze
 import load_transactions
 import update_portfolio
+from schema import alerts
+
+matplotlib.use("Agg")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
@@ -18,6 +28,15 @@ TRADES = [
     "AN-4,1001,MSFT,SELL,2,290.25,2024-05-03 10:00:00",
     "AN-5,1002,TSLA,BUY,3,200.10,2024-05-02 10:00:00",
 ]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """The draw_* functions leave their Figure open for the caller: close what a test drew."""
+    import matplotlib.pyplot as plt
+
+    yield
+    plt.close("all")
 
 
 @pytest.fixture
@@ -119,3 +138,187 @@ def test_only_closed_positions(seeded_engine, database_url, tmp_path, capsys, he
     assert lines[2] == "Risk levels: LOW 1, MEDIUM 0, HIGH 0, CRITICAL 0"
     assert "Alerts: 0" in lines
     assert (tmp_path / "r" / "dashboard.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_investor_draws_only_the_card(analyzed, database_url, tmp_path, capsys, headless, monkeypatch):
+    """--investor ID prints and draws only that investor's card: no summary, no dashboards."""
+    def no_dashboard(data):
+        raise AssertionError("--investor must not draw the dashboards")
+
+    monkeypatch.setattr(analyze, "draw_dashboard", no_dashboard)
+    monkeypatch.setattr(analyze, "draw_risk_dashboard", no_dashboard)
+    reports = tmp_path / "r"
+    assert analyze.main(["--database-url", database_url, "--reports", str(reports), "--investor", "1002"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Investor 1002 Bob Smith: risk 80.00 CRITICAL, market value 600.30")
+    assert "10 riskiest investors:" not in out
+    assert out.splitlines()[-1] == f"written: {reports / 'investor_1002.png'}"
+    assert sorted(path.name for path in reports.iterdir()) == ["investor_1002.png"]
+
+
+def _at(text):
+    return datetime.fromisoformat(text)
+
+
+def test_alerts_dated_by_trade_or_position(analyzed, capsys):
+    """A trade's alert sits on the trade's date; a position alert (no trade) on the position's last trade; a sector
+    alert on the investor's last trade; an alert whose position is gone on detected_at. The axis is a date axis."""
+    detected = _at("2024-05-20 12:00:00")
+    with analyzed.begin() as connection:
+        connection.execute(alerts.insert(), [
+            {"alert_key": "LARGE_TRADE:AN-1", "rule": "LARGE_TRADE", "severity": "HIGH", "investor_id": 1001,
+             "stock_symbol": "AAPL", "txn_ref": "AN-1", "detected_at": detected, "details": "large"},
+            {"alert_key": "SECTOR_CONCENTRATION:1002:Consumer Discretionary", "rule": "SECTOR_CONCENTRATION",
+             "severity": "HIGH", "investor_id": 1002, "stock_symbol": None, "txn_ref": None,
+             "detected_at": detected, "details": "sector"},
+            {"alert_key": "CONCENTRATION:1003:KO", "rule": "CONCENTRATION", "severity": "HIGH", "investor_id": 1003,
+             "stock_symbol": "KO", "txn_ref": None, "detected_at": detected, "details": "no position"},
+        ])
+    data = analyze.read_dashboard_data(analyzed)
+    times = {(row.rule, row.investor_id): row.alert_time for row in data["alerts"].itertuples()}
+    # TRADES: AN-1 (1001 AAPL) 2024-05-02; 1001 AAPL last traded 2024-05-03 (AN-2); 1002 TSLA only 2024-05-02
+    assert times == {
+        ("LARGE_TRADE", 1001): pd.Timestamp("2024-05-02 10:00:00"),
+        ("CONCENTRATION", 1001): pd.Timestamp("2024-05-03 10:00:00"),  # raised by update_portfolio, detected now
+        ("CONCENTRATION", 1002): pd.Timestamp("2024-05-02 10:00:00"),
+        ("SECTOR_CONCENTRATION", 1002): pd.Timestamp("2024-05-02 10:00:00"),
+        ("CONCENTRATION", 1003): pd.Timestamp(detected),
+    }
+
+    ax = _axes_titled(analyze.draw_risk_dashboard(data), "Alerts per day")
+    assert isinstance(ax.xaxis.get_major_locator(), mdates.DateLocator)
+    assert isinstance(ax.xaxis.get_major_formatter(), mdates.ConciseDateFormatter)
+    assert [mdates.num2date(limit).year for limit in ax.get_xlim()] == [2024, 2024]  # date numbers, not 0..n
+    assert _bars_by_day(ax) == {
+        "LARGE_TRADE": {"2024-05-02": 1},
+        "CONCENTRATION (position)": {"2024-05-02": 1, "2024-05-03": 1, "2024-05-20": 1},
+        "SECTOR_CONCENTRATION (position)": {"2024-05-02": 1},
+    }
+    assert "position's last trade" in ax.get_xlabel()
+
+
+def _axes_titled(figure, start):
+    (ax,) = [ax for ax in figure.axes if ax.get_title().startswith(start)]
+    return ax
+
+
+def _bars_by_day(ax):
+    """{legend label: {day a bar starts: its height}} of a stacked bar chart, zero-height bars left out."""
+    return {container.get_label(): {mdates.num2date(bar.get_x()).strftime("%Y-%m-%d"): round(bar.get_height())
+                                    for bar in container if bar.get_height() > 0}
+            for container in ax.containers}
+
+
+def test_alerts_over_months_are_counted_per_week():
+    """Alerts spanning more than WEEKLY_AFTER_DAYS go in weekly bins starting on Mondays, in date order."""
+    rows = pd.DataFrame({"rule": ["BURST", "BURST", "LARGE_TRADE", "BURST"], "txn_ref": ["a", "b", "c", "d"],
+                         "alert_time": pd.to_datetime(["2026-12-02 09:00", "2026-02-12 15:00", "2026-02-13 10:00",
+                                                       "2026-02-16 10:00"])})
+    table, bin_days = analyze.alerts_by_date(rows)
+    assert bin_days == 7
+    assert (table.index.day_of_week == 0).all() and table.index.is_monotonic_increasing
+    # 2026-02-12 (Thu) and 02-13 (Fri) are in the week of Monday 02-09; 02-16 is a Monday; 12-02 in the week of 11-30
+    assert table.loc["2026-02-09"].to_dict() == {"BURST": 1, "LARGE_TRADE": 1}
+    assert table.loc["2026-02-16"].to_dict() == {"BURST": 1, "LARGE_TRADE": 0}
+    assert table.loc["2026-11-30"].to_dict() == {"BURST": 1, "LARGE_TRADE": 0}
+    assert table.to_numpy().sum() == 4
+
+
+SECTORS = [  # symbol, sector, market value: 11 sectors, 6 of them under 3% of 10.2M
+    ("AAPL", "Technology", 4_000_000), ("JPM", "Financials", 2_500_000), ("XOM", "Energy", 1_500_000),
+    ("UNH", "Health Care", 1_200_000), ("KO", "Consumer Staples", 500_000), ("CAT", "Industrials", 200_000),
+    ("NEE", "Utilities", 100_000), ("AMT", "Real Estate", 80_000), ("LIN", "Materials", 60_000),
+    ("NFLX", "Communication Services", 40_000), ("TSLA", "Consumer Discretionary", 20_000)]
+
+
+def sample_data():
+    """read_dashboard_data's frames for two investors with positions in millions (matplotlib's '1e6' range)."""
+    total = sum(value for _, _, value in SECTORS)
+    positions = pd.DataFrame([
+        {"investor_id": 1001, "stock_symbol": symbol, "sector": sector, "quantity": 1000, "market_value": value,
+         "cost_basis": value * 0.9, "realized_pnl": value * 0.3, "unrealized_pnl": -value * 0.2,
+         "weight": value / total, "risk_score": 30.0, "risk_level": "LOW"} for symbol, sector, value in SECTORS]
+        + [{"investor_id": 1002, "stock_symbol": "AAPL", "sector": "Technology", "quantity": 9000,
+            "market_value": 3_600_000, "cost_basis": 3_000_000, "realized_pnl": 0.0, "unrealized_pnl": 600_000,
+            "weight": 1.0, "risk_score": 80.0, "risk_level": "CRITICAL"}])
+    investors = pd.DataFrame([
+        {"investor_id": 1001, "name": "Alice Johnson", "total_market_value": total, "total_cost_basis": total * 0.9,
+         "realized_pnl": total * 0.3, "unrealized_pnl": -total * 0.2, "open_positions": len(SECTORS),
+         "top_position_weight": 4_000_000 / total, "hhi": 0.25, "top_sector_weight": 4_000_000 / total,
+         "risk_score": 45.0, "risk_level": "MEDIUM", "portfolio_volatility": 0.18, "var_95_1d": 1_400_000,
+         "expected_shortfall_95_1d": 1_900_000, "max_drawdown": 0.22},
+        {"investor_id": 1002, "name": "Bob Smith", "total_market_value": 3_600_000, "total_cost_basis": 3_000_000,
+         "realized_pnl": 0.0, "unrealized_pnl": 600_000, "open_positions": 1, "top_position_weight": 1.0,
+         "hhi": 1.0, "top_sector_weight": 1.0, "risk_score": 80.0, "risk_level": "CRITICAL",
+         "portfolio_volatility": 0.35, "var_95_1d": 2_600_000, "expected_shortfall_95_1d": 3_100_000,
+         "max_drawdown": 0.41}])
+    alert_rows = pd.DataFrame([
+        {"rule": "CONCENTRATION", "severity": "HIGH", "investor_id": 1002, "stock_symbol": "AAPL", "txn_ref": None,
+         "details": "AAPL is 100.0%", "detected_at": "2026-12-03 03:00:00",
+         "alert_time": pd.Timestamp("2026-02-12 10:00:00")}])
+    return {"positions": positions, "investors": investors, "alerts": alert_rows}
+
+
+@pytest.mark.parametrize("value, text", [
+    (0, "$0"), (75, "$75"), (0.5, "$0.5"), (350_000, "$350k"), (1_200_000, "$1.2M"), (1_250_000, "$1.25M"),
+    (-40_000, "-$40k"), (2_500_000_000, "$2.5B")])
+def test_format_money(value, text):
+    assert analyze.format_money(value) == text
+
+
+def test_money_axes_are_currency_without_offset():
+    """Every money axis of the three figures has $ tick labels ($1.2M, $350k) and no '1e6' offset text."""
+    data = sample_data()
+    figures = [analyze.draw_dashboard(data), analyze.draw_risk_dashboard(data), analyze.draw_investor_card(data, 1001)]
+    money_axes = []
+    for figure in figures:
+        figure.canvas.draw()
+        money_axes += [ax.xaxis for ax in figure.axes if ax.get_xlabel() in ("market value", "P&L", "loss")]
+        money_axes += [ax.yaxis for ax in figure.axes if ax.get_ylabel() == "P&L"]
+    # dashboard: value by investor and symbol, P&L, value by symbol; risk: VaR; card: holdings, P&L by symbol
+    assert len(money_axes) == 6
+    for axis in money_axes:
+        labels = [label.get_text() for label in axis.get_ticklabels() if label.get_text()]
+        assert axis.get_offset_text().get_text() == ""
+        assert labels and all(re.fullmatch(r"-?\$\d+(\.\d+)?[kMB]?", label) for label in labels), labels
+        assert any(label.endswith("M") for label in labels), labels
+
+
+def test_drawdown_scatter_has_colour_and_size_legends():
+    """The drawdown/volatility scatter explains its colours (risk level) and sizes (top position weight)."""
+    ax = _axes_titled(analyze.draw_risk_dashboard(sample_data()), "Max drawdown vs annualized volatility")
+    legends = {legend.get_title().get_text(): legend for legend in ax.get_children() if isinstance(legend, Legend)}
+    assert {title: [text.get_text() for text in legend.get_texts()] for title, legend in legends.items()} == {
+        "risk level": ["LOW", "MEDIUM", "HIGH", "CRITICAL"], "top position weight": ["25%", "50%", "100%"]}
+    colours = [handle.get_markerfacecolor() for handle in legends["risk level"].legend_handles]
+    assert colours == list(analyze.RISK_COLORS.values())
+    # investor 1002's top weight is 100%: its dot is as big as the legend's 100% marker
+    (dots,) = ax.collections
+    largest = legends["top position weight"].legend_handles[-1].get_markersize() ** 2
+    assert dots.get_sizes()[1] == pytest.approx(largest)
+
+
+def test_sector_shares_group_small_sectors():
+    """Sectors under 3% of the open market value share one 'Other' slice; a lone small sector keeps its name."""
+    positions = pd.DataFrame(SECTORS, columns=["stock_symbol", "sector", "market_value"])
+    shares = analyze.sector_shares(positions)
+    assert shares.index.tolist() == ["Technology", "Financials", "Energy", "Health Care", "Consumer Staples",
+                                     "Other (6 sectors)"]
+    assert shares["Other (6 sectors)"] == pytest.approx(500_000 / 10_200_000)
+    lone = analyze.sector_shares(positions.iloc[:6])  # Industrials is 200k of 9.9M, 2.0%
+    assert lone.index[-1] == "Industrials"
+
+
+def test_sector_pie_labels_do_not_overlap():
+    """The card's pie has one wedge per sector of 3% or more plus Other, names with percentages in a legend, and
+    no two texts on the pie overlapping."""
+    figure = analyze.draw_investor_card(sample_data(), 1001)
+    figure.canvas.draw()
+    ax = _axes_titled(figure, "Weights by sector")
+    assert len(ax.patches) == 6
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == [
+        "Technology 39.2%", "Financials 24.5%", "Energy 14.7%", "Health Care 11.8%", "Consumer Staples 4.9%",
+        "Other (6 sectors) 4.9%"]
+    boxes = [text.get_window_extent() for text in ax.texts if text.get_text()]
+    assert len(boxes) == 4  # percentages on the wedges of 5% or more only
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
