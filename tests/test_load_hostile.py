@@ -241,3 +241,25 @@ def test_rows_that_would_break_later_updates_are_rejected(seeded_engine, tmp_pat
 
     assert (summary.rows_loaded, summary.rows_rejected) == (1, 1)
     assert update_portfolio.update_portfolios(seeded_engine).trades_applied == 1
+
+
+def test_prices_file_rejects_what_trade_rules_reject_and_keeps_the_rest(seeded_engine, tmp_path):
+    from schema import market_prices
+
+    path = tmp_path / "market_prices.csv"
+    path.write_bytes("stock_symbol,price_date,close_price\nAAPL,2024-01-02,190.5\nAAPL,2024-01-03,１９０\n"
+                     "AAPL,2024-01-04,190.12345\nAAPL,2024-01-05,1e3\nAA\rPL,2024-01-08,1\nAAPL,２０２４-01-09,1\n"
+                     "AAPL,2024-01-10,190.25,\nAAPL,2024-01-11,\"190.5\n".encode("utf-8"))
+
+    summary = load_transactions.load_prices_file(seeded_engine, str(path))
+
+    close_problem = "is not a plain decimal > 0 and below 1,000,000,000 with at most 4 decimals"
+    assert summary.rejects == [
+        (3, f"close_price: '１９０' {close_problem}"), (4, f"close_price: '190.12345' {close_problem}"),
+        (5, f"close_price: '1e3' {close_problem}"), (6, "record: holds a carriage return inside the line"),
+        (7, "price_date: '２０２４-01-09' is not a real date YYYY-MM-DD"),
+        (9, "record: a quoted field is not closed (within 10 lines)")]
+    assert (summary.rows_new, summary.rows_changed) == (2, 0)
+    with seeded_engine.connect() as connection:
+        assert sorted(Decimal(str(close)) for close in connection.execute(
+            select(market_prices.c.close_price)).scalars()) == [Decimal("190.25"), Decimal("190.5")]
