@@ -68,38 +68,30 @@ DEFAULT_ROWS = 1_000_000
 SEED = 7
 RAW_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time")
 DATABASES = ("sqlite", "mariadb")
-# Functions whose cumulative time (under cProfile) splits a load into phases; names of earlier and later
-# versions of the loader are listed, and only those found in a profile are shown.
+# Functions whose cumulative time (under cProfile) splits a load into phases.
 PHASES = (
     ("load_transactions.py", "load_file", "load_file (total, profiled)"),
     ("validation.py", "file_sha256", "file_sha256 (SHA-256 of the file)"),
     ("load_transactions.py", "iter_batches", "iter_batches: read + parse chunks"),
-    ("load_transactions.py", "_parse_lines", "  _parse_lines"),
-    ("load_transactions.py", "_read_well_formed", "    _read_well_formed (pandas C parser)"),
-    ("load_transactions.py", "_decoded", "    _decoded"),
-    ("load_transactions.py", "_parse_lines_one_by_one", "    _parse_lines_one_by_one (csv module)"),
+    ("load_transactions.py", "parse_chunk", "  parse_chunk"),
+    ("load_transactions.py", "_plain_data", "    _plain_data (byte-level check for the fast path)"),
+    ("load_transactions.py", "_parse_records", "    _parse_records (csv module, record by record)"),
     ("load_transactions.py", "_trade_batch", "    _trade_batch (DataFrame of text cells)"),
     ("load_transactions.py", "prepare_chunk", "prepare_chunk (validate, set repeats aside)"),
     ("validation.py", "validate_trades", "validate_trades"),
     ("validation.py", "_date_times", "  _date_times"),
     ("validation.py", "_whole_numbers", "  _whole_numbers"),
     ("validation.py", "_plain_decimals", "  _plain_decimals"),
+    ("validation.py", "_printable_ascii", "  _printable_ascii"),
     ("validation.py", "_reasons", "  _reasons"),
-    ("load_transactions.py", "split_repeats", "split_repeats"),
-    ("bulk_insert.py", "row_tuples", "row_tuples (DataFrame -> tuples)"),
-    ("bulk_insert.py", "_row_tuples", "_row_tuples (DataFrame -> tuples)"),
-    ("load_transactions.py", "load_chunk", "load_chunk (validate + insert one chunk)"),
     ("load_transactions.py", "store_chunk", "store_chunk (insert + classify one chunk)"),
-    ("bulk_insert.py", "insert_trades", "  insert_trades"),
-    ("bulk_insert.py", "insert_rows", "  insert_rows"),
     ("bulk_insert.py", "_insert_sqlite", "    _insert_sqlite (executemany)"),
     ("bulk_insert.py", "_load_data_local_infile", "    _load_data_local_infile (TSV + LOAD DATA)"),
     ("bulk_insert.py", "_insert_ignore_mysql", "    _insert_ignore_mysql"),
-    ("load_transactions.py", "reconcile_skipped", "  reconcile_skipped"),
     ("load_transactions.py", "skipped_rows", "  skipped_rows"),
     ("load_transactions.py", "classify_against_stored", "  classify_against_stored"),
     ("load_transactions.py", "store_rejects", "  store_rejects"),
-    ("load_transactions.py", "finish_batch", "finish_batch"),
+    ("batches.py", "finish_batch", "finish_batch"),
     ("load_transactions.py", "in_background", "in_background (waiting on the worker process)"),
 )
 
@@ -695,7 +687,7 @@ def code_state():
         except (OSError, subprocess.SubprocessError):
             return None
     import hashlib
-    modules = ("load_transactions.py", "bulk_insert.py", "validation.py", "db_config.py", "schema.py",
+    modules = ("load_transactions.py", "bulk_insert.py", "validation.py", "batches.py", "db_config.py", "schema.py",
                "seed_investors.py", "generate_dummy_data.py", "constants.py", "cli.py")
     digests = {}
     for name in modules:
