@@ -2,11 +2,13 @@
 
 One interface, `insert_columns(connection, columns) -> rows inserted`, over:
 SQLite `INSERT OR IGNORE` executemany; MySQL/MariaDB `LOAD DATA LOCAL INFILE ... IGNORE` (falling back to
-`INSERT IGNORE` executemany when the server or client has local_infile off); PostgreSQL `COPY` into a staging
+`INSERT IGNORE` executemany when the server or client has local_infile off; the server may read only the
+temporary file written for the statement, see db_config.local_file_allowed); PostgreSQL `COPY` into a staging
 table then `INSERT ... ON CONFLICT DO NOTHING`; any other database a portable SQLAlchemy insert of the refs
 not yet present. Skipping rather than failing on an existing txn_ref keeps two loaders at once safe; the
 caller reconciles the count (see load_transactions).
 """
+import glob
 import logging
 import os
 import tempfile
@@ -16,6 +18,8 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+import batches
+import db_config
 from schema import transactions
 
 logger = logging.getLogger(__name__)
@@ -25,6 +29,7 @@ INSERT_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantit
 MYSQL_BATCH_ROWS = 10_000
 MYSQL_LOCAL_INFILE_REFUSED = {1148, 2068, 3948}  # not allowed / rejected by client / disabled on server
 LOOKUP_SLICE = 500  # bound parameters per IN (...) lookup
+TEMP_FILE_PREFIX = "stock-etl-load-"  # then the writer's pid: stock-etl-load-<pid>-<random>.tsv
 
 
 def insert_columns(connection, columns, method=None, tsv=None):
@@ -88,18 +93,34 @@ def _insert_mysql(connection, columns, tsv=None):
 
 
 def _load_data_local_infile(connection, tsv):
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="\n", suffix=".tsv", delete=False)
+    handle = tempfile.NamedTemporaryFile(  # readable by its owner only (0600), as NamedTemporaryFile makes it
+        "w", encoding="utf-8", newline="\n", prefix=f"{TEMP_FILE_PREFIX}{os.getpid()}-", suffix=".tsv", delete=False)
     try:
         with handle:
             handle.write(tsv)
-        result = connection.exec_driver_sql(
-            f"LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE transactions CHARACTER SET utf8mb4 "
-            f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({', '.join(INSERT_COLUMNS)})",
-            (handle.name,),
-        )
+        with db_config.local_file_allowed(connection.connection.dbapi_connection, handle.name):
+            result = connection.exec_driver_sql(
+                f"LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE transactions CHARACTER SET utf8mb4 "
+                f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({', '.join(INSERT_COLUMNS)})",
+                (handle.name,),
+            )
         return result.rowcount
     finally:
         os.unlink(handle.name)
+
+
+def remove_stale_temp_files():
+    """Remove the LOAD DATA files of loaders that are gone (killed mid-load); return how many were removed."""
+    removed = 0
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{TEMP_FILE_PREFIX}*.tsv")):
+        pid = os.path.basename(path)[len(TEMP_FILE_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and batches.process_start(int(pid)) is None:
+            try:
+                os.unlink(path)
+                removed += 1
+            except OSError:  # removed by another loader meanwhile, or another user's file
+                continue
+    return removed
 
 
 def _needs_escaping(column):

@@ -1,18 +1,28 @@
 """Command-line conventions shared by every stage: common options, logging, errors and exit codes (SPEC §1).
 
 Exit codes: 0 success, 1 runtime failure (database unreachable, a stage failed), 2 usage or input error.
-A known error ends the script with one line on stderr; `--verbose` adds the traceback.
+An error a user can act on ends the script with one line on stderr, never showing a credential of the database URL;
+`--verbose` adds the traceback.
 """
 import argparse
+import csv
+import importlib
 import logging
+import signal
 import sys
+import threading
 import traceback
 
+import pandas
 from sqlalchemy.exc import SQLAlchemyError
 
-from db_config import DatabaseUnavailable
+import db_config
+from db_config import DatabaseUnavailable, DatabaseUrlError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DRIVER_ERRORS = ("sqlite3.Error", "pymysql.Error", "psycopg.Error")  # where a stage uses a driver's API directly
+QUEUE_ERRORS = ("pika.exceptions.AMQPError",)  # the feed's message queue, when pika is installed
+INPUT_FORMAT_ERRORS = (csv.Error, pandas.errors.ParserError, pandas.errors.EmptyDataError)
 
 
 class InputError(Exception):
@@ -26,7 +36,8 @@ class StageError(RuntimeError):
 def make_parser(description):
     """An ArgumentParser with the options every stage takes."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///stock_investments.db)")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default: $DATABASE_URL, else "
+                                                 "stock_investments.db in the project folder)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and the summary only (for cron)")
     return parser
@@ -49,35 +60,71 @@ def progress_enabled(args):
 
 
 def run(work, args, name):
-    """Call work(), turning known errors into one stderr line and the SPEC exit code."""
+    """Call work(), turning every error into one stderr line and the SPEC exit code.
+
+    SIGTERM (a service manager, `kill`) ends the work like Ctrl+C: what is in progress is rolled back and
+    recorded as failed. An exception no rule describes is a bug: exit 1, its traceback with --verbose.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
     try:
         return work()
-    except InputError as error:
-        return _fail(f"{name}: {error}", EXIT_USAGE, args)
-    except (DatabaseUnavailable, StageError) as error:
-        return _fail(f"{name}: {error}", EXIT_FAILURE, args)
-    except (SQLAlchemyError, *driver_errors()) as error:
-        message = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        return _fail(f"{name}: database error: {message}", EXIT_FAILURE, args)
     except KeyboardInterrupt:
         return _fail(f"{name}: interrupted", EXIT_FAILURE, args)
+    except Exception as error:
+        code, message = describe_error(error) or (
+            EXIT_FAILURE, f"unexpected error (a bug; --verbose shows where): {type(error).__name__}: "
+                          f"{db_config.error_line(error)}")
+        return _fail(f"{name}: {message}", code, args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def driver_errors():
-    """The database drivers' own error classes (raised where a stage uses a driver's bulk API directly)."""
-    import sqlite3
+def _in_main_thread():
+    return threading.current_thread() is threading.main_thread()
 
-    errors = [sqlite3.Error]
-    for module, name in (("pymysql", "Error"), ("psycopg", "Error")):
+
+def _interrupt(_signal_number, _frame):
+    raise KeyboardInterrupt("terminated (SIGTERM)")
+
+
+def describe_error(error):
+    """(exit code, one-line message) for an error a user can act on (SPEC §1); None for anything else."""
+    if isinstance(error, (InputError, DatabaseUrlError)):
+        return EXIT_USAGE, str(error)
+    if isinstance(error, (DatabaseUnavailable, StageError)):
+        return EXIT_FAILURE, str(error)
+    if isinstance(error, pandas.errors.DatabaseError):  # wraps the database's error; also an OSError
+        return EXIT_FAILURE, f"database error: {db_config.error_line(error.__cause__ or error)}"
+    if isinstance(error, (SQLAlchemyError, *installed_errors(DRIVER_ERRORS))):
+        return EXIT_FAILURE, f"database error: {db_config.error_line(error)}"
+    if isinstance(error, installed_errors(QUEUE_ERRORS)):
+        return EXIT_FAILURE, f"message queue error: {db_config.error_line(error)}"
+    if isinstance(error, INPUT_FORMAT_ERRORS):
+        return EXIT_USAGE, f"unreadable CSV: {db_config.error_line(error)}"
+    if isinstance(error, OSError):  # a file the user named (missing, unreadable, unwritable) is input to fix
+        code = EXIT_FAILURE if error.filename is None else EXIT_USAGE
+        where = "system error" if error.filename is None else error.filename
+        return code, f"{where}: {error.strerror or db_config.error_line(error)}"
+    return None
+
+
+def installed_errors(names):
+    """The exception classes named 'module.Class' whose module is installed."""
+    classes = []
+    for name in names:
+        module, _, attribute = name.rpartition(".")
         try:
-            errors.append(getattr(__import__(module), name))
+            classes.append(getattr(importlib.import_module(module), attribute))
         except ImportError:
             continue
-    return tuple(errors)
+    return tuple(classes)
 
 
 def _fail(message, code, args):
+    """Print the error line (and with --verbose the traceback first), credentials hidden; return the code."""
+    url = getattr(args, "database_url", None)
     if args.verbose:
-        traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+        print(db_config.hide_secrets(traceback.format_exc(), url), file=sys.stderr, end="")
+    print(f"error: {db_config.hide_secrets(message, url)}", file=sys.stderr)
     return code

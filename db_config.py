@@ -1,79 +1,186 @@
 """One SQLAlchemy engine for every stage: where the database is, how to connect, and the schema on first use.
 
-DATABASE_URL comes from `--database-url`, else the environment, else a `.env` file (python-dotenv, which never
-overrides what the environment already sets), else the embedded default `sqlite:///stock_investments.db`.
-A URL is only ever shown with its password hidden.
+DATABASE_URL comes from `--database-url`, else the environment, else the project folder's `.env` file
+(python-dotenv, which never overrides what the environment already sets), else the embedded default: the file
+stock_investments.db in the project folder (the folder of this file), from whatever folder a script runs.
+A relative path written in a URL (`sqlite:///x.db`) stays relative to the working directory, as in SQLAlchemy.
+`mysql://` and `mariadb://` mean PyMySQL, `postgresql://` and `postgres://` psycopg. A missing MySQL or
+PostgreSQL database is created when the user may. A URL is only ever shown with its credentials hidden.
 """
 import logging
 import os
-from contextlib import contextmanager
+import re
+from contextlib import contextmanager, suppress
+from urllib.parse import unquote, unquote_plus
 
+import pymysql
 from dotenv import load_dotenv
+from pymysql.constants import CLIENT
+from pymysql.protocol import LoadLocalPacketWrapper
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
 
 import schema
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATABASE_URL = "sqlite:///stock_investments.db"
+PROJECT_FOLDER = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DATABASE_FILE = os.path.join(PROJECT_FOLDER, "stock_investments.db")
+DEFAULT_DATABASE_URL = URL.create("sqlite", database=DEFAULT_DATABASE_FILE).render_as_string()
 SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys = ON",
     "PRAGMA journal_mode = WAL",  # readers never block the loader, nor the loader them
     "PRAGMA synchronous = NORMAL",  # durable at every checkpoint, safe with WAL
     "PRAGMA busy_timeout = 60000",  # wait up to 60 s for another stage's write instead of failing
 )
+BACKEND_ALIASES = {"mariadb": "mysql", "postgres": "postgresql"}
+DEFAULT_DRIVERS = {"mysql": "pymysql", "postgresql": "psycopg"}  # the drivers requirements.txt installs
+DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")  # a server database name is pasted into CREATE DATABASE
+CREDENTIAL_KEY = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)  # URL query keys hidden
+CREATE_DATABASE = {  # backend: (maintenance database to connect to, statement)
+    "mysql": (None, "CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
+    "postgresql": ("postgres", "CREATE DATABASE {name}"),
+}
 MYSQL_UNKNOWN_DATABASE = 1049
+POSTGRES_UNKNOWN_DATABASE, POSTGRES_DUPLICATE_DATABASE = "3D000", "42P04"  # SQLSTATEs
 
-load_dotenv()
+load_dotenv(os.path.join(PROJECT_FOLDER, ".env"))
 
 
 class DatabaseUnavailable(RuntimeError):
-    """The database cannot be reached or opened; the message is fit for the user."""
+    """The database cannot be reached, opened or created; the message is fit for the user."""
+
+
+class DatabaseUrlError(Exception):
+    """The database URL is malformed or names a database type, driver or name this project cannot use."""
+
+
+def project_path(*parts):
+    """A path in the project folder (the folder of db_config.py), whatever the working directory."""
+    return os.path.join(PROJECT_FOLDER, *parts)
 
 
 def database_url(override=None):
-    """The URL to use: the override, else DATABASE_URL, else the SQLite default."""
+    """The URL to use: the override, else DATABASE_URL, else the SQLite default in the project folder."""
     return override or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
+def parse_url(url):
+    """The URL with the project's drivers filled in and its server database name checked.
+
+    Raises DatabaseUrlError with a one-line reason that never contains a credential.
+    """
+    try:
+        parsed = _with_driver(make_url(url))
+    except ValueError:  # SQLAlchemy's int() of the port
+        raise DatabaseUrlError(_invalid_url(url, "the port is not a number")) from None
+    except ArgumentError:
+        raise DatabaseUrlError(_invalid_url(url, "expected dialect+driver://user:password@host/database")) from None
+    if "@" in (parsed.host or ""):
+        raise DatabaseUrlError("invalid database URL: the user name or password holds an @; write it as %40")
+    server_database = parsed.get_backend_name() in CREATE_DATABASE and parsed.database is not None
+    if server_database and not DATABASE_NAME.fullmatch(parsed.database):
+        raise DatabaseUrlError(f"invalid database name {parsed.database!r}: use up to 64 letters, digits and _")
+    return parsed
+
+
+def _invalid_url(url, reason):
+    """The message for a URL SQLAlchemy cannot parse: the text as written, credentials hidden."""
+    return f"invalid database URL {hide_secrets(str(url), str(url))!r}: {reason}"
+
+
+def _with_driver(url):
+    """mariadb:// as mysql, postgres:// as postgresql; no driver named: the project's (PyMySQL, psycopg)."""
+    backend, _, driver = url.drivername.partition("+")
+    backend = BACKEND_ALIASES.get(backend, backend)
+    driver = driver or DEFAULT_DRIVERS.get(backend)
+    return url.set(drivername=f"{backend}+{driver}" if driver else backend)
+
+
 def safe_url(url):
-    """The URL as text with its password hidden."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL as text with its password and credential-like query values (password=, token=...) hidden."""
+    shown, mark, query = make_url(url).render_as_string(hide_password=True).partition("?")
+    pairs = [pair.partition("=") for pair in query.split("&")] if mark else []
+    return shown + mark + "&".join(key + equals + ("***" if CREDENTIAL_KEY.search(key) else value)
+                                   for key, equals, value in pairs)
+
+
+def hide_secrets(message, url=None):
+    """The message with every credential of the URL (default: see database_url) replaced by ***."""
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
+def _secrets(url):
+    """The URL's password and credential-like query values, as written and decoded; read even when malformed."""
+    written = url.render_as_string(hide_password=False) if isinstance(url, URL) else database_url(url)
+    passwords = re.findall(r"://[^:/@]*:([^@]*)@", written) + re.findall(r"://[^:/@]*:(.*)@", written)
+    query = [pair.partition("=") for pair in written.partition("?")[2].split("&")]
+    values = passwords + [value for key, _, value in query if CREDENTIAL_KEY.search(key)]
+    return {form for value in values for form in (value, unquote(value), unquote_plus(value)) if form}
+
+
+def error_line(error, url=None):
+    """The first line of an error's own message (a driver's, under SQLAlchemy's wrapping), credentials hidden."""
+    message = str(getattr(error, "orig", None) or error).strip()
+    return hide_secrets(message.splitlines()[0] if message else type(error).__name__, url)
 
 
 def get_engine(url=None, create_schema=True):
     """An engine for `url` (see database_url), connected once and with the schema created if missing.
 
-    Raises DatabaseUnavailable with a one-line reason that never contains the password.
+    Raises DatabaseUrlError for a URL that cannot work as written, DatabaseUnavailable when the database cannot
+    be reached, opened or created; both with a one-line message that never contains a credential.
     """
-    url = make_url(database_url(url))
+    url = parse_url(database_url(url))
     engine = _create_engine(url)
     try:
-        _check_connection(engine, url)
-        if create_schema:
-            schema.metadata.create_all(engine)
-    except SQLAlchemyError as error:
+        _open_database(engine, url, create_schema)
+    except Exception:
         engine.dispose()
-        raise DatabaseUnavailable(f"cannot use database {safe_url(url)}: {_first_line(error)}") from None
-    logger.debug("using database %s", safe_url(url))
+        raise
+    logger.info("using database %s", _location(url))
     return engine
 
 
+def _location(url):
+    """The URL as the log shows it: credentials hidden, a SQLite file with its absolute path."""
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        url = url.set(database=os.path.abspath(url.database))
+    return safe_url(url)
+
+
 def _create_engine(url):
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        engine = create_engine(url)
-        event.listen(engine, "connect", _configure_sqlite)
-        event.listen(engine, "begin", _begin_sqlite)
-        return engine
-    if backend == "mysql":
-        url = url.update_query_dict({"charset": "utf8mb4"})
-        return create_engine(
-            url, pool_pre_ping=True, isolation_level="READ COMMITTED", connect_args={"local_infile": True},
-        )
-    return create_engine(url, pool_pre_ping=True)
+    """An engine for a parsed URL; DatabaseUrlError for an unknown database type or a driver not installed."""
+    try:
+        if url.get_backend_name() == "sqlite":
+            return _create_sqlite_engine(url)
+        if url.get_backend_name() == "mysql":
+            return _create_mysql_engine(url)
+        return create_engine(url, pool_pre_ping=True)
+    except NoSuchModuleError:
+        raise DatabaseUrlError(f"unknown database type {url.drivername!r} in {safe_url(url)}: "
+                               "use sqlite://, mysql:// or postgresql://") from None
+    except ImportError as error:
+        raise DatabaseUrlError(f"the driver of {url.drivername} is not installed ({error}): use "
+                               f"{url.get_backend_name()}:// for the project's driver") from None
+
+
+def _create_sqlite_engine(url):
+    engine = create_engine(url)
+    event.listen(engine, "connect", _configure_sqlite)
+    event.listen(engine, "begin", _begin_sqlite)
+    return engine
+
+
+def _create_mysql_engine(url):
+    engine = create_engine(url.update_query_dict({"charset": "utf8mb4"}), pool_pre_ping=True,
+                           isolation_level="READ COMMITTED")
+    if url.get_driver_name() == "pymysql":
+        event.listen(engine, "do_connect", _connect_pymysql)
+    return engine
 
 
 def _configure_sqlite(dbapi_connection, _record):
@@ -88,27 +195,120 @@ def _begin_sqlite(connection):
     connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN"))
 
 
+def _open_database(engine, url, create_schema):
+    """Connect once (creating a missing database), then create the schema when asked."""
+    try:
+        _check_connection(engine, url)
+        if create_schema:
+            schema.metadata.create_all(engine)
+    except SQLAlchemyError as error:
+        raise DatabaseUnavailable(f"cannot use database {safe_url(url)}: {error_line(error, url)}") from None
+    except (TypeError, ValueError, OSError) as error:  # a URL option the driver does not take, an ssl_ca not found
+        raise DatabaseUrlError(f"cannot use database {safe_url(url)}: {hide_secrets(str(error), url)}") from None
+
+
 def _check_connection(engine, url):
-    """Connect once; create a missing MySQL database (a fresh server needs no manual step)."""
+    """Connect once; create a missing MySQL or PostgreSQL database (a fresh server needs no manual step)."""
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
+    except ProgrammingError as error:  # psycopg: a URL option it does not take (?colour=blue, ?sslmode=bogus)
+        raise DatabaseUrlError(f"cannot use database {safe_url(url)}: {error_line(error, url)}") from None
     except DBAPIError as error:
-        code = error.orig.args[0] if error.orig is not None and error.orig.args else None
-        if url.get_backend_name() != "mysql" or code != MYSQL_UNKNOWN_DATABASE:
+        if not _is_missing_database(error, url):
             raise
-        server = create_engine(url._replace(database=None))  # URL.set() treats None as "unchanged"
-        with server.begin() as connection:
-            connection.exec_driver_sql(
-                f"CREATE DATABASE IF NOT EXISTS `{url.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-            )
+        _create_database(url)
+
+
+def _is_missing_database(error, url):
+    """Does the server say that the URL's database does not exist (MySQL 1049, PostgreSQL 3D000)?"""
+    backend = url.get_backend_name()
+    if backend == "mysql":
+        return bool(error.orig and error.orig.args) and error.orig.args[0] == MYSQL_UNKNOWN_DATABASE
+    # psycopg gives no SQLSTATE for a failed connection, only the server's message
+    return backend == "postgresql" and (getattr(error.orig, "sqlstate", None) == POSTGRES_UNKNOWN_DATABASE
+                                        or f'database "{url.database}" does not exist' in str(error.orig))
+
+
+def _create_database(url):
+    """Create the URL's database from the server's maintenance database; DatabaseUnavailable when not allowed."""
+    maintenance_database, statement = CREATE_DATABASE[url.get_backend_name()]
+    server = create_engine(url._replace(database=maintenance_database), isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as connection:
+            name = connection.dialect.identifier_preparer.quote_identifier(url.database)
+            connection.exec_driver_sql(statement.format(name=name))
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) != POSTGRES_DUPLICATE_DATABASE:  # else another run created it
+            raise DatabaseUnavailable(f"cannot use database {safe_url(url)}: it does not exist and the user "
+                                      f"cannot create it: {error_line(error, url)}") from None
+    finally:
         server.dispose()
-        logger.info("created database %s", url.database)
+    logger.info("created database %s", url.database)
 
 
-def _first_line(error):
-    message = str(getattr(error, "orig", None) or error)
-    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
+def _connect_pymysql(_dialect, _record, connect_args, connect_keywords):
+    """A LocalFileGuard connection: LOAD DATA LOCAL offered to the server, but no file sent unless allowed."""
+    # The capability is fixed at the handshake, and LOAD DATA must run on the caller's connection (its
+    # transaction), so every connection offers it; LocalFileGuard is what keeps the client's files in.
+    connect_keywords["client_flag"] = connect_keywords.get("client_flag", 0) | CLIENT.LOCAL_FILES
+    connect_keywords["local_infile"] = False  # PyMySQL's own switch stays off, even with ?local_infile=1
+    return LocalFileGuard(*connect_args, **connect_keywords)
+
+
+class LocalFileGuard(pymysql.connections.Connection):
+    """A PyMySQL connection that sends the server a local file only inside local_file_allowed(), only that one.
+
+    Plain PyMySQL sends whatever file a server names after LOAD DATA LOCAL, so a rogue or intercepted server
+    could read any file the client can (the project's .env, an ssh key).
+    """
+
+    allowed_local_file = None  # the file's path as bytes, the way the server names it
+
+    def _read_query_result(self, unbuffered=False):
+        # PyMySQL 1.2's own method, with the result class that checks a requested file's name
+        self._result = None
+        result = _LocalFileCheckingResult(self)
+        if unbuffered:
+            result.init_unbuffered_query()
+        else:
+            result.read()
+        self._result = result
+        if result.server_status is not None:
+            self.server_status = result.server_status
+        return result.affected_rows
+
+
+class _LocalFileCheckingResult(pymysql.connections.MySQLResult):
+    """A query result that answers a server's request for a local file only with the allowed file."""
+
+    def _read_load_local_packet(self, first_packet):
+        requested = LoadLocalPacketWrapper(first_packet).filename
+        if requested != self.connection.allowed_local_file:
+            _refuse_local_file(self.connection, requested)
+        super()._read_load_local_packet(first_packet)
+
+
+def _refuse_local_file(connection, requested):
+    """Send an empty file instead (the server ends its LOAD DATA, the connection stays usable), then fail."""
+    connection.write_packet(b"")
+    with suppress(pymysql.err.MySQLError):
+        connection._read_packet()  # the server's answer to the empty file
+    raise pymysql.err.OperationalError(
+        f"refused to send local file {os.fsdecode(requested)!r}: the server asked for a file this client did not offer")
+
+
+@contextmanager
+def local_file_allowed(dbapi_connection, path):
+    """Let the server read the file `path`, and no other, during the block (for LOAD DATA LOCAL INFILE)."""
+    if not isinstance(dbapi_connection, LocalFileGuard):
+        yield  # a connection made elsewhere stays as made (PyMySQL's default: no LOAD DATA LOCAL)
+        return
+    dbapi_connection.allowed_local_file, dbapi_connection._local_infile = os.fsencode(path), True
+    try:
+        yield
+    finally:
+        dbapi_connection.allowed_local_file, dbapi_connection._local_infile = None, False
 
 
 @contextmanager

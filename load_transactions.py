@@ -365,6 +365,7 @@ def load_rows(engine, make_chunks, source, sha256=None, method=None, background=
     inserts). On failure nothing of the batch is kept and its load_batches row is marked failed with the reason.
     """
     batches.recover_stale_batches(engine)
+    bulk_insert.remove_stale_temp_files()
     started = batches.now()
     batch_id = batches.start_batch(engine, source, sha256, started)
     try:

@@ -1,4 +1,10 @@
 """The bulk paths and their fallbacks load the same rows, with the same counts, on every database."""
+import os
+import re
+import stat
+import tempfile
+from contextlib import contextmanager
+
 import pymysql
 import pytest
 from sqlalchemy import text
@@ -76,4 +82,31 @@ def test_mariadb_without_local_infile_falls_back_to_insert_ignore(mariadb_url, t
     assert refused == [2]  # tried once, then the engine remembers the server refuses
     assert "LOAD DATA LOCAL INFILE refused" in caplog.text
     assert [row[0] for row in stored(engine)] == ["t1", "t2", "t\\3", "t5"]
+    engine.dispose()
+
+
+def test_mariadb_load_data_lets_the_server_read_only_its_own_temp_file(mariadb_url, tmp_path, monkeypatch, caplog):
+    """Each LOAD DATA allows one file: an owner-only stock-etl-load-<pid>-*.tsv, removed once loaded."""
+    path = tmp_path / "trades.csv"
+    path.write_text("\n".join(LINES) + "\n")
+    engine = db_config.get_engine(mariadb_url)
+    seed_investors.seed_reference_data(engine)
+    allowed, allow = [], db_config.local_file_allowed
+
+    @contextmanager
+    def recording(dbapi_connection, file_path):
+        allowed.append((file_path, stat.S_IMODE(os.stat(file_path).st_mode), type(dbapi_connection)))
+        with allow(dbapi_connection, file_path):
+            yield
+
+    monkeypatch.setattr(db_config, "local_file_allowed", recording)
+    summary = load_transactions.load_file(engine, str(path), chunk_rows=2)
+
+    assert (summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (4, 1, 1)
+    assert [row[0] for row in stored(engine)] == ["t1", "t2", "t\\3", "t5"]
+    assert "LOAD DATA LOCAL INFILE refused" not in caplog.text
+    name = re.compile(rf"{re.escape(tempfile.gettempdir())}/stock-etl-load-{os.getpid()}-[^/]+\.tsv")
+    assert allowed and all(name.fullmatch(file_path) and mode == 0o600 and kind is db_config.LocalFileGuard
+                           for file_path, mode, kind in allowed)
+    assert not any(os.path.exists(file_path) for file_path, _, _ in allowed)
     engine.dispose()
