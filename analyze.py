@@ -458,7 +458,8 @@ def analyze(engine, report_dir="reports", plots=True, show=False, investor_id=No
 def main(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("--show", action="store_true", help="also open the dashboards in windows")
-    parser.add_argument("--reports", default="reports", help="folder for the PNG files (default: %(default)s)")
+    parser.add_argument("--reports", default=db_config.project_path("reports"),
+                        help="folder for the PNG files (default: reports/ in the project folder)")
     parser.add_argument("--no-plots", action="store_true", help="print the summary only")
     parser.add_argument("--investor", type=int, metavar="ID",
                         help="print and draw only this investor's risk card (no summary, no dashboards)")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import cli
 import constants
+import db_config
 
 logger = logging.getLogger(__name__)
 
@@ -406,7 +407,8 @@ def main(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("--rows", type=int, default=10_000, help="number of trades (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
-    parser.add_argument("--out", default="transactions.csv", help="trades CSV (default: %(default)s)")
+    parser.add_argument("--out", default=db_config.project_path("transactions.csv"),
+                        help="trades CSV (default: transactions.csv in the project folder)")
     parser.add_argument("--prices-out", help="daily closes CSV (default: market_prices.csv beside --out)")
     parser.add_argument("--end-date", type=date.fromisoformat, default=constants.DEFAULT_END_DATE,
                         help="last trading day, YYYY-MM-DD (default: %(default)s)")

@@ -772,8 +772,9 @@ def report(summary):
 
 def main(argv=None):
     parser = cli.make_parser(__doc__)
-    parser.add_argument("files", nargs="*", metavar="FILE", default=["transactions.csv"],
-                        help="trade files to load (default: transactions.csv); a prices file is loaded as prices")
+    parser.add_argument("files", nargs="*", metavar="FILE", default=[db_config.project_path("transactions.csv")],
+                        help="trade files to load (default: transactions.csv in the project folder); a prices "
+                             "file is loaded as prices")
     parser.add_argument("--retry-rejects", action="store_true",
                         help="load files again although they were loaded before (after investors or stocks were "
                              "added): rows loaded before count as duplicates, rows rejected before are checked again")

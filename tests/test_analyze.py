@@ -322,3 +322,16 @@ def test_sector_pie_labels_do_not_overlap():
     boxes = [text.get_window_extent() for text in ax.texts if text.get_text()]
     assert len(boxes) == 4  # percentages on the wedges of 5% or more only
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_default_reports_folder_is_in_the_project_folder_whatever_the_working_directory(
+        analyzed, database_url, tmp_path, capsys, headless, monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setattr(analyze.db_config, "PROJECT_FOLDER", str(project))
+    monkeypatch.chdir(elsewhere)
+
+    assert analyze.main(["--database-url", database_url, "--investor", "1002"]) == 0
+
+    assert [path.name for path in (project / "reports").iterdir()] == ["investor_1002.png"]
+    assert list(elsewhere.iterdir()) == []
