@@ -1,4 +1,5 @@
-"""Command-line conventions shared by every stage: common options, logging, errors and exit codes (SPEC §1).
+"""Command-line conventions shared by every stage: common options, logging, errors and exit codes
+(docs/command-line.md).
 
 Exit codes: 0 success, 1 runtime failure (database unreachable, a stage failed), 2 usage or input error.
 An error a user can act on ends the script with one line on stderr, never showing a credential of the database URL;
@@ -60,7 +61,7 @@ def progress_enabled(args):
 
 
 def run(work, args, name):
-    """Call work(), turning every error into one stderr line and the SPEC exit code.
+    """Call work(), turning every error into one stderr line and the exit code of docs/command-line.md.
 
     SIGTERM (a service manager, `kill`) ends the work like Ctrl+C: what is in progress is rolled back and
     recorded as failed. An exception no rule describes is a bug: exit 1, its traceback with --verbose.
@@ -89,7 +90,7 @@ def _interrupt(_signal_number, _frame):
 
 
 def describe_error(error):
-    """(exit code, one-line message) for an error a user can act on (SPEC §1); None for anything else."""
+    """(exit code, one-line message) for an error a user can act on (docs/command-line.md); None for anything else."""
     if isinstance(error, (InputError, DatabaseUrlError)):
         return EXIT_USAGE, str(error)
     if isinstance(error, (DatabaseUnavailable, StageError)):

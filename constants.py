@@ -77,7 +77,7 @@ PROFILE_QUANTITY_SCALE = {"conservative": 0.5, "balanced": 1.0, "aggressive": 2.
 FUTURE_TOLERANCE_SECONDS = 300  # a txn_time up to 5 minutes after the load started is accepted
 LOAD_CHUNK_ROWS = 100_000  # rows validated and inserted at a time: bounds memory, not the transaction
 
-# Risk scores (SPEC §6). Each component is points * min(1, metric / full_at); the README explains them.
+# Risk scores (docs/risk-scores.md). Each component is points * min(1, metric / full_at); the README explains them.
 TRADING_DAYS_PER_YEAR = 252
 VOLATILITY_LOOKBACK_DAYS = 252  # closes used for a symbol's annualized volatility
 POSITION_WEIGHT_POINTS = 50  # weight 1.0 earns all 50 points: linear, so a bigger weight never scores less

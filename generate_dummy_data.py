@@ -1,7 +1,7 @@
 """Generate realistic, reproducible trades and the daily closes they were priced from.
 
-First stage of the chain: writes the trades CSV (SPEC §3 canonical header) and `market_prices.csv` beside it
-(or --prices-out). Daily closes follow a geometric Brownian motion per symbol over about a year of weekdays;
+First stage of the chain: writes the trades CSV (the canonical header of docs/file-formats.md) and
+`market_prices.csv` beside it (or --prices-out). Daily closes follow a geometric Brownian motion per symbol over about a year of weekdays;
 trades happen on weekdays between 09:30 and 16:00, priced within 1% of that day's close, with heavy-tailed
 quantities scaled by the investor's risk profile; each investor favours a few symbols; a SELL never exceeds
 what the investor holds at that moment; rows are in time order. The same --seed gives byte-identical files.

@@ -1,8 +1,8 @@
 """Load trade files into the database: validate, reject with reasons, de-duplicate, bulk load.
 
 Third stage of the chain (after seed_investors.py, before update_portfolio.py). For each FILE (canonical or
-legacy header, SPEC §3) it records one load_batches row; every good row is committed in one transaction with
-the batch's counts, bad rows go to rejected_transactions with their line and reason, and a txn_ref already
+legacy header, docs/file-formats.md) it records one load_batches row; every good row is committed in one
+transaction with the batch's counts, bad rows go to rejected_transactions with their line and reason, and a txn_ref already
 loaded (or repeated in the file with the same values) is counted as a duplicate. A file whose SHA-256 was
 already loaded is skipped at once. The prices file beside a trade file (market_prices.csv) is loaded too.
 """

@@ -1,4 +1,4 @@
-"""The stock-etl schema in SQLAlchemy Core: the one source of truth for every table (SPEC §2).
+"""The stock-etl schema in SQLAlchemy Core: the one source of truth for every table (docs/data-model.md).
 
 create_tables.sql is rendered from these tables (`python schema.py > create_tables.sql`) and a test keeps
 the two equal on MariaDB. Money is DECIMAL everywhere: prices and average costs have 4 decimal places,

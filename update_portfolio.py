@@ -1,11 +1,12 @@
 """Bring portfolios, investor_risk and position alerts up to date with the loaded trades.
 
 Fourth stage of the chain (after load_transactions.py, before surveillance and analyze.py). Positions follow
-the weighted-average-cost rules of SPEC §5: trades of a position are replayed in (txn_time, txn_id) order; a
-SELL of more than is held (an oversell) leaves the position unchanged and raises one OVERSELL alert. Only new
+the weighted-average-cost rules of docs/portfolio-math.md: trades of a position are replayed in (txn_time,
+txn_id) order; a SELL of more than is held (an oversell) leaves the position unchanged and raises one OVERSELL alert. Only new
 trades are applied: those of load batches not applied yet. A late trade (older than the last trade applied
 to its position) makes that position alone be replayed from its first trade. `--full` replays everything.
-Valuation, weights and risk scores (SPEC §6) are then computed in SQL for every position and investor.
+Valuation, weights and risk scores (docs/risk-scores.md) are then computed in SQL for every position and
+investor.
 Everything one run writes is committed in one transaction.
 """
 import logging
@@ -37,7 +38,7 @@ FETCH_ROWS = 50_000
 
 @dataclass
 class Position:
-    """The replay state of one (investor, symbol): SPEC §5 weighted average cost."""
+    """The replay state of one (investor, symbol): docs/portfolio-math.md weighted average cost."""
     investor_id: int
     stock_symbol: str
     quantity: int = 0
@@ -306,7 +307,7 @@ def txn_refs(connection, txn_ids):
 
 # ---------------------------------------------------------------------------------------------- valuation and risk
 
-# Shared CTEs: the last price of every symbol (SPEC §5) and its annualized volatility from daily closes.
+# Shared CTEs: the last price of every symbol (docs/portfolio-math.md) and its annualized volatility from daily closes.
 # Ratios multiply by 1.0E0 first: SQLite keeps whole-number DECIMALs as integers and would divide as integers.
 PRICE_CTES = """
 latest_close_days AS (

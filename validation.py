@@ -1,4 +1,5 @@
-"""Validation of trade rows (SPEC §3–§4), for a batch of rows from any source: a file chunk, the feed, a queue.
+"""Validation of trade rows (docs/file-formats.md, docs/validation.md), for a batch of rows from any source: a
+file chunk, the feed, a queue.
 
 A batch is a DataFrame of text cells with the canonical columns plus `line_number` and `raw_record`.
 `validate_trades` returns the good rows, normalized, and one reason per bad row naming field and value.

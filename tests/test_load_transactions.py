@@ -364,7 +364,8 @@ def test_legacy_file_loaded_twice_loads_nothing_new(seeded_engine, tmp_path):
 
 
 def test_legacy_copy_with_an_extra_row_is_a_new_file_with_new_refs(seeded_engine, tmp_path):
-    # SPEC §3: the refs derive from the file's SHA-256, so a file with other bytes gets other refs: all rows load.
+    # docs/file-formats.md: the refs derive from the file's SHA-256, so a file with other bytes gets other refs:
+    # all rows load.
     original = write_csv(tmp_path, "legacy.csv", [LEGACY_HEADER] + LEGACY_ROWS)
     extra = "1003,GOOG,BUY,1,140,2025-01-06"
     extended = write_csv(tmp_path, "legacy_more.csv", [LEGACY_HEADER] + LEGACY_ROWS + [extra])
