@@ -263,3 +263,17 @@ def test_prices_file_rejects_what_trade_rules_reject_and_keeps_the_rest(seeded_e
     with seeded_engine.connect() as connection:
         assert sorted(Decimal(str(close)) for close in connection.execute(
             select(market_prices.c.close_price)).scalars()) == [Decimal("190.25"), Decimal("190.5")]
+
+
+def test_prices_rejects_warning_says_where_they_are_and_are_not(seeded_engine, tmp_path, caplog):
+    path = tmp_path / "market_prices.csv"
+    path.write_text("stock_symbol,price_date,close_price\n" + "".join(f"NOPE,2024-01-{d:02d},1\n" for d in range(1, 13)))
+    summary = load_transactions.load_prices_file(seeded_engine, str(path))
+
+    load_transactions.log_rejects(summary)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 11 and messages[0] == f"{path}:2: stock_symbol: 'NOPE' is not a known stock"
+    assert messages[-1] == (f"{path}: 12 rejected rows in all; only the first 10 are shown: prices are not a "
+                            "trade batch, their rejects are not stored")
+    assert "rejected_transactions" not in messages[-1]
