@@ -17,7 +17,7 @@ import signal
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from itertools import islice
 from queue import Empty, Full
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, bindparam, func, select, text, update
+from sqlalchemy import and_, bindparam, select, text
 
 import batches
 import bulk_insert
@@ -36,7 +36,7 @@ import db_config
 import db_retry
 import dialects
 import validation
-from schema import investors, load_batches, market_prices, rejected_transactions, stocks, transactions
+from schema import investors, market_prices, rejected_transactions, stocks, transactions
 
 logger = logging.getLogger(__name__)
 
@@ -605,13 +605,6 @@ def stored_raw_record(raw):
     if len(raw) <= MAX_RAW_RECORD_CHARS:
         return raw
     return f"{raw[:MAX_RAW_RECORD_CHARS]}… [cut: {len(raw):,} characters in all]"
-
-
-# ------------------------------------------------------------------------------------------------ batch rows
-
-def stamp_batches(connection, batch_ids, column, when):
-    """Set a later stage's mark on these batches (applied_at by update_portfolio, surveilled_at by surveillance)."""
-    batches.stamp_batches(connection, batch_ids, column, when)
 
 
 def _progress_bar(enabled, total, name):

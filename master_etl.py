@@ -1,11 +1,11 @@
 """Run the whole pipeline in order: generate, seed, load, update portfolios, surveillance, analyze.
 
 The stages run in this process on one engine; each prints its result and time. The run stops at the first
-stage that fails, names it, and exits 1 (2 when the stage failed on bad input, such as a missing file). `--no-generate` is the cron mode: load what is new in the input file
-(an already-loaded file is skipped by its SHA-256), update, report. Running it twice is safe: the same seed
-gives the same file, which loads nothing new the second time.
+stage that fails, names it, and exits 1 (2 when the stage failed on bad input, such as a missing file).
+`--no-generate` is the cron mode: load what is new in the input file (an already-loaded file is skipped by its
+SHA-256), update, report. Running it twice is safe: the same seed gives the same file, which loads nothing new
+the second time.
 """
-import logging
 import sys
 import time
 
@@ -19,9 +19,6 @@ import load_transactions
 import seed_investors
 import surveillance
 import update_portfolio
-
-logger = logging.getLogger(__name__)
-
 
 def stage_generate(engine, args):
     trades, closes = generate_dummy_data.write_dummy_data(args.input, args.rows, args.seed,
@@ -37,21 +34,18 @@ def stage_seed(engine, args):
 def stage_load(engine, args):
     lines = []
     for path in load_transactions.plan_files([args.input]):
-        if load_transactions.read_layout(path).kind == "prices":
-            summary = load_transactions.load_prices_file(engine, path)
-        else:
-            summary = load_transactions.load_file(engine, path, progress=cli.progress_enabled(args))
+        summary = load_transactions.load_path(engine, path, progress=cli.progress_enabled(args))
         load_transactions.log_rejects(summary)
         lines.append(summary.line())
     return "; ".join(lines)
 
 
 def stage_update(engine, args):
-    return update_portfolio.update_portfolios(engine).line()
+    return update_portfolio.update_portfolios(engine).line(seconds=False)  # run_stages prints the time
 
 
 def stage_surveillance(engine, args):
-    return surveillance.run_surveillance(engine).line()
+    return surveillance.run_surveillance(engine).line(seconds=False)
 
 
 def stage_analyze(engine, args):
@@ -67,9 +61,10 @@ def planned_stages(args):
 
 
 def run_stages(engine, args):
-    """Run the stages in order; return [(name, seconds, result)].
+    """Run the stages in order, printing each one's result line and time; return [(name, seconds, result)].
 
-    A failing stage stops the run with an error naming it: InputError (exit 2) for bad input, else StageError.
+    A stage returns its result without a time (the time printed is this function's). A failing stage stops the
+    run with an error naming it: InputError (exit 2) for bad input, else StageError.
     """
     stages = planned_stages(args)
     total = time.perf_counter()
@@ -79,20 +74,15 @@ def run_stages(engine, args):
         try:
             result = stage(engine, args)
         except Exception as error:
-            logger.debug("stage %s failed", name, exc_info=True)
-            message = f"stage {number}/{len(stages)} '{name}' failed: {_one_line(error)}"
-            if isinstance(error, cli.InputError):  # bad input (a missing file): exit 2 as SPEC §1 asks
+            code, reason = cli.describe_error(error) or (cli.EXIT_FAILURE, db_config.error_line(error))
+            message = f"stage {number}/{len(stages)} '{name}' failed: {reason}"
+            if code == cli.EXIT_USAGE:  # bad input (a missing file): exit 2 (docs/command-line.md)
                 raise cli.InputError(message) from error
             raise cli.StageError(message) from error
         timings.append((name, time.perf_counter() - started, result))
         print(f"[{number}/{len(stages)}] {name}: {result} ({timings[-1][1]:.2f} s)", flush=True)
     print(f"pipeline finished: {len(stages)} stages in {time.perf_counter() - total:.2f} s")
     return timings
-
-
-def _one_line(error):
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def make_parser():
@@ -102,8 +92,10 @@ def make_parser():
     parser.add_argument("--seed", type=int, default=42, help="random seed of the generator (default: %(default)s)")
     parser.add_argument("--no-generate", action="store_true", help="cron mode: load the input file as it is")
     parser.add_argument("--no-plots", action="store_true", help="print the summary, draw nothing")
-    parser.add_argument("--input", default="transactions.csv", help="trades file (default: %(default)s)")
-    parser.add_argument("--reports", default="reports", help="folder for the dashboard (default: %(default)s)")
+    parser.add_argument("--input", default=db_config.project_path("transactions.csv"),
+                        help="trades file (default: transactions.csv in the project folder)")
+    parser.add_argument("--reports", default=db_config.project_path("reports"),
+                        help="folder for the dashboard (default: reports/ in the project folder)")
     return parser
 
 

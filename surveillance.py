@@ -16,15 +16,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Date, bindparam, select, text
 
+import batches
 import cli
 import constants
 import db_config
-import load_transactions
 from schema import Timestamp, alerts, load_batches
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 TRADE_RULES = ("LARGE_TRADE", "OFF_MARKET_PRICE", "WASH_TRADE", "ROUND_TRIP", "BURST")
 RULES = TRADE_RULES + ("SECTOR_CONCENTRATION",)
 ID_SLICE = 500  # values per IN (...) list
+STARTS_SLICE = 200  # investors per UNION ALL in read_positions_before: SQLite allows 500 terms per compound SELECT
 GROUP_STRIDE = 10**11  # seconds: keeps each group's time keys apart when windows are counted over all groups
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 CHUNK_ROWS = 100_000  # rows per block of the rolling median: bounds memory at 1,000,000 trades
@@ -43,19 +45,27 @@ ALERT_COLUMNS = ["rule", "severity", "investor_id", "stock_symbol", "txn_ref", "
 class SurveillanceSummary:
     """What one surveillance run did."""
     batches: int = 0
-    trades_checked: int = 0
-    context_trades: int = 0
+    new_trades: int = 0  # trades of the batches this run surveilled
+    trades_checked: int = 0  # the new trades and the earlier trades after an investor's first new one
+    context_trades: int = 0  # history read before each investor's first new trade, not checked itself
     investors: int = 0
     new_alerts: dict = field(default_factory=dict)  # rule: alerts raised by this run
     seconds: float = 0.0
     full: bool = False
 
-    def line(self):
-        mode = "full re-check" if self.full else "incremental"
+    def line(self, seconds=True):
+        """The summary line; seconds=False leaves out the time (master_etl prints its own)."""
         by_rule = ", ".join(f"{rule} {count}" for rule, count in self.new_alerts.items() if count) or "none"
-        return (f"surveillance ({mode}): {self.trades_checked} trades of {self.investors} investors from "
-                f"{self.batches} batches checked against {self.context_trades} trades of history; "
-                f"{sum(self.new_alerts.values())} new alerts ({by_rule}) ({self.seconds:.2f} s)")
+        alerts_text = f"{sum(self.new_alerts.values())} new alerts ({by_rule})"
+        timing = f" ({self.seconds:.2f} s)" if seconds else ""
+        if self.full:
+            return (f"surveillance (full re-check): {self.trades_checked} trades of {self.investors} investors "
+                    f"checked, {self.new_trades} of them new ({self.batches} batches); {alerts_text}{timing}")
+        rechecked = self.trades_checked - self.new_trades
+        earlier = rechecked + self.context_trades
+        again = f" ({rechecked} of them re-checked: they follow a late new trade)" if rechecked else ""
+        return (f"surveillance (incremental): {self.new_trades} new trades ({self.batches} batches) checked with "
+                f"{earlier} earlier trades of {self.investors} investors as context{again}; {alerts_text}{timing}")
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -154,13 +164,15 @@ def _with_since(sql):
 
 
 def read_pending(connection, full=False):
-    """(trades to check, the earliest txn_time among them as datetime or None, trades in the table)."""
+    """(new trades: those of the batches to surveil, trades to check, the earliest txn_time to check as datetime
+    or None, trades in the table). Trades to check are the new ones, or every trade with full=True."""
     waiting = connection.execute(text(WAITING_SQL)).scalar()
     if waiting and not full:
         logger.warning("%d loaded batches wait for update_portfolio; they are checked after it applied them", waiting)
     total, first_of_all = connection.execute(text(ALL_SUMMARY_SQL)).one()
-    count, first = (total, first_of_all) if full else connection.execute(text(PENDING_SUMMARY_SQL)).one()
-    return count, (None if first is None else pd.Timestamp(first).to_pydatetime()), total
+    new, first_new = connection.execute(text(PENDING_SUMMARY_SQL)).one()
+    count, first = (total, first_of_all) if full else (new, first_new)
+    return new, count, (None if first is None else pd.Timestamp(first).to_pydatetime()), total
 
 
 def read_context(connection, since, everything=False):
@@ -195,7 +207,16 @@ def read_opening(connection, trades, everything=False):
 
 def read_positions_before(connection, starts):
     """portfolios quantity and the last traded price before the context of the investors in `starts` (their
-    first context trade: investor_id, txn_time, txn_id)."""
+    first context trade: investor_id, txn_time, txn_id), STARTS_SLICE investors per query."""
+    held = pd.concat([_positions_before(connection, starts.iloc[begin:begin + STARTS_SLICE])
+                      for begin in range(0, len(starts), STARTS_SLICE)], ignore_index=True)
+    held["quantity"] = held["quantity"].astype(np.int64)
+    held["last_price"] = held["last_price"].astype(float)
+    return held
+
+
+def _positions_before(connection, starts):
+    """read_positions_before for one slice: the starts as a UNION ALL of one-row SELECTs."""
     selects, params = [], {}
     for number, row in enumerate(starts.itertuples()):
         selects.append(f"SELECT :investor_{number} AS investor_id, :time_{number} AS start_time, "
@@ -204,10 +225,7 @@ def read_positions_before(connection, starts):
                        f"txn_{number}": int(row.txn_id)})
     statement = text(PORTFOLIO_SQL.format(starts=" UNION ALL ".join(selects))).bindparams(
         *[bindparam(f"time_{number}", type_=Timestamp) for number in range(len(selects))])
-    held = pd.read_sql_query(statement, connection, params=params)
-    held["quantity"] = held["quantity"].astype(np.int64)
-    held["last_price"] = held["last_price"].astype(float)
-    return held
+    return pd.read_sql_query(statement, connection, params=params)
 
 
 def read_closes(connection, first_day, last_day):
@@ -242,8 +260,8 @@ def group_starts(group_codes):
 
 
 def position_states(trades, opening):
-    """Holding before and after each trade, trades of a position in replay order (SPEC §5: an oversell changes
-    nothing), and the price the position was last traded at before it (or before the context).
+    """Holding before and after each trade, trades of a position in replay order (docs/portfolio-math.md: an
+    oversell changes nothing), and the price the position was last traded at before it (or before the context).
 
     Returns the trades sorted by position with holding_before, holding_after, applied, last_price, position_code."""
     by_position = trades.sort_values(["investor_id", "stock_symbol", "seconds", "txn_id"], ignore_index=True)
@@ -546,11 +564,20 @@ def _decimal(value):
 
 # ---------------------------------------------------------------------------------------------- the stage
 
+class TradeCheck(NamedTuple):
+    """What check_trades found and read."""
+    found: pd.DataFrame  # alert candidates: alert_key and ALERT_COLUMNS
+    new_trades: int  # trades of the batches being surveilled
+    trades_checked: int  # new trades and the earlier trades after each investor's first new one (late trades)
+    context_trades: int  # history read and not checked
+    investors: int  # investors with checked trades
+
+
 def check_trades(connection, full=False):
-    """Read the trades to check with their history and return (alert candidates, checked, context rows, investors)."""
-    count, first_time, total = read_pending(connection, full)
+    """Read the trades to check (the new ones, every trade with full=True) with their history; find alerts."""
+    new, count, first_time, total = read_pending(connection, full)
     if not count:
-        return pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS), 0, 0, 0
+        return TradeCheck(pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS), new, 0, 0, 0)
     everything = count == total  # e.g. the first run after the first load: a plain read, no history to select
     since = first_time - timedelta(minutes=constants.SURVEILLANCE_CONTEXT_MINUTES)
     trades = read_context(connection, since, everything)
@@ -560,9 +587,10 @@ def check_trades(connection, full=False):
     found = detect_trade_alerts(trades, opening, closes)
     found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
     checked = int(trades["checked"].sum())
-    logger.info("checked %d trades with %d trades of history; %d candidate alerts", checked,
+    logger.info("checked %d trades (%d new) with %d trades of history; %d candidate alerts", checked, new,
                 len(trades) - checked, len(found))
-    return found, checked, len(trades), trades.loc[trades["checked"], "investor_id"].nunique()
+    return TradeCheck(found, new, checked, len(trades) - checked,
+                      trades.loc[trades["checked"], "investor_id"].nunique())
 
 
 def refresh_statistics(engine):
@@ -587,21 +615,20 @@ REFRESH_STATISTICS = {  # dialect: statement (SQLite plans these queries well wi
 def run_surveillance(engine, full=False):
     """Check new trades (every trade with full=True) and sector weights; write alerts; one transaction."""
     started = time.perf_counter()
-    summary = SurveillanceSummary(full=full)
     refresh_statistics(engine)
     with db_config.stage_transaction(engine, "surveillance") as connection:
         now = datetime.now().replace(microsecond=0)
         batch_ids = pending_batches(connection)
-        found, summary.trades_checked, context, summary.investors = check_trades(connection, full)
-        summary.context_trades = context - summary.trades_checked
-        candidates = pd.concat([frame for frame in (found, sector_concentration_alerts(connection))
-                                if not frame.empty] or [found], ignore_index=True)
+        check = check_trades(connection, full)
+        candidates = pd.concat([frame for frame in (check.found, sector_concentration_alerts(connection))
+                                if not frame.empty] or [check.found], ignore_index=True)
         new = write_alerts(connection, candidates, now)
-        load_transactions.stamp_batches(connection, batch_ids, "surveilled_at", now)
-    summary.batches = len(batch_ids)
-    summary.new_alerts = {rule: int(new.get(rule, 0)) for rule in RULES}
-    summary.seconds = time.perf_counter() - started
-    return summary
+        batches.stamp_batches(connection, batch_ids, "surveilled_at", now)
+    return SurveillanceSummary(
+        batches=len(batch_ids), new_trades=check.new_trades, trades_checked=check.trades_checked,
+        context_trades=check.context_trades, investors=check.investors,
+        new_alerts={rule: int(new.get(rule, 0)) for rule in RULES}, seconds=time.perf_counter() - started,
+        full=full)
 
 
 def main(argv=None):

@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import func, select, text
 
 import batches
-import db_config
 import db_retry
 import load_transactions
 import seed_investors

@@ -2,6 +2,7 @@
 a failing stage that is named on stderr with exit code 1. Runs on SQLite and on a fresh MariaDB database.
 """
 import csv
+import re
 from decimal import Decimal
 from fractions import Fraction
 
@@ -37,7 +38,8 @@ def stored_positions(url):
 
 
 def reference_positions(trades_path, prices_path):
-    """SPEC §5 over the generated file (file order breaks ties), valued at the latest close of each symbol."""
+    """docs/portfolio-math.md over the generated file (file order breaks ties), valued at the latest close of each
+    symbol."""
     with open(trades_path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     ordered = sorted(enumerate(rows), key=lambda item: (item[1]["txn_time"], item[0]))
@@ -63,14 +65,22 @@ def reference_positions(trades_path, prices_path):
             for key, (quantity, cost, realized) in state.items()}, oversold
 
 
+def assert_stage_lines(out, stages):
+    """One line per stage, '[n/N] name: result (x.xx s)', with the time once: at the end, from master_etl."""
+    lines = [line for line in out.splitlines() if re.match(r"\[\d+/\d+\] ", line)]
+    assert [line.split(":")[0] for line in lines] == [
+        f"[{number}/{len(stages)}] {stage}" for number, stage in enumerate(stages, start=1)]
+    for line in lines:
+        assert len(re.findall(r"\(\d+\.\d\d s\)", line)) == 1 and re.search(r" \(\d+\.\d\d s\)$", line), line
+
+
 def test_pipeline_from_empty_database_then_rerun(database_url, tmp_path, capsys):
     """Generate, seed, load, update and analyze into an empty database; a second run adds nothing."""
     argv = ["--rows", "2000", "--seed", "3", "--database-url", database_url, "--input", str(tmp_path / "t.csv"),
             "--reports", str(tmp_path / "r")]
     assert master_etl.main(argv) == 0
     out = capsys.readouterr().out
-    for number, stage in enumerate(("generate", "seed", "load", "update", "surveillance", "analyze"), start=1):
-        assert f"[{number}/6] {stage}: " in out
+    assert_stage_lines(out, ("generate", "seed", "load", "update", "surveillance", "analyze"))
     assert "pipeline finished: 6 stages" in out
     first = counts(database_url)
     assert first["transactions"] == 2000
@@ -94,14 +104,15 @@ def test_pipeline_from_empty_database_then_rerun(database_url, tmp_path, capsys)
     before = {key: tuple(row) for key, row in stored.items()}
     assert master_etl.main(argv) == 0
     out = capsys.readouterr().out
+    assert_stage_lines(out, ("generate", "seed", "load", "update", "surveillance", "analyze"))
     assert "already loaded in batch" in out
     assert counts(database_url) == first  # nothing new: not a trade, not a batch, not an alert
     assert {key: tuple(row) for key, row in stored_positions(database_url).items()} == before
 
 
 def test_cron_mode_with_missing_input_names_the_load_stage(database_url, tmp_path, capsys):
-    """--no-generate with a missing input file: exit 2 (an input error, SPEC §1), one stderr line naming the
-    'load' stage and the file."""
+    """--no-generate with a missing input file: exit 2 (an input error, docs/command-line.md), one stderr line
+    naming the 'load' stage and the file."""
     missing = tmp_path / "nowhere.csv"
     code = master_etl.main(["--no-generate", "--database-url", database_url, "--input", str(missing),
                             "--reports", str(tmp_path / "r")])
@@ -132,7 +143,7 @@ def test_failing_update_stage_stops_the_run(database_url, tmp_path, capsys, monk
 
 
 def test_verbose_failure_shows_the_traceback(sqlite_url, tmp_path, capsys, monkeypatch):
-    """--verbose adds the traceback to the one-line error (SPEC §1)."""
+    """--verbose adds the traceback to the one-line error (docs/command-line.md)."""
     monkeypatch.setattr(update_portfolio, "update_portfolios",
                         lambda engine, *a, **k: (_ for _ in ()).throw(RuntimeError("disk on fire")))
     code = master_etl.main(["--verbose", "--rows", "20", "--seed", "1", "--database-url", sqlite_url,

@@ -1,12 +1,18 @@
-"""PostgreSQL smoke tests: the whole pipeline and the COPY bulk path (the full suite runs on SQLite and MariaDB)."""
-from sqlalchemy import text
+"""PostgreSQL smoke tests: the whole pipeline, and incremental updates over several batches (one of them late)
+against a full replay (the full suite runs on SQLite and MariaDB)."""
+from sqlalchemy import select, text
 
 import db_config
+import generate_dummy_data
+import load_transactions
 import master_etl
+import seed_investors
+import surveillance
 import update_portfolio
+from schema import alerts, investor_risk, portfolios
 
 
-def test_pipeline_runs_on_postgresql_and_incremental_equals_full(postgres_url, tmp_path, capsys):
+def test_pipeline_runs_on_postgresql_and_a_second_run_loads_nothing(postgres_url, tmp_path, capsys):
     trades = tmp_path / "trades.csv"
     argv = ["--rows", "3000", "--seed", "5", "--input", str(trades), "--no-plots", "--database-url", postgres_url]
 
@@ -17,14 +23,51 @@ def test_pipeline_runs_on_postgresql_and_incremental_equals_full(postgres_url, t
     with engine.connect() as connection:
         assert connection.execute(text("SELECT COUNT(*) FROM transactions")).scalar() == 3000
         assert connection.execute(text("SELECT COUNT(*) FROM load_batches")).scalar() == 1
-        incremental = connection.execute(text(
-            "SELECT investor_id, stock_symbol, quantity, cost_basis, realized_pnl, market_value, risk_score "
-            "FROM portfolios ORDER BY 1, 2")).all()
-    update_portfolio.update_portfolios(engine, full=True)
-    with engine.connect() as connection:
-        full = connection.execute(text(
-            "SELECT investor_id, stock_symbol, quantity, cost_basis, realized_pnl, market_value, risk_score "
-            "FROM portfolios ORDER BY 1, 2")).all()
+        assert connection.execute(text("SELECT COUNT(*) FROM portfolios")).scalar() > 100
     engine.dispose()
-    assert incremental == full and len(full) > 100
     assert "already loaded in batch 1, skipped" in capsys.readouterr().out
+
+
+def stored_results(engine):
+    """portfolios and investor_risk rows (without updated_at) and the OVERSELL alerts, as sorted tuples."""
+    def rows(table):
+        columns = [column for column in table.columns if column.name != "updated_at"]
+        return sorted(tuple(row) for row in connection.execute(select(*columns)))
+
+    with engine.connect() as connection:
+        oversells = sorted(connection.execute(select(alerts.c.txn_ref, alerts.c.investor_id, alerts.c.stock_symbol)
+                                              .where(alerts.c.rule == "OVERSELL")).all())
+        return rows(portfolios), rows(investor_risk), oversells
+
+
+def test_incremental_over_three_batches_with_a_late_one_equals_full_on_postgresql(postgres_url, tmp_path):
+    """A generated file in three parts by time, loaded middle, newest, then oldest (older than every trade applied
+    so far), each followed by update and surveillance: the result equals a full replay."""
+    trades, prices = generate_dummy_data.generate(3000, 5)
+    ordered = sorted(trades, key=lambda line: line.split(",")[6])  # by txn_time; ties keep file order
+    third = len(ordered) // 3
+    parts = [("middle", ordered[third:2 * third]), ("newest", ordered[2 * third:]), ("late", ordered[:third])]
+    engine = db_config.get_engine(postgres_url)
+    seed_investors.seed_reference_data(engine)
+    generate_dummy_data.write_csv(tmp_path / "market_prices.csv", generate_dummy_data.PRICE_HEADER, prices)
+    assert load_transactions.load_prices_file(engine, str(tmp_path / "market_prices.csv")).rows_new == len(prices)
+    oversells = []
+    for name, lines in parts:
+        generate_dummy_data.write_csv(tmp_path / f"{name}.csv", generate_dummy_data.TRADE_HEADER, lines)
+        loaded = load_transactions.load_file(engine, str(tmp_path / f"{name}.csv"))
+        assert (loaded.rows_loaded, loaded.rows_rejected) == (len(lines), 0)
+        update = update_portfolio.update_portfolios(engine)
+        checked = surveillance.run_surveillance(engine)
+        assert (update.trades_applied, checked.new_trades, checked.batches) == (len(lines), len(lines), 1)
+        oversells.append(len(stored_results(engine)[2]))
+    assert update.positions_replayed > 100  # the late part reached back into most positions
+    # before the oldest part, SELLs of shares bought in it were oversells; with every trade in, none is
+    assert oversells[0] > 0 and oversells[1] > 0 and oversells[2] == 0
+    incremental = stored_results(engine)
+
+    full = update_portfolio.update_portfolios(engine, full=True)
+
+    assert full.trades_applied == 3000
+    assert stored_results(engine) == incremental
+    assert len(incremental[0]) > 100 and len(incremental[1]) > 50
+    engine.dispose()

@@ -1,4 +1,4 @@
-"""Risk scores of SPEC §6, computed by update_portfolio.py in SQL, as properties over constructed prices.
+"""Risk scores of docs/risk-scores.md, computed by update_portfolio.py in SQL, as properties over constructed prices.
 
 Each test builds its own daily closes (a prices file loaded beside small trade files) and checks the required
 behaviour: a single-stock investor is HIGH or CRITICAL, an even spread over 10+ symbols of several sectors with
@@ -9,6 +9,7 @@ import math
 import random
 import statistics
 from datetime import date, timedelta
+from decimal import Decimal
 from fractions import Fraction
 
 import pytest
@@ -191,8 +192,20 @@ def test_risk_level_floors(score, level):
     assert update_portfolio.risk_level(score) == level
 
 
-def test_stored_levels_agree_with_scores(seeded_engine, tmp_path):
-    """Every stored risk_level is the band of its stored risk_score, for positions and investors."""
+README_LEVEL_FLOORS = ((75, "CRITICAL"), (50, "HIGH"), (25, "MEDIUM"))  # README: LOW below 25
+
+
+def readme_level(score):
+    """The level of a 0..100 score by the README's table, written here independently of update_portfolio."""
+    return next((level for floor, level in README_LEVEL_FLOORS if score >= floor), "LOW")
+
+
+def test_constants_hold_the_readme_level_floors():
+    assert constants.RISK_LEVEL_FLOORS == (("CRITICAL", 75), ("HIGH", 50), ("MEDIUM", 25))
+
+
+def test_stored_levels_are_the_readme_bands_of_stored_scores(seeded_engine, tmp_path):
+    """Every stored risk_level is the README band of its stored risk_score, for positions and investors."""
     rng = random.Random(4)
     closes = {symbol: history(rng, 0.03, LAST_CLOSE) for symbol in ("AAPL", "TSLA", "NVDA", "KO")}
     trades = [(investor_id, symbol, "BUY", rng.randint(1, 50), f"{rng.uniform(60, 160):.2f}")
@@ -200,11 +213,46 @@ def test_stored_levels_agree_with_scores(seeded_engine, tmp_path):
     load_market(seeded_engine, tmp_path, closes, trades)
     rows = list(position_rows(seeded_engine).values()) + list(investor_rows(seeded_engine).values())
     assert len(rows) > 15
-    levels = set()
     for row in rows:
-        assert row["risk_level"] == update_portfolio.risk_level(float(row["risk_score"]))
-        levels.add(row["risk_level"])
-    assert len(levels) >= 2
+        assert row["risk_level"] == readme_level(Decimal(str(row["risk_score"]))), row
+    assert len({row["risk_level"] for row in rows}) >= 2
+
+
+def test_levels_of_hand_built_scores_on_and_beside_the_floors(seeded_engine, tmp_path):
+    """Scores built by hand to fall on a floor (25, 50), just beside one (24.99, 25.01, 50.01) or far from them,
+    each with the level the README gives it. Closes are flat (no volatility) and every buy is at the close (no
+    loss) except investor 1005's, so a position scores 50 * weight and an investor 35 * top weight + 25 * HHI
+    + 20 * (top sector weight - 0.25) / 0.75."""
+    flat = [LAST_CLOSE] * 60
+    closes = {"AAPL": flat, "MSFT": flat, "JPM": flat, "XOM": flat, "KO": flat,
+              "TSLA": ["110.01" if index % 2 else "100.01" for index in range(59)] + [LAST_CLOSE]}  # ~150%/year
+    load_market(seeded_engine, tmp_path, closes, [
+        (1001, "AAPL", "BUY", 10, LAST_CLOSE),  # one stock
+        (1002, "AAPL", "BUY", 10, LAST_CLOSE), (1002, "MSFT", "BUY", 10, LAST_CLOSE),  # halves, one sector
+        *[(1003, symbol, "BUY", 10, LAST_CLOSE) for symbol in ("AAPL", "JPM", "XOM", "KO")],  # 4 sectors
+        (1004, "AAPL", "BUY", 2499, LAST_CLOSE), (1004, "MSFT", "BUY", 2501, LAST_CLOSE),  # 0.4998 and 0.5002
+        (1005, "TSLA", "BUY", 10, "200.00"),  # one volatile stock at a loss of half its cost
+    ])
+    expected_positions = {
+        (1001, "AAPL"): ("50.00", "HIGH"),
+        (1002, "AAPL"): ("25.00", "MEDIUM"), (1002, "MSFT"): ("25.00", "MEDIUM"),
+        (1003, "AAPL"): ("12.50", "LOW"), (1003, "JPM"): ("12.50", "LOW"),
+        (1003, "XOM"): ("12.50", "LOW"), (1003, "KO"): ("12.50", "LOW"),
+        (1004, "AAPL"): ("24.99", "LOW"), (1004, "MSFT"): ("25.01", "MEDIUM"),
+        (1005, "TSLA"): ("100.00", "CRITICAL"),  # 50 + 30 (volatility above 60%) + 20 (loss above 25%)
+    }
+    expected_investors = {
+        1001: ("80.00", "CRITICAL"),  # 35 + 25 + 20
+        1002: ("50.00", "HIGH"),  # 35 * 0.5 + 25 * 0.5 + 20 (one sector) = 17.5 + 12.5 + 20
+        1003: ("15.00", "LOW"),  # 35 * 0.25 + 25 * 0.25 + 0 (top sector 25%) = 8.75 + 6.25
+        1004: ("50.01", "HIGH"),  # 35 * 0.5002 + 25 * (0.4998^2 + 0.5002^2) + 20 = 17.507 + 12.500002 + 20
+        1005: ("100.00", "CRITICAL"),  # 35 + 25 + 20 + 10 (volatility) + 10 (loss)
+    }
+    positions, risk = position_rows(seeded_engine), investor_rows(seeded_engine)
+    assert {key: (Decimal(str(row["risk_score"])), row["risk_level"]) for key, row in positions.items()} == {
+        key: (Decimal(score), level) for key, (score, level) in expected_positions.items()}
+    assert {key: (Decimal(str(row["risk_score"])), row["risk_level"]) for key, row in risk.items()} == {
+        key: (Decimal(score), level) for key, (score, level) in expected_investors.items()}
 
 
 def test_whole_number_prices(seeded_engine, tmp_path, request):
@@ -267,4 +315,4 @@ def test_scores_follow_the_readme_formula(seeded_engine, tmp_path):
     assert abs(float(stored_position["risk_score"]) - position) <= 0.011
     stored_investor = investor_rows(seeded_engine)[1001]
     assert abs(float(stored_investor["risk_score"]) - investor) <= 0.011
-    assert stored_investor["risk_level"] == update_portfolio.risk_level(round(investor, 2))
+    assert stored_investor["risk_level"] == readme_level(round(investor, 2))

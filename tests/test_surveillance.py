@@ -1,11 +1,13 @@
 """surveillance.py: each rule on small hand-made files (fires, and a near miss does not), idempotent and
-incremental runs, and recall/precision against the ground truth that generate_dummy_data --anomalies plants.
+incremental runs and their summary figures, more investors than one SQLite compound SELECT holds, and
+recall/precision against the ground truth that generate_dummy_data --anomalies plants.
 
 Database tests run on SQLite and on a fresh MariaDB database (conftest fixtures). Expected metrics are worked out
 by hand in the comments; the rolling robust z-score is checked against a direct numpy reference.
 """
 import csv
 import math
+import re
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -21,7 +23,7 @@ import load_transactions
 import seed_investors
 import surveillance
 import update_portfolio
-from schema import alerts, load_batches, market_prices
+from schema import alerts, investors, load_batches, market_prices
 
 HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
 DAY = datetime(2026, 3, 2)  # a Monday, well in the past
@@ -43,10 +45,16 @@ def write_trades(directory, name, rows):
     return str(path)
 
 
+def load(engine, path):
+    """Load a trades file; every row must load."""
+    summary = load_transactions.load_file(engine, path)
+    assert summary.rows_rejected == 0, summary.sample_rejects
+    return summary
+
+
 def load_and_surveil(engine, directory, rows, name="trades.csv", full=False):
     """Load the rows, update portfolios, run surveillance; return the surveillance summary."""
-    summary = load_transactions.load_file(engine, write_trades(directory, name, rows))
-    assert summary.rows_rejected == 0, summary.sample_rejects
+    load(engine, write_trades(directory, name, rows))
     update_portfolio.update_portfolios(engine)
     return surveillance.run_surveillance(engine, full=full)
 
@@ -264,9 +272,10 @@ def test_every_rule_once_and_rerunning_or_full_never_duplicates(seeded_engine, d
     assert surveillance.main(["--database-url", database_url]) == 0
 
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"surveillance (full re-check): {len(every_rule_rows())} trades of 5 investors from "
-                             f"0 batches checked against 0 trades of history; 0 new alerts (none) (")
-    assert out[1].startswith("surveillance (incremental): 0 trades of 0 investors from 0 batches checked")
+    assert out[0].startswith(f"surveillance (full re-check): {len(every_rule_rows())} trades of 5 investors "
+                             f"checked, 0 of them new (0 batches); 0 new alerts (none) (")
+    assert out[1].startswith("surveillance (incremental): 0 new trades (0 batches) checked with 0 earlier trades "
+                             "of 0 investors as context; 0 new alerts (none) (")
     with seeded_engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(alerts).where(
             alerts.c.rule.in_(surveillance.RULES))).scalar() == 8
@@ -277,8 +286,32 @@ def test_every_rule_once_and_rerunning_or_full_never_duplicates(seeded_engine, d
 def test_first_run_summary_line(seeded_engine, tmp_path):
     summary = load_and_surveil(seeded_engine, tmp_path, history(1001, cycles=1))
 
-    assert summary.line().startswith("surveillance (incremental): 3 trades of 1 investors from 1 batches checked "
-                                     "against 0 trades of history; 1 new alerts (SECTOR_CONCENTRATION 1) (")
+    assert summary.line(seconds=False) == ("surveillance (incremental): 3 new trades (1 batches) checked with 0 "
+                                           "earlier trades of 1 investors as context; 1 new alerts "
+                                           "(SECTOR_CONCENTRATION 1)")
+    assert re.fullmatch(re.escape(summary.line(seconds=False)) + r" \(\d+\.\d\d s\)", summary.line())
+
+
+def test_summary_counts_new_trades_apart_from_the_earlier_ones_read_as_context(seeded_engine, tmp_path):
+    kept = [(f"K{n}", 1002, "KO", "BUY", 1, "60.00", at(10 * n, day=3)) for n in range(5)]  # 09:00 .. 09:40
+    load_and_surveil(seeded_engine, tmp_path, history(1001) + kept, name="first.csv")
+    load(seeded_engine, write_trades(tmp_path, "second.csv", [
+        ("N1", 1001, "AAPL", "BUY", 10, "100.00", at(0, day=5)),
+        ("N2", 1001, "AAPL", "BUY", 20, "100.00", at(30, day=5))]))
+    load(seeded_engine, write_trades(tmp_path, "late.csv", [
+        ("L1", 1002, "KO", "BUY", 1, "60.00", at(5, day=3))]))  # late: between K0 and K1
+    update_portfolio.update_portfolios(seeded_engine)
+
+    summary = surveillance.run_surveillance(seeded_engine)
+
+    # new: N1, N2, L1 from 2 batches. Re-checked: K1..K4, later than the late L1. History before each investor's
+    # first new trade: 1001's 36 trades (fewer than the 50 of LARGE_TRADE_LOOKBACK_TRADES), 1002's K0.
+    # Earlier trades read: 4 + 36 + 1 = 41. No new alert: both investors' sector alerts were raised by the first run
+    assert (summary.batches, summary.new_trades, summary.trades_checked, summary.context_trades,
+            summary.investors) == (2, 3, 7, 37, 2)
+    assert summary.line(seconds=False) == (
+        "surveillance (incremental): 3 new trades (2 batches) checked with 41 earlier trades of 2 investors as "
+        "context (4 of them re-checked: they follow a late new trade); 0 new alerts (none)")
 
 
 def test_incremental_checks_only_new_trades_with_their_history(seeded_engine, tmp_path):
@@ -290,7 +323,7 @@ def test_incremental_checks_only_new_trades_with_their_history(seeded_engine, tm
         ("BIG", 1001, "AAPL", "BUY", 5000, "100.00", at(0, day=5)),
         ("W-SELL", 1002, "MSFT", "SELL", 10, "400.00", at(3, day=5))], name="second.csv")
 
-    assert (second.trades_checked, second.batches, second.context_trades) == (2, 1, 37)
+    assert (second.new_trades, second.trades_checked, second.batches, second.context_trades) == (2, 2, 1, 37)
     assert refs(seeded_engine, "LARGE_TRADE") == ["BIG"]
     assert refs(seeded_engine, "WASH_TRADE") == ["W-SELL"]
     assert "against the investor's last 36 trades" in alert_rows(seeded_engine, "LARGE_TRADE")[0]["details"]
@@ -303,7 +336,8 @@ def test_a_late_trade_is_checked_with_the_trades_after_it(seeded_engine, tmp_pat
 
     late = load_and_surveil(seeded_engine, tmp_path, [("B0", 1005, "KO", "BUY", 1, "60.00", at(0))], name="late.csv")
 
-    assert late.trades_checked == 11  # the late trade and the 10 after it, whose windows now hold it
+    assert (late.new_trades, late.trades_checked) == (1, 11)  # the late trade and the 10 after it, whose windows
+    # now hold it
     assert refs(seeded_engine, "BURST") == ["B10"]
 
 
@@ -481,3 +515,33 @@ def test_holdings_before_the_history_come_from_portfolios(seeded_engine, tmp_pat
         connection.execute(alerts.delete().where(alerts.c.rule == "ROUND_TRIP"))
     surveillance.run_surveillance(seeded_engine, full=True)
     assert refs(seeded_engine, "ROUND_TRIP") == (["1001-AAPL-7-2S"] if fires else [])
+
+
+def test_more_investors_with_history_than_sqlite_allows_terms_in_a_compound_select(seeded_engine, tmp_path,
+                                                                                   monkeypatch):
+    # 600 investors with history and new trades: the holdings before their history are read for all of them
+    # (SQLite refuses a compound SELECT of more than 500 terms). Per investor: AAPL bought, then sold to flat (even
+    # ids) or to 5 held (odd ids); 3 KO trades; then 3 quick AAPL round trips, which open from flat, and so fire
+    # ROUND_TRIP, only for the even ids. An own history of 3 trades keeps the files small and leaves the AAPL
+    # trades out of the history read: they count only through portfolios
+    monkeypatch.setattr(constants, "LARGE_TRADE_LOOKBACK_TRADES", 3)
+    investor_ids = range(2001, 2601)
+    with seeded_engine.begin() as connection:
+        connection.execute(investors.insert(), [
+            {"investor_id": investor_id, "name": f"Investor {investor_id}", "risk_profile": "balanced",
+             "created_at": DAY} for investor_id in investor_ids])
+    first, second = [], []
+    for investor_id in investor_ids:
+        sold = 10 if investor_id % 2 == 0 else 5
+        first += [(f"A{investor_id}-1", investor_id, "AAPL", "BUY", 10, "100.00", at(0)),
+                  (f"A{investor_id}-2", investor_id, "AAPL", "SELL", sold, "101.00", at(60))]
+        first += [(f"K{investor_id}-{n}", investor_id, "KO", "BUY", 1 + n, "60.00", at(10 * n, day=1))
+                  for n in range(3)]
+        second += round_trips(investor_id, [10, 5, 14], day=7, symbol="AAPL")
+    load_and_surveil(seeded_engine, tmp_path, first, name="first.csv")
+
+    summary = load_and_surveil(seeded_engine, tmp_path, second, name="second.csv")
+
+    assert (summary.investors, summary.new_trades, summary.context_trades) == (600, 3600, 1800)
+    assert refs(seeded_engine, "ROUND_TRIP") == [f"{investor_id}-AAPL-7-2S" for investor_id in investor_ids
+                                                 if investor_id % 2 == 0]

@@ -1,7 +1,9 @@
-"""update_portfolio.py: the weighted-average-cost engine of SPEC §5, incremental and full, and its alerts.
+"""update_portfolio.py: the weighted-average-cost engine of docs/portfolio-math.md, incremental and full, and its
+alerts.
 
 Every database test runs on SQLite and on a fresh MariaDB database. The numbers are checked against a
-brute-force reference written here from SPEC §5 with exact fractions (not against the code under test), and
+brute-force reference written here from docs/portfolio-math.md with exact fractions (not against the code under
+test), and
 against hand-computed values.
 """
 import contextlib
@@ -86,7 +88,7 @@ class Trade:
 
 
 def reference_positions(trades, closes=None):
-    """SPEC §5 by brute force with exact fractions.
+    """docs/portfolio-math.md by brute force with exact fractions.
 
     Returns ({(investor, symbol): dict of quantity, cost_basis, realized_pnl, avg_cost, last_price, market_value,
     unrealized_pnl}, set of oversold txn_refs). last_price is the symbol's close in `closes` (the latest close on
@@ -168,10 +170,29 @@ def fresh_engine(database_url):
 
 POSITION_POOL = [(investor, symbol) for investor in (1001, 1002, 1003) for symbol in ("AAPL", "TSLA")]
 BASE_TIME = datetime(2024, 3, 4, 9, 30, 0)
+# What the loader accepts (validation): a price below 10**9 with at most 4 decimals, and a trade's quantity ×
+# price below 10**12. Prices are drawn in ten-thousandths of a currency unit.
+MAX_NOTIONAL_UNITS = 10**16  # 10**12 currency units, exclusive
+MAX_QUANTITY = 2**31 - 1
+# (largest price in ten-thousandths, largest BUY quantity): the whole accepted range on MariaDB, which stores
+# exact decimals; on SQLite, which stores 8-byte floats, the range where every amount stays below 10**13 (exact
+# to the cent there, as the README says): 30 trades of at most 10**6 shares at 100,000.0000.
+DRAWN_RANGES = {"exact": (10**13 - 1, MAX_QUANTITY), "sqlite": (10**9, 10**6)}
+
+
+def log_uniform(most):
+    """Integers from 1 to `most`, log-uniform-ish: a number of digits, then digits of that length."""
+    return st.integers(1, len(str(most))).flatmap(
+        lambda digits: st.integers(10 ** (digits - 1), min(10 ** digits - 1, most)))
+
+
+def price_units(most, quantity=1):
+    """A price in ten-thousandths from 0.0001 up to `most` with quantity × price below 10**12."""
+    return log_uniform(min(most, (MAX_NOTIONAL_UNITS - 1) // quantity))
 
 
 @st.composite
-def trade_scenarios(draw):
+def trade_scenarios(draw, most_price_units, most_buy_quantity):
     """Trades of a few positions in time order (with ties), split over files, with a load order and updates."""
     keys = draw(st.lists(st.sampled_from(POSITION_POOL), min_size=1, max_size=4, unique=True))
     count = draw(st.integers(1, 30))
@@ -181,19 +202,22 @@ def trade_scenarios(draw):
         investor_id, symbol = draw(st.sampled_from(keys))
         held = holdings.get((investor_id, symbol), 0)
         kind = draw(st.sampled_from(["BUY", "BUY", "SELL_PART", "SELL_ALL", "SELL_MORE"]))
-        if kind == "BUY" or (held == 0 and kind != "SELL_MORE"):
-            txn_type, quantity = "BUY", draw(st.integers(1, 300))
-        elif kind == "SELL_ALL":
-            txn_type, quantity = "SELL", held  # sell to flat (if the replay order matches generation order)
-        elif kind == "SELL_PART":
-            txn_type, quantity = "SELL", draw(st.integers(1, held))
-        else:
-            txn_type, quantity = "SELL", held + draw(st.integers(1, 50))  # an oversell
+        if kind == "BUY" or (held == 0 and kind != "SELL_MORE"):  # the price first, then a quantity it allows
+            ten_thousandths = draw(price_units(most_price_units))
+            txn_type = "BUY"
+            quantity = draw(log_uniform(min(most_buy_quantity, (MAX_NOTIONAL_UNITS - 1) // ten_thousandths)))
+        else:  # the quantity first, then a price it allows; a trade's quantity fits an INT
+            if kind == "SELL_ALL" and held <= MAX_QUANTITY:
+                txn_type, quantity = "SELL", held  # sell to flat (if the replay order matches generation order)
+            elif kind != "SELL_MORE" or held + 50 > MAX_QUANTITY:
+                txn_type, quantity = "SELL", draw(st.integers(1, min(held, MAX_QUANTITY)))
+            else:
+                txn_type, quantity = "SELL", held + draw(st.integers(1, 50))  # an oversell
+            ten_thousandths = draw(price_units(most_price_units, quantity))
         if txn_type == "BUY":
             holdings[(investor_id, symbol)] = held + quantity
         elif quantity <= held:
             holdings[(investor_id, symbol)] = held - quantity
-        ten_thousandths = draw(st.integers(1, 3_000_000))  # price 0.0001 .. 300.0000
         trades.append(Trade(f"H{number:03d}", investor_id, symbol, txn_type, quantity,
                             Fraction(ten_thousandths, 10_000), BASE_TIME + timedelta(minutes=slot)))
     file_count = draw(st.integers(1, 4))
@@ -205,7 +229,7 @@ def trade_scenarios(draw):
     update_after = draw(st.lists(st.booleans(), min_size=len(files), max_size=len(files)))
     # sometimes a daily close (on or before today) prices a symbol instead of its latest trade
     closes = draw(st.dictionaries(st.sampled_from(["AAPL", "TSLA"]),
-                                  st.integers(1, 3_000_000).map(lambda n: Fraction(n, 10_000))))
+                                  price_units(most_price_units).map(lambda n: Fraction(n, 10_000))))
     return files, load_order, update_after, closes
 
 
@@ -217,11 +241,13 @@ def price_text(price):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
-@given(scenario=trade_scenarios())
-def test_replay_matches_brute_force_reference(database_url, scenario):
-    """Random trade sequences over shuffled files, updated at random points, equal the SPEC §5 reference;
-    the incremental result equals a full replay."""
-    files, load_order, update_after, closes = scenario
+@given(data=st.data())
+def test_replay_matches_brute_force_reference(database_url, data):
+    """Random trade sequences over shuffled files, updated at random points, equal the docs/portfolio-math.md
+    reference to the cent, prices and quantities over the range the database keeps exactly; the incremental
+    result equals a full replay."""
+    ranges = DRAWN_RANGES["sqlite" if database_url.startswith("sqlite") else "exact"]
+    files, load_order, update_after, closes = data.draw(trade_scenarios(*ranges))
     with fresh_engine(database_url) as engine, tempfile.TemporaryDirectory() as directory:
         if closes:
             prices = Path(directory) / "closes.csv"
@@ -394,7 +420,7 @@ def test_late_sell_turns_a_later_sell_into_an_oversell(seeded_engine, tmp_path):
 
 
 def test_same_time_in_a_later_file_keeps_load_order(seeded_engine, tmp_path):
-    """Trades of one position with the same txn_time in two files apply in load order (SPEC §5)."""
+    """Trades of one position with the same txn_time in two files apply in load order (docs/portfolio-math.md)."""
     load(seeded_engine, write_trades(tmp_path, "a.csv", [
         ("ST-1", 1001, "KO", "BUY", 10, "60.00", "2024-06-03 10:00:00"),
     ]))
@@ -412,7 +438,7 @@ def test_same_time_in_a_later_file_keeps_load_order(seeded_engine, tmp_path):
 # ---------------------------------------------------------------------------------------------- prices, many batches
 
 def test_last_price_is_latest_close_on_or_before_today(seeded_engine, tmp_path):
-    """last_price: the latest close not after `today`, else the latest trade's price (SPEC §5)."""
+    """last_price: the latest close not after `today`, else the latest trade's price (docs/portfolio-math.md)."""
     tomorrow = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d")
     prices = tmp_path / "closes.csv"
     prices.write_text("stock_symbol,price_date,close_price\n"
