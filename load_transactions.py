@@ -184,10 +184,7 @@ class Record:
 def _parse_records(chunk, lines, layout, sha256):
     """The slow path: records one by one; blank lines are ignored, bad records become rejects."""
     numbers, texts, rows, rejects = [], [], [], []
-    position = 0
-    while position < len(chunk.lines):
-        record = read_record(chunk, position, lines, layout)
-        position += record.line_count
+    for record in chunk_records(chunk, lines, layout):
         if record.problem:
             rejects.append((record.line_number, record.problem, record.raw))
         elif record.fields is not None:
@@ -196,6 +193,15 @@ def _parse_records(chunk, lines, layout, sha256):
             rows.append(record.fields)
     cells = {index: [row[index] for row in rows] for index in layout.columns}
     return _trade_batch(cells, numbers, texts, layout, sha256), _rejects_frame(rejects)
+
+
+def chunk_records(chunk, lines, layout):
+    """The records of a chunk, in order; the last one may take lines past the chunk's end (see read_record)."""
+    position = 0
+    while position < len(chunk.lines):
+        record = read_record(chunk, position, lines, layout)
+        position += record.line_count
+        yield record
 
 
 class _LineBreaksRecord(Exception):
@@ -668,11 +674,7 @@ def iter_records(path, layout, chunk_lines=10_000):
         handle.readline()
         lines = PhysicalLines(handle, 2)
         while chunk := lines.take(chunk_lines):
-            position = 0
-            while position < len(chunk.lines):
-                record = read_record(chunk, position, lines, layout)
-                position += record.line_count
-                yield record
+            yield from chunk_records(chunk, lines, layout)
 
 
 PLAIN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
