@@ -50,6 +50,7 @@ UPSERT_ROWS = 5_000
 MAX_RAW_RECORD_CHARS = 10_000  # a rejected record is kept up to this length, with a note of its full length
 
 csv.field_size_limit(MAX_FIELD_CHARS)
+WORKER_STOP_SECONDS = 5
 BACKGROUND_MIN_BYTES = 8 << 20  # files above 8 MB (about 130,000 trades) are parsed in a worker process
 
 
@@ -473,20 +474,39 @@ def in_background(items, depth=2):
                 raise item
             yield item
     finally:
-        if worker.is_alive():
-            worker.terminate()
-        worker.join()
+        _stop(worker, queue)
+
+
+def _stop(worker, queue):
+    """End the worker, however it is: SIGTERM (it dies at once, see _worker_signals), then SIGKILL if need be."""
+    if worker.is_alive():
+        worker.terminate()
+        worker.join(WORKER_STOP_SECONDS)
+    if worker.is_alive():
+        worker.kill()
+    worker.join()
+    queue.close()
+    queue.cancel_join_thread()  # items the worker left in the pipe are dropped, not waited for
 
 
 def _produce(items, queue, parent_pid):
     """The worker process: send ('item', x) for each item, then ('done', None), or ('error', exception)."""
+    _worker_signals()
     _die_with_parent(parent_pid)
+    queue.cancel_join_thread()  # on exit, never wait for the parent to read what is left in the pipe
     try:
         for item in items:
             _put(queue, ("item", item), parent_pid)
         _put(queue, ("done", None), parent_pid)
     except BaseException as error:  # handed to the parent, which re-raises it
         _put(queue, ("error", error), parent_pid)
+
+
+def _worker_signals():
+    """The worker dies at once on SIGTERM (the loader's own handler, inherited through fork, would turn it into
+    an exception and a traceback) and leaves Ctrl+C to the loader, which stops it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal this process gets when its parent dies

@@ -201,3 +201,25 @@ def test_retry_rejects_loads_rows_rejected_for_a_missing_investor(seeded_engine,
                    "trades.csv: 2 read, 1 loaded, 1 duplicates, 0 rejected (batch 2)"]
     with seeded_engine.connect() as connection:
         assert connection.execute(text("SELECT txn_ref FROM transactions ORDER BY txn_id")).scalars().all() == ["a", "b"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc to find the worker process")
+@pytest.mark.parametrize("delay", [0.0, 0.7])
+def test_sigterm_during_a_big_load_ends_it_in_one_line_and_marks_the_batch_failed(seeded_engine, database_url,
+                                                                                   tmp_path, delay):
+    big = write_trades(tmp_path / "big.csv", 160_000)
+    process = loader(database_url, big)
+    deadline = time.monotonic() + 60
+    while not children(process.pid) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    workers = children(process.pid)
+    assert workers, "the loader never started its worker"
+    time.sleep(delay)
+
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(30)  # it used to hang for ever: the worker blocked on a full pipe
+
+    assert (code, process.stderr.read().splitlines()) == (1, ["error: load_transactions: interrupted"])
+    assert not any(map(alive, workers))
+    [batch] = batch_rows(seeded_engine)
+    assert (batch["status"], batch["error"]) == ("failed", "terminated (SIGTERM)")
