@@ -29,7 +29,7 @@ def exact_text(length):
 TxnRef = exact_text(64)  # an identifier: 'ref-a' and 'REF-A' are two trades
 Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite auto-increments only INTEGER PRIMARY KEY
 Price = Numeric(18, 4)  # currency units per share
-Amount = Numeric(30, 6)  # currency units: room for a million trades at the largest notional loading accepts
+Amount = Numeric(38, 6)  # currency units: a BIGINT holding at the largest price loading accepts fits
 Ratio = Numeric(12, 8)  # a share between 0 and 1
 Score = Numeric(6, 2)  # 0..100
 

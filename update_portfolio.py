@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 from sqlalchemy import and_, bindparam, delete, select, text, update
 
@@ -27,6 +27,7 @@ from schema import alerts, investor_risk, load_batches, portfolios, symbol_last_
 
 logger = logging.getLogger(__name__)
 
+DECIMAL_DIGITS = 40  # Decimal's default 28 cannot round a market value of 10**22 to 6 places; DECIMAL(38, 6) can
 MONEY_STEP = Decimal("0.000001")  # state is kept at 6 decimals after every trade, so incremental == full exactly
 PRICE_STEP = Decimal("0.0001")
 ZERO = Decimal(0)
@@ -547,6 +548,11 @@ def raise_concentration_alerts(connection, now):
 
 def update_portfolios(engine, full=False, today=None):
     """Apply new trades (or replay all with full=True), then revalue and score; one transaction. Returns a summary."""
+    with localcontext(prec=DECIMAL_DIGITS):
+        return _update_portfolios(engine, full, today)
+
+
+def _update_portfolios(engine, full, today):
     started = time.perf_counter()
     summary = UpdateSummary(full=full)
     with db_config.stage_transaction(engine, "update_portfolio") as connection:

@@ -277,3 +277,24 @@ def test_prices_rejects_warning_says_where_they_are_and_are_not(seeded_engine, t
     assert messages[-1] == (f"{path}: 12 rejected rows in all; only the first 10 are shown: prices are not a "
                             "trade batch, their rejects are not stored")
     assert "rejected_transactions" not in messages[-1]
+
+
+def test_a_holding_worth_10_to_the_22_keeps_the_update_working(seeded_engine, tmp_path):
+    import update_portfolio
+
+    rows = [trade(f"P{n}", price="0.0001", quantity=2147483647) for n in range(4700)]
+    rows.append("PLAST,1002,AAPL,BUY,1,999999999.9999,2025-01-03 10:00:00")  # AAPL's last price: no close loaded
+    load_transactions.load_file(seeded_engine, write(tmp_path, rows))
+
+    update_portfolio.update_portfolios(seeded_engine)
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+
+    p = update_portfolio.portfolios.c
+    with seeded_engine.connect() as connection:
+        quantity, market_value = connection.execute(select(p.quantity, p.market_value).where(p.investor_id == 1001)).one()
+    assert quantity == 4700 * 2147483647
+    exact = quantity * Decimal("999999999.9999")  # about 1.0e22: beyond Python's default 28 decimal digits with 6 places
+    if seeded_engine.dialect.name == "sqlite":  # 8-byte floats: exact only below 10**13 (README)
+        assert abs(Decimal(str(market_value)) - exact) / exact < Decimal("1e-12")
+    else:
+        assert Decimal(str(market_value)) == exact
