@@ -19,7 +19,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from itertools import islice
 from queue import Empty, Full
 
 from tqdm import tqdm
@@ -45,7 +44,8 @@ LOGGED_REJECTS = 10  # rejects shown in the log per file; all are kept in reject
 MAX_REASON_LENGTH = 1000
 FIRST_CHUNK_ROWS = 10_000
 MAX_RECORD_LINES = 10  # a quoted field may carry line breaks, within this many lines of one record
-MAX_FIELD_CHARS = 1 << 24  # a longer field is a reject, not a crash of the csv module
+MAX_LINE_BYTES = 1 << 20  # a longer line is one reject, read in pieces: memory stays bounded by the chunk
+MAX_FIELD_CHARS = MAX_LINE_BYTES * MAX_RECORD_LINES  # the csv module's limit, never the reason for a reject
 UPSERT_ROWS = 5_000
 MAX_RAW_RECORD_CHARS = 10_000  # a rejected record is kept up to this length, with a note of its full length
 
@@ -100,9 +100,11 @@ def read_layout(path):
 
 @dataclass
 class Chunk:
-    """Physical lines of a file (bytes with their line endings), the first numbered first_number."""
+    """Physical lines of a file (bytes with their line endings), the first numbered first_number; a line over
+    MAX_LINE_BYTES is kept cut, its full length in `overlong` by its position."""
     first_number: int
-    lines: list
+    lines: list = field(default_factory=list)
+    overlong: dict = field(default_factory=dict)
 
 
 class PhysicalLines:
@@ -113,20 +115,32 @@ class PhysicalLines:
 
     def take(self, count):
         """The next `count` lines (fewer at the end) as a Chunk, or None when the file is done."""
-        lines = list(islice(self.handle, count))
-        if not lines:
-            return None
-        chunk = Chunk(self.next_number, lines)
-        self.next_number += len(lines)
-        return chunk
+        chunk = Chunk(self.next_number)
+        while len(chunk.lines) < count and self.extend(chunk):
+            pass
+        return chunk if chunk.lines else None
 
     def extend(self, chunk):
-        """Append the file's next line to `chunk`; False at the end of the file."""
-        line = self.handle.readline()
-        if line:
-            chunk.lines.append(line)
-            self.next_number += 1
-        return bool(line)
+        """Append the file's next line to `chunk`; False at the end of the file. A line over MAX_LINE_BYTES is
+        read on in pieces and kept cut, so that no line costs more memory than that."""
+        line = self.handle.readline(MAX_LINE_BYTES)
+        if not line:
+            return False
+        if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
+            chunk.overlong[len(chunk.lines)] = len(line) + self._skip_rest_of_line()
+            line = line[:MAX_RAW_RECORD_CHARS]
+        chunk.lines.append(line)
+        self.next_number += 1
+        return True
+
+    def _skip_rest_of_line(self):
+        """Read past the rest of the current line; return its length in bytes."""
+        length = 0
+        while piece := self.handle.readline(MAX_LINE_BYTES):
+            length += len(piece)
+            if piece.endswith(b"\n"):
+                break
+        return length
 
 
 def iter_batches(path, layout, sha256, chunk_rows=constants.LOAD_CHUNK_ROWS, on_progress=None):
@@ -145,7 +159,7 @@ def iter_batches(path, layout, sha256, chunk_rows=constants.LOAD_CHUNK_ROWS, on_
 def parse_chunk(chunk, lines, layout, sha256):
     """CSV-parse a chunk into (trade batch, rejects): pandas' C parser for the usual chunk of simple lines, the
     csv module record by record for anything else (quotes, blank lines, control characters, wrong widths)."""
-    data = _plain_data(chunk.lines, layout)
+    data = None if chunk.overlong else _plain_data(chunk.lines, layout)
     if data is None:
         return _parse_records(chunk, lines, layout, sha256)
     frame = pd.read_csv(io.BytesIO(data), header=None, names=range(layout.width), dtype=object, na_filter=False,
@@ -214,6 +228,11 @@ def read_record(chunk, position, lines, layout):
     MAX_RECORD_LINES lines, pulled from the file past the chunk's end if need be; a record that cannot be read
     is one reject of its first line, and the lines after it are read again as records of their own."""
     number = chunk.first_number + position
+    if position in chunk.overlong:
+        length = chunk.overlong[position]
+        kept = chunk.lines[position][:MAX_RAW_RECORD_CHARS - 100].decode("utf-8", "replace")
+        return Record(number, 1, f"{kept}… [cut: {length:,} bytes in all]",
+                      problem=f"record: the line is {length:,} bytes long, over the limit of {MAX_LINE_BYTES:,}")
     text, problem = _line_text(chunk.lines[position])
     if problem or not text.strip():
         return Record(number, 1, text, problem=problem)
@@ -226,8 +245,10 @@ def read_record(chunk, position, lines, layout):
             if index == len(chunk.lines) and not lines.extend(chunk):
                 return
             continuation, trouble = _line_text(chunk.lines[index])
+            if index in chunk.overlong:
+                trouble = f"is over {MAX_LINE_BYTES:,} bytes long"
             if trouble:
-                raise _LineBreaksRecord(trouble)
+                raise _LineBreaksRecord(trouble.removeprefix("record: "))
             consumed.append(chunk.lines[index])
             yield continuation + "\n"
 
@@ -259,8 +280,6 @@ def _csv_problem(error):
     message = str(error)
     if "unexpected end of data" in message:
         return f"a quoted field is not closed (within {MAX_RECORD_LINES} lines)"
-    if "field larger than field limit" in message:
-        return f"a field is longer than {MAX_FIELD_CHARS:,} characters"
     return f"is not valid CSV ({message})"
 
 
@@ -493,7 +512,6 @@ def _produce(items, queue, parent_pid):
     """The worker process: send ('item', x) for each item, then ('done', None), or ('error', exception)."""
     _worker_signals()
     _die_with_parent(parent_pid)
-    queue.cancel_join_thread()  # on exit, never wait for the parent to read what is left in the pipe
     try:
         for item in items:
             _put(queue, ("item", item), parent_pid)
@@ -746,7 +764,8 @@ def plan_files(paths):
     planned = []
     for path in paths:
         beside = os.path.join(os.path.dirname(path), PRICES_FILE_NAME)
-        if os.path.basename(path) != PRICES_FILE_NAME and os.path.exists(beside) and beside not in planned:
+        wanted = os.path.basename(path) != PRICES_FILE_NAME and os.path.exists(path)  # not for a missing file
+        if wanted and os.path.exists(beside) and beside not in planned:
             planned.append(beside)
         if path not in planned:
             planned.append(path)

@@ -38,10 +38,14 @@ def detect_layout(header_text, source):
     Comma-separated is the format; a header that only fits when split on semicolons or tabs (a spreadsheet's
     export) is read with that delimiter.
     """
+    if "\r" in header_text:
+        raise ValueError(f"{source}: line 1: header holds a carriage return inside the line (old Mac line endings?); "
+                         "save the file with LF or CRLF line endings")
     for delimiter in DELIMITERS:
         names = [name.strip().lower() for name in next(csv.reader([header_text], delimiter=delimiter), [])]
         for kind, required in (("canonical", TRADE_COLUMNS), ("legacy", LEGACY_COLUMNS), ("prices", PRICE_COLUMNS)):
             if set(required) <= set(names):
+                _refuse_repeated_columns(names, required, source)
                 return FileLayout(kind, [names.index(column) for column in required], len(names), delimiter)
     delimiter = _likely_delimiter(header_text)
     names = [name.strip().lower() for name in next(csv.reader([header_text], delimiter=delimiter), [])]
@@ -52,6 +56,13 @@ def detect_layout(header_text, source):
         f"expected {','.join(TRADE_COLUMNS)} (or the legacy {','.join(LEGACY_COLUMNS)}), found {header_text[:200]}"
         + hint
     )
+
+
+def _refuse_repeated_columns(names, required, source):
+    """A required column named twice: which one holds the value? Refuse rather than pick one silently."""
+    repeated = [column for column in required if names.count(column) > 1]
+    if repeated:
+        raise ValueError(f"{source}: line 1: header names column(s) {', '.join(repeated)} more than once")
 
 
 def _likely_delimiter(header_text):

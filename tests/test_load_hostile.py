@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 import db_config
 import load_transactions
 import seed_investors
-from schema import rejected_transactions, transactions
+import update_portfolio
+from schema import market_prices, rejected_transactions, transactions
 
 HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
 
@@ -218,8 +219,6 @@ def test_every_row_is_counted_once(seeded_engine, tmp_path):
 # ---------------------------------------------------------------------------------------------- later updates
 
 def test_quantities_summing_past_32_bits_keep_the_update_working(seeded_engine, tmp_path):
-    import update_portfolio
-
     rows = [trade("big", price="1", quantity=2147483647), "one,1001,AAPL,BUY,1,1,2025-01-02 10:00:01"]
     load_transactions.load_file(seeded_engine, write(tmp_path, rows))
 
@@ -234,8 +233,6 @@ def test_quantities_summing_past_32_bits_keep_the_update_working(seeded_engine, 
 
 @pytest.mark.parametrize("bad", ["2025-06-30 23:59:60", "１０.5"])
 def test_rows_that_would_break_later_updates_are_rejected(seeded_engine, tmp_path, bad):
-    import update_portfolio
-
     row = (f"x,1001,AAPL,BUY,1,10,{bad}" if ":" in bad else f"x,1001,AAPL,BUY,1,{bad},2025-01-02 10:00:00")
     summary = load_transactions.load_file(seeded_engine, write(tmp_path, [trade("a"), row]))
 
@@ -244,8 +241,6 @@ def test_rows_that_would_break_later_updates_are_rejected(seeded_engine, tmp_pat
 
 
 def test_prices_file_rejects_what_trade_rules_reject_and_keeps_the_rest(seeded_engine, tmp_path):
-    from schema import market_prices
-
     path = tmp_path / "market_prices.csv"
     path.write_bytes("stock_symbol,price_date,close_price\nAAPL,2024-01-02,190.5\nAAPL,2024-01-03,１９０\n"
                      "AAPL,2024-01-04,190.12345\nAAPL,2024-01-05,1e3\nAA\rPL,2024-01-08,1\nAAPL,２０２４-01-09,1\n"
@@ -280,8 +275,6 @@ def test_prices_rejects_warning_says_where_they_are_and_are_not(seeded_engine, t
 
 
 def test_a_holding_worth_10_to_the_22_keeps_the_update_working(seeded_engine, tmp_path):
-    import update_portfolio
-
     rows = [trade(f"P{n}", price="0.0001", quantity=2147483647) for n in range(4700)]
     rows.append("PLAST,1002,AAPL,BUY,1,999999999.9999,2025-01-03 10:00:00")  # AAPL's last price: no close loaded
     load_transactions.load_file(seeded_engine, write(tmp_path, rows))
@@ -298,3 +291,62 @@ def test_a_holding_worth_10_to_the_22_keeps_the_update_working(seeded_engine, tm
         assert abs(Decimal(str(market_value)) - exact) / exact < Decimal("1e-12")
     else:
         assert Decimal(str(market_value)) == exact
+
+
+def test_a_line_over_the_limit_is_one_reject_read_in_pieces(seeded_engine, tmp_path):
+    limit = load_transactions.MAX_LINE_BYTES
+    rows = [trade("a"), "b,1001,AAPL,BUY,1,1," + "9" * (3 * limit), 'c,1001,AAPL,BUY,1,1,"2025', "x" * (limit + 5) + '"',
+            trade("d")]
+    path = write(tmp_path, rows)
+
+    summary = load_transactions.load_file(seeded_engine, path, chunk_rows=2)
+
+    length = len(rows[1]) + 1  # with its line ending
+    assert [(line, reason) for line, reason, _ in rejects(seeded_engine)] == [
+        (3, f"record: the line is {length:,} bytes long, over the limit of {limit:,}"),
+        (4, f"record: a quoted field runs on to a line that is over {limit:,} bytes long"),
+        (5, f"record: the line is {limit + 7:,} bytes long, over the limit of {limit:,}")]
+    assert rejects(seeded_engine)[0][2].endswith(f"… [cut: {length:,} bytes in all]")
+    assert loaded_refs(seeded_engine) == ["a", "d"]
+    assert_accounted(summary)
+
+
+@pytest.mark.parametrize("header, ending, problem", [
+    (HEADER + ",price", "\n", "header names column(s) price more than once"),
+    (HEADER, "\r", "header holds a carriage return inside the line (old Mac line endings?); "
+                   "save the file with LF or CRLF line endings"),
+])
+def test_header_problems_refuse_the_file_with_its_name_and_the_next_file_loads(
+        seeded_engine, database_url, tmp_path, capsys, header, ending, problem):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(f"{header}{ending}{trade('x')}{ending}".encode())
+    good = write(tmp_path, [trade("g")], "good.csv")
+
+    code = load_transactions.main(["--database-url", database_url, str(bad), good])
+
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert err.splitlines() == [f"error: load_transactions: {bad}: line 1: {problem}"]
+    assert out.splitlines() == ["good.csv: 1 read, 1 loaded, 0 duplicates, 0 rejected (batch 2)"]
+    assert loaded_refs(seeded_engine) == ["g"]
+
+
+def test_a_missing_file_does_not_load_the_prices_beside_it(seeded_engine, database_url, tmp_path, capsys):
+    (tmp_path / "market_prices.csv").write_text("stock_symbol,price_date,close_price\nAAPL,2024-01-02,190\n")
+
+    assert load_transactions.main(["--database-url", database_url, str(tmp_path / "absent.csv")]) == 2
+
+    assert capsys.readouterr().out == ""
+    with seeded_engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(market_prices)).scalar() == 0
+
+
+def test_a_continuation_line_that_is_not_utf8_is_named_plainly(seeded_engine, tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(f'{HEADER}\n{trade("a")}\nq,1001,AAPL,BUY,1,1,"2025\nl\xe9"\n{trade("b")}\n'.encode("latin-1"))
+
+    load_transactions.load_file(seeded_engine, str(path))
+
+    assert [(line, reason) for line, reason, _ in rejects(seeded_engine)] == [
+        (3, "record: a quoted field runs on to a line that is not UTF-8 text"), (4, "record: is not UTF-8 text")]
+    assert loaded_refs(seeded_engine) == ["a", "b"]
