@@ -14,6 +14,7 @@ planted SELL follows a planted BUY of the same quantity, so no sell ever exceeds
 """
 import logging
 import os
+import re
 import sys
 import time
 from collections import namedtuple
@@ -357,6 +358,31 @@ def merge_planted(market, clean_lines, planted, ref_prefix):
     return lines, truth
 
 
+GENERATED_REF = re.compile(r"S[0-9]+N[0-9]+-")  # the first field of a generated trade (see run_tag)
+
+
+def refuse_to_overwrite(trades_path, beside_paths):
+    """InputError rather than replace data the generator did not write: a trades file whose first row is not a
+    generated trade, or a prices or ground-truth file where no generated trades file is."""
+    generated = is_generated(trades_path)
+    existing = [trades_path] if generated is False else [path for path in beside_paths if os.path.exists(path)]
+    if generated is False or (generated is None and existing):
+        raise cli.InputError(f"{existing[0]} exists and was not written by the generator; not overwriting it "
+                             "(choose another --out/--input, or load it as it is with --no-generate)")
+
+
+def is_generated(path):
+    """Does `path` hold generated trades (or nothing yet)? None if there is no such file."""
+    try:
+        with open(path, "rb") as handle:
+            header, first = handle.readline(1000).strip(), handle.readline(1000)
+    except FileNotFoundError:
+        return None
+    if not header:
+        return True
+    return header == TRADE_HEADER.encode() and (not first.strip() or bool(GENERATED_REF.match(first.decode("latin-1"))))
+
+
 def write_csv(path, header, lines):
     """Write a CSV file with LF line endings."""
     with open(path, "w", encoding="utf-8", newline="\n") as handle:
@@ -396,6 +422,7 @@ def write_anomalous_data(out, rows, seed, rate, prices_out=None, anomalies_out=N
 
 
 def _write_files(files):
+    refuse_to_overwrite(files[0][0], [path for path, _, _ in files[1:]])
     try:
         for path, header, lines in files:
             write_csv(path, header, lines)

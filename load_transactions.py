@@ -92,6 +92,8 @@ def read_layout(path):
         header = first.decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError:
         raise cli.InputError(f"{path}: line 1: header is not UTF-8 text") from None
+    if not header.strip():
+        raise cli.InputError(f"{path}: " + ("is empty" if not first else "line 1: the header is blank"))
     try:
         return validation.detect_layout(header, path)
     except ValueError as error:
@@ -703,6 +705,10 @@ def load_prices_file(engine, path, layout=None):
             closes[parsed[:2]] = parsed[2]
     summary.rows_new, summary.rows_changed = db_retry.with_retries(
         lambda: _upsert_in_transaction(engine, closes), f"{path}: prices")
+    if summary.rows_changed:
+        logger.warning("%s: %d stored daily closes changed value (the same symbol and day, another close): risk is "
+                       "revalued by the next update, but alerts already raised on the old closes stay; "
+                       "surveillance.py --full checks every trade again", path, summary.rows_changed)
     return summary
 
 

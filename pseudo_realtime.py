@@ -79,7 +79,7 @@ def read_market_state(engine):
             "       SUM(CASE WHEN txn_type = 'SELL' THEN -quantity WHEN txn_time <= :now THEN quantity ELSE 0 END) "
             "FROM transactions GROUP BY investor_id, stock_symbol"), {"now": datetime.now()}) if q and q > 0}
     if not investor_ids or not symbols:
-        raise cli.StageError("no investors or stocks in the database: run seed_investors.py first")
+        raise cli.InputError("no investors or stocks in the database: run seed_investors.py first")
     start_prices = {s.symbol: s.start_price for s in constants.STOCKS}
     prices = {s: float(closes.get(s) or start_prices.get(s, 100.0)) for s in symbols}
     return investor_ids, prices, holdings

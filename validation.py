@@ -113,7 +113,7 @@ def validate_trades(batch, context):
          "txn_type: {txn_type!r} is not BUY or SELL"),
         (np.isnan(quantity) | (quantity <= 0) | (quantity > MAX_QUANTITY),
          "quantity: {quantity!r} is not a whole number > 0"),
-        (np.isnan(price) | (price <= 0), "price: {price!r} is not a plain decimal > 0 (no thousands separators)"),
+        (np.isnan(price) | (price <= 0), "price: {price!r} is not a plain decimal > 0 ('.' before decimals, no thousands separators)"),
         (price >= MAX_PRICE, f"price: {{price!r}} is not below {MAX_PRICE:,}"),
         (decimals > 4, "price: {price!r} has more than 4 decimal places"),
         (_notional_too_large(quantity, price, cells["price"]),

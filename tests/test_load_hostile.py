@@ -350,3 +350,28 @@ def test_a_continuation_line_that_is_not_utf8_is_named_plainly(seeded_engine, tm
     assert [(line, reason) for line, reason, _ in rejects(seeded_engine)] == [
         (3, "record: a quoted field runs on to a line that is not UTF-8 text"), (4, "record: is not UTF-8 text")]
     assert loaded_refs(seeded_engine) == ["a", "b"]
+
+
+@pytest.mark.parametrize("content, problem", [(b"", "is empty"), (b"\n" + HEADER.encode(), "line 1: the header is blank")])
+def test_an_empty_file_or_blank_header_says_so(seeded_engine, database_url, tmp_path, capsys, content, problem):
+    path = tmp_path / "t.csv"
+    path.write_bytes(content)
+
+    assert load_transactions.main(["--database-url", database_url, str(path)]) == 2
+
+    assert capsys.readouterr().err.splitlines() == [f"error: load_transactions: {path}: {problem}"]
+
+
+def test_changed_closes_are_named_in_a_warning(seeded_engine, tmp_path, caplog):
+    path = tmp_path / "market_prices.csv"
+    path.write_text("stock_symbol,price_date,close_price\nAAPL,2024-01-02,190\nAAPL,2024-01-03,191\n")
+    load_transactions.load_prices_file(seeded_engine, str(path))
+    path.write_text("stock_symbol,price_date,close_price\nAAPL,2024-01-02,190\nAAPL,2024-01-03,195\n")
+
+    summary = load_transactions.load_prices_file(seeded_engine, str(path))
+
+    assert (summary.rows_new, summary.rows_changed) == (0, 1)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path}: 1 stored daily closes changed value (the same symbol and day, another close): risk is revalued by "
+        "the next update, but alerts already raised on the old closes stay; surveillance.py --full checks every "
+        "trade again"]

@@ -22,7 +22,7 @@ from schema import load_batches, market_prices, rejected_transactions, transacti
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
 LEGACY_HEADER = "investor_id,stock_symbol,txn_type,quantity,price,txn_date"
-PRICE_PROBLEM = "is not a plain decimal > 0 (no thousands separators)"
+PRICE_PROBLEM = "is not a plain decimal > 0 ('.' before decimals, no thousands separators)"
 TIME_PROBLEM = "is not a real date-time YYYY-MM-DD HH:MM:SS"
 
 

@@ -180,3 +180,31 @@ def test_decimal_columns_survive_round_trip(database_url, tmp_path, capsys):
     for row in stored_positions(database_url).values():
         avg_cost = Decimal(str(row.avg_cost))
         assert avg_cost == avg_cost.quantize(Decimal("0.0001"))
+
+
+def test_generation_never_overwrites_a_users_trade_file_or_prices(sqlite_url, tmp_path, capsys):
+    mine = tmp_path / "trades.csv"
+    mine.write_text("txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time\n"
+                    "MY-1,1001,AAPL,BUY,10,100,2025-01-02 10:00:00\n")
+    prices_only = tmp_path / "other"
+    prices_only.mkdir()
+    (prices_only / "market_prices.csv").write_text("stock_symbol,price_date,close_price\nAAPL,2024-01-02,1\n")
+    before = {path: path.read_bytes() for path in (mine, prices_only / "market_prices.csv")}
+
+    first = master_etl.main(["--database-url", sqlite_url, "--input", str(mine), "--no-plots"])
+    second = master_etl.main(["--database-url", sqlite_url, "--input", str(prices_only / "t.csv"), "--no-plots"])
+
+    err = capsys.readouterr().err.splitlines()
+    assert (first, second) == (2, 2)
+    assert err[0] == (f"error: master_etl: stage 1/6 'generate' failed: {mine} exists and was not written by the "
+                      "generator; not overwriting it (choose another --out/--input, or load it as it is with "
+                      "--no-generate)")
+    assert err[1].startswith(f"error: master_etl: stage 1/6 'generate' failed: {prices_only / 'market_prices.csv'} "
+                             "exists and was not written by the generator")
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (prices_only / "t.csv").exists()
+    # a generated file is regenerated as before (the quick start runs it again and again)
+    assert master_etl.main(["--rows", "30", "--database-url", sqlite_url, "--input", str(tmp_path / "g.csv"),
+                            "--no-plots"]) == 0
+    assert master_etl.main(["--rows", "30", "--database-url", sqlite_url, "--input", str(tmp_path / "g.csv"),
+                            "--no-plots"]) == 0

@@ -102,10 +102,10 @@ def test_same_seed_streams_the_same_trades(sqlite_url, tmp_path):
     assert refs[0] == refs[1] and len(refs[0]) == 3
 
 
-def test_empty_database_is_a_runtime_error(sqlite_url, capsys):
-    """Without investors and stocks the stream cannot start: exit 1 and a one-line hint."""
+def test_empty_database_is_an_input_error_like_the_loaders(sqlite_url, capsys):
+    """Without investors and stocks the stream cannot start: exit 2 (as load_transactions) and a one-line hint."""
     code = pseudo_realtime.main(["--interval", "0", "--count", "1", "--database-url", sqlite_url])
-    assert code == 1
+    assert code == 2
     assert capsys.readouterr().err.splitlines() == [
         "error: pseudo_realtime: no investors or stocks in the database: run seed_investors.py first"]
 
