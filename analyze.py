@@ -255,7 +255,8 @@ def alerts_by_date(alert_rows):
 
 def _alerts_by_date(ax, alert_rows):
     ax.set(title="Alerts per day, by date of the trade and rule", ylabel="alerts",
-           xlabel="trade date; position alerts (no trade): the position's last trade, sector alerts: the investor's")
+           xlabel="trade date; position alerts (no trade): the position's last trade; "
+                  "sector alerts: the investor's latest trade")
     if alert_rows.empty:
         _no_data(ax, "no alerts")
         return
@@ -264,7 +265,7 @@ def _alerts_by_date(ax, alert_rows):
     starts, bottom = table.index.to_pydatetime(), pd.Series(0, index=table.index)
     for rule in table.columns:  # stacked bars, each spanning its day or week on a real time axis
         ax.bar(starts, table[rule], width=0.9 * bin_days, bottom=bottom, align="edge",
-               label=f"{rule} (position)" if rule in position_rules else rule)
+               label=f"{rule} (no trade)" if rule in position_rules else rule)
         bottom = bottom + table[rule]
     _date_axis(ax.xaxis)
     ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))

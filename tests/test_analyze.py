@@ -191,8 +191,8 @@ def test_alerts_dated_by_trade_or_position(analyzed, capsys):
     assert [mdates.num2date(limit).year for limit in ax.get_xlim()] == [2024, 2024]  # date numbers, not 0..n
     assert _bars_by_day(ax) == {
         "LARGE_TRADE": {"2024-05-02": 1},
-        "CONCENTRATION (position)": {"2024-05-02": 1, "2024-05-03": 1, "2024-05-20": 1},
-        "SECTOR_CONCENTRATION (position)": {"2024-05-02": 1},
+        "CONCENTRATION (no trade)": {"2024-05-02": 1, "2024-05-03": 1, "2024-05-20": 1},
+        "SECTOR_CONCENTRATION (no trade)": {"2024-05-02": 1},
     }
     assert "position's last trade" in ax.get_xlabel()
 
