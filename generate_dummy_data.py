@@ -358,29 +358,40 @@ def merge_planted(market, clean_lines, planted, ref_prefix):
     return lines, truth
 
 
-GENERATED_REF = re.compile(r"S[0-9]+N[0-9]+-")  # the first field of a generated trade (see run_tag)
+GENERATED_REF = re.compile(rb"S[0-9]+N[0-9]+-")  # how every generated txn_ref starts (see run_tag)
 
 
 def refuse_to_overwrite(trades_path, beside_paths):
-    """InputError rather than replace data the generator did not write: a trades file whose first row is not a
-    generated trade, or a prices or ground-truth file where no generated trades file is."""
+    """InputError rather than replace data the generator did not write: a trades file with any row that is not a
+    generated trade, or a prices or ground-truth file in a folder that holds no generated trades file."""
     generated = is_generated(trades_path)
-    existing = [trades_path] if generated is False else [path for path in beside_paths if os.path.exists(path)]
-    if generated is False or (generated is None and existing):
-        raise cli.InputError(f"{existing[0]} exists and was not written by the generator; not overwriting it "
-                             "(choose another --out/--input, or load it as it is with --no-generate)")
+    if generated is False:
+        _refuse(trades_path)
+    existing = [path for path in beside_paths if os.path.exists(path)]
+    if existing and not generated and not _folder_has_generated_trades(os.path.dirname(trades_path) or "."):
+        _refuse(existing[0])
+
+
+def _refuse(path):
+    raise cli.InputError(f"{path} exists and was not written by the generator; not overwriting it "
+                         "(choose another --out/--input, or load it as it is with --no-generate)")
 
 
 def is_generated(path):
-    """Does `path` hold generated trades (or nothing yet)? None if there is no such file."""
+    """Does `path` hold only generated trades (or nothing)? None if there is no such file."""
     try:
         with open(path, "rb") as handle:
-            header, first = handle.readline(1000).strip(), handle.readline(1000)
+            header = handle.readline().strip()
+            return not header or (header == TRADE_HEADER.encode()
+                                  and all(GENERATED_REF.match(line) or not line.strip() for line in handle))
     except FileNotFoundError:
         return None
-    if not header:
-        return True
-    return header == TRADE_HEADER.encode() and (not first.strip() or bool(GENERATED_REF.match(first.decode("latin-1"))))
+
+
+def _folder_has_generated_trades(folder):
+    """Does the folder hold a trades file the generator wrote (whose prices file sits beside it)?"""
+    return any(is_generated(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+               if name.endswith(".csv") and not name.endswith("_anomalies.csv"))
 
 
 def write_csv(path, header, lines):

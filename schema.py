@@ -31,6 +31,7 @@ Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite auto-increments only
 Price = Numeric(18, 4)  # currency units per share
 Amount = Numeric(38, 6)  # currency units: a BIGINT holding at the largest price loading accepts fits
 Ratio = Numeric(12, 8)  # a share between 0 and 1
+Volatility = Numeric(24, 8)  # annualized, a fraction: closes anywhere in the accepted range (0.0001 to 10**9) fit
 Score = Numeric(6, 2)  # 0..100
 
 RISK_PROFILES = ("conservative", "balanced", "aggressive")
@@ -162,9 +163,9 @@ investor_risk = Table(
     Column("top_position_weight", Ratio, nullable=False),
     Column("hhi", Ratio, nullable=False),
     Column("top_sector_weight", Ratio, nullable=False),
-    Column("weighted_volatility", Ratio, nullable=False),  # annualized, weighted by market value
+    Column("weighted_volatility", Volatility, nullable=False),  # annualized, weighted by market value
     # Historical simulation: today's holdings valued over the price history (see update_portfolio.risk_metrics).
-    Column("portfolio_volatility", Ratio),  # annualized standard deviation of the daily returns
+    Column("portfolio_volatility", Volatility),  # annualized standard deviation of the daily returns
     Column("var_95_1d", Amount),  # 1-day 95% Value at Risk, currency units (a loss, positive)
     Column("expected_shortfall_95_1d", Amount),  # mean loss on the days at or beyond the VaR, currency units
     Column("max_drawdown", Ratio),  # largest fall from a running peak of the value, as a share of that peak

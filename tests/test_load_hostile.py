@@ -375,3 +375,29 @@ def test_changed_closes_are_named_in_a_warning(seeded_engine, tmp_path, caplog):
         f"{path}: 1 stored daily closes changed value (the same symbol and day, another close): risk is revalued by "
         "the next update, but alerts already raised on the old closes stay; surveillance.py --full checks every "
         "trade again"]
+
+
+def absurd_close_then_update(engine, tmp_path):
+    """Trades priced near 190, then a close of 0.001 among closes near 190: a volatility in the thousands."""
+    prices = tmp_path / "market_prices.csv"
+    prices.write_text("stock_symbol,price_date,close_price\n" + "".join(
+        f"AAPL,2024-01-{day:02d},{'0.001' if day == 10 else '190'}\n" for day in range(2, 20)))
+    load_transactions.load_file(engine, write(tmp_path, [trade("a", price="190"), trade("b", price="190") + ",",
+                                                         "c,1002,MSFT,BUY,1,400,2025-01-02 10:00:00"]))
+    load_transactions.load_prices_file(engine, str(prices))
+    update_portfolio.update_portfolios(engine)
+    update_portfolio.update_portfolios(engine, full=True)
+    with engine.connect() as connection:
+        return connection.execute(select(update_portfolio.investor_risk.c.weighted_volatility).where(
+            update_portfolio.investor_risk.c.investor_id == 1001)).scalar()
+
+
+def test_a_typo_close_far_from_the_others_keeps_the_update_working(seeded_engine, tmp_path):
+    assert float(absurd_close_then_update(seeded_engine, tmp_path)) > 10_000  # it used to overflow DECIMAL(12, 8)
+
+
+def test_a_typo_close_far_from_the_others_keeps_the_update_working_on_postgresql(postgres_url, tmp_path):
+    engine = db_config.get_engine(postgres_url)
+    seed_investors.seed_reference_data(engine)
+    assert float(absurd_close_then_update(engine, tmp_path)) > 10_000
+    engine.dispose()

@@ -208,3 +208,16 @@ def test_generation_never_overwrites_a_users_trade_file_or_prices(sqlite_url, tm
                             "--no-plots"]) == 0
     assert master_etl.main(["--rows", "30", "--database-url", sqlite_url, "--input", str(tmp_path / "g.csv"),
                             "--no-plots"]) == 0
+
+
+def test_a_generated_file_with_a_users_rows_appended_is_not_overwritten(sqlite_url, tmp_path, capsys):
+    mine = tmp_path / "d" / "mine.csv"
+    mine.parent.mkdir()
+    mine.write_text("txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time\n"
+                    "S42N10000-0000001,1001,AAPL,BUY,10,100,2025-01-02 10:00:00\n"
+                    "MYROW,1001,AAPL,BUY,10,100,2025-01-02 10:00:00\n")
+    before = mine.read_bytes()
+
+    assert master_etl.main(["--database-url", sqlite_url, "--input", str(mine), "--no-plots"]) == 2
+
+    assert mine.read_bytes() == before and not (mine.parent / "market_prices.csv").exists()
