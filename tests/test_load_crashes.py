@@ -52,14 +52,9 @@ def alive(pid):
         return False
 
 
-def batch_rows(engine):
-    with engine.connect() as connection:
-        return [dict(row._mapping) for row in connection.execute(select(load_batches).order_by(load_batches.c.batch_id))]
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc to find the worker process")
-def test_killed_loader_leaves_no_worker_and_its_batch_is_marked_interrupted(seeded_engine, database_url, tmp_path):
-    big = write_trades(tmp_path / "big.csv", 160_000)  # over 8 MB: parsed in a worker process
+def start_big_load(database_url, tmp_path):
+    """A loader subprocess on a file over 8 MB, once its worker process runs: (path, process, worker pids)."""
+    big = write_trades(tmp_path / "big.csv", 160_000)
     assert os.path.getsize(big) > load_transactions.BACKGROUND_MIN_BYTES
     process = loader(database_url, big)
     deadline = time.monotonic() + 60
@@ -67,6 +62,17 @@ def test_killed_loader_leaves_no_worker_and_its_batch_is_marked_interrupted(seed
         time.sleep(0.01)
     workers = children(process.pid)
     assert workers, "the loader never started its worker"
+    return big, process, workers
+
+
+def batch_rows(engine):
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(select(load_batches).order_by(load_batches.c.batch_id))]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc to find the worker process")
+def test_killed_loader_leaves_no_worker_and_its_batch_is_marked_interrupted(seeded_engine, database_url, tmp_path):
+    big, process, workers = start_big_load(database_url, tmp_path)
 
     process.send_signal(signal.SIGKILL)
     process.wait(10)
@@ -207,13 +213,7 @@ def test_retry_rejects_loads_rows_rejected_for_a_missing_investor(seeded_engine,
 @pytest.mark.parametrize("delay", [0.0, 0.7])
 def test_sigterm_during_a_big_load_ends_it_in_one_line_and_marks_the_batch_failed(seeded_engine, database_url,
                                                                                    tmp_path, delay):
-    big = write_trades(tmp_path / "big.csv", 160_000)
-    process = loader(database_url, big)
-    deadline = time.monotonic() + 60
-    while not children(process.pid) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.01)
-    workers = children(process.pid)
-    assert workers, "the loader never started its worker"
+    _, process, workers = start_big_load(database_url, tmp_path)
     time.sleep(delay)
 
     process.send_signal(signal.SIGTERM)
