@@ -24,7 +24,6 @@ MAX_PRICE = 10**9  # below this every database keeps 4 decimals exactly (SQLite 
 MAX_NOTIONAL = 10**12  # quantity × price of one trade, currency units: positions' sums stay exact DECIMALs
 EARLIEST_TIME = "1900-01-01T00:00:00"
 TEXT = np.dtypes.StringDType()
-PLAIN_DECIMAL = r"\+?(?:\d+(?:\.\d*)?|\.\d+)"
 
 # kind: 'canonical', 'legacy' or 'prices'; columns: the required columns' positions; width: header fields
 FileLayout = namedtuple("FileLayout", "kind columns width delimiter")
