@@ -116,6 +116,22 @@ CREATE TABLE IF NOT EXISTS portfolios (
 	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol)
 ) ENGINE=InnoDB;
 
+CREATE TABLE IF NOT EXISTS position_checkpoints (
+	investor_id INTEGER NOT NULL, 
+	stock_symbol VARCHAR(10) NOT NULL, 
+	week_start DATE NOT NULL, 
+	quantity BIGINT NOT NULL, 
+	cost_basis NUMERIC(38, 6) NOT NULL, 
+	realized_pnl NUMERIC(38, 6) NOT NULL, 
+	last_txn_time DATETIME NOT NULL, 
+	last_txn_id BIGINT NOT NULL, 
+	trade_count INTEGER NOT NULL, 
+	last_trade_price NUMERIC(18, 4) NOT NULL, 
+	PRIMARY KEY (investor_id, stock_symbol, week_start), 
+	FOREIGN KEY(investor_id) REFERENCES investors (investor_id), 
+	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol)
+) ENGINE=InnoDB;
+
 CREATE TABLE IF NOT EXISTS rejected_transactions (
 	reject_id BIGINT NOT NULL AUTO_INCREMENT, 
 	batch_id BIGINT NOT NULL, 
@@ -131,6 +147,16 @@ CREATE TABLE IF NOT EXISTS symbol_last_trades (
 	txn_time DATETIME NOT NULL, 
 	txn_id BIGINT NOT NULL, 
 	price NUMERIC(18, 4) NOT NULL, 
+	PRIMARY KEY (stock_symbol), 
+	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol)
+) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS symbol_marks (
+	stock_symbol VARCHAR(10) NOT NULL, 
+	last_price NUMERIC(18, 4), 
+	annual_volatility FLOAT, 
+	closes_digest VARCHAR(64) NOT NULL, 
+	updated_at DATETIME NOT NULL, 
 	PRIMARY KEY (stock_symbol), 
 	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol)
 ) ENGINE=InnoDB;

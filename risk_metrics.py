@@ -10,7 +10,6 @@ from collections import namedtuple
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import text
 
 import constants
 
@@ -58,16 +57,11 @@ def value_histories(closes, holdings):
     return histories
 
 
-def compute_risk_metrics(connection, today):
-    """{investor_id: RiskMetrics} for every investor with open positions (None where history is too short)."""
-    prices = pd.read_sql_query(text(
-        "SELECT stock_symbol, price_date, close_price FROM market_prices WHERE price_date <= :today"),
-        connection, params={"today": today})
-    holdings = pd.read_sql_query(text(
-        "SELECT investor_id, stock_symbol, quantity FROM portfolios WHERE quantity > 0"), connection)
-    if prices.empty or holdings.empty:
+def compute_risk_metrics(close_table, holdings):
+    """{investor_id: RiskMetrics} for the investors in holdings, rows of (investor_id, stock_symbol, quantity)
+    with quantity > 0 (None where history is too short); close_table: closes.close_table's day × symbol table."""
+    holdings = pd.DataFrame.from_records(holdings, columns=["investor_id", "stock_symbol", "quantity"])
+    if close_table.empty or holdings.empty:
         return {}
-    closes = prices.assign(close_price=prices["close_price"].astype(float)).pivot(
-        index="price_date", columns="stock_symbol", values="close_price")
     return {investor_id: portfolio_metrics(values)
-            for investor_id, values in value_histories(closes, holdings).items()}
+            for investor_id, values in value_histories(close_table, holdings).items()}

@@ -5,7 +5,7 @@ the two equal on MariaDB. Money is DECIMAL everywhere: prices and average costs 
 amounts 6 (so that a position replayed over thousands of trades still reconciles to the cent).
 """
 from sqlalchemy import (
-    BigInteger, CheckConstraint, Column, Date, DateTime, ForeignKey, Index, Integer, MetaData, Numeric,
+    BigInteger, CheckConstraint, Column, Date, DateTime, Float, ForeignKey, Index, Integer, MetaData, Numeric,
     String, Table, Text,
 )
 from sqlalchemy.dialects import mysql, sqlite
@@ -150,6 +150,30 @@ symbol_last_trades = Table(
     Column("txn_time", Timestamp, nullable=False),
     Column("txn_id", Id, nullable=False),
     Column("price", Price, nullable=False),
+)
+
+position_checkpoints = Table(
+    "position_checkpoints", metadata,  # a position's state at the end of each week it traded (ledger.py)
+    Column("investor_id", Integer, ForeignKey("investors.investor_id"), primary_key=True),
+    Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
+    Column("week_start", Date, primary_key=True),  # the Monday of the week
+    Column("quantity", BigInteger, nullable=False),
+    Column("cost_basis", Amount, nullable=False),
+    Column("realized_pnl", Amount, nullable=False),
+    Column("last_txn_time", Timestamp, nullable=False),  # the last trade applied by the end of the week
+    Column("last_txn_id", Id, nullable=False),
+    Column("trade_count", Integer, nullable=False),
+    Column("last_trade_price", Price, nullable=False),  # its price (an oversold SELL included)
+    sqlite_with_rowid=False,  # the key is the row: no second copy of it on SQLite
+)
+
+symbol_marks = Table(
+    "symbol_marks", metadata,  # what valuation takes from a symbol's closes, as of the last update (closes.py)
+    Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
+    Column("last_price", Price),  # the latest close on or before the update's day, else the latest trade's price
+    Column("annual_volatility", Float),  # of the last daily returns, a fraction, unrounded as the scores use it
+    Column("closes_digest", String(64), nullable=False),  # SHA-256 of everything above depends on
+    Column("updated_at", Timestamp, nullable=False),
 )
 
 investor_risk = Table(

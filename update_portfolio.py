@@ -1,13 +1,15 @@
 """Bring portfolios, investor_risk and position alerts up to date with the loaded trades.
 
-Fourth stage of the chain (after load_transactions.py, before surveillance and analyze.py). Positions follow
-the weighted-average-cost rules of docs/portfolio-math.md: trades of a position are replayed in (txn_time,
-txn_id) order; a SELL of more than is held (an oversell) leaves the position unchanged and raises one OVERSELL alert. Only new
-trades are applied: those of load batches not applied yet. A late trade (older than the last trade applied
-to its position) makes that position alone be replayed from its first trade. `--full` replays everything.
-Valuation, weights and risk scores (docs/risk-scores.md) are then computed in SQL for every position and
-investor.
-Everything one run writes is committed in one transaction.
+Fourth stage of the chain (after load_transactions.py, before surveillance and analyze.py). It works in two
+steps, each costing what changed since the last run:
+- apply: the trades of load batches not applied yet are applied to their positions by the ledger (ledger.py,
+  weighted average cost as docs/portfolio-math.md describes; an oversold SELL changes nothing and raises one
+  OVERSELL alert). A late trade (one that sorts before what its position already applied) makes that position
+  be replayed from its last weekly checkpoint before the trade.
+- revalue and score: the positions and risk scores (docs/risk-scores.md, in SQL) of the investors whose
+  positions changed, and of the holders of symbols whose closes changed since the last run.
+`--full` replays every trade, rebuilds the checkpoints, and revalues and scores every investor. Everything one
+run writes is committed in one transaction.
 """
 import logging
 import sys
@@ -20,68 +22,22 @@ from sqlalchemy import and_, bindparam, delete, select, text, update
 
 import batches
 import cli
+import closes
 import constants
 import db_config
+import dialects
+import ledger
 import risk_metrics
-from schema import alerts, investor_risk, load_batches, portfolios, symbol_last_trades, transactions
+from ledger import MONEY_STEP, PRICE_STEP, ZERO, to_decimal
+from schema import (alerts, investor_risk, load_batches, portfolios, position_checkpoints, symbol_last_trades,
+                    symbol_marks, transactions)
 
 logger = logging.getLogger(__name__)
 
 DECIMAL_DIGITS = 40  # Decimal's default 28 cannot round a market value of 10**22 to 6 places; DECIMAL(38, 6) can
-MONEY_STEP = Decimal("0.000001")  # state is kept at 6 decimals after every trade, so incremental == full exactly
-PRICE_STEP = Decimal("0.0001")
-ZERO = Decimal(0)
 ID_SLICE = 500  # ids per IN (...) list
-FETCH_ROWS = 50_000
-
-
-# ---------------------------------------------------------------------------------------------- position math
-
-@dataclass
-class Position:
-    """The replay state of one (investor, symbol): docs/portfolio-math.md weighted average cost."""
-    investor_id: int
-    stock_symbol: str
-    quantity: int = 0
-    cost_basis: Decimal = ZERO
-    realized_pnl: Decimal = ZERO
-    last_txn_time: str = ""  # 'YYYY-MM-DD HH:MM:SS' of the last trade applied
-    last_txn_id: int = 0
-    trade_count: int = 0
-
-    @property
-    def avg_cost(self):
-        return (self.cost_basis / self.quantity).quantize(PRICE_STEP) if self.quantity else ZERO.quantize(PRICE_STEP)
-
-    def apply(self, txn_id, txn_time, txn_type, quantity, price):
-        """Apply one trade; return False for an oversell, which leaves the position unchanged."""
-        self.last_txn_time, self.last_txn_id, self.trade_count = txn_time, txn_id, self.trade_count + 1
-        if txn_type == "BUY":
-            self.quantity += quantity
-            self.cost_basis = (self.cost_basis + quantity * price).quantize(MONEY_STEP, ROUND_HALF_EVEN)
-            return True
-        if quantity > self.quantity:
-            return False
-        avg_cost = self.cost_basis / self.quantity
-        self.realized_pnl = (self.realized_pnl + quantity * (price - avg_cost)).quantize(MONEY_STEP, ROUND_HALF_EVEN)
-        self.quantity -= quantity
-        self.cost_basis = ZERO if self.quantity == 0 else (
-            (self.cost_basis - quantity * avg_cost).quantize(MONEY_STEP, ROUND_HALF_EVEN))
-        return True
-
-    def comes_before(self, txn_time, txn_id):
-        """Is the last applied trade before (txn_time, txn_id), so that this trade can simply follow it?"""
-        return (self.last_txn_time, self.last_txn_id) < (txn_time, txn_id)
-
-
-@dataclass
-class Oversell:
-    """A SELL that exceeded the holding and was not applied."""
-    investor_id: int
-    stock_symbol: str
-    txn_id: int
-    quantity: int
-    held: int
+RATIO_STEP = Decimal("0.00000001")
+SCORE_STEP = Decimal("0.01")
 
 
 @dataclass
@@ -105,57 +61,7 @@ class UpdateSummary:
                 f"{self.alerts_raised} new alerts" + (f" ({self.seconds:.2f} s)" if seconds else ""))
 
 
-# ---------------------------------------------------------------------------------------------- reading trades
-
-def normalize_time(value):
-    """A txn_time as 'YYYY-MM-DD HH:MM:SS' whatever the driver returned (text on SQLite, datetime elsewhere)."""
-    return value if isinstance(value, str) else value.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def to_decimal(value):
-    """A DECIMAL column as Decimal (SQLite returns floats; their shortest repr is the stored decimal)."""
-    return value if isinstance(value, Decimal) else Decimal(repr(value))
-
-
-TRADE_COLUMNS_SQL = "t.investor_id, t.stock_symbol, t.txn_id, t.txn_time, t.txn_type, t.quantity, t.price"
-ORDER_SQL = "ORDER BY t.investor_id, t.stock_symbol, t.txn_time, t.txn_id"
-# Over the network one text column per trade is read 3 times faster than seven typed ones (the driver's
-# per-field work dominates the replay). The symbol goes last, so a comma in it cannot shift a field.
-PACKED_DIALECTS = ("mysql", "postgresql")
-PACKED_COLUMNS_SQL = "CONCAT_WS(',', t.investor_id, t.txn_id, t.txn_time, t.txn_type, t.quantity, t.price{batch}, " \
-                     "t.stock_symbol)"
-
-
-def stream_trades(connection, where="", params=None, with_batch=False):
-    """Yield trades (investor_id, stock_symbol, txn_id, txn_time, txn_type, quantity, price[, batch_id]) in
-    replay order, streamed from the server rather than read whole."""
-    packed = connection.dialect.name in PACKED_DIALECTS
-    if packed:
-        columns = PACKED_COLUMNS_SQL.format(batch=", t.batch_id" if with_batch else "")
-    else:
-        columns = TRADE_COLUMNS_SQL + (", t.batch_id" if with_batch else "")
-    statement = text(f"SELECT {columns} FROM transactions t {where} {ORDER_SQL}")
-    if params and isinstance(params.get("ids"), list):
-        statement = statement.bindparams(bindparam("ids", expanding=True))
-    result = connection.execute(statement.execution_options(stream_results=True), params or {})
-    unpack = _unpack_packed_batch if with_batch else _unpack_packed
-    while rows := result.fetchmany(FETCH_ROWS):
-        if packed:
-            yield from map(unpack, rows)
-        else:
-            for row in rows:
-                yield (row[0], row[1], row[2], normalize_time(row[3]), row[4], row[5], to_decimal(row[6])) + tuple(row[7:])
-
-
-def _unpack_packed(row):
-    investor_id, txn_id, txn_time, txn_type, quantity, price, symbol = row[0].split(",", 6)
-    return int(investor_id), symbol, int(txn_id), txn_time, txn_type, int(quantity), Decimal(price)
-
-
-def _unpack_packed_batch(row):
-    investor_id, txn_id, txn_time, txn_type, quantity, price, batch_id, symbol = row[0].split(",", 7)
-    return int(investor_id), symbol, int(txn_id), txn_time, txn_type, int(quantity), Decimal(price), int(batch_id)
-
+# ---------------------------------------------------------------------------------------------- reading
 
 def pending_batches(connection):
     """Ids of loaded batches whose trades have not been applied yet."""
@@ -164,70 +70,99 @@ def pending_batches(connection):
     ).scalars().all()
 
 
-def new_trades(connection, batch_ids):
-    """The trades of these batches, in replay order (a position's trades may span several batches)."""
-    if not batch_ids:
-        return
+PENDING_RANGE_SQL = ("WHERE t.batch_id BETWEEN :lowest AND :highest AND t.batch_id IN ("
+                     "SELECT b.batch_id FROM load_batches b WHERE b.batch_id BETWEEN :lowest AND :highest "
+                     "AND b.status = 'loaded' AND b.applied_at IS NULL)")
+
+
+def new_trades_filter(batch_ids):
+    """(WHERE clause over transactions t, its parameters) selecting the trades of these batches: an IN list, or
+    for many small batches (the feed) a range of batch ids narrowed to the pending ones."""
     if len(batch_ids) <= ID_SLICE:
-        yield from stream_trades(connection, "WHERE t.batch_id IN :ids", {"ids": list(batch_ids)})
-        return
-    wanted = set(batch_ids)  # many small batches (the feed): one range scan, filtered here
-    params = {"lowest": min(batch_ids), "highest": max(batch_ids)}
-    for trade in stream_trades(connection, "WHERE t.batch_id BETWEEN :lowest AND :highest", params, with_batch=True):
-        if trade[-1] in wanted:
-            yield trade[:-1]
+        return "WHERE t.batch_id IN :ids", {"ids": list(batch_ids)}
+    return PENDING_RANGE_SQL, {"lowest": min(batch_ids), "highest": max(batch_ids)}
 
 
-# ---------------------------------------------------------------------------------------------- replay
-
-def load_positions(connection):
-    """The stored replay state of every position, by (investor_id, stock_symbol)."""
-    rows = connection.execute(text(
-        "SELECT investor_id, stock_symbol, quantity, cost_basis, realized_pnl, last_txn_time, last_txn_id, trade_count "
-        "FROM portfolios"))
-    return {
-        (investor_id, symbol): Position(investor_id, symbol, quantity, to_decimal(cost), to_decimal(pnl),
-                                        normalize_time(last_time), last_id, count)
-        for investor_id, symbol, quantity, cost, pnl, last_time, last_id, count in rows
-    }
+def investors_with_new_trades(connection, batch_ids):
+    """Ids of the investors that have trades in these batches."""
+    where, params = new_trades_filter(batch_ids)
+    statement = text(f"SELECT DISTINCT t.investor_id FROM transactions t {where}")
+    if "ids" in params:
+        statement = statement.bindparams(bindparam("ids", expanding=True))
+    return sorted(connection.execute(statement, params).scalars())
 
 
-def replay(trades, positions):
-    """Apply trades (in replay order) to `positions` in place.
-
-    Returns (keys of positions changed, keys of positions with a late trade, oversells, latest trade per symbol).
-    A late position is left untouched here: it must be replayed from its first trade.
-    """
-    changed, late, oversells, latest = set(), set(), [], {}
-    for investor_id, symbol, txn_id, txn_time, txn_type, quantity, price in trades:
-        if (txn_time, txn_id) > latest.get(symbol, ("", 0, None))[:2]:
-            latest[symbol] = (txn_time, txn_id, price)
-        key = (investor_id, symbol)
-        if key in late:
-            continue
-        position = positions.get(key)
-        if position is None:
-            position = positions[key] = Position(investor_id, symbol)
-        elif key not in changed and not position.comes_before(txn_time, txn_id):
-            late.add(key)
-            continue
-        changed.add(key)
-        held = position.quantity
-        if not position.apply(txn_id, txn_time, txn_type, quantity, price):
-            oversells.append(Oversell(investor_id, symbol, txn_id, quantity, held))
-    return changed, late, oversells, latest
+POSITION_COLUMNS = ("investor_id", "stock_symbol", "quantity", "cost_basis", "realized_pnl", "last_txn_time",
+                    "last_txn_id", "trade_count")
 
 
-def replay_positions(connection, keys, positions):
-    """Replay these positions from their first trade; return their oversells."""
-    oversells = []
-    for investor_id, symbol in sorted(keys):
-        positions[(investor_id, symbol)] = Position(investor_id, symbol)
-        trades = stream_trades(connection, "WHERE t.investor_id = :investor_id AND t.stock_symbol = :symbol",
-                               {"investor_id": investor_id, "symbol": symbol})
-        _, _, found, _ = replay(list(trades), positions)
-        oversells += found
-    return oversells
+def load_positions(connection, investor_ids=None):
+    """The stored positions of these investors (every investor with None), by (investor_id, stock_symbol)."""
+    query = select(*(portfolios.c[column] for column in POSITION_COLUMNS))
+    rows = []
+    if investor_ids is None:
+        rows = connection.execute(query).all()
+    for start in range(0, len(investor_ids or ()), ID_SLICE):
+        rows += connection.execute(query.where(portfolios.c.investor_id.in_(investor_ids[start:start + ID_SLICE])))
+    return {(investor_id, symbol): ledger.Position(investor_id, symbol, quantity, to_decimal(cost), to_decimal(pnl),
+                                                   ledger.normalize_time(last_time), last_id, count)
+            for investor_id, symbol, quantity, cost, pnl, last_time, last_id, count in rows}
+
+
+# ---------------------------------------------------------------------------------------------- apply
+
+@dataclass
+class ApplyResult:
+    """What the apply step changed."""
+    changed: set  # keys of positions that applied trades, replayed ones included
+    replayed: set  # keys of positions replayed for a late trade
+    oversells: list
+    latest: dict  # stock_symbol: its latest new trade
+    trades: int
+
+
+def apply_new_trades(connection, batch_ids, full, now):
+    """Apply the new trades (every trade with full=True) to their positions and write positions, checkpoints,
+    the latest trade per symbol and OVERSELL alerts; return what changed."""
+    if full:
+        stored = load_positions(connection)
+        positions, trades = {}, ledger.stream_trades(connection)
+        connection.execute(delete(position_checkpoints))
+        connection.execute(delete(symbol_last_trades))
+    elif batch_ids:
+        positions = stored = load_positions(connection, investors_with_new_trades(connection, batch_ids))
+        trades = ledger.stream_trades(connection, *new_trades_filter(batch_ids))
+    else:
+        return ApplyResult(set(), set(), [], {}, 0), 0
+    stored_keys = set(stored)
+    applied = ledger.apply_trades(trades, positions)
+    replay_starts = {key: None for key in positions} if full else replay_late_positions(connection, applied, positions)
+    if full:
+        _forget_positions_without_trades(connection, stored_keys - set(positions))
+    write_positions(connection, positions, applied.changed, stored_keys, now)
+    ledger.write_checkpoints(connection, applied.checkpoints)
+    write_latest_trades(connection, applied.latest)
+    alerts_raised = sync_oversell_alerts(connection, applied.oversells, replay_starts, now)
+    return ApplyResult(applied.changed, set(applied.late), applied.oversells, applied.latest, applied.trades), \
+        alerts_raised
+
+
+def replay_late_positions(connection, applied, positions):
+    """Replay each position with a late trade from its last checkpoint before that trade's week, adding the
+    results to `applied`; return {key: the checkpoint the replay started from (None: from the first trade)}."""
+    starts = {}
+    for key, first_late in sorted(applied.late.items()):
+        checkpoint = ledger.checkpoint_before(connection, key, ledger.week_start(first_late.txn_time[:10]))
+        ledger.forget_checkpoints_after(connection, key, checkpoint)
+        position = positions[key] = (ledger.Position.from_checkpoint(checkpoint) if checkpoint
+                                     else ledger.Position(*key))
+        replay = ledger.apply_trades(list(ledger.position_trades_after(connection, key, checkpoint)),
+                                     {key: position})
+        applied.changed |= replay.changed
+        applied.oversells += replay.oversells
+        applied.checkpoints += replay.checkpoints
+        starts[key] = checkpoint
+    return starts
 
 
 # ---------------------------------------------------------------------------------------------- writing state
@@ -262,26 +197,35 @@ def write_positions(connection, positions, keys, stored_keys, now):
 
 def write_latest_trades(connection, latest):
     """Keep symbol_last_trades at the latest trade per symbol (by txn_time, then txn_id)."""
-    stored = {symbol: (normalize_time(t), i) for symbol, t, i in connection.execute(text(
+    if not latest:
+        return
+    stored = {symbol: (ledger.normalize_time(t), i) for symbol, t, i in connection.execute(text(
         "SELECT stock_symbol, txn_time, txn_id FROM symbol_last_trades"))}
-    for symbol, (txn_time, txn_id, price) in sorted(latest.items()):
-        values = {"txn_time": datetime.fromisoformat(txn_time), "txn_id": txn_id, "price": price}
+    for symbol, trade in sorted(latest.items()):
+        values = {"txn_time": datetime.fromisoformat(trade.txn_time), "txn_id": trade.txn_id, "price": trade.price}
         if symbol not in stored:
             connection.execute(symbol_last_trades.insert().values(stock_symbol=symbol, **values))
-        elif (txn_time, txn_id) > stored[symbol]:
+        elif (trade.txn_time, trade.txn_id) > stored[symbol]:
             connection.execute(update(symbol_last_trades).where(
                 symbol_last_trades.c.stock_symbol == symbol).values(**values))
 
 
-def sync_oversell_alerts(connection, oversells, replayed_keys, now):
-    """Raise one OVERSELL alert per oversold trade; drop stale ones of replayed positions. Returns new alerts."""
+STORED_OVERSELLS_SQL = text("""
+SELECT a.alert_key, a.investor_id, a.stock_symbol, t.txn_time, t.txn_id
+FROM alerts a
+JOIN transactions t ON t.txn_ref = a.txn_ref
+WHERE a.rule = 'OVERSELL' AND a.investor_id IN :ids
+""").bindparams(bindparam("ids", expanding=True))
+
+
+def sync_oversell_alerts(connection, oversells, replay_starts, now):
+    """Raise one OVERSELL alert per oversold trade not alerted yet, and drop the alerts of replayed positions
+    whose trade, replayed again, no longer oversells. replay_starts: {key: the checkpoint a position was replayed
+    from, None for its first trade}. Returns the number of new alerts."""
     refs = txn_refs(connection, [o.txn_id for o in oversells])
     wanted = {f"OVERSELL:{refs[o.txn_id]}": o for o in oversells}
-    stored = {}
-    for key, investor_id, symbol in connection.execute(text(
-            "SELECT alert_key, investor_id, stock_symbol FROM alerts WHERE rule = 'OVERSELL'")):
-        stored[key] = (investor_id, symbol)
-    stale = [key for key, position in stored.items() if position in replayed_keys and key not in wanted]
+    stored = set(_existing_alert_keys(connection, list(wanted)))
+    stale = [key for key in _replayed_oversell_alerts(connection, replay_starts) if key not in wanted]
     for start in range(0, len(stale), ID_SLICE):
         connection.execute(delete(alerts).where(alerts.c.alert_key.in_(stale[start:start + ID_SLICE])))
     new = [
@@ -297,6 +241,27 @@ def sync_oversell_alerts(connection, oversells, replayed_keys, now):
     return len(new)
 
 
+def _existing_alert_keys(connection, keys):
+    for start in range(0, len(keys), ID_SLICE):
+        yield from connection.execute(select(alerts.c.alert_key).where(
+            alerts.c.alert_key.in_(keys[start:start + ID_SLICE]))).scalars()
+
+
+def _replayed_oversell_alerts(connection, replay_starts):
+    """Keys of the stored OVERSELL alerts whose trade a replay went over again."""
+    investor_ids = sorted({investor_id for investor_id, _ in replay_starts})
+    for start in range(0, len(investor_ids), ID_SLICE):
+        for key, investor_id, symbol, txn_time, txn_id in connection.execute(
+                STORED_OVERSELLS_SQL, {"ids": investor_ids[start:start + ID_SLICE]}):
+            position = (investor_id, symbol)
+            if position in replay_starts and _after(replay_starts[position], ledger.normalize_time(txn_time), txn_id):
+                yield key
+
+
+def _after(checkpoint, txn_time, txn_id):
+    return checkpoint is None or (checkpoint.last_txn_time, checkpoint.last_txn_id) < (txn_time, txn_id)
+
+
 def txn_refs(connection, txn_ids):
     """txn_ref by txn_id."""
     refs = {}
@@ -306,54 +271,61 @@ def txn_refs(connection, txn_ids):
     return refs
 
 
+def _forget_positions_without_trades(connection, keys):
+    for investor_id, symbol in keys:
+        connection.execute(delete(portfolios).where(and_(
+            portfolios.c.investor_id == investor_id, portfolios.c.stock_symbol == symbol)))
+
+
+# ---------------------------------------------------------------------------------------------- marks
+
+def refresh_marks(connection, daily_closes, params, now, full):
+    """Bring symbol_marks up to date with the closes and latest trades; return the symbols whose marks changed
+    (every symbol with full=True)."""
+    trade_prices = {symbol: to_decimal(price) for symbol, price in connection.execute(text(
+        "SELECT stock_symbol, price FROM symbol_last_trades"))}
+    marks = closes.symbol_marks(daily_closes, trade_prices, valuation_fingerprint(params))
+    stored = dict(connection.execute(select(symbol_marks.c.stock_symbol, symbol_marks.c.closes_digest)).all())
+    changed = sorted(symbol for symbol, mark in marks.items() if full or stored.get(symbol) != mark.closes_digest)
+    rows = [{**marks[symbol]._asdict(), "updated_at": now} for symbol in changed]
+    if rows:
+        connection.execute(dialects.upsert(connection, symbol_marks, ["last_price", "annual_volatility",
+                                                                      "closes_digest", "updated_at"]), rows)
+    return changed
+
+
+def valuation_fingerprint(params):
+    """The scoring parameters as text (today aside: the closes read already stop at today)."""
+    return repr(sorted((name, value) for name, value in params.items() if name != "today")) + \
+        repr(constants.RISK_LEVEL_FLOORS)
+
+
+def holders(connection, symbols):
+    """Ids of the investors with a position (open or closed) in these symbols."""
+    found = set()
+    for start in range(0, len(symbols), ID_SLICE):
+        found.update(connection.execute(select(portfolios.c.investor_id).distinct().where(
+            portfolios.c.stock_symbol.in_(symbols[start:start + ID_SLICE]))).scalars())
+    return found
+
+
+def all_investors(connection):
+    """Ids of every investor with a position."""
+    return set(connection.execute(select(portfolios.c.investor_id).distinct()).scalars())
+
+
 # ---------------------------------------------------------------------------------------------- valuation and risk
 
-# Shared CTEs: the last price of every symbol (docs/portfolio-math.md) and its annualized volatility from daily closes.
-# Ratios multiply by 1.0E0 first: SQLite keeps whole-number DECIMALs as integers and would divide as integers.
-PRICE_CTES = """
-latest_close_days AS (
-    SELECT stock_symbol, MAX(price_date) AS price_date
-    FROM market_prices
-    WHERE price_date <= :today
-    GROUP BY stock_symbol
-),
-last_prices AS (  -- the latest close on or before today, else the latest trade's price
-    SELECT s.stock_symbol, COALESCE(mp.close_price, lt.price) AS last_price
-    FROM stocks s
-    LEFT JOIN latest_close_days d ON d.stock_symbol = s.stock_symbol
-    LEFT JOIN market_prices mp ON mp.stock_symbol = d.stock_symbol AND mp.price_date = d.price_date
-    LEFT JOIN symbol_last_trades lt ON lt.stock_symbol = s.stock_symbol
-),
-daily_returns AS (  -- simple daily returns, newest first numbered by days_back
-    SELECT stock_symbol,
-           close_price * 1.0E0 / LAG(close_price) OVER (PARTITION BY stock_symbol ORDER BY price_date) - 1
-               AS daily_return,
-           ROW_NUMBER() OVER (PARTITION BY stock_symbol ORDER BY price_date DESC) AS days_back
-    FROM market_prices
-    WHERE price_date <= :today
-),
-return_moments AS (
-    SELECT stock_symbol, AVG(daily_return) AS mean_return, AVG(daily_return * daily_return) AS mean_square
-    FROM daily_returns
-    WHERE days_back <= :lookback_days AND daily_return IS NOT NULL
-    GROUP BY stock_symbol
-),
-volatility AS (  -- annualized standard deviation of daily returns, as a fraction
-    SELECT stock_symbol,
-           SQRT(CASE WHEN mean_square > mean_return * mean_return
-                     THEN (mean_square - mean_return * mean_return) * :trading_days ELSE 0 END) AS annual_volatility
-    FROM return_moments
-)"""
-
-POSITION_RISK_SQL = f"""
-WITH {PRICE_CTES},
-valued AS (
-    SELECT p.investor_id, p.stock_symbol, p.quantity, p.cost_basis, lp.last_price,
-           p.quantity * lp.last_price AS market_value,
-           COALESCE(v.annual_volatility, 0) AS annual_volatility
+# Valuation and scores in SQL, for the investors in :investor_ids; a symbol's last price and volatility are its
+# symbol_marks (closes.py). 1.0E0 turns integer division into floating point on every database.
+POSITION_RISK_SQL = """
+WITH valued AS (
+    SELECT p.investor_id, p.stock_symbol, p.quantity, p.cost_basis, m.last_price,
+           p.quantity * m.last_price AS market_value,
+           COALESCE(m.annual_volatility, 0) AS annual_volatility
     FROM portfolios p
-    JOIN last_prices lp ON lp.stock_symbol = p.stock_symbol
-    LEFT JOIN volatility v ON v.stock_symbol = p.stock_symbol
+    JOIN symbol_marks m ON m.stock_symbol = p.stock_symbol
+    WHERE p.investor_id IN :investor_ids
 ),
 weighted AS (  -- weight: share of the investor's market value, 0..1
     SELECT valued.*,
@@ -380,14 +352,14 @@ FROM components
 ORDER BY investor_id, stock_symbol
 """
 
-INVESTOR_RISK_SQL = f"""
-WITH {PRICE_CTES},
-positions AS (
+INVESTOR_RISK_SQL = """
+WITH positions AS (
     SELECT p.investor_id, p.quantity, p.market_value, p.cost_basis, p.realized_pnl, p.unrealized_pnl, p.weight,
-           s.sector, COALESCE(v.annual_volatility, 0) AS annual_volatility
+           s.sector, COALESCE(m.annual_volatility, 0) AS annual_volatility
     FROM portfolios p
     JOIN stocks s ON s.stock_symbol = p.stock_symbol
-    LEFT JOIN volatility v ON v.stock_symbol = p.stock_symbol
+    LEFT JOIN symbol_marks m ON m.stock_symbol = p.stock_symbol
+    WHERE p.investor_id IN :investor_ids
 ),
 sector_weights AS (
     SELECT investor_id, sector, SUM(weight) AS sector_weight
@@ -455,27 +427,44 @@ def _rounded(value, step):
     return ZERO.quantize(step) if value is None else to_decimal(value).quantize(step, ROUND_HALF_EVEN)
 
 
-def revalue_positions(connection, params, now):
-    """Write last price, market value, unrealized P&L, weight and risk of every position; return rows changed."""
-    stored = {(r[0], r[1]): tuple(r[2:]) for r in connection.execute(text(
-        "SELECT investor_id, stock_symbol, last_price, market_value, unrealized_pnl, weight, risk_score, risk_level "
-        "FROM portfolios"))}
+def _for_investors(sql):
+    return text(sql).bindparams(bindparam("investor_ids", expanding=True))
+
+
+def in_slices(investor_ids):
+    """The investor ids, sorted, ID_SLICE at a time."""
+    ordered = sorted(investor_ids)
+    return [ordered[start:start + ID_SLICE] for start in range(0, len(ordered), ID_SLICE)]
+
+
+POSITION_VALUE_COLUMNS = ("last_price", "market_value", "unrealized_pnl", "weight", "risk_score", "risk_level")
+
+
+def revalue_positions(connection, params, now, investor_ids):
+    """Write last price, market value, unrealized P&L, weight and risk of these investors' positions; return
+    the rows changed."""
     changes = []
-    for investor_id, symbol, last_price, market_value, unrealized_pnl, weight, score in connection.execute(
-            text(POSITION_RISK_SQL), params):
-        score = _rounded(score, Decimal("0.01"))
-        values = (_rounded(last_price, PRICE_STEP), _rounded(market_value, MONEY_STEP),
-                  _rounded(unrealized_pnl, MONEY_STEP), _rounded(weight, Decimal("0.00000001")), score,
-                  risk_level(score))
-        if _differs(stored.get((investor_id, symbol)), values):
-            changes.append(dict(zip(("last_price", "market_value", "unrealized_pnl", "weight", "risk_score",
-                                     "risk_level"), values), key_investor=investor_id, key_symbol=symbol, updated_at=now))
+    for ids in in_slices(investor_ids):
+        stored = {(r[0], r[1]): tuple(r[2:]) for r in connection.execute(_for_investors(
+            f"SELECT investor_id, stock_symbol, {', '.join(POSITION_VALUE_COLUMNS)} FROM portfolios "
+            "WHERE investor_id IN :investor_ids"), {"investor_ids": ids})}
+        for investor_id, symbol, *figures in connection.execute(_for_investors(POSITION_RISK_SQL),
+                                                                {**params, "investor_ids": ids}):
+            values = _position_values(*figures)
+            if _differs(stored.get((investor_id, symbol)), values):
+                changes.append(dict(zip(POSITION_VALUE_COLUMNS, values), key_investor=investor_id,
+                                    key_symbol=symbol, updated_at=now))
     if changes:
         connection.execute(update(portfolios).where(and_(
             portfolios.c.investor_id == bindparam("key_investor"), portfolios.c.stock_symbol == bindparam("key_symbol")
-        )).values({c: bindparam(c) for c in ("last_price", "market_value", "unrealized_pnl", "weight",
-                                              "risk_score", "risk_level", "updated_at")}), changes)
+        )).values({c: bindparam(c) for c in (*POSITION_VALUE_COLUMNS, "updated_at")}), changes)
     return len(changes)
+
+
+def _position_values(last_price, market_value, unrealized_pnl, weight, score):
+    score = _rounded(score, SCORE_STEP)
+    return (_rounded(last_price, PRICE_STEP), _rounded(market_value, MONEY_STEP), _rounded(unrealized_pnl, MONEY_STEP),
+            _rounded(weight, RATIO_STEP), score, risk_level(score))
 
 
 def _differs(stored, values):
@@ -491,29 +480,29 @@ def _differs(stored, values):
 INVESTOR_RISK_COLUMNS = ("total_market_value", "total_cost_basis", "realized_pnl", "unrealized_pnl", "open_positions",
                          "top_position_weight", "hhi", "top_sector_weight", "weighted_volatility", "risk_score",
                          "risk_level", *risk_metrics.RiskMetrics._fields)
-RATIO_STEP = Decimal("0.00000001")
 INVESTOR_RISK_STEPS = (MONEY_STEP, MONEY_STEP, MONEY_STEP, MONEY_STEP, None) + (RATIO_STEP,) * 4
 METRIC_STEPS = (RATIO_STEP, MONEY_STEP, MONEY_STEP, RATIO_STEP)
+HOLDINGS_SQL = ("SELECT investor_id, stock_symbol, quantity FROM portfolios "
+                "WHERE quantity > 0 AND investor_id IN :investor_ids")
 
 
-def score_investors(connection, params, now):
-    """Write investor_risk for every investor with a position; return (investors scored, rows changed)."""
-    stored = {r[0]: tuple(r[1:]) for r in connection.execute(text(
-        f"SELECT investor_id, {', '.join(INVESTOR_RISK_COLUMNS)} FROM investor_risk"))}
-    metrics = risk_metrics.compute_risk_metrics(connection, params["today"])
+def score_investors(connection, params, now, investor_ids, close_table):
+    """Write investor_risk for these investors; return (investors scored, rows changed)."""
     inserts, updates, scored = [], [], 0
-    for row in connection.execute(text(INVESTOR_RISK_SQL), params):
-        investor_id, figures, score = row[0], row[1:10], _rounded(row[10], Decimal("0.01"))
-        values = tuple(int(v) if step is None else _rounded(v, step) for v, step in zip(figures, INVESTOR_RISK_STEPS))
-        found = metrics.get(investor_id)
-        values += (score, risk_level(score)) + (
-            tuple(_rounded(v, step) for v, step in zip(found, METRIC_STEPS)) if found else (None,) * len(METRIC_STEPS))
-        scored += 1
-        record = dict(zip(INVESTOR_RISK_COLUMNS, values), updated_at=now)
-        if investor_id not in stored:
-            inserts.append({**record, "investor_id": investor_id})
-        elif _differs(stored[investor_id], values):
-            updates.append({**record, "key_investor": investor_id})
+    for ids in in_slices(investor_ids):
+        stored = {r[0]: tuple(r[1:]) for r in connection.execute(_for_investors(
+            f"SELECT investor_id, {', '.join(INVESTOR_RISK_COLUMNS)} FROM investor_risk "
+            "WHERE investor_id IN :investor_ids"), {"investor_ids": ids})}
+        holdings = connection.execute(_for_investors(HOLDINGS_SQL), {"investor_ids": ids}).all()
+        metrics = risk_metrics.compute_risk_metrics(close_table, holdings)
+        for row in connection.execute(_for_investors(INVESTOR_RISK_SQL), {**params, "investor_ids": ids}):
+            investor_id, values = row[0], _investor_values(row, metrics.get(row[0]))
+            scored += 1
+            record = dict(zip(INVESTOR_RISK_COLUMNS, values), updated_at=now)
+            if investor_id not in stored:
+                inserts.append({**record, "investor_id": investor_id})
+            elif _differs(stored[investor_id], values):
+                updates.append({**record, "key_investor": investor_id})
     if inserts:
         connection.execute(investor_risk.insert(), inserts)
     if updates:
@@ -522,14 +511,30 @@ def score_investors(connection, params, now):
     return scored, len(inserts) + len(updates)
 
 
-def raise_concentration_alerts(connection, now):
-    """One CONCENTRATION alert per open position above the weight limit (kept once raised); return new alerts."""
+def _investor_values(row, metrics):
+    """investor_risk values, in INVESTOR_RISK_COLUMNS order, from an INVESTOR_RISK_SQL row and RiskMetrics."""
+    score = _rounded(row[10], SCORE_STEP)
+    values = tuple(int(v) if step is None else _rounded(v, step) for v, step in zip(row[1:10], INVESTOR_RISK_STEPS))
+    return values + (score, risk_level(score)) + (
+        tuple(_rounded(v, step) for v, step in zip(metrics, METRIC_STEPS)) if metrics else (None,) * len(METRIC_STEPS))
+
+
+CONCENTRATION_SQL = """
+SELECT p.investor_id, p.stock_symbol, p.weight
+FROM portfolios p
+WHERE p.quantity > 0 AND p.weight > :limit AND p.investor_id IN :investor_ids
+  AND NOT EXISTS (SELECT 1 FROM alerts a
+                  WHERE a.rule = 'CONCENTRATION' AND a.investor_id = p.investor_id AND a.stock_symbol = p.stock_symbol)
+"""
+
+
+def raise_concentration_alerts(connection, now, investor_ids):
+    """One CONCENTRATION alert per open position of these investors above the weight limit (kept once raised);
+    return new alerts."""
     limit = constants.CONCENTRATION_WEIGHT_LIMIT
-    rows = connection.execute(text(
-        "SELECT p.investor_id, p.stock_symbol, p.weight FROM portfolios p "
-        "WHERE p.quantity > 0 AND p.weight > :limit AND NOT EXISTS ("
-        "  SELECT 1 FROM alerts a WHERE a.rule = 'CONCENTRATION' AND a.investor_id = p.investor_id"
-        "  AND a.stock_symbol = p.stock_symbol)"), {"limit": limit}).all()
+    rows = []
+    for ids in in_slices(investor_ids):
+        rows += connection.execute(_for_investors(CONCENTRATION_SQL), {"limit": limit, "investor_ids": ids}).all()
     new = [
         {"alert_key": f"CONCENTRATION:{investor_id}:{symbol}", "rule": "CONCENTRATION",
          "severity": "HIGH" if to_decimal(weight) >= Decimal("0.75") else "MEDIUM", "investor_id": investor_id,
@@ -547,7 +552,8 @@ def raise_concentration_alerts(connection, now):
 # ---------------------------------------------------------------------------------------------- the stage
 
 def update_portfolios(engine, full=False, today=None):
-    """Apply new trades (or replay all with full=True), then revalue and score; one transaction. Returns a summary."""
+    """Apply new trades (or replay all with full=True), then revalue and score what changed; one transaction.
+    Returns a summary."""
     with localcontext(prec=DECIMAL_DIGITS):
         return _update_portfolios(engine, full, today)
 
@@ -558,44 +564,38 @@ def _update_portfolios(engine, full, today):
     with db_config.stage_transaction(engine, "update_portfolio") as connection:
         now = datetime.now().replace(microsecond=0)
         batch_ids = pending_batches(connection)
-        positions = {} if full else load_positions(connection)
-        stored_keys = set(map(tuple, connection.execute(text("SELECT investor_id, stock_symbol FROM portfolios"))))
-        trades = stream_trades(connection) if full else new_trades(connection, batch_ids)
-        counted = _counting(trades, summary)
-        changed, late, oversells, latest = replay(counted, positions)
-        oversells += replay_positions(connection, late, positions)
-        if full:
-            _forget_positions_without_trades(connection, stored_keys - set(positions))
-            connection.execute(delete(symbol_last_trades))
-        write_positions(connection, positions, changed | late, stored_keys, now)
-        write_latest_trades(connection, latest)
-        summary.alerts_raised = sync_oversell_alerts(connection, oversells, late | (changed if full else set()), now)
+        applied, summary.alerts_raised = apply_new_trades(connection, batch_ids, full, now)
         batches.stamp_batches(connection, batch_ids, "applied_at", now)
-        params = risk_parameters(today)
-        revalue_positions(connection, params, now)
-        summary.investors_scored, _ = score_investors(connection, params, now)
-        summary.alerts_raised += raise_concentration_alerts(connection, now)
-    summary.batches_applied, summary.positions_changed = len(batch_ids), len(changed | late)
-    summary.positions_replayed, summary.oversells = len(late), len(oversells)
+        investors = revalue_and_score(connection, risk_parameters(today), now, applied, full, summary)
+    summary.batches_applied, summary.trades_applied = len(batch_ids), applied.trades
+    summary.positions_changed, summary.positions_replayed = len(applied.changed), len(applied.replayed)
+    summary.oversells = len(applied.oversells)
     summary.seconds = time.perf_counter() - started
+    logger.info("revalued and scored %d investors", len(investors))
     return summary
 
 
-def _counting(trades, summary):
-    for trade in trades:
-        summary.trades_applied += 1
-        yield trade
-
-
-def _forget_positions_without_trades(connection, keys):
-    for investor_id, symbol in keys:
-        connection.execute(delete(portfolios).where(and_(
-            portfolios.c.investor_id == investor_id, portfolios.c.stock_symbol == symbol)))
+def revalue_and_score(connection, params, now, applied, full, summary):
+    """Revalue and score the investors whose positions changed and the holders of symbols whose marks changed
+    (everyone with full=True); return their ids."""
+    daily_closes = closes.read_closes(connection, last_day=params["today"])
+    repriced = refresh_marks(connection, daily_closes, params, now, full)
+    if full:
+        investors = all_investors(connection)
+    else:
+        investors = {investor_id for investor_id, _ in applied.changed} | holders(connection, repriced)
+    if investors:
+        revalue_positions(connection, params, now, investors)
+        summary.investors_scored, _ = score_investors(connection, params, now, investors,
+                                                      closes.close_table(daily_closes))
+        summary.alerts_raised += raise_concentration_alerts(connection, now, investors)
+    return investors
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__)
-    parser.add_argument("--full", action="store_true", help="replay every trade instead of only the new ones")
+    parser.add_argument("--full", action="store_true",
+                        help="replay every trade and rebuild the checkpoints, instead of applying only the new ones")
     args = parser.parse_args(argv)
     cli.setup_logging(args)
 

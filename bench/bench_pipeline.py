@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, text
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import db_config  # noqa: E402
+import ledger  # noqa: E402
 import generate_dummy_data  # noqa: E402
 import load_transactions  # noqa: E402
 import master_etl  # noqa: E402
@@ -114,7 +115,7 @@ def bare_read(engine):
     started = time.perf_counter()
     with engine.connect() as connection:
         result = connection.execute(text(
-            f"SELECT {update_portfolio.TRADE_COLUMNS_SQL} FROM transactions t {update_portfolio.ORDER_SQL}"
+            f"SELECT {ledger.TRADE_COLUMNS_SQL} FROM transactions t {ledger.REPLAY_ORDER_SQL}"
         ).execution_options(stream_results=True))
         while result.fetchmany(50_000):
             pass

@@ -18,14 +18,15 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import make_url
 
 import db_config
+import ledger
 import load_transactions
 import seed_investors
 import update_portfolio
-from schema import alerts, investor_risk, portfolios
+from schema import alerts, investor_risk, portfolios, position_checkpoints
 
 HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
 CENT = Fraction(1, 200)  # "to the cent": an absolute difference of at most 0.005 currency units
@@ -516,3 +517,115 @@ def test_new_closes_alone_revalue_positions(seeded_engine, tmp_path):
     # 4 * 440.10 = 1760.40; unrealized 1760.40 - 1801.00 = -40.60
     assert (fraction(position["last_price"]), fraction(position["market_value"]),
             fraction(position["unrealized_pnl"])) == (Fraction("440.1"), Fraction("1760.4"), Fraction("-40.6"))
+
+
+# ---------------------------------------------------------------------------------------------- costs what changed
+
+def checkpoint_rows(engine):
+    return table_rows(engine, position_checkpoints)
+
+
+def test_late_trade_replays_from_the_checkpoint_before_its_week(seeded_engine, tmp_path, monkeypatch):
+    """Only the trades from the late trade's week on are read again; the result, the checkpoints included, equals
+    --full, and an oversell alert of an earlier week stays."""
+    load(seeded_engine, write_trades(tmp_path, "history.csv", [
+        ("CP-1", 1001, "AAPL", "BUY", 10, "100.00", "2024-06-03 10:00:00"),  # week of 3 June
+        ("CP-2", 1001, "AAPL", "SELL", 30, "100.00", "2024-06-04 10:00:00"),  # an oversell, same week
+        ("CP-3", 1001, "AAPL", "BUY", 10, "120.00", "2024-06-11 10:00:00"),  # week of 10 June
+        ("CP-4", 1001, "AAPL", "SELL", 5, "130.00", "2024-06-18 10:00:00"),  # week of 17 June
+        ("CP-5", 1001, "AAPL", "BUY", 2, "125.00", "2024-06-20 10:00:00"),
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    assert len(checkpoint_rows(seeded_engine)) == 3
+    replayed = []
+    stream = ledger.position_trades_after
+
+    def spied(connection, key, checkpoint):
+        trades = list(stream(connection, key, checkpoint))
+        replayed.extend(trade.txn_id for trade in trades)
+        return iter(trades)
+
+    monkeypatch.setattr(ledger, "position_trades_after", spied)
+    load(seeded_engine, write_trades(tmp_path, "late.csv", [
+        ("CP-6", 1001, "AAPL", "SELL", 16, "140.00", "2024-06-19 10:00:00"),  # late, week of 17 June
+    ]))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.positions_replayed == 1
+    assert len(replayed) == 3  # CP-4, CP-6, CP-5: not the two earlier weeks
+    aapl = position_rows(seeded_engine)[(1001, "AAPL")]
+    # 10 @ 100 + 10 @ 120 = 20 for 2200 (avg 110); SELL 5 @ 130: +100, 15 left for 1650; SELL 16 > 15: oversell;
+    # BUY 2 @ 125: 17 for 1900
+    assert (aapl["quantity"], fraction(aapl["cost_basis"]), fraction(aapl["realized_pnl"])) == (17, 1900, 100)
+    assert sorted(ref for ref, *_ in oversell_alerts(seeded_engine)) == ["CP-2", "CP-6"]
+
+    incremental = (table_rows(seeded_engine, portfolios, exclude={"updated_at"}), checkpoint_rows(seeded_engine),
+                   oversell_alerts(seeded_engine))
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert (table_rows(seeded_engine, portfolios, exclude={"updated_at"}), checkpoint_rows(seeded_engine),
+            oversell_alerts(seeded_engine)) == incremental
+
+
+def count_statements(engine):
+    """A list that collects every SQL statement the engine runs from now on."""
+    statements = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda connection, cursor, statement, *args: statements.append(statement))
+    return statements
+
+
+def test_nothing_new_reads_no_trade_and_writes_nothing(seeded_engine, tmp_path):
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("NN-1", 1001, "AAPL", "BUY", 10, "100.00", "2024-06-03 10:00:00"),
+        ("NN-2", 1002, "MSFT", "BUY", 10, "300.00", "2024-06-03 10:00:00"),
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    before = table_rows(seeded_engine, portfolios), table_rows(seeded_engine, investor_risk)
+    statements = count_statements(seeded_engine)
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.investors_scored == 0 and summary.trades_applied == 0
+    assert not [s for s in statements if "transactions" in s or s.lstrip().upper().startswith(
+        ("INSERT", "UPDATE", "DELETE"))]
+    assert (table_rows(seeded_engine, portfolios), table_rows(seeded_engine, investor_risk)) == before
+
+
+def test_one_new_trade_revalues_and_scores_its_investor_only(seeded_engine, tmp_path):
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        (f"ON-{n}", investor_id, symbol, "BUY", 10, "100.00", "2024-06-03 10:00:00")
+        for n, (investor_id, symbol) in enumerate([(1001, "AAPL"), (1002, "AAPL"), (1003, "MSFT")])]))
+    prices = tmp_path / "closes.csv"  # with a close, a trade does not move the symbol's last price
+    prices.write_text("stock_symbol,price_date,close_price\nAAPL,2024-06-03,101\n", encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    update_portfolio.update_portfolios(seeded_engine)
+    others = {key: row for key, row in position_rows(seeded_engine).items() if key[0] != 1001}
+    load(seeded_engine, write_trades(tmp_path, "one.csv", [
+        ("ON-9", 1001, "AAPL", "BUY", 5, "110.00", "2024-06-04 10:00:00")]))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert (summary.trades_applied, summary.positions_changed, summary.investors_scored) == (1, 1, 1)
+    assert {key: row for key, row in position_rows(seeded_engine).items() if key[0] != 1001} == others
+    incremental = table_rows(seeded_engine, portfolios, exclude={"updated_at"}), \
+        table_rows(seeded_engine, investor_risk, exclude={"updated_at"})
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert (table_rows(seeded_engine, portfolios, exclude={"updated_at"}),
+            table_rows(seeded_engine, investor_risk, exclude={"updated_at"})) == incremental
+
+
+def test_a_changed_close_rescores_the_holders_of_its_symbol_only(seeded_engine, tmp_path):
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("CC-1", 1001, "GS", "BUY", 4, "450.00", "2024-06-03 10:00:00"),
+        ("CC-2", 1001, "KO", "BUY", 4, "60.00", "2024-06-03 10:00:00"),
+        ("CC-3", 1002, "KO", "BUY", 4, "60.00", "2024-06-03 10:00:00"),
+    ]))
+    prices = tmp_path / "closes.csv"
+    prices.write_text("stock_symbol,price_date,close_price\nGS,2024-06-03,450\nKO,2024-06-03,60\n", encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    update_portfolio.update_portfolios(seeded_engine)
+    prices.write_text("stock_symbol,price_date,close_price\nGS,2024-06-04,440\n", encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.investors_scored == 1
+    assert fraction(position_rows(seeded_engine)[(1001, "GS")]["market_value"]) == 1760
+    incremental = table_rows(seeded_engine, portfolios, exclude={"updated_at"}), \
+        table_rows(seeded_engine, investor_risk, exclude={"updated_at"})
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert (table_rows(seeded_engine, portfolios, exclude={"updated_at"}),
+            table_rows(seeded_engine, investor_risk, exclude={"updated_at"})) == incremental

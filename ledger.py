@@ -1,0 +1,324 @@
+"""The ledger: a position's events as typed records, the one `Position` that applies them
+(docs/portfolio-math.md), and the checkpoints that let a late event be replayed from near where it belongs.
+
+update_portfolio.py applies new trades with it, surveillance.py takes opening holdings from its checkpoints
+and replays the trades it checks with it, and live mode applies each arriving trade with it. Events of one
+position are applied in (txn_time, txn_id) order. Adding an event kind (a split, a dividend) is one record
+class and one branch of `Position.apply`; an event the position does not know is an error, never a SELL.
+
+A checkpoint is a position's state at the end of a week (Monday to Sunday) in which it traded, kept in
+`position_checkpoints`. A late trade is replayed from the last checkpoint of an earlier week, not from the
+position's first trade; `update_portfolio.py --full` rebuilds them all.
+"""
+import functools
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import NamedTuple
+
+from sqlalchemy import and_, bindparam, delete, text
+
+import dialects
+from schema import position_checkpoints
+
+ZERO = Decimal(0)
+MONEY_STEP = Decimal("0.000001")  # state is kept at 6 decimals after every event, so incremental == full exactly
+PRICE_STEP = Decimal("0.0001")
+FETCH_ROWS = 50_000
+ID_SLICE = 500  # values per IN (...) list
+
+
+class UnknownEvent(ValueError):
+    """An event the ledger cannot apply (an unknown record class or trade type)."""
+
+
+class Trade(NamedTuple):
+    """A BUY or SELL of `quantity` shares at `price`, with its fee (currency units; 0 until fees are stored)."""
+    txn_id: int
+    txn_time: str  # 'YYYY-MM-DD HH:MM:SS'
+    investor_id: int
+    stock_symbol: str
+    txn_type: str
+    quantity: int
+    price: Decimal
+    fee: Decimal = ZERO
+
+
+class Checkpoint(NamedTuple):
+    """A position's state at the end of the week starting week_start (a Monday)."""
+    investor_id: int
+    stock_symbol: str
+    week_start: date
+    quantity: int
+    cost_basis: Decimal
+    realized_pnl: Decimal
+    last_txn_time: str
+    last_txn_id: int
+    trade_count: int
+    last_trade_price: Decimal  # the price of the last trade applied, an oversold SELL included
+
+
+class Oversell(NamedTuple):
+    """A SELL that exceeded the holding and was not applied."""
+    investor_id: int
+    stock_symbol: str
+    txn_id: int
+    quantity: int
+    held: int
+
+
+@functools.lru_cache(maxsize=4096)
+def week_start(day_text):
+    """The Monday of the week of 'YYYY-MM-DD'."""
+    day = date.fromisoformat(day_text)
+    return day - timedelta(days=day.weekday())
+
+
+def _money(value):
+    return value.quantize(MONEY_STEP, ROUND_HALF_EVEN)
+
+
+@dataclass
+class Position:
+    """The state of one (investor, symbol), built by applying its events in order."""
+    investor_id: int
+    stock_symbol: str
+    quantity: int = 0
+    cost_basis: Decimal = ZERO
+    realized_pnl: Decimal = ZERO
+    last_txn_time: str = ""  # 'YYYY-MM-DD HH:MM:SS' of the last event applied
+    last_txn_id: int = 0
+    trade_count: int = 0  # trades applied, oversold SELLs included
+    last_trade_price: Decimal = None
+
+    @property
+    def avg_cost(self):
+        return (self.cost_basis / self.quantity).quantize(PRICE_STEP) if self.quantity else ZERO.quantize(PRICE_STEP)
+
+    def apply(self, event):
+        """Apply one event; return False when it could not change the position (an oversold SELL)."""
+        if isinstance(event, Trade):
+            return self._apply_trade(event)
+        raise UnknownEvent(f"the ledger cannot apply a {type(event).__name__} to a position")
+
+    def _apply_trade(self, trade):
+        if trade.txn_type == "BUY":
+            applied = self._buy(trade)
+        elif trade.txn_type == "SELL":
+            applied = self._sell(trade)
+        else:
+            raise UnknownEvent(f"trade {trade.txn_id}: txn_type {trade.txn_type!r} is neither BUY nor SELL")
+        self.last_txn_time, self.last_txn_id = trade.txn_time, trade.txn_id
+        self.trade_count += 1
+        self.last_trade_price = trade.price
+        return applied
+
+    def _buy(self, trade):
+        self.quantity += trade.quantity
+        self.cost_basis = _money(self.cost_basis + trade.quantity * trade.price + trade.fee)
+        return True
+
+    def _sell(self, trade):
+        if trade.quantity > self.quantity:
+            return False
+        avg_cost = self.cost_basis / self.quantity
+        self.realized_pnl = _money(self.realized_pnl + trade.quantity * (trade.price - avg_cost) - trade.fee)
+        self.quantity -= trade.quantity
+        self.cost_basis = ZERO if self.quantity == 0 else _money(self.cost_basis - trade.quantity * avg_cost)
+        return True
+
+    def follows(self, event):
+        """Does this event sort after everything applied so far, so that it can simply be applied next?"""
+        return (self.last_txn_time, self.last_txn_id) < (event.txn_time, event.txn_id)
+
+    def checkpoint(self):
+        """The state now, as the checkpoint of the week of the last event applied."""
+        return Checkpoint(self.investor_id, self.stock_symbol, week_start(self.last_txn_time[:10]), self.quantity,
+                          self.cost_basis, self.realized_pnl, self.last_txn_time, self.last_txn_id,
+                          self.trade_count, self.last_trade_price)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint):
+        """The position as it was at a checkpoint."""
+        return cls(checkpoint.investor_id, checkpoint.stock_symbol, checkpoint.quantity, checkpoint.cost_basis,
+                   checkpoint.realized_pnl, checkpoint.last_txn_time, checkpoint.last_txn_id,
+                   checkpoint.trade_count, checkpoint.last_trade_price)
+
+
+# ---------------------------------------------------------------------------------------------- applying a stream
+
+@dataclass
+class Applied:
+    """What apply_trades did."""
+    changed: set  # keys (investor_id, stock_symbol) of positions that applied trades
+    late: dict  # key: the first new trade of a position it did not follow (the position needs a replay)
+    oversells: list
+    checkpoints: list  # the end-of-week states of the weeks in which trades were applied
+    latest: dict  # stock_symbol: its latest trade in the stream
+    trades: int = 0
+
+
+def apply_trades(trades, positions):
+    """Apply trades, sorted by (investor_id, stock_symbol, txn_time, txn_id), to `positions` in place.
+
+    A position whose first new trade does not follow its state is left untouched and listed as late."""
+    applied = Applied(set(), {}, [], [], {})
+    position, week = None, None
+    for trade in trades:
+        applied.trades += 1
+        latest = applied.latest.get(trade.stock_symbol)
+        if latest is None or (latest.txn_time, latest.txn_id) < (trade.txn_time, trade.txn_id):
+            applied.latest[trade.stock_symbol] = trade
+        key = (trade.investor_id, trade.stock_symbol)
+        if position is None or key != (position.investor_id, position.stock_symbol):
+            if week is not None:
+                applied.checkpoints.append(position.checkpoint())
+            position, week = _next_position(positions, key, trade, applied)
+        if position is None:
+            continue
+        trade_week = week_start(trade.txn_time[:10])
+        if week is not None and trade_week != week:
+            applied.checkpoints.append(position.checkpoint())
+        week = trade_week
+        held = position.quantity
+        if not position.apply(trade):
+            applied.oversells.append(Oversell(trade.investor_id, trade.stock_symbol, trade.txn_id, trade.quantity,
+                                              held))
+    if week is not None:
+        applied.checkpoints.append(position.checkpoint())
+    return applied
+
+
+def _next_position(positions, key, trade, applied):
+    """The position a new run of trades continues, or (None, None) when it is late."""
+    if key in applied.late:
+        return None, None
+    position = positions.get(key)
+    if position is None:
+        position = positions[key] = Position(*key)
+    elif not position.follows(trade):
+        applied.late.setdefault(key, trade)
+        return None, None
+    applied.changed.add(key)
+    return position, None
+
+
+# ---------------------------------------------------------------------------------------------- reading trades
+
+TRADE_COLUMNS_SQL = "t.txn_id, t.txn_time, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.price"
+# Over the network one text column per trade is read 3 times faster than seven typed ones (the driver's per-field
+# work dominates the replay). The symbol goes last, so a comma in it cannot shift a field.
+PACKED_TRADE_SQL = ("CONCAT_WS(',', t.txn_id, t.txn_time, t.investor_id, t.txn_type, t.quantity, t.price, "
+                    "t.stock_symbol)")
+REPLAY_ORDER_SQL = "ORDER BY t.investor_id, t.stock_symbol, t.txn_time, t.txn_id"
+
+
+def normalize_time(value):
+    """A txn_time as 'YYYY-MM-DD HH:MM:SS' whatever the driver returned (text on SQLite, datetime elsewhere)."""
+    return value if isinstance(value, str) else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def to_decimal(value):
+    """A DECIMAL column as Decimal (SQLite returns floats; their shortest repr is the stored decimal)."""
+    return value if isinstance(value, Decimal) or value is None else Decimal(repr(value))
+
+
+def stream_trades(connection, where="", params=None):
+    """Yield the trades matching `where` (SQL over alias t) as Trade records in replay order, streamed from the
+    server rather than read whole. A list parameter named ids expands into IN (...)."""
+    packed = getattr(dialects, "packs_trade_rows", lambda name: name in ("mysql", "postgresql"))(connection.dialect.name)  # TEMP
+    columns = PACKED_TRADE_SQL if packed else TRADE_COLUMNS_SQL
+    statement = text(f"SELECT {columns} FROM transactions t {where} {REPLAY_ORDER_SQL}")
+    if params and isinstance(params.get("ids"), list):
+        statement = statement.bindparams(bindparam("ids", expanding=True))
+    result = connection.execute(statement.execution_options(stream_results=True), params or {})
+    while rows := result.fetchmany(FETCH_ROWS):
+        yield from map(_unpack_trade if packed else _typed_trade, rows)
+
+
+def _unpack_trade(row):
+    """A Trade from PACKED_TRADE_SQL's text (the symbol last: a comma in it cannot shift a field)."""
+    txn_id, txn_time, investor_id, txn_type, quantity, price, symbol = row[0].split(",", 6)
+    return Trade(int(txn_id), txn_time, int(investor_id), symbol, txn_type, int(quantity), Decimal(price))
+
+
+def _typed_trade(row):
+    txn_id, txn_time, investor_id, symbol, txn_type, quantity, price = row
+    return Trade(txn_id, normalize_time(txn_time), investor_id, symbol, txn_type, quantity, to_decimal(price))
+
+
+def position_trades_after(connection, key, checkpoint):
+    """The trades of one position after a checkpoint (all of them when checkpoint is None), in replay order."""
+    where = "WHERE t.investor_id = :investor_id AND t.stock_symbol = :symbol"
+    params = {"investor_id": key[0], "symbol": key[1]}
+    if checkpoint is not None:
+        where += " AND t.txn_time >= :after_time AND NOT (t.txn_time = :after_time AND t.txn_id <= :after_id)"
+        params.update(after_time=datetime.fromisoformat(checkpoint.last_txn_time), after_id=checkpoint.last_txn_id)
+    return stream_trades(connection, where, params)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_COLUMNS = Checkpoint._fields
+
+
+def _checkpoint(row):
+    values = dict(zip(CHECKPOINT_COLUMNS, row))
+    values.update(week_start=_as_date(values["week_start"]), cost_basis=to_decimal(values["cost_basis"]),
+                  realized_pnl=to_decimal(values["realized_pnl"]),
+                  last_txn_time=normalize_time(values["last_txn_time"]),
+                  last_trade_price=to_decimal(values["last_trade_price"]))
+    return Checkpoint(**values)
+
+
+def _as_date(value):
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+def checkpoint_before(connection, key, week):
+    """The position's last checkpoint of a week before `week` (a Monday), or None."""
+    row = connection.execute(text(
+        f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM position_checkpoints "
+        "WHERE investor_id = :investor_id AND stock_symbol = :symbol AND week_start < :week "
+        "ORDER BY week_start DESC LIMIT 1"), {"investor_id": key[0], "symbol": key[1], "week": week}).first()
+    return None if row is None else _checkpoint(row)
+
+
+def checkpoints_before(connection, investor_ids, week_by_investor):
+    """{(investor_id, stock_symbol): Checkpoint}: each position's last checkpoint of a week before its investor's
+    week in week_by_investor (a Monday), for these investors."""
+    found = {}
+    statement = text(
+        f"SELECT {', '.join('c.' + c for c in CHECKPOINT_COLUMNS)} FROM position_checkpoints c "
+        "JOIN (SELECT investor_id, stock_symbol, MAX(week_start) AS week_start FROM position_checkpoints "
+        "      WHERE investor_id IN :ids AND week_start < :week GROUP BY investor_id, stock_symbol) last "
+        "  ON last.investor_id = c.investor_id AND last.stock_symbol = c.stock_symbol "
+        " AND last.week_start = c.week_start").bindparams(bindparam("ids", expanding=True))
+    by_week = {}
+    for investor_id in investor_ids:
+        by_week.setdefault(week_by_investor[investor_id], []).append(investor_id)
+    for week, ids in sorted(by_week.items()):
+        for start in range(0, len(ids), ID_SLICE):
+            for row in connection.execute(statement, {"ids": ids[start:start + ID_SLICE], "week": week}):
+                checkpoint = _checkpoint(row)
+                found[(checkpoint.investor_id, checkpoint.stock_symbol)] = checkpoint
+    return found
+
+
+def write_checkpoints(connection, checkpoints):
+    """Insert or replace these checkpoints."""
+    rows = [{**checkpoint._asdict(), "last_txn_time": datetime.fromisoformat(checkpoint.last_txn_time)}
+            for checkpoint in checkpoints]
+    update_columns = [column for column in CHECKPOINT_COLUMNS
+                      if column not in ("investor_id", "stock_symbol", "week_start")]
+    for start in range(0, len(rows), 5_000):
+        connection.execute(dialects.upsert(connection, position_checkpoints, update_columns), rows[start:start + 5_000])
+
+
+def forget_checkpoints_after(connection, key, checkpoint):
+    """Delete a position's checkpoints after `checkpoint` (all of them for None): a replay from it writes them
+    again."""
+    condition = and_(position_checkpoints.c.investor_id == key[0], position_checkpoints.c.stock_symbol == key[1])
+    if checkpoint is not None:
+        condition = and_(condition, position_checkpoints.c.week_start > checkpoint.week_start)
+    connection.execute(delete(position_checkpoints).where(condition))

@@ -1,0 +1,87 @@
+"""ledger.py: the typed events, the one Position, and the weekly checkpoints apply_trades emits (no database)."""
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+import ledger
+from ledger import Position, Trade
+
+
+def trade(txn_id, txn_time, txn_type, quantity, price, fee="0", investor_id=1001, symbol="AAPL"):
+    return Trade(txn_id, txn_time, investor_id, symbol, txn_type, quantity, Decimal(price), Decimal(fee))
+
+
+def test_weighted_average_cost_example_of_the_docs():
+    """The example table of docs/portfolio-math.md, row by row."""
+    position = Position(1001, "AAPL")
+    steps = [(trade(1, "2024-06-03 10:00:00", "BUY", 10, "100"), True, 10, "1000", "100", "0"),
+             (trade(2, "2024-06-03 11:00:00", "BUY", 10, "110"), True, 20, "2100", "105", "0"),
+             (trade(3, "2024-06-03 12:00:00", "SELL", 5, "120"), True, 15, "1575", "105", "75"),
+             (trade(4, "2024-06-03 13:00:00", "SELL", 20, "120"), False, 15, "1575", "105", "75"),
+             (trade(5, "2024-06-03 14:00:00", "SELL", 15, "100"), True, 0, "0", "0", "0")]
+    for event, applied, quantity, cost_basis, avg_cost, realized in steps:
+        assert position.apply(event) is applied
+        assert (position.quantity, position.cost_basis, position.avg_cost, position.realized_pnl) == (
+            quantity, Decimal(cost_basis), Decimal(avg_cost), Decimal(realized))
+    assert (position.trade_count, position.last_txn_id, position.last_trade_price) == (5, 5, Decimal("100"))
+
+
+def test_fees_follow_the_rules_of_weighted_average_cost_with_fees():
+    """BUY: cost_basis += q·p + f; SELL: realized += q·(p − avg) − f; an oversold SELL changes nothing, its fee
+    included."""
+    position = Position(1001, "AAPL")
+    position.apply(trade(1, "2024-06-03 10:00:00", "BUY", 10, "100", fee="5"))  # cost 1005, avg 100.5
+    assert position.cost_basis == Decimal("1005")
+    assert not position.apply(trade(2, "2024-06-03 11:00:00", "SELL", 11, "120", fee="7"))
+    assert (position.quantity, position.cost_basis, position.realized_pnl) == (10, Decimal("1005"), Decimal("0"))
+    position.apply(trade(3, "2024-06-03 12:00:00", "SELL", 4, "120", fee="3"))  # 4·(120 − 100.5) − 3 = 75
+    assert (position.quantity, position.cost_basis, position.realized_pnl) == (6, Decimal("603"), Decimal("75"))
+
+
+def test_an_unknown_trade_type_is_an_error_never_a_sell():
+    position = Position(1001, "AAPL", quantity=10, cost_basis=Decimal("1000"))
+    with pytest.raises(ledger.UnknownEvent, match="txn_type 'SHORT' is neither BUY nor SELL"):
+        position.apply(trade(1, "2024-06-03 10:00:00", "SHORT", 5, "100"))
+    assert (position.quantity, position.trade_count) == (10, 0)
+
+
+def test_an_unknown_event_kind_is_an_error():
+    class Split:
+        pass
+
+    with pytest.raises(ledger.UnknownEvent, match="cannot apply a Split"):
+        Position(1001, "AAPL").apply(Split())
+
+
+def test_a_checkpoint_restores_the_position_exactly():
+    position = Position(1001, "AAPL")
+    position.apply(trade(1, "2024-06-05 10:00:00", "BUY", 3, "33.3333"))
+    checkpoint = position.checkpoint()
+    assert checkpoint.week_start == date(2024, 6, 3)  # the Monday of Wednesday 5 June 2024
+    assert Position.from_checkpoint(checkpoint) == position
+
+
+def test_apply_trades_emits_one_checkpoint_per_week_traded_with_its_end_state():
+    trades = [trade(1, "2024-06-03 10:00:00", "BUY", 10, "100"), trade(2, "2024-06-07 10:00:00", "BUY", 10, "90"),
+              trade(3, "2024-06-17 10:00:00", "SELL", 5, "95"),  # a week without trades in between
+              trade(4, "2024-06-03 10:00:00", "BUY", 1, "50", symbol="MSFT")]
+    positions = {}
+    applied = ledger.apply_trades(trades, positions)
+    weeks = [(c.stock_symbol, c.week_start, c.quantity, c.last_txn_id) for c in applied.checkpoints]
+    assert weeks == [("AAPL", date(2024, 6, 3), 20, 2), ("AAPL", date(2024, 6, 17), 15, 3),
+                     ("MSFT", date(2024, 6, 3), 1, 4)]
+    assert applied.changed == {(1001, "AAPL"), (1001, "MSFT")} and applied.trades == 4
+    assert applied.latest["AAPL"].txn_id == 3
+
+
+def test_a_position_with_a_late_first_trade_is_left_for_a_replay_with_all_its_trades():
+    """A stored position whose first new trade sorts before its state is untouched, even by its later trades."""
+    stored = Position(1001, "AAPL", quantity=10, cost_basis=Decimal("1000"), last_txn_time="2024-06-05 10:00:00",
+                      last_txn_id=7, trade_count=1, last_trade_price=Decimal("100"))
+    positions = {(1001, "AAPL"): stored}
+    before = Position(**vars(stored))
+    applied = ledger.apply_trades([trade(8, "2024-06-04 10:00:00", "BUY", 1, "90"),
+                                   trade(9, "2024-06-06 10:00:00", "BUY", 1, "90")], positions)
+    assert list(applied.late) == [(1001, "AAPL")] and applied.late[(1001, "AAPL")].txn_id == 8
+    assert positions[(1001, "AAPL")] == before and applied.changed == set() and applied.checkpoints == []
