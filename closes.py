@@ -1,14 +1,17 @@
 """Daily closes (`market_prices`): the one reader of them, and what valuation derives from them per symbol.
 
 Every stage that compares prices over time reads its closes here (update_portfolio's marks and risk metrics,
-surveillance's price checks), so that an adjustment of the closes (for splits) has one place to go. A symbol's
-marks are its last close on or before the day of the update (else the price of its latest trade), the
-annualized volatility of its last VOLATILITY_LOOKBACK_DAYS daily returns, and a digest of everything they and
-the risk metrics depend on: when the digest is unchanged, the holders of the symbol need no revaluation.
+surveillance's price checks, live mode's starting prices), so that an adjustment of the closes (for splits) has
+one place to go. A symbol's marks are its last close on or before the day of the update (else the price of its
+latest trade), the annualized volatility of its last VOLATILITY_LOOKBACK_DAYS daily returns, and a digest of
+everything they and the risk metrics depend on: when the digest is unchanged, the holders of the symbol need no
+revaluation. The digest is taken from a fingerprint the database computes, so that an update with nothing new
+does not read the closes themselves.
 """
 import hashlib
 import math
 from datetime import date
+from decimal import Decimal
 from typing import NamedTuple
 
 import numpy as np
@@ -16,13 +19,31 @@ import pandas as pd
 from sqlalchemy import Date, bindparam, text
 
 import constants
+import dialects
 from ledger import to_decimal
 
 CLOSES_SQL = """
-SELECT stock_symbol, price_date, close_price
+SELECT {columns}
 FROM market_prices
 WHERE price_date BETWEEN :first_day AND :last_day
 ORDER BY stock_symbol, price_date
+"""
+PACKED_CLOSE_SQL = "CONCAT_WS(',', price_date, close_price, stock_symbol)"  # the symbol last: it may hold a comma
+# Per symbol, exact sums (DECIMAL) that change with any added, removed or changed close, swaps of two days
+# included: the count, the first and last day, and the sums of close, close·n and close·n² over the closes
+# numbered n = 1, 2, ... by day.
+FINGERPRINT_SQL = """
+WITH numbered AS (
+    SELECT stock_symbol, price_date, close_price,
+           ROW_NUMBER() OVER (PARTITION BY stock_symbol ORDER BY price_date) AS day_number
+    FROM market_prices
+    WHERE price_date <= :last_day
+)
+SELECT stock_symbol, COUNT(*), MIN(price_date), MAX(price_date), SUM(close_price),
+       SUM(close_price * day_number), SUM(close_price * day_number * day_number)
+FROM numbered
+GROUP BY stock_symbol
+ORDER BY stock_symbol
 """
 EARLIEST_DAY = date(1, 1, 1)
 
@@ -38,14 +59,32 @@ class Mark(NamedTuple):
 def read_closes(connection, last_day=None, first_day=None):
     """Daily closes from first_day (default: the first) to last_day (default: today): stock_symbol, day
     (datetime64[D]), close_price (float) and close_exact (Decimal), sorted by symbol and day."""
-    statement = text(CLOSES_SQL).bindparams(bindparam("first_day", type_=Date), bindparam("last_day", type_=Date))
+    packed = dialects.packs_trade_rows(connection.dialect.name)
+    columns = PACKED_CLOSE_SQL if packed else "stock_symbol, price_date, close_price"
+    statement = text(CLOSES_SQL.format(columns=columns)).bindparams(
+        bindparam("first_day", type_=Date), bindparam("last_day", type_=Date))
     rows = connection.execute(statement, {"first_day": first_day or EARLIEST_DAY,
                                           "last_day": last_day or date.today()}).all()
-    closes = pd.DataFrame.from_records(rows, columns=["stock_symbol", "price_date", "close_price"])
-    closes["close_exact"] = [to_decimal(value) for value in closes["close_price"]]
-    closes["close_price"] = closes["close_price"].astype(float)
-    closes["day"] = pd.to_datetime(closes.pop("price_date").astype(str)).to_numpy().astype("datetime64[D]")
-    return closes[["stock_symbol", "day", "close_price", "close_exact"]]
+    if packed:
+        rows = [_unpack_close(row[0]) for row in rows]
+    symbols, days, prices = (list(column) for column in zip(*rows)) if rows else ([], [], [])
+    exact = [to_decimal(price) for price in prices]
+    return pd.DataFrame({"stock_symbol": pd.Series(symbols, dtype=object),
+                         "day": np.array([str(day)[:10] for day in days], dtype="datetime64[D]"),
+                         "close_price": np.array([float(price) for price in exact], dtype=float),
+                         "close_exact": pd.Series(exact, dtype=object)})
+
+
+def _unpack_close(packed):
+    day, price, symbol = packed.split(",", 2)
+    return symbol, day, Decimal(price)
+
+
+def read_fingerprints(connection, last_day=None):
+    """{stock_symbol: text that changes whenever any of its closes up to last_day (default: today) does}."""
+    statement = text(FINGERPRINT_SQL).bindparams(bindparam("last_day", type_=Date))
+    return {row[0]: ",".join(map(str, row[1:]))
+            for row in connection.execute(statement, {"last_day": last_day or date.today()})}
 
 
 def close_table(closes):
@@ -65,21 +104,31 @@ def annual_volatility(prices, lookback_days=constants.VOLATILITY_LOOKBACK_DAYS):
     return math.sqrt(variance * constants.TRADING_DAYS_PER_YEAR) if variance > 0 else 0.0
 
 
-def symbol_marks(closes, trade_prices, fingerprint=""):
-    """{stock_symbol: Mark} for every symbol with a close or a trade; trade_prices: {symbol: latest trade price}.
+def mark_digests(fingerprints, trade_prices, parameters=""):
+    """{stock_symbol: digest} of every symbol with a close or a trade, from read_fingerprints and {symbol: its
+    latest trade's price} (the last price of a symbol without closes). parameters: text of anything else the
+    valuation depends on (the scoring parameters), folded in so that changing it revalues every holder."""
+    digests = {symbol: _digest(parameters, f"closes:{fingerprint}") for symbol, fingerprint in fingerprints.items()}
+    for symbol, price in trade_prices.items():
+        digests.setdefault(symbol, _digest(parameters, f"trade:{price}"))
+    return digests
 
-    fingerprint: text of anything else the valuation depends on (the scoring parameters), folded into the
-    digests so that changing it revalues every holder."""
+
+def symbol_marks(closes, trade_prices, digests):
+    """{stock_symbol: Mark} for every symbol in digests (mark_digests), from its closes, else its latest
+    trade's price in trade_prices."""
     marks = {}
-    for symbol, rows in closes.groupby("stock_symbol", sort=True):
-        lines = "\n".join(f"{day}:{close}" for day, close in zip(rows["day"].astype(str), rows["close_exact"]))
-        marks[symbol] = Mark(symbol, rows["close_exact"].iloc[-1], annual_volatility(rows["close_price"]),
-                             _digest(fingerprint, lines))
+    symbols = closes["stock_symbol"].tolist()  # sorted, then by day
+    starts = [index for index in range(len(symbols)) if index == 0 or symbols[index] != symbols[index - 1]]
+    for first, end in zip(starts, starts[1:] + [len(symbols)]):
+        symbol = symbols[first]
+        marks[symbol] = Mark(symbol, closes["close_exact"].iat[end - 1],
+                             annual_volatility(closes["close_price"].to_numpy()[first:end]), digests[symbol])
     for symbol, price in trade_prices.items():
         if symbol not in marks:
-            marks[symbol] = Mark(symbol, price, None, _digest(fingerprint, f"trade:{price}"))
+            marks[symbol] = Mark(symbol, price, None, digests[symbol])
     return marks
 
 
-def _digest(fingerprint, lines):
-    return hashlib.sha256(f"{fingerprint}\n{lines}".encode()).hexdigest()
+def _digest(parameters, fingerprint):
+    return hashlib.sha256(f"{parameters}\n{fingerprint}".encode()).hexdigest()

@@ -9,7 +9,6 @@ import math
 from collections import namedtuple
 
 import numpy as np
-import pandas as pd
 
 import constants
 
@@ -41,27 +40,30 @@ def portfolio_metrics(values):
 
 
 def value_histories(closes, holdings):
-    """{investor_id: Series of daily values} from closes (date × symbol) and holdings (investor, symbol, quantity).
-
-    Symbols without any close cannot be simulated and are left out.
-    """
+    """{investor_id: array of daily values} from closes (day × symbol) and holdings, rows of (investor_id,
+    stock_symbol, quantity) sorted by investor and symbol. Symbols without any close cannot be simulated and are
+    left out; so are the days before all of an investor's symbols have a close."""
     closes = closes.sort_index().ffill()
+    prices, missing = closes.to_numpy(), closes.isna().to_numpy()
+    column = {symbol: index for index, symbol in enumerate(closes.columns)}
+    held = {}
+    for investor_id, symbol, quantity in holdings:
+        if symbol in column:
+            held.setdefault(investor_id, []).append((column[symbol], float(quantity)))
     histories = {}
-    for investor_id, held in holdings.groupby("investor_id"):
-        quantities = held.set_index("stock_symbol")["quantity"].astype(float)
-        quantities = quantities[quantities.index.isin(closes.columns)]
-        if quantities.empty:
-            continue
-        prices = closes[quantities.index].dropna()
-        histories[investor_id] = prices.to_numpy() @ quantities.to_numpy()
+    for investor_id, positions in held.items():
+        columns, quantities = [index for index, _ in positions], np.array([q for _, q in positions])
+        days = ~missing[:, columns].any(axis=1)
+        # C order, as pandas gave it: BLAS sums a row in the same order, so the values are the same to the bit
+        histories[investor_id] = np.ascontiguousarray(prices[days][:, columns]) @ quantities
     return histories
 
 
 def compute_risk_metrics(close_table, holdings):
     """{investor_id: RiskMetrics} for the investors in holdings, rows of (investor_id, stock_symbol, quantity)
-    with quantity > 0 (None where history is too short); close_table: closes.close_table's day × symbol table."""
-    holdings = pd.DataFrame.from_records(holdings, columns=["investor_id", "stock_symbol", "quantity"])
-    if close_table.empty or holdings.empty:
+    with quantity > 0, sorted by investor and symbol (None where history is too short); close_table:
+    closes.close_table's day × symbol table."""
+    if close_table.empty:
         return {}
     return {investor_id: portfolio_metrics(values)
             for investor_id, values in value_histories(close_table, holdings).items()}

@@ -279,19 +279,24 @@ def _forget_positions_without_trades(connection, keys):
 
 # ---------------------------------------------------------------------------------------------- marks
 
-def refresh_marks(connection, daily_closes, params, now, full):
-    """Bring symbol_marks up to date with the closes and latest trades; return the symbols whose marks changed
-    (every symbol with full=True)."""
+def repriced_symbols(connection, params, full):
+    """(symbols whose marks changed since the last update, every symbol with full=True; their new digests;
+    the latest trade price of each symbol) without reading the closes themselves."""
     trade_prices = {symbol: to_decimal(price) for symbol, price in connection.execute(text(
         "SELECT stock_symbol, price FROM symbol_last_trades"))}
-    marks = closes.symbol_marks(daily_closes, trade_prices, valuation_fingerprint(params))
+    digests = closes.mark_digests(closes.read_fingerprints(connection, params["today"]), trade_prices,
+                                  valuation_fingerprint(params))
     stored = dict(connection.execute(select(symbol_marks.c.stock_symbol, symbol_marks.c.closes_digest)).all())
-    changed = sorted(symbol for symbol, mark in marks.items() if full or stored.get(symbol) != mark.closes_digest)
-    rows = [{**marks[symbol]._asdict(), "updated_at": now} for symbol in changed]
+    changed = sorted(symbol for symbol, digest in digests.items() if full or stored.get(symbol) != digest)
+    return changed, digests, trade_prices
+
+
+def write_marks(connection, marks, symbols, now):
+    """Store the marks of these symbols."""
+    rows = [{**marks[symbol]._asdict(), "updated_at": now} for symbol in symbols]
     if rows:
         connection.execute(dialects.upsert(connection, symbol_marks, ["last_price", "annual_volatility",
                                                                       "closes_digest", "updated_at"]), rows)
-    return changed
 
 
 def valuation_fingerprint(params):
@@ -379,16 +384,20 @@ totals AS (
     FROM positions
     GROUP BY investor_id
 ),
+top_sectors AS (
+    SELECT investor_id, MAX(sector_weight) AS top_sector_weight
+    FROM sector_weights
+    GROUP BY investor_id
+),
 components AS (
-    SELECT t.*,
-           (SELECT MAX(sw.sector_weight) FROM sector_weights sw WHERE sw.investor_id = t.investor_id)
-               AS top_sector_weight,
+    SELECT t.*, ts.top_sector_weight,
            CASE WHEN t.weighted_volatility >= :investor_volatility_full_at THEN 1
                 ELSE t.weighted_volatility / :investor_volatility_full_at END AS volatility_share,
            CASE WHEN t.unrealized_pnl >= 0 OR t.total_cost_basis <= 0 THEN 0
                 WHEN -t.unrealized_pnl * 1.0E0 / t.total_cost_basis >= :investor_loss_full_at THEN 1
                 ELSE -t.unrealized_pnl * 1.0E0 / t.total_cost_basis / :investor_loss_full_at END AS loss_share
     FROM totals t
+    JOIN top_sectors ts ON ts.investor_id = t.investor_id
 )
 SELECT investor_id, total_market_value, total_cost_basis, realized_pnl, unrealized_pnl, open_positions,
        top_position_weight, hhi, top_sector_weight, weighted_volatility,
@@ -483,7 +492,7 @@ INVESTOR_RISK_COLUMNS = ("total_market_value", "total_cost_basis", "realized_pnl
 INVESTOR_RISK_STEPS = (MONEY_STEP, MONEY_STEP, MONEY_STEP, MONEY_STEP, None) + (RATIO_STEP,) * 4
 METRIC_STEPS = (RATIO_STEP, MONEY_STEP, MONEY_STEP, RATIO_STEP)
 HOLDINGS_SQL = ("SELECT investor_id, stock_symbol, quantity FROM portfolios "
-                "WHERE quantity > 0 AND investor_id IN :investor_ids")
+                "WHERE quantity > 0 AND investor_id IN :investor_ids ORDER BY investor_id, stock_symbol")
 
 
 def score_investors(connection, params, now, investor_ids, close_table):
@@ -578,12 +587,15 @@ def _update_portfolios(engine, full, today):
 def revalue_and_score(connection, params, now, applied, full, summary):
     """Revalue and score the investors whose positions changed and the holders of symbols whose marks changed
     (everyone with full=True); return their ids."""
-    daily_closes = closes.read_closes(connection, last_day=params["today"])
-    repriced = refresh_marks(connection, daily_closes, params, now, full)
+    repriced, digests, trade_prices = repriced_symbols(connection, params, full)
     if full:
         investors = all_investors(connection)
     else:
         investors = {investor_id for investor_id, _ in applied.changed} | holders(connection, repriced)
+    if not investors and not repriced:
+        return investors
+    daily_closes = closes.read_closes(connection, last_day=params["today"])
+    write_marks(connection, closes.symbol_marks(daily_closes, trade_prices, digests), repriced, now)
     if investors:
         revalue_positions(connection, params, now, investors)
         summary.investors_scored, _ = score_investors(connection, params, now, investors,

@@ -629,3 +629,37 @@ def test_a_changed_close_rescores_the_holders_of_its_symbol_only(seeded_engine, 
     update_portfolio.update_portfolios(seeded_engine, full=True)
     assert (table_rows(seeded_engine, portfolios, exclude={"updated_at"}),
             table_rows(seeded_engine, investor_risk, exclude={"updated_at"})) == incremental
+
+
+def test_two_closes_swapped_by_a_correction_revalue_the_holders(seeded_engine, tmp_path):
+    """A correction that swaps two days' closes keeps their count and sum: the fingerprint still sees it, and
+    the volatility it changes reaches the holder's risk."""
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("SW-1", 1001, "KO", "BUY", 4, "60.00", "2024-06-03 10:00:00")]))
+    prices = tmp_path / "closes.csv"
+    rows = ["KO,2024-06-03,60", "KO,2024-06-04,66", "KO,2024-06-05,60.5", "KO,2024-06-06,61"]
+    prices.write_text("stock_symbol,price_date,close_price\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    update_portfolio.update_portfolios(seeded_engine)
+    before = table_rows(seeded_engine, investor_risk, exclude={"updated_at"})
+    prices.write_text("stock_symbol,price_date,close_price\nKO,2024-06-04,60.5\nKO,2024-06-05,66\n", encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.investors_scored == 1
+    after = table_rows(seeded_engine, investor_risk, exclude={"updated_at"})
+    assert after != before
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert table_rows(seeded_engine, investor_risk, exclude={"updated_at"}) == after
+
+
+def test_a_trade_reprices_the_holders_of_a_symbol_without_closes(seeded_engine, tmp_path):
+    """Without a close, a symbol's last price is its latest trade's: a new trade revalues every holder."""
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("NP-1", 1001, "AMZN", "BUY", 10, "100.00", "2024-06-03 10:00:00"),
+        ("NP-2", 1002, "AMZN", "BUY", 10, "100.00", "2024-06-03 11:00:00")]))
+    update_portfolio.update_portfolios(seeded_engine)
+    load(seeded_engine, write_trades(tmp_path, "one.csv", [
+        ("NP-3", 1001, "AMZN", "BUY", 1, "120.00", "2024-06-04 10:00:00")]))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.investors_scored == 2
+    assert fraction(position_rows(seeded_engine)[(1002, "AMZN")]["market_value"]) == 1200
