@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import NamedTuple
 
-from sqlalchemy import and_, bindparam, delete, text
+from sqlalchemy import and_, bindparam, delete, func, or_, select, text
 
 import dialects
 from schema import position_checkpoints
@@ -247,14 +247,30 @@ def _typed_trade(row):
     return Trade(txn_id, normalize_time(txn_time), investor_id, symbol, txn_type, quantity, to_decimal(price))
 
 
-def position_trades_after(connection, key, checkpoint):
-    """The trades of one position after a checkpoint (all of them when checkpoint is None), in replay order."""
-    where = "WHERE t.investor_id = :investor_id AND t.stock_symbol = :symbol"
-    params = {"investor_id": key[0], "symbol": key[1]}
-    if checkpoint is not None:
-        where += " AND t.txn_time >= :after_time AND NOT (t.txn_time = :after_time AND t.txn_id <= :after_id)"
-        params.update(after_time=datetime.fromisoformat(checkpoint.last_txn_time), after_id=checkpoint.last_txn_id)
-    return stream_trades(connection, where, params)
+REPLAY_SLICE = 200  # positions per statement when replaying from checkpoints
+
+
+def trades_after(connection, starts):
+    """The trades of each position in starts ({key: Checkpoint, or None for all its trades}) after its
+    checkpoint, in replay order."""
+    keys = sorted(starts)
+    for first in range(0, len(keys), REPLAY_SLICE):
+        conditions, params = [], {}
+        for number, key in enumerate(keys[first:first + REPLAY_SLICE]):
+            conditions.append(_after_checkpoint_sql(number, starts[key]))
+            params.update({f"investor_{number}": key[0], f"symbol_{number}": key[1]})
+            if starts[key] is not None:
+                params.update({f"time_{number}": datetime.fromisoformat(starts[key].last_txn_time),
+                               f"id_{number}": starts[key].last_txn_id})
+        yield from stream_trades(connection, "WHERE " + " OR ".join(conditions), params)
+
+
+def _after_checkpoint_sql(number, checkpoint):
+    position = f"t.investor_id = :investor_{number} AND t.stock_symbol = :symbol_{number}"
+    if checkpoint is None:
+        return f"({position})"
+    return (f"({position} AND t.txn_time >= :time_{number} "
+            f"AND NOT (t.txn_time = :time_{number} AND t.txn_id <= :id_{number}))")
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -275,13 +291,26 @@ def _as_date(value):
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
-def checkpoint_before(connection, key, week):
-    """The position's last checkpoint of a week before `week` (a Monday), or None."""
-    row = connection.execute(text(
-        f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM position_checkpoints "
-        "WHERE investor_id = :investor_id AND stock_symbol = :symbol AND week_start < :week "
-        "ORDER BY week_start DESC LIMIT 1"), {"investor_id": key[0], "symbol": key[1], "week": week}).first()
-    return None if row is None else _checkpoint(row)
+def last_checkpoints_before(connection, weeks):
+    """{key: the position's last checkpoint of a week before weeks[key] (a Monday)} for the keys that have one."""
+    keys, found = sorted(weeks), {}
+    for first in range(0, len(keys), REPLAY_SLICE):
+        chosen = keys[first:first + REPLAY_SLICE]
+        latest = select(position_checkpoints.c.investor_id, position_checkpoints.c.stock_symbol,
+                        func.max(position_checkpoints.c.week_start).label("week_start")).where(or_(*(
+                            and_(position_checkpoints.c.investor_id == key[0],
+                                 position_checkpoints.c.stock_symbol == key[1],
+                                 position_checkpoints.c.week_start < weeks[key]) for key in chosen))
+                        ).group_by(position_checkpoints.c.investor_id, position_checkpoints.c.stock_symbol
+                                   ).subquery()
+        query = select(*(position_checkpoints.c[column] for column in CHECKPOINT_COLUMNS)).join(latest, and_(
+            latest.c.investor_id == position_checkpoints.c.investor_id,
+            latest.c.stock_symbol == position_checkpoints.c.stock_symbol,
+            latest.c.week_start == position_checkpoints.c.week_start))
+        for row in connection.execute(query):
+            checkpoint = _checkpoint(row)
+            found[(checkpoint.investor_id, checkpoint.stock_symbol)] = checkpoint
+    return found
 
 
 def checkpoints_before(connection, investor_ids, week_by_investor):
@@ -315,10 +344,12 @@ def write_checkpoints(connection, checkpoints):
         connection.execute(dialects.upsert(connection, position_checkpoints, update_columns), rows[start:start + 5_000])
 
 
-def forget_checkpoints_after(connection, key, checkpoint):
-    """Delete a position's checkpoints after `checkpoint` (all of them for None): a replay from it writes them
-    again."""
-    condition = and_(position_checkpoints.c.investor_id == key[0], position_checkpoints.c.stock_symbol == key[1])
-    if checkpoint is not None:
-        condition = and_(condition, position_checkpoints.c.week_start > checkpoint.week_start)
-    connection.execute(delete(position_checkpoints).where(condition))
+def forget_checkpoints_after(connection, starts):
+    """Delete each position's checkpoints after its checkpoint in starts ({key: Checkpoint, None for all of
+    them}): a replay from there writes them again."""
+    keys = sorted(starts)
+    for first in range(0, len(keys), REPLAY_SLICE):
+        connection.execute(delete(position_checkpoints).where(or_(*(
+            and_(position_checkpoints.c.investor_id == key[0], position_checkpoints.c.stock_symbol == key[1],
+                 *([] if starts[key] is None else [position_checkpoints.c.week_start > starts[key].week_start]))
+            for key in keys[first:first + REPLAY_SLICE]))))

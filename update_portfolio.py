@@ -150,18 +150,18 @@ def apply_new_trades(connection, batch_ids, full, now):
 def replay_late_positions(connection, applied, positions):
     """Replay each position with a late trade from its last checkpoint before that trade's week, adding the
     results to `applied`; return {key: the checkpoint the replay started from (None: from the first trade)}."""
-    starts = {}
-    for key, first_late in sorted(applied.late.items()):
-        checkpoint = ledger.checkpoint_before(connection, key, ledger.week_start(first_late.txn_time[:10]))
-        ledger.forget_checkpoints_after(connection, key, checkpoint)
-        position = positions[key] = (ledger.Position.from_checkpoint(checkpoint) if checkpoint
-                                     else ledger.Position(*key))
-        replay = ledger.apply_trades(list(ledger.position_trades_after(connection, key, checkpoint)),
-                                     {key: position})
-        applied.changed |= replay.changed
-        applied.oversells += replay.oversells
-        applied.checkpoints += replay.checkpoints
-        starts[key] = checkpoint
+    weeks = {key: ledger.week_start(trade.txn_time[:10]) for key, trade in applied.late.items()}
+    found = ledger.last_checkpoints_before(connection, weeks)
+    starts = {key: found.get(key) for key in weeks}
+    ledger.forget_checkpoints_after(connection, starts)
+    for key, checkpoint in starts.items():
+        positions[key] = ledger.Position.from_checkpoint(checkpoint) if checkpoint else ledger.Position(*key)
+    replay = ledger.apply_trades(ledger.trades_after(connection, starts), positions)
+    logger.info("replayed %d trades of %d positions with a late trade (%d from a checkpoint)", replay.trades,
+                len(starts), sum(checkpoint is not None for checkpoint in starts.values()))
+    applied.changed |= replay.changed
+    applied.oversells += replay.oversells
+    applied.checkpoints += replay.checkpoints
     return starts
 
 

@@ -70,8 +70,8 @@ def position_rows(engine):
 def oversell_alerts(engine):
     """(txn_ref, severity, investor_id, stock_symbol) of every OVERSELL alert."""
     with engine.connect() as connection:
-        return connection.execute(select(alerts.c.txn_ref, alerts.c.severity, alerts.c.investor_id,
-                                         alerts.c.stock_symbol).where(alerts.c.rule == "OVERSELL")).all()
+        return sorted(connection.execute(select(alerts.c.txn_ref, alerts.c.severity, alerts.c.investor_id,
+                                                alerts.c.stock_symbol).where(alerts.c.rule == "OVERSELL")).all())
 
 
 # ---------------------------------------------------------------------------------------------- the reference
@@ -538,14 +538,14 @@ def test_late_trade_replays_from_the_checkpoint_before_its_week(seeded_engine, t
     update_portfolio.update_portfolios(seeded_engine)
     assert len(checkpoint_rows(seeded_engine)) == 3
     replayed = []
-    stream = ledger.position_trades_after
+    stream = ledger.trades_after
 
-    def spied(connection, key, checkpoint):
-        trades = list(stream(connection, key, checkpoint))
+    def spied(connection, starts):
+        trades = list(stream(connection, starts))
         replayed.extend(trade.txn_id for trade in trades)
         return iter(trades)
 
-    monkeypatch.setattr(ledger, "position_trades_after", spied)
+    monkeypatch.setattr(ledger, "trades_after", spied)
     load(seeded_engine, write_trades(tmp_path, "late.csv", [
         ("CP-6", 1001, "AAPL", "SELL", 16, "140.00", "2024-06-19 10:00:00"),  # late, week of 17 June
     ]))
@@ -663,3 +663,24 @@ def test_a_trade_reprices_the_holders_of_a_symbol_without_closes(seeded_engine, 
     summary = update_portfolio.update_portfolios(seeded_engine)
     assert summary.investors_scored == 2
     assert fraction(position_rows(seeded_engine)[(1002, "AMZN")]["market_value"]) == 1200
+
+
+def test_many_late_positions_replay_in_slices_to_the_full_result(seeded_engine, tmp_path, monkeypatch):
+    """Late trades of several positions, some with a checkpoint before them and some without, replayed a few
+    positions per statement."""
+    monkeypatch.setattr(ledger, "REPLAY_SLICE", 2)
+    symbols = ["AAPL", "MSFT", "KO", "GS", "TSLA"]
+    load(seeded_engine, write_trades(tmp_path, "history.csv", [
+        (f"MS-{n}-{week}", 1001 + n % 2, symbol, "BUY" if week % 3 else "SELL", 5 + n, f"{100 + week}.25",
+         f"2024-06-{3 + 7 * week:02d} 10:00:00") for n, symbol in enumerate(symbols) for week in range(4)]))
+    update_portfolio.update_portfolios(seeded_engine)
+    load(seeded_engine, write_trades(tmp_path, "late.csv", [
+        (f"ML-{n}", 1001 + n % 2, symbol, "SELL", 3, "99.50", f"2024-06-{3 + 7 * (n % 4):02d} 09:00:00")
+        for n, symbol in enumerate(symbols)]))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.positions_replayed == 5
+    incremental = (table_rows(seeded_engine, portfolios, exclude={"updated_at"}), checkpoint_rows(seeded_engine),
+                   oversell_alerts(seeded_engine))
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert (table_rows(seeded_engine, portfolios, exclude={"updated_at"}), checkpoint_rows(seeded_engine),
+            oversell_alerts(seeded_engine)) == incremental
