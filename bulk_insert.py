@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 import batches
 import db_config
+import dialects
 from schema import transactions
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ INSERT_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantit
                   "batch_id", "source_line")
 MYSQL_BATCH_ROWS = 10_000
 MYSQL_LOCAL_INFILE_REFUSED = {1148, 2068, 3948}  # not allowed / rejected by client / disabled on server
-LOOKUP_SLICE = 500  # bound parameters per IN (...) lookup
 TEMP_FILE_PREFIX = "stock-etl-load-"  # then the writer's pid: stock-etl-load-<pid>-<random>.tsv
 
 
@@ -41,17 +41,13 @@ def insert_columns(connection, columns, method=None, tsv=None):
     """
     if not columns[0]:
         return 0
-    dialect = connection.dialect.name
-    if method == "portable" or dialect not in _BULK_PATHS:
-        return _insert_portable(connection, list(zip(*columns)))
-    if dialect == "mysql":
-        return _insert_mysql(connection, columns, tsv)
-    return _BULK_PATHS[dialect](connection, columns)
+    path = "portable" if method == "portable" else dialects.bulk_path(connection.dialect.name)
+    return _BULK_PATHS[path](connection, columns, tsv)
 
 
-def prepared_text(dialect, columns):
-    """What the parsing process can prepare for a dialect's bulk path: LOAD DATA's text for MySQL, else None."""
-    return tab_separated(columns) if dialect == "mysql" else None
+def prepared_text(dialect_name, columns):
+    """What the parsing process can prepare for a dialect's bulk path: LOAD DATA's text (MySQL), else None."""
+    return tab_separated(columns) if dialects.bulk_path(dialect_name) == "load_data" else None
 
 
 def tab_separated(columns):
@@ -66,7 +62,7 @@ def trade_columns(trades, batch_id):
     return [trades[c].tolist() for c in INSERT_COLUMNS[:7]] + [[batch_id] * len(trades), trades["line_number"].tolist()]
 
 
-def _insert_sqlite(connection, columns):
+def _insert_sqlite(connection, columns, _tsv=None):
     placeholders = ", ".join("?" * len(INSERT_COLUMNS))
     cursor = connection.connection.dbapi_connection.cursor()
     try:
@@ -156,7 +152,7 @@ def _insert_ignore_mysql(connection, rows):
         cursor.close()
 
 
-def _insert_postgresql(connection, columns):
+def _insert_postgresql(connection, columns, _tsv=None):
     names = ", ".join(INSERT_COLUMNS)
     connection.exec_driver_sql(
         "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (txn_ref VARCHAR(64), investor_id INTEGER, "
@@ -178,11 +174,12 @@ def _insert_postgresql(connection, columns):
     return result.rowcount
 
 
-def _insert_portable(connection, rows):
+def _insert_portable(connection, columns, _tsv=None):
+    rows = list(zip(*columns))
     refs = [row[0] for row in rows]
     existing = set()
-    for start in range(0, len(refs), LOOKUP_SLICE):
-        chunk = refs[start:start + LOOKUP_SLICE]
+    for start in range(0, len(refs), dialects.LOOKUP_SLICE):
+        chunk = refs[start:start + dialects.LOOKUP_SLICE]
         existing.update(connection.execute(
             select(transactions.c.txn_ref).where(transactions.c.txn_ref.in_(chunk))).scalars())
     new_rows = [
@@ -194,5 +191,7 @@ def _insert_portable(connection, rows):
     return len(new_rows)
 
 
-# mysql's path also takes the text prepared in the parsing process: insert_columns calls it directly.
-_BULK_PATHS = {"sqlite": _insert_sqlite, "mysql": _insert_mysql, "postgresql": _insert_postgresql}
+# By dialects.bulk_path. Each takes (connection, columns, tsv); only load_data uses tsv, the rows as LOAD DATA
+# text made in advance by the parsing process (see prepared_text).
+_BULK_PATHS = {"insert_or_ignore": _insert_sqlite, "load_data": _insert_mysql, "copy": _insert_postgresql,
+               "portable": _insert_portable}

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
 
+import dialects
 import schema
 
 logger = logging.getLogger(__name__)
@@ -38,10 +39,6 @@ BACKEND_ALIASES = {"mariadb": "mysql", "postgres": "postgresql"}
 DEFAULT_DRIVERS = {"mysql": "pymysql", "postgresql": "psycopg"}  # the drivers requirements.txt installs
 DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")  # a server database name is pasted into CREATE DATABASE
 CREDENTIAL_KEY = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)  # URL query keys hidden
-CREATE_DATABASE = {  # backend: (maintenance database to connect to, statement)
-    "mysql": (None, "CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
-    "postgresql": ("postgres", "CREATE DATABASE {name}"),
-}
 MYSQL_UNKNOWN_DATABASE = 1049
 POSTGRES_UNKNOWN_DATABASE, POSTGRES_DUPLICATE_DATABASE = "3D000", "42P04"  # SQLSTATEs
 
@@ -79,7 +76,7 @@ def parse_url(url):
         raise DatabaseUrlError(_invalid_url(url, "expected dialect+driver://user:password@host/database")) from None
     if "@" in (parsed.host or ""):
         raise DatabaseUrlError("invalid database URL: the user name or password holds an @; write it as %40")
-    server_database = parsed.get_backend_name() in CREATE_DATABASE and parsed.database is not None
+    server_database = dialects.database_creation(parsed.get_backend_name()) is not None and parsed.database is not None
     if server_database and not DATABASE_NAME.fullmatch(parsed.database):
         raise DatabaseUrlError(f"invalid database name {parsed.database!r}: use up to 64 letters, digits and _")
     return parsed
@@ -232,7 +229,7 @@ def _is_missing_database(error, url):
 
 def _create_database(url):
     """Create the URL's database from the server's maintenance database; DatabaseUnavailable when not allowed."""
-    maintenance_database, statement = CREATE_DATABASE[url.get_backend_name()]
+    maintenance_database, statement = dialects.database_creation(url.get_backend_name())
     server = create_engine(url._replace(database=maintenance_database), isolation_level="AUTOCOMMIT")
     try:
         with server.connect() as connection:
@@ -328,10 +325,9 @@ def stage_transaction(engine, stage):
     snapshot includes everything the previous holder committed; SQLite's write lock already serializes.
     """
     with engine.connect() as connection:
-        backend = connection.dialect.name
-        if backend in STAGE_LOCKS:
-            take, release = STAGE_LOCKS[backend]
-            got = connection.execute(text(take), {"name": f"stock_etl.{stage}"}).scalar()
+        lock = dialects.stage_lock(connection.dialect.name)
+        if lock:
+            got = connection.execute(text(lock.take), {"name": f"stock_etl.{stage}"}).scalar()
             connection.commit()
             if got == 0:
                 raise DatabaseUnavailable(f"another {stage} has held its lock for an hour; giving up")
@@ -341,12 +337,6 @@ def stage_transaction(engine, stage):
             with connection.begin():
                 yield connection
         finally:
-            if backend in STAGE_LOCKS:
-                connection.execute(text(STAGE_LOCKS[backend][1]), {"name": f"stock_etl.{stage}"})
+            if lock:
+                connection.execute(text(lock.release), {"name": f"stock_etl.{stage}"})
                 connection.commit()
-
-
-STAGE_LOCKS = {  # dialect: (take the lock, release it); session-level, so they outlive a commit
-    "mysql": ("SELECT GET_LOCK(:name, 3600)", "SELECT RELEASE_LOCK(:name)"),
-    "postgresql": ("SELECT pg_advisory_lock(hashtext(:name))", "SELECT pg_advisory_unlock(hashtext(:name))"),
-}

@@ -557,7 +557,8 @@ def skipped_rows(connection, firsts, batch_id):
     lines = firsts["line_number"]
     inserted_lines = set(connection.execute(
         select(transactions.c.source_line).where(and_(
-            transactions.c.batch_id == batch_id, transactions.c.source_line.between(int(lines.min()), int(lines.max()))))
+            transactions.c.batch_id == batch_id,
+            transactions.c.source_line.between(int(lines.min()), int(lines.max()))))
     ).scalars())
     return firsts[~lines.isin(inserted_lines).to_numpy()]
 
@@ -565,19 +566,20 @@ def skipped_rows(connection, firsts, batch_id):
 def classify_against_stored(connection, rows, batch_id):
     """(duplicates, rejects): each row against the stored trade with its txn_ref.
 
-    Rows are first compared by a digest of their values computed by the database (two short columns read per
-    row); only the rows that differ are read in full, to name the trade they conflict with.
+    Rows are first compared by their values text (dialects.values_text), which the database computes for the
+    stored trades (two short columns read per row); only the rows that differ are read in full, to name the
+    trade they conflict with.
     """
     if rows.empty:
         return 0, _rejects_frame([])
-    stored_digests = fetch_value_digests(connection, rows["txn_ref"].unique().tolist())
-    unexplained = rows[~rows["txn_ref"].isin(stored_digests.keys()).to_numpy()]
+    stored_values = fetch_stored_values(connection, rows["txn_ref"].unique().tolist())
+    unexplained = rows[~rows["txn_ref"].isin(stored_values.keys()).to_numpy()]
     if not unexplained.empty:
         first = unexplained.iloc[0]
         raise cli.StageError(f"line {first.line_number}: the database skipped txn_ref {first.txn_ref!r} "
                              f"but holds no trade with that ref; {len(unexplained)} such row(s), batch rolled back")
-    same = np.array([stored_digests[ref] == digest for ref, digest in zip(rows["txn_ref"], value_digests(rows))],
-                    dtype=bool)
+    same = np.array([stored_values[ref] == values
+                     for ref, values in zip(rows["txn_ref"], dialects.values_text(rows))], dtype=bool)
     conflicts = rows[~same]
     holders = fetch_trades_by_ref(connection, conflicts["txn_ref"].unique().tolist()).set_index("txn_ref")  # rare
     holders = holders.loc[conflicts["txn_ref"]] if not conflicts.empty else holders
@@ -590,32 +592,16 @@ def classify_against_stored(connection, rows, batch_id):
     return int(same.sum()), _rejects_frame(list(zip(conflicts["line_number"], reasons, conflicts["raw_record"])))
 
 
-# "The same trade values", defined once: a trade's values as one text, the same from the database and from
-# value_digests, the price as a decimal with 4 places (exact on every database below validation.MAX_PRICE).
-DIGEST_SQL = {
-    "sqlite": "investor_id || ',' || stock_symbol || ',' || txn_type || ',' || quantity || ',' || "
-              "printf('%.4f', price) || ',' || txn_time",
-    "default": "CONCAT_WS(',', investor_id, stock_symbol, txn_type, quantity, CAST(price AS DECIMAL(18, 4)), txn_time)",
-}
-
-
-def value_digests(rows):
-    """The digest of each validated row's values (see DIGEST_SQL); the price is validation.price_text's."""
-    return [f"{investor_id},{symbol},{txn_type},{quantity},{price},{txn_time}" for investor_id, symbol, txn_type,
-            quantity, price, txn_time in zip(rows["investor_id"], rows["stock_symbol"], rows["txn_type"],
-                                             rows["quantity"], rows["price"], rows["txn_time"])]
-
-
-def fetch_value_digests(connection, refs):
-    """{txn_ref: digest of the stored trade's values} for the stored trades with these refs."""
-    digest = DIGEST_SQL.get(connection.dialect.name, DIGEST_SQL["default"])
-    statement = text(f"SELECT txn_ref, {digest} FROM transactions WHERE txn_ref IN :refs").bindparams(
-        bindparam("refs", expanding=True))
-    slice_size = bulk_insert.LOOKUP_SLICE if connection.dialect.name == "sqlite" else 10 * bulk_insert.LOOKUP_SLICE
-    digests = {}
+def fetch_stored_values(connection, refs):
+    """{txn_ref: values text (dialects.values_text)} of the stored trades with these refs."""
+    dialect_name = connection.dialect.name
+    statement = text(f"SELECT txn_ref, {dialects.values_sql(dialect_name)} AS values_text "
+                     "FROM transactions WHERE txn_ref IN :refs").bindparams(bindparam("refs", expanding=True))
+    slice_size = dialects.lookup_slice(dialect_name)
+    values = {}
     for start in range(0, len(refs), slice_size):
-        digests.update(map(tuple, connection.execute(statement, {"refs": refs[start:start + slice_size]})))
-    return digests
+        values.update(map(tuple, connection.execute(statement, {"refs": refs[start:start + slice_size]})))
+    return values
 
 
 STORED_TRADE_SQL = text(
@@ -626,8 +612,8 @@ STORED_TRADE_SQL = text(
 def fetch_trades_by_ref(connection, refs):
     """txn_id, batch_id and line_number (0 when unknown) of the stored trades with these refs."""
     rows = []
-    for start in range(0, len(refs), bulk_insert.LOOKUP_SLICE):
-        rows += map(tuple, connection.execute(STORED_TRADE_SQL, {"refs": refs[start:start + bulk_insert.LOOKUP_SLICE]}))
+    for start in range(0, len(refs), dialects.LOOKUP_SLICE):
+        rows += map(tuple, connection.execute(STORED_TRADE_SQL, {"refs": refs[start:start + dialects.LOOKUP_SLICE]}))
     stored = pd.DataFrame.from_records(rows, columns=["txn_ref", "txn_id", "batch_id", "line_number"])
     stored["line_number"] = pd.to_numeric(stored["line_number"]).fillna(0).astype(np.int64)
     return stored
@@ -751,7 +737,8 @@ def upsert_closes(connection, closes):
     """Insert new closes and update changed ones in one atomic statement per slice (two loaders at once cannot
     both insert one close); return (new, changed) as counted against what was stored before."""
     existing = {
-        (symbol, day if isinstance(day, date) else date.fromisoformat(day)): Decimal(str(close)).quantize(Decimal("0.0001"))
+        (symbol, day if isinstance(day, date) else date.fromisoformat(day)):
+            Decimal(str(close)).quantize(Decimal("0.0001"))
         for symbol, day, close in connection.execute(select(
             market_prices.c.stock_symbol, market_prices.c.price_date, market_prices.c.close_price))
     }

@@ -112,7 +112,8 @@ def validate_trades(batch, context):
          "txn_type: {txn_type!r} is not BUY or SELL"),
         (np.isnan(quantity) | (quantity <= 0) | (quantity > MAX_QUANTITY),
          "quantity: {quantity!r} is not a whole number > 0"),
-        (np.isnan(price) | (price <= 0), "price: {price!r} is not a plain decimal > 0 ('.' before decimals, no thousands separators)"),
+        (np.isnan(price) | (price <= 0),
+         "price: {price!r} is not a plain decimal > 0 ('.' before decimals, no thousands separators)"),
         (price >= MAX_PRICE, f"price: {{price!r}} is not below {MAX_PRICE:,}"),
         (decimals > 4, "price: {price!r} has more than 4 decimal places"),
         (_notional_too_large(quantity, price, cells["price"]),
@@ -202,7 +203,7 @@ def _plain_decimals(text, plain):
 def price_text(text):
     """Valid prices as decimal text with exactly 4 decimals and no sign ('+010.5' -> '10.5000').
 
-    The one form of a price that loading compares and stores: two rows are the same trade when these agree.
+    The one form of a price that loading stores, and compares as part of a trade's values text (dialects.values_text).
     """
     whole, _, fraction = np.strings.partition(_unsigned(text), np.asarray(".", dtype=TEXT))
     whole = np.strings.lstrip(whole, "0")

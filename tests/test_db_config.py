@@ -106,7 +106,7 @@ def test_default_database_and_env_file_come_from_the_project_folder_whatever_the
     """A script run from elsewhere reads the project's .env and never creates a database in the working folder."""
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     project.mkdir(), elsewhere.mkdir()
-    for module in ("db_config.py", "schema.py"):
+    for module in ("db_config.py", "dialects.py", "schema.py"):
         shutil.copy(PROJECT_FOLDER / module, project / module)
     (project / ".env").write_text(f"DATABASE_URL=sqlite:///{tmp_path / 'from_project_env.db'}\n")
     (elsewhere / ".env").write_text("DATABASE_URL=sqlite:///from_working_folder_env.db\n")

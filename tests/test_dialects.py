@@ -1,0 +1,115 @@
+"""dialects: the table of what differs between databases, and the one definition of "the same trade values"."""
+import re
+from datetime import datetime
+
+import pandas as pd
+import pytest
+from sqlalchemy import text
+
+import bulk_insert
+import db_config
+import dialects
+import seed_investors
+import validation
+
+# (txn_ref, price as a file writes it, txn_time as a file writes it): prices at the edges of DECIMAL(18,4) text
+# (whole, one decimal, the smallest, the largest, a sign and padding), times at midnight
+TRICKY = [
+    ("whole", "1", "2025-01-02 00:00:00"),
+    ("half", "1.5", "2025-01-02T00:00"),
+    ("smallest", "0.0001", "2024-02-29 23:59:59"),
+    ("largest", "999999999.9999", "1900-01-01 00:00:00"),
+    ("padded", "+010.50", "2025-12-31 00:00"),
+]
+STAGE_FILES = ("load_transactions.py", "bulk_insert.py", "db_config.py", "pseudo_realtime.py", "validation.py")
+
+
+def validated(rows):
+    """validate_trades of text rows (txn_ref, price, txn_time) for investor 1001's AAPL; all must be valid."""
+    batch = pd.DataFrame([[ref, "1001", "AAPL", "BUY", "1", price, time] for ref, price, time in rows],
+                         columns=list(validation.TRADE_COLUMNS), dtype=object)
+    batch["line_number"], batch["raw_record"] = range(2, len(batch) + 2), ""
+    context = validation.make_context([1001], ["AAPL"], datetime(2030, 1, 1))
+    valid, rejected = validation.validate_trades(batch, context)
+    assert rejected.empty, rejected["reason"].tolist()
+    return valid
+
+
+def stored_values_texts(engine):
+    """{txn_ref: values text} as the database computes it with dialects.values_sql."""
+    with engine.connect() as connection:
+        statement = text(f"SELECT txn_ref, {dialects.values_sql(engine.dialect.name)} FROM transactions")
+        return dict(connection.execute(statement).all())
+
+
+def assert_python_and_database_agree(engine, method):
+    valid = validated(TRICKY)
+    with db_config.write_transaction(engine) as connection:
+        assert bulk_insert.insert_columns(connection, bulk_insert.trade_columns(valid, None), method) == len(TRICKY)
+
+    assert stored_values_texts(engine) == dict(zip(valid["txn_ref"], dialects.values_text(valid)))
+
+
+@pytest.mark.parametrize("method", [None, "portable"])
+def test_values_text_in_python_and_in_the_database_agree(seeded_engine, method):
+    assert_python_and_database_agree(seeded_engine, method)
+
+
+def test_values_text_in_python_and_in_the_database_agree_on_postgresql(postgres_url):
+    engine = db_config.get_engine(postgres_url)
+    seed_investors.seed_reference_data(engine)
+    try:
+        assert_python_and_database_agree(engine, None)
+    finally:
+        engine.dispose()
+
+
+def test_values_text_writes_the_normalized_values_joined_by_commas():
+    valid = validated(TRICKY)
+
+    assert dialects.values_text(valid) == [
+        "1001,AAPL,BUY,1,1.0000,2025-01-02 00:00:00", "1001,AAPL,BUY,1,1.5000,2025-01-02 00:00:00",
+        "1001,AAPL,BUY,1,0.0001,2024-02-29 23:59:59", "1001,AAPL,BUY,1,999999999.9999,1900-01-01 00:00:00",
+        "1001,AAPL,BUY,1,10.5000,2025-12-31 00:00:00"]
+
+
+def test_prices_one_ten_thousandth_apart_have_different_values_texts():
+    texts = dialects.values_text(validated([("a", "999999999.9999", "2025-01-02 00:00"),
+                                            ("b", "999999999.9998", "2025-01-02 00:00")]))
+
+    assert texts[0] != texts[1]
+
+
+def test_refresh_statistics_sql_per_database():
+    assert dialects.refresh_statistics_sql("mysql") == "ANALYZE TABLE transactions, stocks, load_batches, portfolios"
+    assert dialects.refresh_statistics_sql("postgresql") == "ANALYZE transactions"
+    assert dialects.refresh_statistics_sql("sqlite") is None
+
+
+def test_packs_trade_rows_on_the_servers_only():
+    assert [dialects.packs_trade_rows(name) for name in ("mysql", "postgresql", "sqlite")] == [True, True, False]
+
+
+def test_a_database_not_in_the_table_gets_the_portable_defaults():
+    assert dialects.dialect("oracle") == dialects.DEFAULT
+    assert (dialects.bulk_path("oracle"), dialects.stage_lock("oracle"), dialects.database_creation("oracle"),
+            dialects.values_sql("oracle")) == ("portable", None, None, dialects.STANDARD_VALUES_SQL)
+
+
+@pytest.mark.parametrize("name", [*dialects.DIALECTS, "oracle"])
+def test_every_bulk_path_in_the_table_has_a_function_in_bulk_insert(name):
+    assert dialects.bulk_path(name) in bulk_insert._BULK_PATHS
+
+
+def test_only_load_data_takes_text_prepared_in_advance():
+    columns = [["t1"], [1001], ["AAPL"], ["BUY"], [1], ["1.0000"], ["2025-01-02 00:00:00"], [1], [2]]
+
+    assert bulk_insert.prepared_text("mysql", columns) == "t1\t1001\tAAPL\tBUY\t1\t1.0000\t2025-01-02 00:00:00\t1\t2\n"
+    assert [bulk_insert.prepared_text(name, columns) for name in ("sqlite", "postgresql", "oracle")] == [None] * 3
+
+
+@pytest.mark.parametrize("path", STAGE_FILES)
+def test_the_stages_do_not_branch_on_the_dialect(path):
+    source = open(db_config.project_path(path), encoding="utf-8").read()
+
+    assert not re.findall(r"""dialect(?:\.name|_name)?\s*(?:==|!=|in\b|not in\b)\s*[("'\[A-Z_]""", source)
