@@ -17,7 +17,7 @@ import pymysql
 from dotenv import load_dotenv
 from pymysql.constants import CLIENT
 from pymysql.protocol import LoadLocalPacketWrapper
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
 
@@ -197,11 +197,20 @@ def _open_database(engine, url, create_schema):
     try:
         _check_connection(engine, url)
         if create_schema:
-            schema.metadata.create_all(engine)
+            _create_missing_tables(engine)
     except SQLAlchemyError as error:
         raise DatabaseUnavailable(f"cannot use database {safe_url(url)}: {error_line(error, url)}") from None
     except (TypeError, ValueError, OSError) as error:  # a URL option the driver does not take, an ssl_ca not found
         raise DatabaseUrlError(f"cannot use database {safe_url(url)}: {hide_secrets(str(error), url)}") from None
+
+
+def _create_missing_tables(engine):
+    """Create the schema's tables that do not exist yet: one query when none is missing (create_all alone
+    asks the database about each table)."""
+    with engine.connect() as connection:
+        present = set(inspect(connection).get_table_names())
+    if not set(schema.metadata.tables) <= present:
+        schema.metadata.create_all(engine)
 
 
 def _check_connection(engine, url):
