@@ -80,6 +80,23 @@ def _unpack_close(packed):
     return symbol, day, Decimal(price)
 
 
+LATEST_CLOSES_SQL = """
+WITH latest_days AS (
+    SELECT stock_symbol, MAX(price_date) AS price_date
+    FROM market_prices
+    GROUP BY stock_symbol
+)
+SELECT mp.stock_symbol, mp.close_price
+FROM market_prices mp
+JOIN latest_days d ON d.stock_symbol = mp.stock_symbol AND d.price_date = mp.price_date
+"""
+
+
+def latest_closes(connection):
+    """{stock_symbol: its latest close (Decimal)}, whatever its date."""
+    return {symbol: to_decimal(price) for symbol, price in connection.execute(text(LATEST_CLOSES_SQL))}
+
+
 def read_fingerprints(connection, last_day=None):
     """{stock_symbol: text that changes whenever any of its closes up to last_day (default: today) does}."""
     statement = text(FINGERPRINT_SQL).bindparams(bindparam("last_day", type_=Date))

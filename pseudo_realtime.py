@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy import text
 
 import cli
+import closes
 import constants
 import db_config
 import load_transactions
@@ -69,10 +70,7 @@ def read_market_state(engine):
     """
     with engine.connect() as connection:
         investor_ids = connection.execute(text("SELECT investor_id FROM investors ORDER BY investor_id")).scalars().all()
-        closes = dict(connection.execute(text(
-            "SELECT mp.stock_symbol, mp.close_price FROM market_prices mp "
-            "JOIN (SELECT stock_symbol, MAX(price_date) AS price_date FROM market_prices GROUP BY stock_symbol) d "
-            "ON d.stock_symbol = mp.stock_symbol AND d.price_date = mp.price_date")).all())
+        last_closes = closes.latest_closes(connection)
         symbols = connection.execute(text("SELECT stock_symbol FROM stocks ORDER BY stock_symbol")).scalars().all()
         holdings = {(i, s): int(q) for i, s, q in connection.execute(text(
             "SELECT investor_id, stock_symbol, "
@@ -81,7 +79,7 @@ def read_market_state(engine):
     if not investor_ids or not symbols:
         raise cli.InputError("no investors or stocks in the database: run seed_investors.py first")
     start_prices = {s.symbol: s.start_price for s in constants.STOCKS}
-    prices = {s: float(closes.get(s) or start_prices.get(s, 100.0)) for s in symbols}
+    prices = {s: float(last_closes.get(s) or start_prices.get(s, 100.0)) for s in symbols}
     return investor_ids, prices, holdings
 
 
