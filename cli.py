@@ -7,6 +7,7 @@ An error a user can act on ends the script with one line on stderr, never showin
 """
 import argparse
 import csv
+import gc
 import importlib
 import logging
 import signal
@@ -67,6 +68,7 @@ def run(work, args, name):
     recorded as failed. An exception no rule describes is a bug: exit 1, its traceback with --verbose.
     """
     previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
+    gc.freeze()  # the imports' objects live as long as the process: collections need not scan them (40 ms)
     try:
         return work()
     except KeyboardInterrupt:
