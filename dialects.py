@@ -63,7 +63,7 @@ DIALECTS = {
         stage_lock=SessionLock("SELECT GET_LOCK(:name, 3600)", "SELECT RELEASE_LOCK(:name)"),
         database_creation=DatabaseCreation(
             None, "CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
-        refresh_statistics_sql="ANALYZE TABLE transactions, stocks, load_batches, portfolios",
+        refresh_statistics_sql="ANALYZE TABLE transactions, stocks, load_batches, portfolios, position_checkpoints",
         packs_trade_rows=True),
     "postgresql": Dialect(
         bulk_path="copy", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,

@@ -219,8 +219,8 @@ def normalize_time(value):
 
 
 def to_decimal(value):
-    """A DECIMAL column as Decimal (SQLite returns floats; their shortest repr is the stored decimal)."""
-    return value if isinstance(value, Decimal) or value is None else Decimal(repr(value))
+    """A DECIMAL column as Decimal (SQLite and pandas give floats; their shortest repr is the stored decimal)."""
+    return value if isinstance(value, Decimal) or value is None else Decimal(repr(float(value)))
 
 
 def stream_trades(connection, where="", params=None):

@@ -4,8 +4,9 @@ Fifth stage of the chain (after update_portfolio.py, before analyze.py). It chec
 that update_portfolio has applied and surveillance has not checked yet (`--full`: every trade) against the
 trade-level rules LARGE_TRADE, OFF_MARKET_PRICE, WASH_TRADE, ROUND_TRIP and BURST, reading only the history they
 need: per investor with new trades, the last LARGE_TRADE_LOOKBACK_TRADES trades and the last
-SURVEILLANCE_CONTEXT_MINUTES before the first new one; the holdings before that history are the investor's
-portfolios minus what the history changed. Then SECTOR_CONCENTRATION compares each investor's sector weights
+SURVEILLANCE_CONTEXT_MINUTES before the first new one, and the earlier trades of that history's first week; each
+position starts that week from the ledger's checkpoint (position_checkpoints) and is replayed with
+ledger.Position. Then SECTOR_CONCENTRATION compares each investor's sector weights
 (portfolios, as update_portfolio left them) with the limit. Thresholds are in constants.py and explained in
 README.md (Surveillance). A trade-level alert is keyed by rule and txn_ref, a sector alert by rule, investor and
 sector, so re-running never duplicates one. Alerts and the batches' surveilled_at commit in one transaction.
@@ -20,12 +21,15 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Date, bindparam, select, text
+from sqlalchemy import bindparam, select, text
 
 import batches
 import cli
+import closes
 import constants
 import db_config
+import dialects
+import ledger
 from schema import Timestamp, alerts, load_batches
 
 logger = logging.getLogger(__name__)
@@ -33,7 +37,6 @@ logger = logging.getLogger(__name__)
 TRADE_RULES = ("LARGE_TRADE", "OFF_MARKET_PRICE", "WASH_TRADE", "ROUND_TRIP", "BURST")
 RULES = TRADE_RULES + ("SECTOR_CONCENTRATION",)
 ID_SLICE = 500  # values per IN (...) list
-STARTS_SLICE = 200  # investors per UNION ALL in read_positions_before: SQLite allows 500 terms per compound SELECT
 GROUP_STRIDE = 10**11  # seconds: keeps each group's time keys apart when windows are counted over all groups
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 CHUNK_ROWS = 100_000  # rows per block of the rolling median: bounds memory at 1,000,000 trades
@@ -107,43 +110,31 @@ context AS (  -- history (the last trades, and every trade since the context sta
     JOIN transactions t ON t.investor_id = b.investor_id AND t.stock_symbol = b.stock_symbol
         AND t.txn_time >= b.first_time
 )"""
+TRADE_COLUMNS_SQL = "t.txn_id, t.txn_ref, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.price, t.txn_time"
 CONTEXT_SQL = f"""
 WITH {CONTEXT_CTES}
-SELECT t.txn_id, t.txn_ref, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.price, t.txn_time, c.checked,
-       CASE WHEN lb.applied_at IS NOT NULL AND t.txn_ref NOT IN (SELECT a.txn_ref FROM alerts a
-                 WHERE a.rule = 'OVERSELL' AND a.txn_ref IS NOT NULL) THEN 1 ELSE 0 END AS in_portfolio
+SELECT {TRADE_COLUMNS_SQL}, c.checked
 FROM context c
 JOIN transactions t ON t.txn_id = c.txn_id
-LEFT JOIN load_batches lb ON lb.batch_id = t.batch_id  -- in_portfolio: update_portfolio applied it (no oversell)
 """
-ALL_TRADES_SQL = """
-SELECT t.txn_id, t.txn_ref, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.price, t.txn_time,
-       1 AS checked, 0 AS in_portfolio
-FROM transactions t
-"""
-PORTFOLIO_SQL = """
-WITH context_start AS ({starts}),  -- investor_id, start_time, start_id: each investor's first context trade
-positions AS (
-    SELECT p.investor_id, p.stock_symbol, p.quantity, s.start_time, s.start_id
-    FROM portfolios p
-    JOIN context_start s ON s.investor_id = p.investor_id
-)
-SELECT investor_id, stock_symbol, quantity,
-       (SELECT t.price FROM transactions t  -- the price the position last traded at before the context
-        WHERE t.investor_id = positions.investor_id AND t.stock_symbol = positions.stock_symbol
-          AND (t.txn_time < positions.start_time
-               OR (t.txn_time = positions.start_time AND t.txn_id < positions.start_id))
-        ORDER BY t.txn_time DESC, t.txn_id DESC LIMIT 1) AS last_price
-FROM positions
+ALL_TRADES_SQL = f"SELECT {TRADE_COLUMNS_SQL}, 1 AS checked FROM transactions t"
+WEEK_BEFORE_SQL = f"""
+SELECT {TRADE_COLUMNS_SQL}, 0 AS checked  -- from a Monday to the latest first context trade of these investors
+FROM investors i
+CROSS JOIN stocks s  -- one index seek per position, as in position_bounds
+JOIN transactions t ON t.investor_id = i.investor_id AND t.stock_symbol = s.stock_symbol
+    AND t.txn_time >= :week_start AND t.txn_time <= :last_time
+WHERE i.investor_id IN :ids
 """
 PENDING_SUMMARY_SQL = f"WITH {PENDING_CTES} SELECT COUNT(*), MIN(txn_time) FROM pending"
-ALL_SUMMARY_SQL = "SELECT COUNT(*), MIN(txn_time) FROM transactions"
 WAITING_SQL = "SELECT COUNT(*) FROM load_batches WHERE status = 'loaded' AND applied_at IS NULL"
-CLOSES_SQL = """
-SELECT stock_symbol, price_date, close_price
-FROM market_prices
-WHERE price_date BETWEEN :first_day AND :last_day
-"""
+SURVEILLED_SQL = "SELECT 1 FROM load_batches WHERE status = 'loaded' AND surveilled_at IS NOT NULL LIMIT 1"
+
+
+class BatchState(NamedTuple):
+    """The batches one run surveils."""
+    pending: list  # ids of loaded batches that update_portfolio applied and surveillance has not checked
+    first_run: bool  # every stored trade is theirs: nothing was surveilled yet and nothing waits
 
 
 def pending_batches(connection):
@@ -154,87 +145,92 @@ def pending_batches(connection):
     ).order_by(load_batches.c.batch_id)).scalars().all()
 
 
+def read_batch_state(connection, full=False):
+    """The pending batches, and whether this is the first run: decided from load_batches alone (no loaded batch
+    was surveilled yet and none waits for update_portfolio), never by counting transactions."""
+    pending = pending_batches(connection)
+    waiting = connection.execute(text(WAITING_SQL)).scalar()
+    if waiting and not full:
+        logger.warning("%d loaded batches wait for update_portfolio; they are checked after it applied them", waiting)
+    first_run = bool(pending) and not waiting and connection.execute(text(SURVEILLED_SQL)).first() is None
+    return BatchState(pending, first_run)
+
+
+def read_pending(connection, state):
+    """(trades of the pending batches, the earliest one's txn_time as datetime or None)."""
+    if not state.pending:
+        return 0, None
+    new, first = connection.execute(text(PENDING_SUMMARY_SQL)).one()
+    return new, None if first is None else pd.Timestamp(first).to_pydatetime()
+
+
 def _history_params(since):
     lookback = constants.LARGE_TRADE_LOOKBACK_TRADES
     return {"lookback_trades": lookback, "lookback_offset": lookback - 1, "since": since}
 
 
-def _with_since(sql):
-    return text(sql).bindparams(bindparam("since", type_=Timestamp))
+def read_trades(connection, statement, params=None):
+    """The trades a statement selects, typed (see typed_trades)."""
+    return typed_trades(pd.read_sql_query(statement, connection, params=params))
 
 
-def read_pending(connection, full=False):
-    """(new trades: those of the batches to surveil, trades to check, the earliest txn_time to check as datetime
-    or None, trades in the table). Trades to check are the new ones, or every trade with full=True."""
-    waiting = connection.execute(text(WAITING_SQL)).scalar()
-    if waiting and not full:
-        logger.warning("%d loaded batches wait for update_portfolio; they are checked after it applied them", waiting)
-    total, first_of_all = connection.execute(text(ALL_SUMMARY_SQL)).one()
-    new, first_new = connection.execute(text(PENDING_SUMMARY_SQL)).one()
-    count, first = (total, first_of_all) if full else (new, first_new)
-    return new, count, (None if first is None else pd.Timestamp(first).to_pydatetime()), total
-
-
-def read_context(connection, since, everything=False):
-    """The trades to check and their history, sorted by investor, time and txn_id (see CONTEXT_SQL); with
-    everything=True, every trade, all checked."""
-    statement = text(ALL_TRADES_SQL) if everything else _with_since(CONTEXT_SQL)
-    trades = pd.read_sql_query(statement, connection, params=None if everything else _history_params(since))
+def typed_trades(trades):
+    """Trades as the SQL returns them with price (float), quantity, checked (bool), and the time as seconds
+    since the epoch and day (datetime64[D]) added."""
     trades["price"] = trades["price"].astype(float)
     trades["quantity"] = trades["quantity"].astype(np.int64)
     trades["checked"] = trades["checked"].astype(bool)
-    trades["in_portfolio"] = trades["in_portfolio"].astype(np.int64)
     times = pd.to_datetime(trades["txn_time"].astype(str), format="%Y-%m-%d %H:%M:%S")
     trades["seconds"] = times.to_numpy().astype("datetime64[s]").astype(np.int64)
     trades["day"] = times.to_numpy().astype("datetime64[D]")
+    return trades
+
+
+def in_replay_order(trades):
+    """Trades sorted by investor, time and txn_id."""
     return trades.sort_values(["investor_id", "seconds", "txn_id"], ignore_index=True)
 
 
-def read_opening(connection, trades, everything=False):
-    """Per (investor_id, stock_symbol): the holding before the investor's context (its portfolios quantity minus
-    what the context trades that update_portfolio applied changed) and the price it last traded at before."""
-    starts = trades.loc[~trades["checked"]].groupby("investor_id", sort=False).head(1)  # trades are in time order
-    if everything or starts.empty:
-        return pd.DataFrame({"investor_id": pd.Series(dtype=np.int64), "stock_symbol": pd.Series(dtype=str),
-                             "quantity": pd.Series(dtype=np.int64), "last_price": pd.Series(dtype=float)})
-    held = read_positions_before(connection, starts)
-    signed = np.where(trades["txn_type"] == "BUY", 1, -1) * trades["quantity"] * trades["in_portfolio"]
-    changed = signed.groupby([trades["investor_id"], trades["stock_symbol"]]).sum().rename("changed")
-    opening = held.join(changed, on=["investor_id", "stock_symbol"])
-    opening["quantity"] = opening["quantity"] - opening["changed"].fillna(0).astype(np.int64)
-    return opening.drop(columns="changed")
+def read_context(connection, first_new):
+    """The trades to check and their history (CONTEXT_SQL) with each investor's earlier trades of the week of its
+    first context trade, in replay order; and the opening: {(investor_id, stock_symbol): ledger.Checkpoint},
+    each position's last checkpoint before that week (none: nothing held)."""
+    since = first_new - timedelta(minutes=constants.SURVEILLANCE_CONTEXT_MINUTES)
+    statement = text(CONTEXT_SQL).bindparams(bindparam("since", type_=Timestamp))
+    context = read_trades(connection, statement, _history_params(since))
+    firsts = first_context_trades(in_replay_order(context))
+    weeks = dict(zip(firsts["investor_id"].tolist(), firsts["week_start"]))
+    opening = ledger.checkpoints_before(connection, list(weeks), weeks)
+    earlier = read_week_before(connection, firsts)
+    return in_replay_order(pd.concat([frame for frame in (earlier, context) if not frame.empty])), opening
 
 
-def read_positions_before(connection, starts):
-    """portfolios quantity and the last traded price before the context of the investors in `starts` (their
-    first context trade: investor_id, txn_time, txn_id), STARTS_SLICE investors per query."""
-    held = pd.concat([_positions_before(connection, starts.iloc[begin:begin + STARTS_SLICE])
-                      for begin in range(0, len(starts), STARTS_SLICE)], ignore_index=True)
-    held["quantity"] = held["quantity"].astype(np.int64)
-    held["last_price"] = held["last_price"].astype(float)
-    return held
+def first_context_trades(trades):
+    """Each investor's first trade (trades in replay order): investor_id, seconds, txn_id and week_start, the
+    Monday of its week (a date)."""
+    firsts = trades.groupby("investor_id", sort=False).head(1)[["investor_id", "seconds", "txn_id", "day"]]
+    days = np.datetime_as_string(firsts.pop("day").to_numpy().astype("datetime64[D]")).tolist()
+    return firsts.assign(week_start=[ledger.week_start(day) for day in days])
 
 
-def _positions_before(connection, starts):
-    """read_positions_before for one slice: the starts as a UNION ALL of one-row SELECTs."""
-    selects, params = [], {}
-    for number, row in enumerate(starts.itertuples()):
-        selects.append(f"SELECT :investor_{number} AS investor_id, :time_{number} AS start_time, "
-                       f":txn_{number} AS start_id")
-        params.update({f"investor_{number}": int(row.investor_id), f"time_{number}": pd.Timestamp(row.txn_time),
-                       f"txn_{number}": int(row.txn_id)})
-    statement = text(PORTFOLIO_SQL.format(starts=" UNION ALL ".join(selects))).bindparams(
-        *[bindparam(f"time_{number}", type_=Timestamp) for number in range(len(selects))])
-    return pd.read_sql_query(statement, connection, params=params)
-
-
-def read_closes(connection, first_day, last_day):
-    """Daily closes of every symbol from first_day to last_day: stock_symbol, day, close_price (float)."""
-    statement = text(CLOSES_SQL).bindparams(bindparam("first_day", type_=Date), bindparam("last_day", type_=Date))
-    closes = pd.read_sql_query(statement, connection, params={"first_day": first_day, "last_day": last_day})
-    closes["day"] = pd.to_datetime(closes.pop("price_date").astype(str)).to_numpy().astype("datetime64[D]")
-    closes["close_price"] = closes["close_price"].astype(float)
-    return closes
+def read_week_before(connection, firsts):
+    """Each investor's trades from the Monday of its first context trade up to that trade (not included), read
+    ID_SLICE investors at a time per week."""
+    statement = text(WEEK_BEFORE_SQL).bindparams(bindparam("ids", expanding=True),
+                                                 bindparam("week_start", type_=Timestamp),
+                                                 bindparam("last_time", type_=Timestamp))
+    frames = []
+    for week, group in firsts.groupby("week_start"):
+        ids = group["investor_id"].tolist()
+        bounds = {"week_start": pd.Timestamp(week).to_pydatetime(),
+                  "last_time": pd.Timestamp(group["seconds"].max(), unit="s").to_pydatetime()}
+        frames += [read_trades(connection, statement, {"ids": ids[start:start + ID_SLICE], **bounds})
+                   for start in range(0, len(ids), ID_SLICE)]
+    earlier = pd.concat(frames, ignore_index=True)
+    bound = earlier[["investor_id"]].merge(firsts, how="left", on="investor_id")
+    before = (earlier["seconds"] < bound["seconds"]) | (
+        (earlier["seconds"] == bound["seconds"]) & (earlier["txn_id"] < bound["txn_id"]))
+    return earlier.loc[before.to_numpy()]
 
 
 # ---------------------------------------------------------------------------------------------- shared arrays
@@ -260,39 +256,53 @@ def group_starts(group_codes):
 
 
 def position_states(trades, opening):
-    """Holding before and after each trade, trades of a position in replay order (docs/portfolio-math.md: an
-    oversell changes nothing), and the price the position was last traded at before it (or before the context).
+    """Each trade's position before and after it, replayed with ledger.Position from the position's opening
+    checkpoint (none: nothing held), an oversold SELL changing nothing (docs/portfolio-math.md).
 
-    Returns the trades sorted by position with holding_before, holding_after, applied, last_price, position_code."""
+    Returns the trades sorted by position in replay order with holding_before, holding_after, applied,
+    last_price (the price the position last traded at before the trade; for a position's first trade without a
+    checkpoint, its own price) and position_code."""
     by_position = trades.sort_values(["investor_id", "stock_symbol", "seconds", "txn_id"], ignore_index=True)
-    start = by_position[["investor_id", "stock_symbol"]].merge(opening, how="left", on=["investor_id", "stock_symbol"])
+    before, after, applied, last_price = replay_positions(ledger_trades(by_position), opening)
     code = by_position.groupby(["investor_id", "stock_symbol"], sort=False).ngroup().to_numpy()
-    first = group_starts(code)
-    signed = np.where(by_position["txn_type"].to_numpy() == "BUY", 1, -1) * by_position["quantity"].to_numpy()
-    opening_quantity = np.where(first, start["quantity"].fillna(0).clip(lower=0).to_numpy(), 0).astype(np.int64)
-    after = pd.Series(signed + opening_quantity).groupby(code).cumsum().to_numpy().copy()  # written by the replay
-    applied = np.ones(len(code), dtype=bool)
-    oversold_positions = np.unique(code[after < 0])
-    if len(oversold_positions):
-        _replay_oversold(np.isin(code, oversold_positions), signed, opening_quantity, code, after, applied)
-    price = by_position["price"].to_numpy()
-    opening_price = start["last_price"].fillna(by_position["price"]).to_numpy()
-    return by_position.assign(
-        holding_after=after, applied=applied, holding_before=after - np.where(applied, signed, 0),
-        last_price=np.where(first, opening_price, previous_in_group(price, code)), position_code=code)
+    return by_position.assign(holding_before=before, holding_after=after, applied=applied, last_price=last_price,
+                              position_code=code)
 
 
-def _replay_oversold(rows, signed, opening_quantity, code, after, applied):
-    """Replay positions with an oversell trade by trade (rare), in place."""
-    held, current = 0, None
-    for index in np.flatnonzero(rows):
-        if code[index] != current:
-            current, held = code[index], opening_quantity[index]
-        if held + signed[index] < 0:
-            applied[index] = False
-        else:
-            held += signed[index]
-        after[index] = held
+def ledger_trades(trades):
+    """The rows as ledger.Trade records: txn_time as text, the price as the exact Decimal it is stored as."""
+    times = np.datetime_as_string(trades["seconds"].to_numpy().astype("datetime64[s]")).tolist()
+    price_codes, prices = pd.factorize(trades["price"])  # prices repeat: one Decimal per distinct price
+    decimals = [ledger.to_decimal(price) for price in prices.tolist()]
+    return map(ledger.Trade, trades["txn_id"].tolist(), [time_text.replace("T", " ") for time_text in times],
+               trades["investor_id"].tolist(), trades["stock_symbol"].tolist(), trades["txn_type"].tolist(),
+               trades["quantity"].tolist(), [decimals[code] for code in price_codes.tolist()])
+
+
+def replay_positions(trades, opening):
+    """Apply ledger trades, sorted by position in replay order, to positions that start from their checkpoint
+    in `opening` ({(investor_id, stock_symbol): Checkpoint}) or empty.
+
+    Returns arrays of, per trade: holding before, holding after, applied, and the last price before it."""
+    before, after, applied, last_price = [], [], [], []
+    investor_id = stock_symbol = position = None
+    for trade in trades:
+        if trade.stock_symbol != stock_symbol or trade.investor_id != investor_id:  # the next position
+            investor_id, stock_symbol = trade.investor_id, trade.stock_symbol
+            position = opening_position(opening, investor_id, stock_symbol)
+        before.append(position.quantity)
+        last_price.append(trade.price if position.last_trade_price is None else position.last_trade_price)
+        applied.append(position.apply(trade))
+        after.append(position.quantity)
+    return (np.array(before, dtype=np.int64), np.array(after, dtype=np.int64), np.array(applied, dtype=bool),
+            np.array(last_price, dtype=float))
+
+
+def opening_position(opening, investor_id, stock_symbol):
+    """The position as its opening checkpoint left it, or empty without one."""
+    checkpoint = opening.get((investor_id, stock_symbol))
+    return ledger.Position(investor_id, stock_symbol) if checkpoint is None else ledger.Position.from_checkpoint(
+        checkpoint)
 
 
 def rolling_robust_z(values, group_codes, rows, lookback, min_history):
@@ -335,14 +345,9 @@ def _alerts(rule, rows, severity, metric, threshold, details):
         "details": list(details)}, columns=ALERT_COLUMNS)
 
 
-def to_decimal(value):
-    """A DECIMAL column value as Decimal (pandas holds floats; their shortest repr is the stored decimal)."""
-    return value if isinstance(value, Decimal) else Decimal(repr(float(value)))
-
-
 def money(value):
     """A stored price or amount as text: 2 decimals, 4 when it has them."""
-    amount = to_decimal(value)
+    amount = ledger.to_decimal(value)
     return f"{amount:,.2f}" if amount == amount.quantize(Decimal("0.01")) else f"{amount:,.4f}"
 
 
@@ -378,20 +383,28 @@ def _large_trade_details(row, z, share, history):
     if share > constants.LARGE_TRADE_PORTFOLIO_SHARE:
         reasons.append(f"{share:.1f} times the investor's portfolio value before it "
                        f"(threshold {constants.LARGE_TRADE_PORTFOLIO_SHARE:g})")
-    notional = int(row.quantity) * to_decimal(row.price)
+    notional = int(row.quantity) * ledger.to_decimal(row.price)
     return f"{_trade_text(row)} is worth {money(notional)}: {'; '.join(reasons)}"
 
 
 def portfolio_value_before(trades, by_position, opening):
     """The investor's portfolio value just before each trade (rows of `trades`), each position valued at the
-    price it last traded at: the positions held before the context, plus the change of value trade by trade."""
+    price it last traded at: the positions at their opening checkpoints, plus the change of value trade by trade."""
     change = (by_position["holding_after"] * by_position["price"]
               - by_position["holding_before"] * by_position["last_price"])
-    held = opening["quantity"].clip(lower=0) * opening["last_price"]
-    opening_value = held.groupby(opening["investor_id"]).sum()
+    opening_value = opening_values(opening)
     keyed = pd.Series(change.to_numpy(), index=by_position["txn_id"].to_numpy()).reindex(trades["txn_id"]).to_numpy()
     running = pd.Series(keyed).groupby(trades["investor_id"].to_numpy()).cumsum().to_numpy() - keyed
     return trades["investor_id"].map(opening_value).fillna(0).to_numpy() + running
+
+
+def opening_values(opening):
+    """Each investor's portfolio value at its opening checkpoints (positions at their last trade price), by
+    investor_id."""
+    values = {}
+    for (investor_id, _), checkpoint in opening.items():
+        values[investor_id] = values.get(investor_id, 0.0) + checkpoint.quantity * float(checkpoint.last_trade_price)
+    return pd.Series(values, dtype=float)
 
 
 def off_market_price_alerts(trades, closes):
@@ -420,7 +433,7 @@ def wash_trade_alerts(trades):
     flagged, spread = pairs.loc[near], spread[near]
     details = [f"{_trade_text(row)} reverses {row.other_txn_ref} at {money(row.other_price)}, "
                f"{(row.seconds - row.other_seconds) / 60:.0f} min earlier: same quantity, prices "
-               f"{money(abs(to_decimal(row.price) - to_decimal(row.other_price)))} ({d:.4%}) apart "
+               f"{money(abs(ledger.to_decimal(row.price) - ledger.to_decimal(row.other_price)))} ({d:.4%}) apart "
                f"(within {constants.WASH_TRADE_PRICE_TOLERANCE:.2%} or {money(constants.WASH_TRADE_PRICE_TICK)}, "
                f"and {constants.WASH_TRADE_WINDOW_MINUTES} min)"
                for row, d in zip(flagged.itertuples(), spread)]
@@ -573,18 +586,14 @@ class TradeCheck(NamedTuple):
     investors: int  # investors with checked trades
 
 
-def check_trades(connection, full=False):
-    """Read the trades to check (the new ones, every trade with full=True) with their history; find alerts."""
-    new, count, first_time, total = read_pending(connection, full)
-    if not count:
+def check_trades(connection, state, full=False):
+    """Read the trades to check (those of the pending batches; every trade with full=True or on the first run)
+    with their history and the positions' opening checkpoints; find alerts."""
+    new, first_new = read_pending(connection, state)
+    trades, opening = read_trades_to_check(connection, full or state.first_run, first_new)
+    if trades.empty:
         return TradeCheck(pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS), new, 0, 0, 0)
-    everything = count == total  # e.g. the first run after the first load: a plain read, no history to select
-    since = first_time - timedelta(minutes=constants.SURVEILLANCE_CONTEXT_MINUTES)
-    trades = read_context(connection, since, everything)
-    opening = read_opening(connection, trades, everything)
-    checked_days = trades.loc[trades["checked"], "day"]
-    closes = read_closes(connection, pd.Timestamp(checked_days.min()).date(), pd.Timestamp(checked_days.max()).date())
-    found = detect_trade_alerts(trades, opening, closes)
+    found = detect_trade_alerts(trades, opening, read_checked_closes(connection, trades))
     found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
     checked = int(trades["checked"].sum())
     logger.info("checked %d trades (%d new) with %d trades of history; %d candidate alerts", checked, new,
@@ -593,11 +602,34 @@ def check_trades(connection, full=False):
                       trades.loc[trades["checked"], "investor_id"].nunique())
 
 
+def read_trades_to_check(connection, everything, first_new):
+    """The trades to check with their history, in replay order, and the opening checkpoints: with everything=True
+    every trade, each position from nothing (a plain read); else see read_context (nothing without first_new)."""
+    if everything:
+        return in_replay_order(read_trades(connection, text(ALL_TRADES_SQL))), {}
+    if first_new is None:
+        return pd.DataFrame(), {}
+    return read_context(connection, first_new)
+
+
+def read_checked_closes(connection, trades):
+    """The daily closes from the first to the last day of the checked trades."""
+    days = trades.loc[trades["checked"], "day"]
+    return closes.read_closes(connection, last_day=pd.Timestamp(days.max()).date(),
+                              first_day=pd.Timestamp(days.min()).date())
+
+
+def has_pending_batches(engine):
+    """Is there a batch to surveil? A look at load_batches before the stage's transaction."""
+    with engine.connect() as connection:
+        return bool(pending_batches(connection))
+
+
 def refresh_statistics(engine):
     """Refresh the optimizer's table statistics where a bulk load leaves them stale (MySQL/MariaDB: the index
     seeks of CONTEXT_SQL turn into full scans until InnoDB recounts in the background). Its own transaction:
     ANALYZE TABLE commits implicitly."""
-    statement = REFRESH_STATISTICS.get(engine.dialect.name)
+    statement = dialects.refresh_statistics_sql(engine.dialect.name)
     if statement:
         with engine.connect() as connection:
             result = connection.execute(text(statement))
@@ -606,26 +638,21 @@ def refresh_statistics(engine):
             connection.commit()
 
 
-REFRESH_STATISTICS = {  # dialect: statement (SQLite plans these queries well without statistics)
-    "mysql": "ANALYZE TABLE transactions, stocks, load_batches, portfolios",
-    "postgresql": "ANALYZE transactions",
-}
-
-
 def run_surveillance(engine, full=False):
     """Check new trades (every trade with full=True) and sector weights; write alerts; one transaction."""
     started = time.perf_counter()
-    refresh_statistics(engine)
+    if full or has_pending_batches(engine):  # with nothing to check, no statistics to refresh
+        refresh_statistics(engine)
     with db_config.stage_transaction(engine, "surveillance") as connection:
         now = datetime.now().replace(microsecond=0)
-        batch_ids = pending_batches(connection)
-        check = check_trades(connection, full)
+        state = read_batch_state(connection, full)
+        check = check_trades(connection, state, full)
         candidates = pd.concat([frame for frame in (check.found, sector_concentration_alerts(connection))
                                 if not frame.empty] or [check.found], ignore_index=True)
         new = write_alerts(connection, candidates, now)
-        batches.stamp_batches(connection, batch_ids, "surveilled_at", now)
+        batches.stamp_batches(connection, state.pending, "surveilled_at", now)
     return SurveillanceSummary(
-        batches=len(batch_ids), new_trades=check.new_trades, trades_checked=check.trades_checked,
+        batches=len(state.pending), new_trades=check.new_trades, trades_checked=check.trades_checked,
         context_trades=check.context_trades, investors=check.investors,
         new_alerts={rule: int(new.get(rule, 0)) for rule in RULES}, seconds=time.perf_counter() - started,
         full=full)

@@ -571,6 +571,7 @@ def _update_portfolios(engine, full, today):
     started = time.perf_counter()
     summary = UpdateSummary(full=full)
     with db_config.stage_transaction(engine, "update_portfolio") as connection:
+        summary.full = full = full or checkpoints_missing(connection)
         now = datetime.now().replace(microsecond=0)
         batch_ids = pending_batches(connection)
         applied, summary.alerts_raised = apply_new_trades(connection, batch_ids, full, now)
@@ -582,6 +583,17 @@ def _update_portfolios(engine, full, today):
     summary.seconds = time.perf_counter() - started
     logger.info("revalued and scored %d investors", len(investors))
     return summary
+
+
+def checkpoints_missing(connection):
+    """Does the database hold positions but no checkpoint (built before checkpoints existed)? Then this update
+    replays everything once to build them."""
+    missing = (connection.execute(select(portfolios.c.investor_id).limit(1)).first() is not None
+               and connection.execute(select(position_checkpoints.c.investor_id).limit(1)).first() is None)
+    if missing:
+        logger.warning("positions without checkpoints (a database from an earlier version): replaying every "
+                       "trade once to build them")
+    return missing
 
 
 def revalue_and_score(connection, params, now, applied, full, summary):

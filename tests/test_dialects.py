@@ -81,7 +81,7 @@ def test_prices_one_ten_thousandth_apart_have_different_values_texts():
 
 
 def test_refresh_statistics_sql_per_database():
-    assert dialects.refresh_statistics_sql("mysql") == "ANALYZE TABLE transactions, stocks, load_batches, portfolios"
+    assert dialects.refresh_statistics_sql("mysql") == "ANALYZE TABLE transactions, stocks, load_batches, portfolios, position_checkpoints"
     assert dialects.refresh_statistics_sql("postgresql") == "ANALYZE transactions"
     assert dialects.refresh_statistics_sql("sqlite") is None
 

@@ -1,6 +1,7 @@
 """surveillance.py: each rule on small hand-made files (fires, and a near miss does not), idempotent and
-incremental runs and their summary figures, more investors than one SQLite compound SELECT holds, and
-recall/precision against the ground truth that generate_dummy_data --anomalies plants.
+incremental runs and their summary figures, openings from the ledger's checkpoints (incremental == --full), the
+statements of a run with nothing new, more investors than one IN list holds, and recall/precision against the
+ground truth that generate_dummy_data --anomalies plants.
 
 Database tests run on SQLite and on a fresh MariaDB database (conftest fixtures). Expected metrics are worked out
 by hand in the comments; the rolling robust z-score is checked against a direct numpy reference.
@@ -9,16 +10,18 @@ import csv
 import math
 import re
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 import constants
 import db_config
 import generate_dummy_data
+import ledger
 import load_transactions
 import seed_investors
 import surveillance
@@ -376,6 +379,94 @@ def test_two_incremental_runs_raise_the_same_trade_alerts_as_one_full_run(seeded
     assert trade_alerts(seeded_engine) == incremental
 
 
+def rerun_full(engine, rule):
+    """The txn_refs of one rule's alerts after deleting them and re-checking every trade (--full)."""
+    with engine.begin() as connection:
+        connection.execute(alerts.delete().where(alerts.c.rule == rule))
+    surveillance.run_surveillance(engine, full=True)
+    return refs(engine, rule)
+
+
+def test_the_opening_is_the_checkpoint_a_late_trade_replayed(seeded_engine, tmp_path):
+    # The week before: A1 BUY 10 AAPL. This week: 60 KO trades, then B1 BUY 2 and S1 SELL 20 AAPL, an oversell of
+    # the 12 held. A late A0 BUY 8 in the week before makes update_portfolio replay AAPL: S1 now sells all 20. The
+    # third file's 3 quick AAPL round trips open from flat. Their history starts at the 50th trade back (K12), and
+    # AAPL's holding there comes from the week before's checkpoint (18), then K0..K11, B1 and S1 are replayed
+    first = [("A1", 1001, "AAPL", "BUY", 10, "100.00", at(0, day=-7))]
+    first += [(f"K{n}", 1001, "KO", "BUY", 1 + n % 3, "60.00", at(10 * n, day=1)) for n in range(60)]
+    first += [("B1", 1001, "AAPL", "BUY", 2, "100.00", at(0, day=4)),
+              ("S1", 1001, "AAPL", "SELL", 20, "101.00", at(60, day=4))]
+    load_and_surveil(seeded_engine, tmp_path, first, name="first.csv")
+    load_and_surveil(seeded_engine, tmp_path, [("A0", 1001, "AAPL", "BUY", 8, "100.00", at(60, day=-7))],
+                     name="late.csv")
+
+    third = load_and_surveil(seeded_engine, tmp_path, round_trips(1001, [10, 5, 14], day=7, symbol="AAPL"),
+                             name="third.csv")
+
+    assert third.context_trades == 62  # the last 50 trades (S1, B1, K59..K12) and the week's earlier K0..K11
+    assert refs(seeded_engine, "ROUND_TRIP") == ["1001-AAPL-7-2S"]
+    assert rerun_full(seeded_engine, "ROUND_TRIP") == ["1001-AAPL-7-2S"]
+
+
+def test_an_incremental_run_mid_week_finds_the_trade_alerts_of_a_full_run(seeded_engine, tmp_path):
+    # The week before: A1 BUY 10 AAPL, and 1002's history. Monday: A2 BUY 5 and A3 SELL 15 AAPL. Tuesday: 60 KO
+    # trades. Wednesday, loaded second: 3 quick AAPL round trips, which open from flat, and 1002's large trade.
+    # 1001's history starts on Tuesday: AAPL is flat there only with both the checkpoint before the week (10) and
+    # the earlier trades of the week (A2, A3: without the checkpoint, A3 would be an oversell)
+    first = [("A1", 1001, "AAPL", "BUY", 10, "100.00", at(0, day=-7)),
+             ("A2", 1001, "AAPL", "BUY", 5, "100.00", at(0, day=0)),
+             ("A3", 1001, "AAPL", "SELL", 15, "101.00", at(60, day=0))]
+    first += [(f"K{n}", 1001, "KO", "BUY", 1 + n % 3, "60.00", at(10 * n, day=1)) for n in range(60)]
+    first += history(1002, start=-7 * 24 * 60)
+    load_and_surveil(seeded_engine, tmp_path, first, name="first.csv")
+
+    second = load_and_surveil(seeded_engine, tmp_path, round_trips(1001, [10, 5, 14], day=2, symbol="AAPL") + [
+        ("BIG", 1002, "AAPL", "BUY", 5000, "100.00", at(0, day=2))], name="second.csv")
+
+    assert second.context_trades == 62 + 36  # 1001: K0..K59, A2 and A3; 1002: its 36 trades
+    assert refs(seeded_engine, "ROUND_TRIP") == ["1001-AAPL-2-2S"] and refs(seeded_engine, "LARGE_TRADE") == ["BIG"]
+    incremental = trade_alerts(seeded_engine)
+    with seeded_engine.begin() as connection:
+        connection.execute(alerts.delete().where(alerts.c.rule.in_(surveillance.TRADE_RULES)))
+    surveillance.run_surveillance(seeded_engine, full=True)
+    assert trade_alerts(seeded_engine) == incremental
+
+
+def executed_statements(engine, work):
+    """The SQL statements that work() runs on the engine."""
+    statements = []
+
+    def record(connection, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        work()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return statements
+
+
+def test_the_first_run_reads_every_trade_without_selecting_history(seeded_engine, tmp_path):
+    load(seeded_engine, write_trades(tmp_path, "trades.csv", every_rule_rows()))
+    update_portfolio.update_portfolios(seeded_engine)
+
+    statements = executed_statements(seeded_engine, lambda: surveillance.run_surveillance(seeded_engine))
+
+    assert not [statement for statement in statements if "position_bounds" in statement]
+    assert sum(surveillance.ALL_TRADES_SQL in statement for statement in statements) == 1
+
+
+def test_with_nothing_new_no_statement_reads_transactions_or_refreshes_statistics(seeded_engine, tmp_path):
+    load_and_surveil(seeded_engine, tmp_path, every_rule_rows())
+
+    statements = executed_statements(seeded_engine, lambda: surveillance.run_surveillance(seeded_engine))
+
+    assert any("portfolios" in statement for statement in statements)  # the sector check still runs
+    assert [statement for statement in statements
+            if re.search(r"\btransactions\b|\bANALYZE\b", statement, re.IGNORECASE)] == []
+
+
 # ---------------------------------------------------------------------------------------------- generated data
 
 def generated_database(engine, directory, rows, seed, rate):
@@ -481,27 +572,93 @@ def test_anomalies_option_writes_the_sidecar_and_rejects_a_bad_rate(tmp_path, ca
     assert not (tmp_path / "clean_anomalies.csv").exists()
 
 
-def test_position_states_skip_an_oversell_and_start_from_the_opening_holding():
+def checkpoint(investor_id, symbol, quantity, last_trade_price, week_start=date(2026, 2, 23)):
+    """A hand-made ledger checkpoint: `quantity` held at the end of the week of week_start, last traded at
+    last_trade_price."""
+    price = Decimal(last_trade_price)
+    return ledger.Checkpoint(investor_id, symbol, week_start, quantity, quantity * price, Decimal(0),
+                             f"{week_start + timedelta(days=4)} 15:00:00", 1, 1, price)
+
+
+def test_position_states_skip_an_oversell_and_start_from_the_opening_checkpoint():
     trades = pd.DataFrame({
         "txn_id": [1, 2, 3, 4, 5], "txn_ref": list("abcde"), "investor_id": [7] * 5,
         "stock_symbol": ["X", "X", "X", "Y", "Y"], "txn_type": ["BUY", "SELL", "SELL", "SELL", "BUY"],
         "quantity": [10, 15, 10, 4, 1], "price": [1.0, 2.0, 3.0, 4.0, 5.0], "seconds": [1, 2, 3, 4, 5]})
-    opening = pd.DataFrame({"investor_id": [7], "stock_symbol": ["Y"], "quantity": [4], "last_price": [3.5]})
+    opening = {(7, "Y"): checkpoint(7, "Y", 4, "3.5"), (7, "Z"): checkpoint(7, "Z", 9, "1")}
 
     states = surveillance.position_states(trades, opening).set_index("txn_ref")
 
     assert states["holding_before"].tolist() == [0, 10, 10, 4, 0]
     assert states["holding_after"].tolist() == [10, 10, 0, 0, 1]
     assert states["applied"].tolist() == [True, False, True, True, True]
-    assert states["last_price"].tolist() == [1.0, 1.0, 2.0, 3.5, 4.0]
+    assert states["last_price"].tolist() == [1.0, 1.0, 2.0, 3.5, 4.0]  # the oversold SELL's price counts
+
+
+def test_position_states_replay_exact_decimal_prices():
+    # 3 x 0.1 is 0.30000000000000004 in floats; the ledger applies the stored decimals, so selling what it
+    # bought leaves exactly nothing and the SELL applies
+    trades = pd.DataFrame({
+        "txn_id": [1, 2], "txn_ref": ["a", "b"], "investor_id": [7, 7], "stock_symbol": ["X", "X"],
+        "txn_type": ["BUY", "SELL"], "quantity": [3, 3], "price": [0.1, 0.1], "seconds": [1, 2]})
+
+    states = surveillance.position_states(trades, {})
+
+    assert states["applied"].tolist() == [True, True] and states["holding_after"].tolist() == [3, 0]
+    assert [trade.price for trade in surveillance.ledger_trades(states)] == [Decimal("0.1")] * 2
+    assert [trade.txn_time for trade in surveillance.ledger_trades(states)] == ["1970-01-01 00:00:01",
+                                                                                "1970-01-01 00:00:02"]
+
+
+def context_frame(rows, checked_from):
+    """A trades DataFrame as surveillance reads it, from (txn_ref, investor_id, symbol, type, quantity, price,
+    txn_time) rows; the rows before index checked_from are history, not checked."""
+    frame = pd.DataFrame(rows, columns=["txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price",
+                                        "txn_time"])
+    frame.insert(0, "txn_id", range(1, len(rows) + 1))
+    frame["checked"] = [number >= checked_from for number in range(len(rows))]
+    return surveillance.in_replay_order(surveillance.typed_trades(frame))
+
+
+NO_CLOSES = pd.DataFrame(columns=["stock_symbol", "day", "close_price", "close_exact"])
+
+
+@pytest.mark.parametrize("held, fires", [(0, True), (5, False)])
+def test_detect_round_trips_only_from_flat_at_the_opening_checkpoint(held, fires):
+    rows = round_trips(1001, [10, 5, 14], day=7)
+    opening = {(1001, "TSLA"): checkpoint(1001, "TSLA", held, "199.00")} if held else {}
+
+    found = surveillance.detect_trade_alerts(context_frame(rows, 0), opening, NO_CLOSES)
+
+    assert found.loc[found["rule"] == "ROUND_TRIP", "txn_ref"].tolist() == (["1001-TSLA-7-2S"] if fires else [])
+
+
+@pytest.mark.parametrize("held, fires", [(0, True), (1000, False)])
+def test_detect_large_trade_values_the_positions_at_their_opening_checkpoints(held, fires):
+    # 15 round trips of 100 MSFT (notionals about 10,000: BUY 20 is no outlier), then 1 share: worth 100 without
+    # the checkpoint of 1,000 KO at 60.00 (60,000), which makes the 2,000 of BUY 20 a small trade
+    rows = []
+    for n in range(15):
+        rows += [(f"R{n}B", 1004, "MSFT", "BUY", 100, 100.0, at(0, day=n)),
+                 (f"R{n}S", 1004, "MSFT", "SELL", 100, 101.0, at(120, day=n))]
+    rows += [("ONE", 1004, "MSFT", "BUY", 1, 100.0, at(0, day=20)), ("TWENTY", 1004, "MSFT", "BUY", 20, 100.0,
+                                                                       at(60, day=20))]
+    opening = {(1004, "KO"): checkpoint(1004, "KO", held, "60.00")} if held else {}
+
+    found = surveillance.detect_trade_alerts(context_frame(rows, len(rows) - 1), opening, NO_CLOSES)
+
+    large = found.loc[found["rule"] == "LARGE_TRADE"]
+    assert large["txn_ref"].tolist() == (["TWENTY"] if fires else [])
+    assert large["metric"].tolist() == ([20.0] if fires else [])
 
 
 @pytest.mark.parametrize("second_sell, fires", [(10, True), (15, False)])
-def test_holdings_before_the_history_come_from_portfolios(seeded_engine, tmp_path, second_sell, fires):
-    # AAPL: BUY 10, then SELL 10 (flat) or SELL 15 (an oversell: 10 still held); then 60 KO trades push them out
-    # of the history read for the second file, whose 3 quick AAPL round trips open from flat only in the first case
-    first = [("A1", 1001, "AAPL", "BUY", 10, "100.00", at(0)),
-             ("A2", 1001, "AAPL", "SELL", second_sell, "101.00", at(60))]
+def test_holdings_before_the_history_come_from_the_ledger_checkpoints(seeded_engine, tmp_path, second_sell, fires):
+    # The week before: AAPL BUY 10, then SELL 10 (flat) or SELL 15 (an oversell: 10 still held). This week: 60 KO
+    # trades push them out of the history read for the second file, whose 3 quick AAPL round trips open from
+    # flat only in the first case
+    first = [("A1", 1001, "AAPL", "BUY", 10, "100.00", at(0, day=-7)),
+             ("A2", 1001, "AAPL", "SELL", second_sell, "101.00", at(60, day=-7))]
     first += [(f"K{n}", 1001, "KO", "BUY", 1 + n % 3, "60.00", at(10 * n, day=1)) for n in range(60)]
     load_and_surveil(seeded_engine, tmp_path, first, name="first.csv")
     assert refs(seeded_engine, "OVERSELL") == ([] if fires else ["A2"])
@@ -509,7 +666,8 @@ def test_holdings_before_the_history_come_from_portfolios(seeded_engine, tmp_pat
     second = load_and_surveil(seeded_engine, tmp_path, round_trips(1001, [10, 5, 14], day=7, symbol="AAPL"),
                               name="second.csv")
 
-    assert second.context_trades == 50  # the last 50 KO trades; A1 and A2 only through portfolios
+    # the last 50 KO trades and the 10 before them in their week; A1 and A2 only through the week's checkpoint
+    assert second.context_trades == 60
     assert refs(seeded_engine, "ROUND_TRIP") == (["1001-AAPL-7-2S"] if fires else [])
     with seeded_engine.begin() as connection:
         connection.execute(alerts.delete().where(alerts.c.rule == "ROUND_TRIP"))
@@ -517,13 +675,12 @@ def test_holdings_before_the_history_come_from_portfolios(seeded_engine, tmp_pat
     assert refs(seeded_engine, "ROUND_TRIP") == (["1001-AAPL-7-2S"] if fires else [])
 
 
-def test_more_investors_with_history_than_sqlite_allows_terms_in_a_compound_select(seeded_engine, tmp_path,
-                                                                                   monkeypatch):
-    # 600 investors with history and new trades: the holdings before their history are read for all of them
-    # (SQLite refuses a compound SELECT of more than 500 terms). Per investor: AAPL bought, then sold to flat (even
-    # ids) or to 5 held (odd ids); 3 KO trades; then 3 quick AAPL round trips, which open from flat, and so fire
-    # ROUND_TRIP, only for the even ids. An own history of 3 trades keeps the files small and leaves the AAPL
-    # trades out of the history read: they count only through portfolios
+def test_more_investors_with_history_than_one_in_list_holds(seeded_engine, tmp_path, monkeypatch):
+    # 600 investors with history and new trades: the checkpoints and the earlier trades of the week are read for
+    # all of them (more than one IN list of 500). Per investor: the week before, AAPL bought, then sold to flat
+    # (even ids) or to 5 held (odd ids); 3 KO trades; then 3 quick AAPL round trips, which open from flat, and so
+    # fire ROUND_TRIP, only for the even ids. An own history of 3 trades keeps the files small and leaves the
+    # AAPL trades out of the history read: they count only through the checkpoints
     monkeypatch.setattr(constants, "LARGE_TRADE_LOOKBACK_TRADES", 3)
     investor_ids = range(2001, 2601)
     with seeded_engine.begin() as connection:
@@ -533,8 +690,8 @@ def test_more_investors_with_history_than_sqlite_allows_terms_in_a_compound_sele
     first, second = [], []
     for investor_id in investor_ids:
         sold = 10 if investor_id % 2 == 0 else 5
-        first += [(f"A{investor_id}-1", investor_id, "AAPL", "BUY", 10, "100.00", at(0)),
-                  (f"A{investor_id}-2", investor_id, "AAPL", "SELL", sold, "101.00", at(60))]
+        first += [(f"A{investor_id}-1", investor_id, "AAPL", "BUY", 10, "100.00", at(0, day=-7)),
+                  (f"A{investor_id}-2", investor_id, "AAPL", "SELL", sold, "101.00", at(60, day=-7))]
         first += [(f"K{investor_id}-{n}", investor_id, "KO", "BUY", 1 + n, "60.00", at(10 * n, day=1))
                   for n in range(3)]
         second += round_trips(investor_id, [10, 5, 14], day=7, symbol="AAPL")

@@ -684,3 +684,22 @@ def test_many_late_positions_replay_in_slices_to_the_full_result(seeded_engine, 
     update_portfolio.update_portfolios(seeded_engine, full=True)
     assert (table_rows(seeded_engine, portfolios, exclude={"updated_at"}), checkpoint_rows(seeded_engine),
             oversell_alerts(seeded_engine)) == incremental
+
+
+def test_a_database_without_checkpoints_is_replayed_once_to_build_them(seeded_engine, tmp_path):
+    """Positions built before checkpoints existed: the next update replays everything, so late trades and
+    surveillance find the checkpoints they start from."""
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("UP-1", 1001, "AAPL", "BUY", 10, "100.00", "2024-06-03 10:00:00"),
+        ("UP-2", 1001, "AAPL", "SELL", 4, "110.00", "2024-06-12 10:00:00")]))
+    update_portfolio.update_portfolios(seeded_engine)
+    built = checkpoint_rows(seeded_engine)
+    with seeded_engine.begin() as connection:
+        connection.execute(position_checkpoints.delete())
+    load(seeded_engine, write_trades(tmp_path, "late.csv", [
+        ("UP-3", 1001, "AAPL", "BUY", 1, "90.00", "2024-06-20 10:00:00")]))
+    summary = update_portfolio.update_portfolios(seeded_engine)
+    assert summary.full and summary.trades_applied == 3
+    assert [row[:4] for row in checkpoint_rows(seeded_engine)][:2] == [row[:4] for row in built]
+    assert len(checkpoint_rows(seeded_engine)) == 3
+    assert update_portfolio.update_portfolios(seeded_engine).full is False
