@@ -25,8 +25,8 @@ from schema import transactions
 
 logger = logging.getLogger(__name__)
 
-INSERT_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time",
-                  "batch_id", "source_line")
+TRADE_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time")
+INSERT_COLUMNS = TRADE_COLUMNS + ("batch_id", "source_line")
 MYSQL_BATCH_ROWS = 10_000
 MYSQL_LOCAL_INFILE_REFUSED = {1148, 2068, 3948}  # not allowed / rejected by client / disabled on server
 TEMP_FILE_PREFIX = "stock-etl-load-"  # then the writer's pid: stock-etl-load-<pid>-<random>.tsv
@@ -59,7 +59,7 @@ def tab_separated(columns):
 
 def trade_columns(trades, batch_id):
     """Plain Python lists in INSERT_COLUMNS order (drivers do not take numpy scalars)."""
-    return [trades[c].tolist() for c in INSERT_COLUMNS[:7]] + [[batch_id] * len(trades), trades["line_number"].tolist()]
+    return [trades[c].tolist() for c in TRADE_COLUMNS] + [[batch_id] * len(trades), trades["line_number"].tolist()]
 
 
 def _insert_sqlite(connection, columns, _tsv=None):
@@ -175,16 +175,16 @@ def _insert_postgresql(connection, columns, _tsv=None):
 
 
 def _insert_portable(connection, columns, _tsv=None):
-    rows = list(zip(*columns))
-    refs = [row[0] for row in rows]
+    records = [dict(zip(INSERT_COLUMNS, row)) for row in zip(*columns)]
+    refs = [record["txn_ref"] for record in records]
     existing = set()
     for start in range(0, len(refs), dialects.LOOKUP_SLICE):
         chunk = refs[start:start + dialects.LOOKUP_SLICE]
         existing.update(connection.execute(
             select(transactions.c.txn_ref).where(transactions.c.txn_ref.in_(chunk))).scalars())
     new_rows = [
-        dict(zip(INSERT_COLUMNS, row), price=Decimal(row[5]), txn_time=datetime.fromisoformat(row[6]))
-        for row in rows if row[0] not in existing
+        {**record, "price": Decimal(record["price"]), "txn_time": datetime.fromisoformat(record["txn_time"])}
+        for record in records if record["txn_ref"] not in existing
     ]
     if new_rows:
         connection.execute(transactions.insert(), new_rows)
