@@ -59,7 +59,7 @@ class Mark(NamedTuple):
 def read_closes(connection, last_day=None, first_day=None):
     """Daily closes from first_day (default: the first) to last_day (default: today): stock_symbol, day
     (datetime64[D]), close_price (float) and close_exact (Decimal), sorted by symbol and day."""
-    packed = dialects.packs_trade_rows(connection.dialect.name)
+    packed = dialects.packs_rows(connection.dialect.name)
     columns = PACKED_CLOSE_SQL if packed else "stock_symbol, price_date, close_price"
     statement = text(CLOSES_SQL.format(columns=columns)).bindparams(
         bindparam("first_day", type_=Date), bindparam("last_day", type_=Date))

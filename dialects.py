@@ -49,29 +49,29 @@ class Dialect(NamedTuple):
     stage_lock: SessionLock  # one stage run at a time; None where the write lock already serializes
     database_creation: DatabaseCreation  # None: no server to create a database on
     refresh_statistics_sql: str  # refreshes optimizer statistics after a bulk load; None where not needed
-    packs_trade_rows: bool  # read a trade as one CONCAT_WS text column, 3x faster than seven typed ones
+    packs_rows: bool  # read a row (a trade, a close) as one CONCAT_WS text column: 3x faster through the driver
 
 
 DEFAULT = Dialect(bulk_path="portable", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
-                  stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_trade_rows=False)
+                  stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_rows=False)
 DIALECTS = {
     "sqlite": Dialect(  # SQLite plans the surveillance queries well without statistics
         bulk_path="insert_or_ignore", lookup_slice=LOOKUP_SLICE, values_sql=SQLITE_VALUES_SQL,
-        stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_trade_rows=False),
+        stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_rows=False),
     "mysql": Dialect(
         bulk_path="load_data", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
         stage_lock=SessionLock("SELECT GET_LOCK(:name, 3600)", "SELECT RELEASE_LOCK(:name)"),
         database_creation=DatabaseCreation(
             None, "CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
         refresh_statistics_sql="ANALYZE TABLE transactions, stocks, load_batches, portfolios, position_checkpoints",
-        packs_trade_rows=True),
+        packs_rows=True),
     "postgresql": Dialect(
         bulk_path="copy", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
         stage_lock=SessionLock("SELECT pg_advisory_lock(hashtext(:name))",
                                "SELECT pg_advisory_unlock(hashtext(:name))"),
         database_creation=DatabaseCreation("postgres", "CREATE DATABASE {name}"),
         refresh_statistics_sql="ANALYZE transactions",
-        packs_trade_rows=True),
+        packs_rows=True),
 }
 
 
@@ -110,9 +110,9 @@ def refresh_statistics_sql(dialect_name):
     return dialect(dialect_name).refresh_statistics_sql
 
 
-def packs_trade_rows(dialect_name):
+def packs_rows(dialect_name):
     """Should a reader of many trades read each as one CONCAT_WS text column (3x faster over the network)?"""
-    return dialect(dialect_name).packs_trade_rows
+    return dialect(dialect_name).packs_rows
 
 
 _CONFLICT_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}

@@ -226,7 +226,7 @@ def to_decimal(value):
 def stream_trades(connection, where="", params=None):
     """Yield the trades matching `where` (SQL over alias t) as Trade records in replay order, streamed from the
     server rather than read whole. A list parameter named ids expands into IN (...)."""
-    packed = dialects.packs_trade_rows(connection.dialect.name)
+    packed = dialects.packs_rows(connection.dialect.name)
     columns = PACKED_TRADE_SQL if packed else TRADE_COLUMNS_SQL
     statement = text(f"SELECT {columns} FROM transactions t {where} {REPLAY_ORDER_SQL}")
     if params and isinstance(params.get("ids"), list):

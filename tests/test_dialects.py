@@ -86,8 +86,8 @@ def test_refresh_statistics_sql_per_database():
     assert dialects.refresh_statistics_sql("sqlite") is None
 
 
-def test_packs_trade_rows_on_the_servers_only():
-    assert [dialects.packs_trade_rows(name) for name in ("mysql", "postgresql", "sqlite")] == [True, True, False]
+def test_packs_rows_on_the_servers_only():
+    assert [dialects.packs_rows(name) for name in ("mysql", "postgresql", "sqlite")] == [True, True, False]
 
 
 def test_a_database_not_in_the_table_gets_the_portable_defaults():
