@@ -154,7 +154,7 @@ CREATE TABLE IF NOT EXISTS symbol_last_trades (
 CREATE TABLE IF NOT EXISTS symbol_marks (
 	stock_symbol VARCHAR(10) NOT NULL, 
 	last_price NUMERIC(18, 4), 
-	annual_volatility FLOAT, 
+	annual_volatility DOUBLE, 
 	closes_digest VARCHAR(64) NOT NULL, 
 	updated_at DATETIME NOT NULL, 
 	PRIMARY KEY (stock_symbol), 

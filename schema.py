@@ -5,7 +5,7 @@ the two equal on MariaDB. Money is DECIMAL everywhere: prices and average costs 
 amounts 6 (so that a position replayed over thousands of trades still reconciles to the cent).
 """
 from sqlalchemy import (
-    BigInteger, CheckConstraint, Column, Date, DateTime, Float, ForeignKey, Index, Integer, MetaData, Numeric,
+    BigInteger, CheckConstraint, Column, Date, DateTime, Double, ForeignKey, Index, Integer, MetaData, Numeric,
     String, Table, Text,
 )
 from sqlalchemy.dialects import mysql, sqlite
@@ -171,7 +171,7 @@ symbol_marks = Table(
     "symbol_marks", metadata,  # what valuation takes from a symbol's closes, as of the last update (closes.py)
     Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
     Column("last_price", Price),  # the latest close on or before the update's day, else the latest trade's price
-    Column("annual_volatility", Float),  # of the last daily returns, a fraction, unrounded as the scores use it
+    Column("annual_volatility", Double),  # of the last daily returns, a fraction, unrounded as the scores use it
     Column("closes_digest", String(64), nullable=False),  # SHA-256 of everything above depends on
     Column("updated_at", Timestamp, nullable=False),
 )

@@ -219,32 +219,42 @@ WHERE a.rule = 'OVERSELL' AND a.investor_id IN :ids
 
 
 def sync_oversell_alerts(connection, oversells, replay_starts, now):
-    """Raise one OVERSELL alert per oversold trade not alerted yet, and drop the alerts of replayed positions
-    whose trade, replayed again, no longer oversells. replay_starts: {key: the checkpoint a position was replayed
-    from, None for its first trade}. Returns the number of new alerts."""
+    """Raise one OVERSELL alert per oversold trade not alerted yet, correct the quantity held of those alerted
+    already (a late trade before them changes it), and drop the alerts of replayed positions whose trade,
+    replayed again, no longer oversells. replay_starts: {key: the checkpoint a position was replayed from, None
+    for its first trade}. Returns the number of new alerts."""
     refs = txn_refs(connection, [o.txn_id for o in oversells])
-    wanted = {f"OVERSELL:{refs[o.txn_id]}": o for o in oversells}
-    stored = set(_existing_alert_keys(connection, list(wanted)))
+    wanted = {f"OVERSELL:{refs[o.txn_id]}": oversell_alert(o, refs[o.txn_id], now) for o in oversells}
+    stored = dict(_stored_alert_values(connection, list(wanted)))
     stale = [key for key in _replayed_oversell_alerts(connection, replay_starts) if key not in wanted]
     for start in range(0, len(stale), ID_SLICE):
         connection.execute(delete(alerts).where(alerts.c.alert_key.in_(stale[start:start + ID_SLICE])))
-    new = [
-        {"alert_key": key, "rule": "OVERSELL", "severity": "HIGH", "investor_id": o.investor_id,
-         "stock_symbol": o.stock_symbol, "txn_ref": refs[o.txn_id], "detected_at": now,
-         "metric": o.quantity, "threshold": o.held,
-         "details": f"SELL {refs[o.txn_id]} of {o.quantity} {o.stock_symbol} by investor {o.investor_id} exceeds "
-                    f"the {o.held} shares held at that time; the trade was not applied to the position"}
-        for key, o in wanted.items() if key not in stored
-    ]
+    changed = [{"key": key, "threshold": alert["threshold"], "details": alert["details"]}
+               for key, alert in wanted.items() if key in stored and stored[key] != alert["details"]]
+    if changed:
+        connection.execute(update(alerts).where(alerts.c.alert_key == bindparam("key")).values(
+            threshold=bindparam("threshold"), details=bindparam("details")), changed)
+    new = [alert for key, alert in wanted.items() if key not in stored]
     if new:
         connection.execute(alerts.insert(), new)
     return len(new)
 
 
-def _existing_alert_keys(connection, keys):
+def oversell_alert(oversell, txn_ref, now):
+    """The OVERSELL alert row of an oversold SELL."""
+    return {"alert_key": f"OVERSELL:{txn_ref}", "rule": "OVERSELL", "severity": "HIGH",
+            "investor_id": oversell.investor_id, "stock_symbol": oversell.stock_symbol, "txn_ref": txn_ref,
+            "detected_at": now, "metric": oversell.quantity, "threshold": oversell.held,
+            "details": f"SELL {txn_ref} of {oversell.quantity} {oversell.stock_symbol} by investor "
+                       f"{oversell.investor_id} exceeds the {oversell.held} shares held at that time; the trade was "
+                       "not applied to the position"}
+
+
+def _stored_alert_values(connection, keys):
+    """(alert_key, details) of the stored alerts with these keys."""
     for start in range(0, len(keys), ID_SLICE):
-        yield from connection.execute(select(alerts.c.alert_key).where(
-            alerts.c.alert_key.in_(keys[start:start + ID_SLICE]))).scalars()
+        yield from connection.execute(select(alerts.c.alert_key, alerts.c.details).where(
+            alerts.c.alert_key.in_(keys[start:start + ID_SLICE])))
 
 
 def _replayed_oversell_alerts(connection, replay_starts):

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import make_url
 
+import closes
 import db_config
 import ledger
 import load_transactions
@@ -703,3 +704,35 @@ def test_a_database_without_checkpoints_is_replayed_once_to_build_them(seeded_en
     assert [row[:4] for row in checkpoint_rows(seeded_engine)][:2] == [row[:4] for row in built]
     assert len(checkpoint_rows(seeded_engine)) == 3
     assert update_portfolio.update_portfolios(seeded_engine).full is False
+
+
+def test_a_late_buy_before_an_oversell_corrects_the_quantity_held_in_its_alert(seeded_engine, tmp_path):
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("OH-1", 1001, "AAPL", "BUY", 10, "100.00", "2024-06-03 10:00:00"),
+        ("OH-2", 1001, "AAPL", "SELL", 15, "110.00", "2024-06-05 10:00:00")]))  # oversold: 10 held
+    update_portfolio.update_portfolios(seeded_engine)
+    load(seeded_engine, write_trades(tmp_path, "late.csv", [
+        ("OH-3", 1001, "AAPL", "BUY", 2, "90.00", "2024-06-04 10:00:00")]))  # still oversold: 12 held
+    update_portfolio.update_portfolios(seeded_engine)
+    with seeded_engine.connect() as connection:
+        threshold, details = connection.execute(select(alerts.c.threshold, alerts.c.details).where(
+            alerts.c.alert_key == "OVERSELL:OH-2")).one()
+    assert int(threshold) == 12 and "exceeds the 12 shares held" in details
+    incremental = table_rows(seeded_engine, alerts, exclude={"alert_id", "detected_at"})
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert table_rows(seeded_engine, alerts, exclude={"alert_id", "detected_at"}) == incremental
+
+
+def test_a_symbols_volatility_is_stored_as_the_double_the_scores_use(seeded_engine, tmp_path):
+    """symbol_marks keeps the volatility to the last bit on every database (a 4-byte FLOAT would not)."""
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("VD-1", 1001, "KO", "BUY", 4, "60.00", "2024-06-03 10:00:00")]))
+    prices = tmp_path / "closes.csv"
+    prices.write_text("stock_symbol,price_date,close_price\nKO,2024-06-03,60\nKO,2024-06-04,61.37\n"
+                      "KO,2024-06-05,59.99\n", encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    update_portfolio.update_portfolios(seeded_engine)
+    with seeded_engine.connect() as connection:
+        stored = connection.execute(text("SELECT annual_volatility FROM symbol_marks WHERE stock_symbol = 'KO'")
+                                    ).scalar()
+    assert stored == closes.annual_volatility([60, 61.37, 59.99])
