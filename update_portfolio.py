@@ -50,6 +50,7 @@ class UpdateSummary:
     oversells: int = 0
     investors_scored: int = 0
     alerts_raised: int = 0
+    alerts_withdrawn: int = 0  # OVERSELL alerts whose SELL, replayed after a late trade, no longer oversells
     seconds: float = 0.0
     full: bool = False
 
@@ -58,7 +59,10 @@ class UpdateSummary:
         return (f"update_portfolio ({mode}): {self.trades_applied} trades from {self.batches_applied} batch(es) applied "
                 f"to {self.positions_changed} positions ({self.positions_replayed} replayed for late trades), "
                 f"{self.oversells} oversells skipped, {self.investors_scored} investors scored, "
-                f"{self.alerts_raised} new alerts" + (f" ({self.seconds:.2f} s)" if seconds else ""))
+                f"{self.alerts_raised} new alerts"
+                + (f", {self.alerts_withdrawn} OVERSELL alerts withdrawn (no longer oversold)"
+                   if self.alerts_withdrawn else "")
+                + (f" ({self.seconds:.2f} s)" if seconds else ""))
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -119,6 +123,8 @@ class ApplyResult:
     oversells: list
     latest: dict  # stock_symbol: its latest new trade
     trades: int
+    alerts_raised: int = 0  # OVERSELL alerts
+    alerts_withdrawn: int = 0
 
 
 def apply_new_trades(connection, batch_ids, full, now):
@@ -133,7 +139,7 @@ def apply_new_trades(connection, batch_ids, full, now):
         positions = stored = load_positions(connection, investors_with_new_trades(connection, batch_ids))
         trades = ledger.stream_trades(connection, *new_trades_filter(batch_ids))
     else:
-        return ApplyResult(set(), set(), [], {}, 0), 0
+        return ApplyResult(set(), set(), [], {}, 0)
     stored_keys = set(stored)
     applied = ledger.apply_trades(trades, positions)
     replay_starts = {key: None for key in positions} if full else replay_late_positions(connection, applied, positions)
@@ -142,9 +148,9 @@ def apply_new_trades(connection, batch_ids, full, now):
     write_positions(connection, positions, applied.changed, stored_keys, now)
     ledger.write_checkpoints(connection, applied.checkpoints)
     write_latest_trades(connection, applied.latest)
-    alerts_raised = sync_oversell_alerts(connection, applied.oversells, replay_starts, now)
-    return ApplyResult(applied.changed, set(applied.late), applied.oversells, applied.latest, applied.trades), \
-        alerts_raised
+    alerts_raised, alerts_withdrawn = sync_oversell_alerts(connection, applied.oversells, replay_starts, now)
+    return ApplyResult(applied.changed, set(applied.late), applied.oversells, applied.latest, applied.trades,
+                       alerts_raised, alerts_withdrawn)
 
 
 def replay_late_positions(connection, applied, positions):
@@ -222,13 +228,15 @@ def sync_oversell_alerts(connection, oversells, replay_starts, now):
     """Raise one OVERSELL alert per oversold trade not alerted yet, correct the quantity held of those alerted
     already (a late trade before them changes it), and drop the alerts of replayed positions whose trade,
     replayed again, no longer oversells. replay_starts: {key: the checkpoint a position was replayed from, None
-    for its first trade}. Returns the number of new alerts."""
+    for its first trade}. Returns (new alerts, alerts withdrawn)."""
     refs = txn_refs(connection, [o.txn_id for o in oversells])
     wanted = {f"OVERSELL:{refs[o.txn_id]}": oversell_alert(o, refs[o.txn_id], now) for o in oversells}
     stored = dict(_stored_alert_values(connection, list(wanted)))
     stale = [key for key in _replayed_oversell_alerts(connection, replay_starts) if key not in wanted]
     for start in range(0, len(stale), ID_SLICE):
         connection.execute(delete(alerts).where(alerts.c.alert_key.in_(stale[start:start + ID_SLICE])))
+    if stale:
+        logger.info("withdrew %d OVERSELL alerts whose SELL no longer oversells: %s", len(stale), ", ".join(stale))
     changed = [{"key": key, "threshold": alert["threshold"], "details": alert["details"]}
                for key, alert in wanted.items() if key in stored and stored[key] != alert["details"]]
     if changed:
@@ -237,7 +245,7 @@ def sync_oversell_alerts(connection, oversells, replay_starts, now):
     new = [alert for key, alert in wanted.items() if key not in stored]
     if new:
         connection.execute(alerts.insert(), new)
-    return len(new)
+    return len(new), len(stale)
 
 
 def oversell_alert(oversell, txn_ref, now):
@@ -584,7 +592,8 @@ def _update_portfolios(engine, full, today):
         summary.full = full = full or checkpoints_missing(connection)
         now = datetime.now().replace(microsecond=0)
         batch_ids = pending_batches(connection)
-        applied, summary.alerts_raised = apply_new_trades(connection, batch_ids, full, now)
+        applied = apply_new_trades(connection, batch_ids, full, now)
+        summary.alerts_raised, summary.alerts_withdrawn = applied.alerts_raised, applied.alerts_withdrawn
         batches.stamp_batches(connection, batch_ids, "applied_at", now)
         investors = revalue_and_score(connection, risk_parameters(today), now, applied, full, summary)
     summary.batches_applied, summary.trades_applied = len(batch_ids), applied.trades
