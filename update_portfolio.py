@@ -145,7 +145,7 @@ def apply_new_trades(connection, batch_ids, full, now):
     replay_starts = {key: None for key in positions} if full else replay_late_positions(connection, applied, positions)
     if full:
         _forget_positions_without_trades(connection, stored_keys - set(positions))
-    write_positions(connection, positions, applied.changed, stored_keys, now)
+    write_positions(connection, positions, applied.changed, now)
     ledger.write_checkpoints(connection, applied.checkpoints)
     write_latest_trades(connection, applied.latest)
     alerts_raised, alerts_withdrawn = sync_oversell_alerts(connection, applied.oversells, replay_starts, now)
@@ -183,22 +183,16 @@ def position_row(position, now):
     }
 
 
-def write_positions(connection, positions, keys, stored_keys, now):
-    """Insert new positions and update changed ones."""
+REPLAY_COLUMNS = ("quantity", "avg_cost", "cost_basis", "realized_pnl", "last_txn_time", "last_txn_id",
+                  "trade_count")
+
+
+def write_positions(connection, positions, keys, now):
+    """Insert new positions and update changed ones: one upsert, so that MySQL sends many rows per statement
+    (an UPDATE per row costs a round trip each)."""
     rows = [position_row(positions[key], now) for key in sorted(keys)]
-    new = [row for row in rows if (row["investor_id"], row["stock_symbol"]) not in stored_keys]
-    changed = [{**row, "key_investor": row["investor_id"], "key_symbol": row["stock_symbol"]}
-               for row in rows if (row["investor_id"], row["stock_symbol"]) in stored_keys]
-    if new:
-        connection.execute(portfolios.insert(), new)
-    if changed:
-        columns = ("quantity", "avg_cost", "cost_basis", "realized_pnl", "last_txn_time", "last_txn_id",
-                   "trade_count", "updated_at")
-        connection.execute(
-            update(portfolios).where(and_(portfolios.c.investor_id == bindparam("key_investor"),
-                                          portfolios.c.stock_symbol == bindparam("key_symbol")))
-            .values({column: bindparam(column) for column in columns}),
-            changed)
+    if rows:
+        connection.execute(dialects.upsert(connection, portfolios, [*REPLAY_COLUMNS, "updated_at"]), rows)
 
 
 def write_latest_trades(connection, latest):
@@ -472,20 +466,26 @@ def revalue_positions(connection, params, now, investor_ids):
     the rows changed."""
     changes = []
     for ids in in_slices(investor_ids):
-        stored = {(r[0], r[1]): tuple(r[2:]) for r in connection.execute(_for_investors(
-            f"SELECT investor_id, stock_symbol, {', '.join(POSITION_VALUE_COLUMNS)} FROM portfolios "
-            "WHERE investor_id IN :investor_ids"), {"investor_ids": ids})}
+        stored = {(row.investor_id, row.stock_symbol): row for row in connection.execute(_for_investors(
+            f"SELECT investor_id, stock_symbol, {', '.join(POSITION_VALUE_COLUMNS)}, {', '.join(REPLAY_COLUMNS)} "
+            "FROM portfolios WHERE investor_id IN :investor_ids"), {"investor_ids": ids})}
         for investor_id, symbol, *figures in connection.execute(_for_investors(POSITION_RISK_SQL),
                                                                 {**params, "investor_ids": ids}):
-            values = _position_values(*figures)
-            if _differs(stored.get((investor_id, symbol)), values):
-                changes.append(dict(zip(POSITION_VALUE_COLUMNS, values), key_investor=investor_id,
-                                    key_symbol=symbol, updated_at=now))
-    if changes:
-        connection.execute(update(portfolios).where(and_(
-            portfolios.c.investor_id == bindparam("key_investor"), portfolios.c.stock_symbol == bindparam("key_symbol")
-        )).values({c: bindparam(c) for c in (*POSITION_VALUE_COLUMNS, "updated_at")}), changes)
+            values, row = _position_values(*figures), stored[(investor_id, symbol)]
+            if _differs(tuple(row)[2:2 + len(POSITION_VALUE_COLUMNS)], values):
+                changes.append({**_replay_values(row), **dict(zip(POSITION_VALUE_COLUMNS, values)),
+                                "investor_id": investor_id, "stock_symbol": symbol, "updated_at": now})
+    if changes:  # an upsert of rows that exist: on MySQL many rows per statement, unlike UPDATE
+        connection.execute(dialects.upsert(connection, portfolios, [*POSITION_VALUE_COLUMNS, "updated_at"]), changes)
     return len(changes)
+
+
+def _replay_values(row):
+    """The replay columns of a stored portfolios row, typed for writing back."""
+    return {"quantity": row.quantity, "avg_cost": to_decimal(row.avg_cost), "cost_basis": to_decimal(row.cost_basis),
+            "realized_pnl": to_decimal(row.realized_pnl),
+            "last_txn_time": datetime.fromisoformat(ledger.normalize_time(row.last_txn_time)),
+            "last_txn_id": row.last_txn_id, "trade_count": row.trade_count}
 
 
 def _position_values(last_price, market_value, unrealized_pnl, weight, score):
