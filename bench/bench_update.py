@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 from fractions import Fraction
 
 from sqlalchemy import inspect, text
@@ -129,15 +131,25 @@ def write_one_new_trades(folder, header, history, last_line, rng):
 
 # ------------------------------------------------------------------------------------------------ processes
 
+class Run(NamedTuple):
+    """One process: its wall-clock seconds, and the stage's own (its summary line's: work without start-up)."""
+    seconds: float
+    own: float
+
+
+STAGE_SECONDS = re.compile(r"\((\d+\.\d+) s\)\s*$")
+
+
 def run_process(arguments, url):
-    """Seconds one `python arguments...` takes in the project folder with DATABASE_URL=url; exits if it fails."""
+    """One `python arguments...` in the project folder with DATABASE_URL=url; exits if it fails."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, *arguments], cwd=PROJECT, env=os.environ | {"DATABASE_URL": url},
                           capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"python {' '.join(arguments)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
-    return seconds
+    own = STAGE_SECONDS.search(done.stdout)
+    return Run(seconds, float(own.group(1)) if own else float("nan"))
 
 
 def import_only(module):
@@ -147,7 +159,7 @@ def import_only(module):
 
 
 def imports_and_nothing_new(url):
-    """({module: import-only seconds}, {module: seconds with nothing new}): medians of REPEATS rounds, each
+    """({module: import-only seconds}, {module: Run with nothing new}): medians of REPEATS rounds, each
     running the four processes in turn, so that a drift of the machine's speed affects both alike."""
     commands = {(kind, name): ["-c", import_only(name)] if kind == "import" else [f"{name}.py", "--database-url", url]
                 for name in ("update_portfolio", "surveillance") for kind in ("import", "run")}
@@ -155,13 +167,19 @@ def imports_and_nothing_new(url):
     for _ in range(REPEATS):
         for command, arguments in commands.items():
             runs[command].append(run_process(arguments, url))
-    medians = {command: round(statistics.median(seconds), 3) for command, seconds in runs.items()}
-    return ({name: seconds for (kind, name), seconds in medians.items() if kind == "import"},
-            {name: seconds for (kind, name), seconds in medians.items() if kind == "run"})
+    medians = {command: median_run(measured) for command, measured in runs.items()}
+    return ({name: run.seconds for (kind, name), run in medians.items() if kind == "import"},
+            {name: run for (kind, name), run in medians.items() if kind == "run"})
+
+
+def median_run(runs):
+    """The medians of the wall-clock and own seconds of several runs, rounded to the millisecond."""
+    return Run(round(statistics.median(run.seconds for run in runs), 3), round(statistics.median(
+        run.own for run in runs), 3))
 
 
 def update(url, full=False):
-    """Seconds of one update_portfolio.py process (with --full if asked)."""
+    """One update_portfolio.py process (with --full if asked)."""
     return run_process(["update_portfolio.py", "--database-url", url] + (["--full"] if full else []), url)
 
 
@@ -187,12 +205,12 @@ def build_history(url, files):
     finally:
         engine.dispose()
     load(url, files.history, files.history_rows)
-    return {"first_update_s": round(update(url), 3),
-            "first_surveillance_s": round(run_process(["surveillance.py", "--database-url", url], url), 3)}
+    return {"first_update_s": round(update(url).seconds, 3),
+            "first_surveillance_s": round(run_process(["surveillance.py", "--database-url", url], url).seconds, 3)}
 
 
 def add_one_new_trade(url, path):
-    """Load one new trade (not timed); seconds of the update_portfolio.py process that applies it."""
+    """Load one new trade (not timed); the update_portfolio.py process that applies it."""
     load(url, path, 1)
     return update(url)
 
@@ -205,7 +223,8 @@ def bench_database(kind, files, args, workdir):
     try:
         record = {"database": kind, "history": files.history_rows, "build": build_history(url, files)}
         record["import_s"], record["nothing_new_s"] = imports_and_nothing_new(url)
-        record["one_new_update_s"] = round(statistics.median(add_one_new_trade(url, path) for path in files.one_new), 3)
+        record["one_new_update"] = median_run([add_one_new_trade(url, path) for path in files.one_new])._asdict()
+        record["nothing_new"] = {name: run._asdict() for name, run in record.pop("nothing_new_s").items()}
         if files.history_rows <= args.compare_up_to:
             record["new_and_late"] = compare_updates(kind, url, files, args, workdir)
         record["sizes"] = table_sizes(url)
@@ -238,8 +257,8 @@ def compare_updates(kind, url, files, args, workdir):
         problems = compare_tables(url, twin_url) + compare_with_replay(url)
         for line in problems:
             print(line, file=sys.stderr)
-        return {"incremental_s": round(incremental, 3), "full_s": round(full, 3),
-                "ratio": round(incremental / full, 3), "check": "differs" if problems else "equal"}
+        return {"incremental": median_run([incremental])._asdict(), "full": median_run([full])._asdict(),
+                "ratio": round(incremental.seconds / full.seconds, 3), "check": "differs" if problems else "equal"}
     finally:
         drop()
 
@@ -382,9 +401,11 @@ def table_bytes(connection, table):
 
 # ------------------------------------------------------------------------------------------------ output
 
-def seconds_cell(seconds, reference=None):
-    """'1.234 s', with the time beyond the reference when there is one."""
-    return f"{seconds:.3f} s" if reference is None else f"{seconds:.3f} s ({seconds - reference:+.3f} s beyond imports)"
+def seconds_cell(seconds, reference=None, own=None):
+    """'1.234 s', with the time beyond the reference and the stage's own time when given."""
+    if reference is None:
+        return f"{seconds:.3f} s"
+    return f"{seconds:.3f} s ({seconds - reference:+.3f} s beyond imports; stage's own {own:.2f} s)"
 
 
 def print_tables(results):
@@ -397,13 +418,14 @@ def print_tables(results):
     print(f"\n**Nothing new** (median of {REPEATS} processes)\n\n| database | history | update_portfolio.py "
           "| surveillance.py |\n|---|---|---|---|")
     for r in results:
-        cells = [seconds_cell(r["nothing_new_s"][name], r["import_s"][name])
+        cells = [seconds_cell(r["nothing_new"][name]["seconds"], r["import_s"][name], r["nothing_new"][name]["own"])
                  for name in ("update_portfolio", "surveillance")]
         print(f"| {r['database']} | {r['history']:,} | {cells[0]} | {cells[1]} |")
     print(f"\n**One new trade** (update_portfolio.py, median of {ONE_NEW_RUNS} trades)\n\n| database | history "
           "| update_portfolio.py |\n|---|---|---|")
     for r in results:
-        cell = seconds_cell(r["one_new_update_s"], r["import_s"]["update_portfolio"])
+        one = r["one_new_update"]
+        cell = seconds_cell(one["seconds"], r["import_s"]["update_portfolio"], one["own"])
         print(f"| {r['database']} | {r['history']:,} | {cell} |")
     print_new_and_late([r for r in results if "new_and_late" in r])
     print_sizes(results)
@@ -415,8 +437,9 @@ def print_new_and_late(results):
           "| incremental | --full | incremental / --full | results |\n|---|---|---|---|---|---|")
     for r in results:
         n, reference = r["new_and_late"], r["import_s"]["update_portfolio"]
-        print(f"| {r['database']} | {r['history']:,} | {seconds_cell(n['incremental_s'], reference)} "
-              f"| {seconds_cell(n['full_s'], reference)} | {n['ratio']:.3f} | {n['check']} |")
+        incremental = seconds_cell(n["incremental"]["seconds"], reference, n["incremental"]["own"])
+        full = seconds_cell(n["full"]["seconds"], reference, n["full"]["own"])
+        print(f"| {r['database']} | {r['history']:,} | {incremental} | {full} | {n['ratio']:.3f} | {n['check']} |")
 
 
 def print_sizes(results):
