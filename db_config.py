@@ -7,6 +7,7 @@ A relative path written in a URL (`sqlite:///x.db`) stays relative to the workin
 `mysql://` and `mariadb://` mean PyMySQL, `postgresql://` and `postgres://` psycopg. A missing MySQL or
 PostgreSQL database is created when the user may. A URL is only ever shown with its credentials hidden.
 """
+import hashlib
 import logging
 import os
 import re
@@ -335,11 +336,15 @@ def stage_transaction(engine, stage):
     """
     with engine.connect() as connection:
         lock = dialects.stage_lock(connection.dialect.name)
+        name = stage_lock_name(engine, stage)
         if lock:
-            got = connection.execute(text(lock.take), {"name": f"stock_etl.{stage}"}).scalar()
+            got = connection.execute(text(lock.take), {"name": name}).scalar()
             connection.commit()
             if got == 0:
                 raise DatabaseUnavailable(f"another {stage} has held its lock for an hour; giving up")
+            if got != 1:
+                raise DatabaseUnavailable(f"the server did not grant {stage}'s lock (its wait was interrupted); "
+                                          "nothing was changed")
             connection.execution_options(isolation_level="REPEATABLE READ")
         connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
         try:
@@ -347,5 +352,12 @@ def stage_transaction(engine, stage):
                 yield connection
         finally:
             if lock:
-                connection.execute(text(lock.release), {"name": f"stock_etl.{stage}"})
+                connection.execute(text(lock.release), {"name": name})
                 connection.commit()
+
+
+def stage_lock_name(engine, stage):
+    """The name of a stage's lock: one per database, so that two databases on one server do not wait for each
+    other (MySQL's named locks are server-wide; 64 characters at most)."""
+    database = hashlib.sha256(str(engine.url.database).encode()).hexdigest()[:16]
+    return f"stock_etl.{stage}.{database}"

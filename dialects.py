@@ -30,7 +30,8 @@ def values_text(rows):
 
 
 class SessionLock(NamedTuple):
-    """Statements that take and release a named session-level lock (it outlives a commit); :name binds."""
+    """Statements that take and release a named session-level lock (it outlives a commit); :name binds. take
+    returns 1 once the lock is held (MySQL: 0 after its hour of waiting, NULL when the wait was killed)."""
     take: str
     release: str
 
@@ -67,7 +68,7 @@ DIALECTS = {
         packs_rows=True),
     "postgresql": Dialect(
         bulk_path="copy", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
-        stage_lock=SessionLock("SELECT pg_advisory_lock(hashtext(:name))",
+        stage_lock=SessionLock("SELECT 1 FROM (SELECT pg_advisory_lock(hashtext(:name))) AS taken",
                                "SELECT pg_advisory_unlock(hashtext(:name))"),
         database_creation=DatabaseCreation("postgres", "CREATE DATABASE {name}"),
         refresh_statistics_sql="ANALYZE transactions",

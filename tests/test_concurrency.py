@@ -6,6 +6,7 @@ from sqlalchemy import text
 
 import batches
 import db_config
+import dialects
 import load_transactions
 import seed_investors
 import update_portfolio
@@ -76,3 +77,28 @@ def test_out_of_order_commits_are_applied_once(mariadb_engine, tmp_path, monkeyp
     assert aapl.quantity == 110 and aapl.trade_count == 3
     assert float(aapl.cost_basis) == pytest.approx(1550 - 40 * 1550 / 150, abs=1e-5)
     assert float(aapl.realized_pnl) == pytest.approx(40 * (12 - 1550 / 150), abs=1e-5)
+
+
+def test_the_stage_lock_is_one_per_database(mariadb_url, second_mariadb_url):
+    """MySQL's named locks are server-wide: an update of one database must not wait for another's, so the
+    lock is named after the database, within MySQL's 64 characters."""
+    first, second = db_config.get_engine(mariadb_url), db_config.get_engine(second_mariadb_url)
+    try:
+        with db_config.stage_transaction(first, "update_portfolio"):
+            with second.connect() as other:  # the lock of the second database is free meanwhile
+                name = db_config.stage_lock_name(second, "update_portfolio")
+                assert other.execute(text("SELECT IS_FREE_LOCK(:name)"), {"name": name}).scalar() == 1
+                held = db_config.stage_lock_name(first, "update_portfolio")
+                assert other.execute(text("SELECT IS_FREE_LOCK(:name)"), {"name": held}).scalar() == 0
+        assert len(db_config.stage_lock_name(first, "update_portfolio")) <= 64
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def test_a_lock_wait_the_server_interrupted_changes_nothing(mariadb_engine, monkeypatch):
+    """GET_LOCK answers NULL when its wait is killed: the stage must stop, not run without the lock."""
+    monkeypatch.setattr(dialects, "stage_lock", lambda name: dialects.SessionLock("SELECT NULL", "SELECT 1"))
+    with pytest.raises(db_config.DatabaseUnavailable, match="did not grant update_portfolio's lock"):
+        with db_config.stage_transaction(mariadb_engine, "update_portfolio"):
+            pass
