@@ -29,18 +29,22 @@ WHERE price_date BETWEEN :first_day AND :last_day
 ORDER BY stock_symbol, price_date
 """
 PACKED_CLOSE_SQL = "CONCAT_WS(',', price_date, close_price, stock_symbol)"  # the symbol last: it may hold a comma
-# Per symbol, exact sums (DECIMAL) that change with any added, removed or changed close, swaps of two days
-# included: the count, the first and last day, and the sums of close, close·n and close·n² over the closes
-# numbered n = 1, 2, ... by day.
+# Per symbol, sums that change with any added, removed or changed close: the count, the first and last day, and
+# the sums of close, close·n and close·n² over its closes numbered n = 1, 2, ... by day (a swap of two days'
+# closes changes those), and of r and close·r with r the rank of the day among all days with a close (a close
+# moved to another day changes those). Exact on MySQL and PostgreSQL (DECIMAL). A correction built to cancel out
+# in all of them at once (four or more closes changed by matching amounts) would go unseen: run --full after one.
 FINGERPRINT_SQL = """
 WITH numbered AS (
     SELECT stock_symbol, price_date, close_price,
-           ROW_NUMBER() OVER (PARTITION BY stock_symbol ORDER BY price_date) AS day_number
+           ROW_NUMBER() OVER (PARTITION BY stock_symbol ORDER BY price_date) AS day_number,
+           DENSE_RANK() OVER (ORDER BY price_date) AS day_rank
     FROM market_prices
     WHERE price_date <= :last_day
 )
 SELECT stock_symbol, COUNT(*), MIN(price_date), MAX(price_date), SUM(close_price),
-       SUM(close_price * day_number), SUM(close_price * day_number * day_number)
+       SUM(close_price * day_number), SUM(close_price * day_number * day_number),
+       SUM(day_rank), SUM(close_price * day_rank)
 FROM numbered
 GROUP BY stock_symbol
 ORDER BY stock_symbol

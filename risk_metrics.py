@@ -1,7 +1,7 @@
 """Risk metrics of each investor's current holdings by historical simulation over market_prices.
 
-Today's quantities are valued at every past daily close (a symbol's missing days carry its last close forward;
-days before all of an investor's symbols have a close are left out), giving a value series per investor.
+Today's quantities are valued at every past daily close of the investor's symbols (a symbol's missing days carry
+its last close forward; days before all of them have a close are left out), giving a value series per investor.
 From it: annualized volatility of the daily returns, the 1-day 95% Value at Risk and Expected Shortfall in
 currency, and the maximum drawdown. Used by update_portfolio.py, written to investor_risk.
 """
@@ -41,10 +41,14 @@ def portfolio_metrics(values):
 
 def value_histories(closes, holdings):
     """{investor_id: array of daily values} from closes (day × symbol) and holdings, rows of (investor_id,
-    stock_symbol, quantity) sorted by investor and symbol. Symbols without any close cannot be simulated and are
-    left out; so are the days before all of an investor's symbols have a close."""
-    closes = closes.sort_index().ffill()
-    prices, missing = closes.to_numpy(), closes.isna().to_numpy()
+    stock_symbol, quantity) sorted by investor and symbol. An investor's days are those on which one of its own
+    symbols has a close (a close of a symbol it does not hold changes nothing of its own), from the first day on
+    which all of them have had one; a symbol's missing days carry its last close forward. Symbols without any
+    close cannot be simulated and are left out."""
+    closes = closes.sort_index()
+    traded = closes.notna().to_numpy()
+    filled = closes.ffill()
+    prices, missing = filled.to_numpy(), filled.isna().to_numpy()
     column = {symbol: index for index, symbol in enumerate(closes.columns)}
     held = {}
     for investor_id, symbol, quantity in holdings:
@@ -53,7 +57,7 @@ def value_histories(closes, holdings):
     histories = {}
     for investor_id, positions in held.items():
         columns, quantities = [index for index, _ in positions], np.array([q for _, q in positions])
-        days = ~missing[:, columns].any(axis=1)
+        days = ~missing[:, columns].any(axis=1) & traded[:, columns].any(axis=1)
         # C order, as pandas gave it: BLAS sums a row in the same order, so the values are the same to the bit
         histories[investor_id] = np.ascontiguousarray(prices[days][:, columns]) @ quantities
     return histories

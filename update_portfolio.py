@@ -621,6 +621,8 @@ def revalue_and_score(connection, params, now, applied, full, summary):
     repriced, digests, trade_prices = repriced_symbols(connection, params, full)
     if full:
         investors = all_investors(connection)
+        connection.execute(delete(investor_risk).where(investor_risk.c.investor_id.not_in(
+            select(portfolios.c.investor_id))))  # investors whose every trade was deleted
     else:
         investors = {investor_id for investor_id, _ in applied.changed} | holders(connection, repriced)
     if not investors and not repriced:

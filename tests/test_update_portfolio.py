@@ -737,3 +737,55 @@ def test_a_symbols_volatility_is_stored_as_the_double_the_scores_use(seeded_engi
         stored = connection.execute(text("SELECT annual_volatility FROM symbol_marks WHERE stock_symbol = 'KO'")
                                     ).scalar()
     assert stored == closes.annual_volatility([60, 61.37, 59.99])
+
+
+def test_a_close_of_a_symbol_not_held_changes_nothing_of_an_investor(seeded_engine, tmp_path):
+    """A new close day of one symbol revalues its holders only; the others' value series (and so their VaR and
+    drawdown) gain no day from it, so the incremental result equals --full."""
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("ND-1", 1001, "KO", "BUY", 4, "60.00", "2024-06-03 10:00:00"),
+        ("ND-2", 1002, "GS", "BUY", 4, "450.00", "2024-06-03 10:00:00")]))
+    prices = tmp_path / "closes.csv"
+    prices.write_text("stock_symbol,price_date,close_price\n" + "".join(
+        f"KO,2024-06-0{d},{60 + d}\nGS,2024-06-0{d},{450 - 3 * d}\n" for d in (3, 4, 5, 6)), encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    update_portfolio.update_portfolios(seeded_engine)
+    prices.write_text("stock_symbol,price_date,close_price\nGS,2024-06-07,470\n", encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    assert update_portfolio.update_portfolios(seeded_engine).investors_scored == 1
+    incremental = table_rows(seeded_engine, investor_risk, exclude={"updated_at"})
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert table_rows(seeded_engine, investor_risk, exclude={"updated_at"}) == incremental
+
+
+def test_a_close_moved_to_another_day_revalues_the_holders(seeded_engine, tmp_path):
+    """Same closes, same count, one of them on another day (an edit by hand): the fingerprint sees the day."""
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("MD-1", 1001, "KO", "BUY", 4, "60.00", "2024-06-03 10:00:00"),
+        ("MD-2", 1002, "GS", "BUY", 4, "450.00", "2024-06-03 10:00:00")]))
+    prices = tmp_path / "closes.csv"
+    prices.write_text("stock_symbol,price_date,close_price\n" + "".join(
+        f"GS,2024-06-0{d},{450 - 3 * d}\n" for d in (3, 4, 5, 6, 7)) + "KO,2024-06-03,60\nKO,2024-06-04,66\n"
+        "KO,2024-06-06,61\n", encoding="utf-8")
+    load_transactions.load_prices_file(seeded_engine, str(prices))
+    update_portfolio.update_portfolios(seeded_engine)
+    with seeded_engine.begin() as connection:
+        connection.execute(text("UPDATE market_prices SET price_date = '2024-06-05' "
+                                "WHERE stock_symbol = 'KO' AND price_date = '2024-06-04'"))
+    assert update_portfolio.update_portfolios(seeded_engine).investors_scored == 1
+    incremental = table_rows(seeded_engine, investor_risk, exclude={"updated_at"})
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert table_rows(seeded_engine, investor_risk, exclude={"updated_at"}) == incremental
+
+
+def test_full_forgets_the_risk_of_an_investor_whose_trades_were_deleted(seeded_engine, tmp_path):
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("DL-1", 1001, "KO", "BUY", 4, "60.00", "2024-06-03 10:00:00"),
+        ("DL-2", 1002, "GS", "BUY", 4, "450.00", "2024-06-03 10:00:00")]))
+    update_portfolio.update_portfolios(seeded_engine)
+    with seeded_engine.begin() as connection:
+        connection.execute(text("DELETE FROM transactions WHERE investor_id = 1002"))
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    with seeded_engine.connect() as connection:
+        assert connection.execute(select(investor_risk.c.investor_id)).scalars().all() == [1001]
+        assert connection.execute(select(portfolios.c.investor_id)).scalars().all() == [1001]
