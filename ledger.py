@@ -293,45 +293,37 @@ def _as_date(value):
 
 def last_checkpoints_before(connection, weeks):
     """{key: the position's last checkpoint of a week before weeks[key] (a Monday)} for the keys that have one."""
-    keys, found = sorted(weeks), {}
+    keys, found, table = sorted(weeks), {}, position_checkpoints
     for first in range(0, len(keys), REPLAY_SLICE):
-        chosen = keys[first:first + REPLAY_SLICE]
-        latest = select(position_checkpoints.c.investor_id, position_checkpoints.c.stock_symbol,
-                        func.max(position_checkpoints.c.week_start).label("week_start")).where(or_(*(
-                            and_(position_checkpoints.c.investor_id == key[0],
-                                 position_checkpoints.c.stock_symbol == key[1],
-                                 position_checkpoints.c.week_start < weeks[key]) for key in chosen))
-                        ).group_by(position_checkpoints.c.investor_id, position_checkpoints.c.stock_symbol
-                                   ).subquery()
-        query = select(*(position_checkpoints.c[column] for column in CHECKPOINT_COLUMNS)).join(latest, and_(
-            latest.c.investor_id == position_checkpoints.c.investor_id,
-            latest.c.stock_symbol == position_checkpoints.c.stock_symbol,
-            latest.c.week_start == position_checkpoints.c.week_start))
-        for row in connection.execute(query):
-            checkpoint = _checkpoint(row)
-            found[(checkpoint.investor_id, checkpoint.stock_symbol)] = checkpoint
+        found.update(_latest_checkpoints(connection, or_(*(
+            and_(table.c.investor_id == key[0], table.c.stock_symbol == key[1], table.c.week_start < weeks[key])
+            for key in keys[first:first + REPLAY_SLICE]))))
     return found
 
 
 def checkpoints_before(connection, investor_ids, week_by_investor):
     """{(investor_id, stock_symbol): Checkpoint}: each position's last checkpoint of a week before its investor's
     week in week_by_investor (a Monday), for these investors."""
-    found = {}
-    statement = text(
-        f"SELECT {', '.join('c.' + c for c in CHECKPOINT_COLUMNS)} FROM position_checkpoints c "
-        "JOIN (SELECT investor_id, stock_symbol, MAX(week_start) AS week_start FROM position_checkpoints "
-        "      WHERE investor_id IN :ids AND week_start < :week GROUP BY investor_id, stock_symbol) last "
-        "  ON last.investor_id = c.investor_id AND last.stock_symbol = c.stock_symbol "
-        " AND last.week_start = c.week_start").bindparams(bindparam("ids", expanding=True))
-    by_week = {}
+    by_week, found, table = {}, {}, position_checkpoints
     for investor_id in investor_ids:
         by_week.setdefault(week_by_investor[investor_id], []).append(investor_id)
     for week, ids in sorted(by_week.items()):
         for start in range(0, len(ids), ID_SLICE):
-            for row in connection.execute(statement, {"ids": ids[start:start + ID_SLICE], "week": week}):
-                checkpoint = _checkpoint(row)
-                found[(checkpoint.investor_id, checkpoint.stock_symbol)] = checkpoint
+            found.update(_latest_checkpoints(connection, and_(
+                table.c.investor_id.in_(ids[start:start + ID_SLICE]), table.c.week_start < week)))
     return found
+
+
+def _latest_checkpoints(connection, condition):
+    """{key: Checkpoint}: per position, the latest of its checkpoints that meet `condition`."""
+    table = position_checkpoints
+    latest = select(table.c.investor_id, table.c.stock_symbol, func.max(table.c.week_start).label("week_start")
+                    ).where(condition).group_by(table.c.investor_id, table.c.stock_symbol).subquery()
+    query = select(*(table.c[column] for column in CHECKPOINT_COLUMNS)).join(latest, and_(
+        latest.c.investor_id == table.c.investor_id, latest.c.stock_symbol == table.c.stock_symbol,
+        latest.c.week_start == table.c.week_start))
+    checkpoints = (_checkpoint(row) for row in connection.execute(query))
+    return {(checkpoint.investor_id, checkpoint.stock_symbol): checkpoint for checkpoint in checkpoints}
 
 
 def write_checkpoints(connection, checkpoints):
