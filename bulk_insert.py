@@ -37,11 +37,14 @@ def insert_columns(connection, columns, method=None, tsv=None):
 
     Columns rather than row tuples: they cross from the parsing process cheaply, and drivers zip them as they go.
     tsv: the same rows as tab_separated(columns) made in advance (the parsing process does it for MySQL).
-    method: None picks the dialect's bulk path; 'portable' forces the SQLAlchemy fallback (tests, benchmarks).
+    method: None picks the dialect's bulk path; 'portable' forces the SQLAlchemy fallback (tests, benchmarks);
+    'small' is for a few rows (MySQL: INSERT IGNORE rather than LOAD DATA's temporary file).
     """
     if not columns[0]:
         return 0
-    path = "portable" if method == "portable" else dialects.bulk_path(connection.dialect.name)
+    path = method if method in ("portable", "small") else dialects.bulk_path(connection.dialect.name)
+    if path == "small":  # a few rows (a live batch): one statement, no temporary file or table
+        path = "insert_ignore" if connection.dialect.name == "mysql" else dialects.bulk_path(connection.dialect.name)
     return _BULK_PATHS[path](connection, columns, tsv)
 
 
@@ -194,4 +197,5 @@ def _insert_portable(connection, columns, _tsv=None):
 # By dialects.bulk_path. Each takes (connection, columns, tsv); only load_data uses tsv, the rows as LOAD DATA
 # text made in advance by the parsing process (see prepared_text).
 _BULK_PATHS = {"insert_or_ignore": _insert_sqlite, "load_data": _insert_mysql, "copy": _insert_postgresql,
+               "insert_ignore": lambda connection, columns, _tsv: _insert_ignore_mysql(connection, [*zip(*columns)]),
                "portable": _insert_portable}

@@ -41,6 +41,7 @@ DEFAULT_DRIVERS = {"mysql": "pymysql", "postgresql": "psycopg"}  # the drivers r
 DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")  # a server database name is pasted into CREATE DATABASE
 CREDENTIAL_KEY = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)  # URL query keys hidden
 MYSQL_UNKNOWN_DATABASE = 1049
+PARTITION_LOCKS = 64  # investors spread over this many named locks (investor_id modulo 64), see investors_transaction
 POSTGRES_UNKNOWN_DATABASE, POSTGRES_DUPLICATE_DATABASE = "3D000", "42P04"  # SQLSTATEs
 
 load_dotenv(os.path.join(PROJECT_FOLDER, ".env"))
@@ -329,31 +330,63 @@ def write_transaction(engine):
 
 @contextmanager
 def stage_transaction(engine, stage):
-    """A snapshot write transaction, run by one process at a time per stage (e.g. two updates in cron).
+    """A snapshot write transaction, run by one process at a time per stage (e.g. two updates in cron), and
+    alone with live batches: it holds every partition lock (see investors_transaction)."""
+    names = [stage_lock_name(engine, stage)] + [partition_lock_name(engine, slot) for slot in range(PARTITION_LOCKS)]
+    with locked_transaction(engine, names, stage) as connection:
+        yield connection
 
-    MySQL and PostgreSQL take a session-level named lock before the transaction begins, so the transaction's
-    snapshot includes everything the previous holder committed; SQLite's write lock already serializes.
+
+@contextmanager
+def investors_transaction(engine, investor_ids):
+    """A snapshot write transaction for work on these investors only (a live batch): it holds their partition
+    locks, so that live batches of other investors run at the same time and a batch stage waits for it."""
+    slots = sorted({int(investor_id) % PARTITION_LOCKS for investor_id in investor_ids})
+    with locked_transaction(engine, [partition_lock_name(engine, slot) for slot in slots], "live batch") as connection:
+        yield connection
+
+
+@contextmanager
+def locked_transaction(engine, lock_names, what):
+    """A write transaction begun after taking these named session locks, in the order given (every caller
+    takes them in one global order: a stage's own lock, then partitions by number, so no two wait for each other).
+
+    MySQL and PostgreSQL take the locks before the transaction begins, so the transaction's snapshot includes
+    everything the previous holder committed; SQLite's write lock already serializes (BEGIN IMMEDIATE).
     """
     with engine.connect() as connection:
         lock = dialects.stage_lock(connection.dialect.name)
-        name = stage_lock_name(engine, stage)
-        if lock:
-            got = connection.execute(text(lock.take), {"name": name}).scalar()
-            connection.commit()
-            if got == 0:
-                raise DatabaseUnavailable(f"another {stage} has held its lock for an hour; giving up")
-            if got != 1:
-                raise DatabaseUnavailable(f"the server did not grant {stage}'s lock (its wait was interrupted); "
-                                          "nothing was changed")
-            connection.execution_options(isolation_level="REPEATABLE READ")
-        connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        held = []
         try:
+            if lock:
+                for name in lock_names:
+                    _take_lock(connection, lock, name, what)
+                    held.append(name)
+                connection.commit()
+                connection.execution_options(isolation_level="REPEATABLE READ")
+            connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
             with connection.begin():
                 yield connection
         finally:
-            if lock:
-                connection.execute(text(lock.release), {"name": name})
+            if held:
+                connection.rollback()
+                for name in reversed(held):
+                    connection.execute(text(lock.release), {"name": name})
                 connection.commit()
+
+
+def _take_lock(connection, lock, name, what):
+    got = connection.execute(text(lock.take), {"name": name}).scalar()
+    if got == 0:
+        raise DatabaseUnavailable(f"another {what} has held its lock for an hour; giving up")
+    if got != 1:
+        raise DatabaseUnavailable(f"the server did not grant {what}'s lock (its wait was interrupted); "
+                                  "nothing was changed")
+
+
+def partition_lock_name(engine, slot):
+    """The name of the lock of the investors whose id is `slot` modulo PARTITION_LOCKS, one set per database."""
+    return stage_lock_name(engine, f"partition{slot:02d}")
 
 
 def stage_lock_name(engine, stage):

@@ -3,9 +3,12 @@
 Two loaders at once (cron overlapping a manual run, two files sharing trades) can deadlock on MariaDB's unique
 index; the transaction that loses is rolled back whole, so running it again is safe and usually succeeds.
 """
+import itertools
 import logging
 import random
 import time
+
+import db_config
 
 logger = logging.getLogger(__name__)
 
@@ -13,6 +16,8 @@ ATTEMPTS = 3
 MYSQL_TRANSIENT = {1205, 1213, 1467}  # lock wait timeout, deadlock, auto-increment not readable under contention
 POSTGRESQL_TRANSIENT = {"40P01", "40001", "55P03"}  # deadlock, serialization failure, lock not available
 SQLITE_TRANSIENT = ("database is locked", "database table is locked")
+MYSQL_UNREACHABLE = {1053, 1927, 2003, 2006, 2013, 2055}  # shutdown, connection killed, can't connect, gone, lost
+UNREACHABLE_PAUSES = (0.5, 1, 2, 5, 10, 30)  # seconds between attempts while a server is away; the last repeats
 
 
 def is_transient(error):
@@ -37,3 +42,35 @@ def with_retries(work, what, attempts=ATTEMPTS, pause_seconds=0.5):
             message = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
             logger.warning("%s: %s; trying again (attempt %d of %d)", what, message, attempt + 1, attempts)
             time.sleep(pause_seconds * attempt * (1 + random.random()))
+
+
+def is_unreachable(error):
+    """Is this the database being away (stopped, restarting, the connection killed), not a bug or bad data?"""
+    if isinstance(error, db_config.DatabaseUnavailable) or getattr(error, "connection_invalidated", False):
+        return True
+    orig = getattr(error, "orig", None) or error
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] in MYSQL_UNREACHABLE
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
+
+
+def until_it_works(work, what, pauses=UNREACHABLE_PAUSES):
+    """Call work() until it succeeds: while the database is away or busy, wait and call it again, with one log
+    line when the outage starts and one when it ends. Other errors are raised."""
+    outage_started = None
+    for attempt in itertools.count():
+        try:
+            result = work()
+        except Exception as error:
+            if not (is_unreachable(error) or is_transient(error)):
+                raise
+            if outage_started is None:
+                outage_started = time.monotonic()
+                logger.warning("%s: %s; trying again until it works", what, db_config.error_line(error))
+            time.sleep(pauses[min(attempt, len(pauses) - 1)])
+            continue
+        if outage_started is not None:
+            logger.warning("%s: working again after %.0f s", what, time.monotonic() - outage_started)
+        return result

@@ -449,8 +449,10 @@ def prepare_chunk(batch, malformed, context, batch_id, dialect=None):
                          bulk_insert.prepared_text(dialect, columns) if columns[0] else None)
 
 
-def store_chunk(connection, chunk, summary, method=None):
-    """Insert a prepared chunk inside the batch's transaction, classify what was not inserted, update summary.
+def store_chunk(connection, chunk, summary, method=None, line_numbers=True):
+    """Insert a prepared chunk inside the batch's transaction, classify what was not inserted, update summary;
+    return the rejects (line_number, reason, raw_record). line_numbers=False: rejects are kept without a line
+    number (queue messages have none).
 
     Every row not inserted (its txn_ref was stored already, by an earlier batch or earlier in this file) is
     compared with the stored trade: the same values make a duplicate, others a reject. Comparing with what is
@@ -462,13 +464,14 @@ def store_chunk(connection, chunk, summary, method=None):
         not_inserted = pd.concat([skipped_rows(connection, chunk.firsts(), summary.batch_id), chunk.repeats])
     duplicates, conflicts = classify_against_stored(connection, not_inserted, summary.batch_id)
     rejects = pd.concat([chunk.rejects, conflicts], ignore_index=True).sort_values("line_number", kind="stable")
-    store_rejects(connection, summary.batch_id, rejects)
+    store_rejects(connection, summary.batch_id, rejects, line_numbers)
     summary.rows_read += chunk.rows_read
     summary.rows_loaded += inserted
     summary.rows_duplicate += duplicates
     summary.rows_rejected += len(rejects)
     room = LOGGED_REJECTS - len(summary.sample_rejects)
     summary.sample_rejects += rejects[["line_number", "reason"]].head(room).values.tolist()
+    return rejects
 
 
 def in_background(items, depth=2):
@@ -619,12 +622,13 @@ def fetch_trades_by_ref(connection, refs):
     return stored
 
 
-def store_rejects(connection, batch_id, rejects):
-    """Keep every rejected row with its line and reason."""
+def store_rejects(connection, batch_id, rejects, line_numbers=True):
+    """Keep every rejected row with its reason, and its line unless line_numbers=False."""
     if rejects.empty:
         return
     connection.execute(rejected_transactions.insert(), [
-        {"batch_id": batch_id, "line_number": int(line), "reason": str(reason)[:MAX_REASON_LENGTH],
+        {"batch_id": batch_id, "line_number": int(line) if line_numbers else None,
+         "reason": str(reason)[:MAX_REASON_LENGTH],
          "raw_record": stored_raw_record(raw)}
         for line, reason, raw in rejects[["line_number", "reason", "raw_record"]].itertuples(index=False)
     ])
@@ -797,6 +801,18 @@ def report(summary):
     print(summary.line())
 
 
+def check_live_options(parser, args):
+    """Refuse contradictory live-mode options (exit 2 through argparse)."""
+    if args.watch and args.queue:
+        parser.error("--watch and --queue run one at a time: start two processes")
+    if (args.watch or args.queue) and args.files != parser.get_default("files"):
+        parser.error("trade files and --watch/--queue run one at a time: load the files first")
+    if args.partition is not None and not 0 <= args.partition < max(args.partitions, 0):
+        parser.error(f"--partition {args.partition} needs --partitions N with 0 <= K < N")
+    if args.batch_size < 1 or args.batch_ms < 0 or args.report_every < 0:
+        parser.error("--batch-size must be at least 1, --batch-ms and --report-every at least 0")
+
+
 def main(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("files", nargs="*", metavar="FILE", default=[db_config.project_path("transactions.csv")],
@@ -805,11 +821,37 @@ def main(argv=None):
     parser.add_argument("--retry-rejects", action="store_true",
                         help="load files again although they were loaded before (after investors or stocks were "
                              "added): rows loaded before count as duplicates, rows rejected before are checked again")
+    live = parser.add_argument_group("live mode (docs/live-mode.md)")
+    live.add_argument("--watch", metavar="DIR",
+                      help="watch DIR for trade files (the inbox): load and apply each complete *.csv, then move "
+                           "it to DIR/processed/ or DIR/failed/; runs until Ctrl+C or SIGTERM")
+    live.add_argument("--queue", action="store_true",
+                      help="consume trades from RabbitMQ (AMQP_URL) and apply them; runs until Ctrl+C or SIGTERM")
+    live.add_argument("--queue-name", default="trades", help="the queue to consume (default: trades)")
+    live.add_argument("--partitions", type=int, default=0, metavar="N",
+                      help="the queue is split into N partitions by investor (NAME.0 ... NAME.N-1)")
+    live.add_argument("--partition", type=int, default=None, metavar="K",
+                      help="with --partitions: consume partition K (0 ... N-1)")
+    live.add_argument("--batch-size", type=int, default=500, metavar="N",
+                      help="close a batch of messages after N messages (default: 500)")
+    live.add_argument("--batch-ms", type=float, default=5.0, metavar="T",
+                      help="... or T milliseconds after its first message (default: 5)")
+    live.add_argument("--report-every", type=float, default=5.0, metavar="SECONDS",
+                      help="regenerate reports/index.html at most this often while new trades arrive "
+                           "(default: 5; 0: never)")
     args = parser.parse_args(argv)
     cli.setup_logging(args)
+    check_live_options(parser, args)
 
     def work():
         engine = db_config.get_engine(args.database_url)
+        if args.watch:
+            import inbox
+            return inbox.watch_inbox(engine, args.watch, report_every=args.report_every,
+                                     database_url=args.database_url)
+        if args.queue:
+            import trade_queue
+            return trade_queue.consume(engine, trade_queue.ConsumerSettings.from_args(args))
         return load_paths(engine, args.files, cli.progress_enabled(args), again=args.retry_rejects)
 
     return cli.run(work, args, "load_transactions")

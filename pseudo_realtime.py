@@ -21,6 +21,7 @@ import closes
 import constants
 import db_config
 import load_transactions
+import trade_queue
 import update_portfolio
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,29 @@ def read_market_state(engine):
     return investor_ids, prices, holdings
 
 
+def publish_stream(engine, interval, count=None, seed=None, queue_name="trades", partitions=0, rate=None):
+    """Publish trades to RabbitMQ one at a time (confirmed by the broker) until `count` (or Ctrl+C); return the
+    number published. rate: trades per second, paced from the start (instead of interval)."""
+    simulator = TradeSimulator(*read_market_state(engine), random.Random(seed))
+    publisher = trade_queue.Publisher(queue_name, partitions)
+    published, started = 0, time.monotonic()
+    try:
+        while count is None or published < count:
+            record = simulator.next_trade()
+            publisher.publish(record)
+            published += 1
+            logger.info("published %s: investor %s %s %s %s @ %s", record["txn_ref"], record["investor_id"],
+                        record["txn_type"], record["quantity"], record["stock_symbol"], record["price"])
+            pause = (started + published / rate - time.monotonic()) if rate else interval
+            if (count is None or published < count) and pause > 0:
+                time.sleep(pause)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        publisher.close()
+    return published
+
+
 def stream(engine, interval, count=None, update_every=None, seed=None):
     """Commit trades one at a time until `count` (or Ctrl+C); return the number committed."""
     simulator = TradeSimulator(*read_market_state(engine), random.Random(seed))
@@ -113,14 +137,31 @@ def main(argv=None):
     parser.add_argument("--count", type=int, help="stop after this many trades (default: until Ctrl+C)")
     parser.add_argument("--update-every", type=int, metavar="N", help="update portfolios every N trades")
     parser.add_argument("--seed", type=int, help="random seed, for a reproducible stream")
+    parser.add_argument("--sink", choices=("database", "rabbitmq"), default="database",
+                        help="commit each trade to the database (default), or publish it to RabbitMQ (AMQP_URL) "
+                             "for load_transactions.py --queue")
+    parser.add_argument("--queue-name", default="trades", help="with --sink rabbitmq: the queue (default: trades)")
+    parser.add_argument("--partitions", type=int, default=0, metavar="N",
+                        help="with --sink rabbitmq: publish to NAME.K, K = investor_id modulo N")
+    parser.add_argument("--rate", type=float, metavar="PER_SECOND",
+                        help="with --sink rabbitmq: this many trades per second instead of --interval")
     args = parser.parse_args(argv)
     cli.setup_logging(args)
     if args.interval < 0 or (args.count is not None and args.count < 0) or (args.update_every or 1) < 1:
         parser.error("--interval and --count must be 0 or more, --update-every at least 1")
+    if args.partitions < 0 or (args.rate is not None and args.rate <= 0):
+        parser.error("--partitions must be 0 or more, --rate above 0")
+    if args.sink == "rabbitmq" and args.update_every:
+        parser.error("--update-every applies to --sink database: the queue's consumer updates portfolios itself")
 
     def work():
         engine = db_config.get_engine(args.database_url)
         started = time.perf_counter()
+        if args.sink == "rabbitmq":
+            published = publish_stream(engine, args.interval, args.count, args.seed, args.queue_name,
+                                       args.partitions, args.rate)
+            print(f"stopped: {published} trades published to RabbitMQ in {time.perf_counter() - started:.1f} s")
+            return cli.EXIT_OK
         committed = stream(engine, args.interval, args.count, args.update_every, args.seed)
         print(f"stopped: {committed} trades committed in {time.perf_counter() - started:.1f} s")
         return cli.EXIT_OK

@@ -73,19 +73,27 @@ class SurveillanceSummary:
 
 # ---------------------------------------------------------------------------------------------- reading
 
-PENDING_CTES = """
+PENDING_CTE = """
 pending AS (  -- trades of loaded batches that update_portfolio applied and surveillance has not checked
     SELECT t.investor_id, t.txn_time
     FROM transactions t
     WHERE t.batch_id IN (SELECT b.batch_id FROM load_batches b
                          WHERE b.status = 'loaded' AND b.applied_at IS NOT NULL AND b.surveilled_at IS NULL)
-),
+)"""
+LIVE_PENDING_CTE = """
+pending AS (  -- the trades a live batch has just loaded and applied (live_apply.py)
+    SELECT t.investor_id, t.txn_time
+    FROM transactions t
+    WHERE t.batch_id = :live_batch_id AND t.source_line > :live_after_line AND t.source_line <= :live_through_line
+)"""
+FIRST_NEW_CTE = """,
 first_new AS (  -- each investor's earliest pending trade: it and every later trade of the investor are checked
     SELECT investor_id, MIN(txn_time) AS first_time
     FROM pending
     GROUP BY investor_id
 )"""
-CONTEXT_CTES = PENDING_CTES + """,
+PENDING_CTES = PENDING_CTE + FIRST_NEW_CTE
+CONTEXT_FROM_FIRST_NEW = """,
 position_bounds AS (  -- per position, the time of its LOOKBACK-th newest trade before first_time; the
                       -- investor's last trades are among its positions' last ones (index seeks, no full scan)
     SELECT f.investor_id, s.stock_symbol, f.first_time,
@@ -111,12 +119,13 @@ context AS (  -- history (the last trades, and every trade since the context sta
         AND t.txn_time >= b.first_time
 )"""
 TRADE_COLUMNS_SQL = "t.txn_id, t.txn_ref, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.price, t.txn_time"
-CONTEXT_SQL = f"""
-WITH {CONTEXT_CTES}
+CONTEXT_SELECT = f"""
 SELECT {TRADE_COLUMNS_SQL}, c.checked
 FROM context c
 JOIN transactions t ON t.txn_id = c.txn_id
 """
+CONTEXT_SQL = f"WITH {PENDING_CTES}{CONTEXT_FROM_FIRST_NEW}{CONTEXT_SELECT}"
+LIVE_CONTEXT_SQL = f"WITH {LIVE_PENDING_CTE}{FIRST_NEW_CTE}{CONTEXT_FROM_FIRST_NEW}{CONTEXT_SELECT}"
 ALL_TRADES_SQL = f"SELECT {TRADE_COLUMNS_SQL}, 1 AS checked FROM transactions t"
 WEEK_BEFORE_SQL = f"""
 SELECT {TRADE_COLUMNS_SQL}, 0 AS checked  -- from a Monday to the latest first context trade of these investors
@@ -191,13 +200,14 @@ def in_replay_order(trades):
     return trades.sort_values(["investor_id", "seconds", "txn_id"], ignore_index=True)
 
 
-def read_context(connection, first_new):
-    """The trades to check and their history (CONTEXT_SQL) with each investor's earlier trades of the week of its
-    first context trade, in replay order; and the opening: {(investor_id, stock_symbol): ledger.Checkpoint},
-    each position's last checkpoint before that week (none: nothing held)."""
+def read_context(connection, first_new, context_sql=CONTEXT_SQL, pending_params=None):
+    """The trades to check and their history (CONTEXT_SQL, or LIVE_CONTEXT_SQL with its pending_params) with each
+    investor's earlier trades of the week of its first context trade, in replay order; and the opening:
+    {(investor_id, stock_symbol): ledger.Checkpoint}, each position's last checkpoint before that week (none:
+    nothing held)."""
     since = first_new - timedelta(minutes=constants.SURVEILLANCE_CONTEXT_MINUTES)
-    statement = text(CONTEXT_SQL).bindparams(bindparam("since", type_=Timestamp))
-    context = read_trades(connection, statement, _history_params(since))
+    statement = text(context_sql).bindparams(bindparam("since", type_=Timestamp))
+    context = read_trades(connection, statement, {**_history_params(since), **(pending_params or {})})
     firsts = first_context_trades(in_replay_order(context))
     weeks = dict(zip(firsts["investor_id"].tolist(), firsts["week_start"]))
     opening = ledger.checkpoints_before(connection, list(weeks), weeks)
@@ -524,7 +534,7 @@ WITH open_positions AS (
     SELECT p.investor_id, s.sector, p.weight  -- weight: share of the investor's market value, 0..1
     FROM portfolios p
     JOIN stocks s ON s.stock_symbol = p.stock_symbol
-    WHERE p.quantity > 0 AND p.weight IS NOT NULL
+    WHERE p.quantity > 0 AND p.weight IS NOT NULL {investors}
 ),
 sector_weights AS (
     SELECT investor_id, sector, SUM(weight) AS sector_weight
@@ -538,10 +548,18 @@ ORDER BY investor_id, sector
 """
 
 
-def sector_concentration_alerts(connection):
-    """SECTOR_CONCENTRATION: one sector above SECTOR_CONCENTRATION_LIMIT of an investor's market value."""
+def sector_concentration_alerts(connection, investor_ids=None):
+    """SECTOR_CONCENTRATION: one sector above SECTOR_CONCENTRATION_LIMIT of an investor's market value (of these
+    investors only, when given)."""
     limit = constants.SECTOR_CONCENTRATION_LIMIT
-    rows = connection.execute(text(SECTOR_WEIGHTS_SQL), {"limit": limit}).all()
+    if investor_ids is None:
+        rows = connection.execute(text(SECTOR_WEIGHTS_SQL.format(investors="")), {"limit": limit}).all()
+    else:
+        statement = text(SECTOR_WEIGHTS_SQL.format(investors="AND p.investor_id IN :ids")).bindparams(
+            bindparam("ids", expanding=True))
+        rows = []
+        for start in range(0, len(investor_ids), ID_SLICE):
+            rows += connection.execute(statement, {"limit": limit, "ids": investor_ids[start:start + ID_SLICE]})
     return pd.DataFrame([
         {"alert_key": f"SECTOR_CONCENTRATION:{investor_id}:{sector}", "rule": "SECTOR_CONCENTRATION",
          "severity": "HIGH" if float(weight) >= constants.SECTOR_CONCENTRATION_HIGH else "MEDIUM",
@@ -617,6 +635,21 @@ def read_checked_closes(connection, trades):
     days = trades.loc[trades["checked"], "day"]
     return closes.read_closes(connection, last_day=pd.Timestamp(days.max()).date(),
                               first_day=pd.Timestamp(days.min()).date())
+
+
+def find_live_alerts(connection, live_batch_id, after_line, through_line, first_new):
+    """Alert candidates (alert_key and ALERT_COLUMNS) for the trades of lines after_line + 1 ... through_line of a
+    live batch (the earliest at first_new, a datetime), checked with their history, and for their investors'
+    sector weights; reads only (live_surveillance.py writes them)."""
+    pending = {"live_batch_id": live_batch_id, "live_after_line": after_line, "live_through_line": through_line}
+    trades, opening = read_context(connection, first_new, LIVE_CONTEXT_SQL, pending)
+    if trades.empty:
+        return pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS)
+    found = detect_trade_alerts(trades, opening, read_checked_closes(connection, trades))
+    found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
+    investor_ids = sorted(trades.loc[trades["checked"], "investor_id"].unique().tolist())
+    sectors = sector_concentration_alerts(connection, investor_ids)
+    return pd.concat([frame for frame in (found, sectors) if not frame.empty] or [found], ignore_index=True)
 
 
 def has_pending_batches(engine):

@@ -128,23 +128,34 @@ class ApplyResult:
 
 
 def apply_new_trades(connection, batch_ids, full, now):
-    """Apply the new trades (every trade with full=True) to their positions and write positions, checkpoints,
-    the latest trade per symbol and OVERSELL alerts; return what changed."""
+    """Apply the trades of these batches (every trade with full=True) to their positions and write positions,
+    checkpoints, the latest trade per symbol and OVERSELL alerts; return what changed."""
     if full:
         stored = load_positions(connection)
-        positions, trades = {}, ledger.stream_trades(connection)
         connection.execute(delete(position_checkpoints))
         connection.execute(delete(symbol_last_trades))
-    elif batch_ids:
-        positions = stored = load_positions(connection, investors_with_new_trades(connection, batch_ids))
-        trades = ledger.stream_trades(connection, *new_trades_filter(batch_ids))
-    else:
+        positions = {}
+        applied = ledger.apply_trades(ledger.stream_trades(connection), positions)
+        _forget_positions_without_trades(connection, set(stored) - set(positions))
+        return write_applied(connection, applied, positions, {key: None for key in positions}, now)
+    if not batch_ids:
         return ApplyResult(set(), set(), [], {}, 0)
-    stored_keys = set(stored)
-    applied = ledger.apply_trades(trades, positions)
-    replay_starts = {key: None for key in positions} if full else replay_late_positions(connection, applied, positions)
-    if full:
-        _forget_positions_without_trades(connection, stored_keys - set(positions))
+    return apply_selected_trades(connection, investors_with_new_trades(connection, batch_ids),
+                                 new_trades_filter(batch_ids), now)
+
+
+def apply_selected_trades(connection, investor_ids, trade_filter, now):
+    """Apply the new trades that trade_filter selects ((WHERE clause over transactions t, its parameters), all of
+    them trades of these investors) to their positions, replaying positions where one is late; write as
+    apply_new_trades does."""
+    positions = load_positions(connection, investor_ids)
+    applied = ledger.apply_trades(ledger.stream_trades(connection, *trade_filter), positions)
+    replay_starts = replay_late_positions(connection, applied, positions)
+    return write_applied(connection, applied, positions, replay_starts, now)
+
+
+def write_applied(connection, applied, positions, replay_starts, now):
+    """Write what apply_trades changed: positions, checkpoints, latest trades, OVERSELL alerts."""
     write_positions(connection, positions, applied.changed, now)
     ledger.write_checkpoints(connection, applied.checkpoints)
     write_latest_trades(connection, applied.latest)
@@ -629,12 +640,20 @@ def revalue_and_score(connection, params, now, applied, full, summary):
         return investors
     daily_closes = closes.read_closes(connection, last_day=params["today"])
     write_marks(connection, closes.symbol_marks(daily_closes, trade_prices, digests), repriced, now)
-    if investors:
-        revalue_positions(connection, params, now, investors)
-        summary.investors_scored, _ = score_investors(connection, params, now, investors,
-                                                      closes.close_table(daily_closes))
-        summary.alerts_raised += raise_concentration_alerts(connection, now, investors)
+    scored, raised = value_investors(connection, params, now, investors, closes.close_table(daily_closes))
+    summary.investors_scored = scored
+    summary.alerts_raised += raised
     return investors
+
+
+def value_investors(connection, params, now, investor_ids, close_table):
+    """Revalue the positions of these investors, score them and raise their CONCENTRATION alerts, with the
+    stored marks and this close table (closes.close_table); return (investors scored, new alerts)."""
+    if not investor_ids:
+        return 0, 0
+    revalue_positions(connection, params, now, investor_ids)
+    scored, _ = score_investors(connection, params, now, investor_ids, close_table)
+    return scored, raise_concentration_alerts(connection, now, investor_ids)
 
 
 def main(argv=None):
