@@ -5,9 +5,13 @@ stocks, alerts and transactions; writes reports/dashboard.png (market value by i
 sector concentration, risk levels, realized vs unrealized P&L, alerts by rule, market value by symbol) and
 reports/risk.png (alerts by trade date and rule, VaR and expected shortfall, drawdown and volatility), and prints
 totals, the 10 riskiest investors and alert counts. `--investor ID` instead prints and draws only that investor's
-risk card, reports/investor_ID.png. Headless by default (cron, ssh); --show also opens the windows.
+risk card, reports/investor_ID.png. `--html` also writes reports/index.html, one self-contained page (the two
+dashboards inline, the top risks, latest alerts, last load batches and their rejects) that reloads itself every
+--refresh seconds; with --no-plots it is the only file written. Headless by default (cron, ssh); --show also opens
+the windows.
 """
 import functools
+import io
 import logging
 import math
 import os
@@ -21,6 +25,7 @@ from matplotlib.lines import Line2D
 
 import cli
 import db_config
+import html_report
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ MONEY_SUFFIXES = ((1e9, "B"), (1e6, "M"), (1e3, "k"))
 PNL_LABELS = {"realized_pnl": "realized P&L", "unrealized_pnl": "unrealized P&L"}
 LOSS_LABELS = {"var_95_1d": "1-day 95% VaR", "expected_shortfall_95_1d": "expected shortfall"}
 CARD_TEXT_WIDTH, CARD_TEXT_LINES = 105, 36  # characters and lines of the card's text panel at fontsize 7
+PNG_DPI = 100  # the dashboards are 1600 x 1700 and 1600 x 1100 pixels
+CHART_CAPTIONS = {"dashboard.png": "Portfolio and risk dashboard", "risk.png": "Surveillance and risk metrics"}
 
 POSITIONS_SQL = """
 SELECT p.investor_id, p.stock_symbol, s.sector, p.quantity, p.market_value, p.cost_basis, p.realized_pnl,
@@ -97,10 +104,12 @@ def summary_text(data):
     lines = [
         f"Investors with positions: {len(investors)}; open positions: {int((positions['quantity'] > 0).sum())} "
         f"of {len(positions)}",
-        f"Market value {investors['total_market_value'].sum():,.2f}; cost basis {investors['total_cost_basis'].sum():,.2f}; "
+        f"Market value {investors['total_market_value'].sum():,.2f}; "
+        f"cost basis {investors['total_cost_basis'].sum():,.2f}; "
         f"realized P&L {investors['realized_pnl'].sum():,.2f}; unrealized P&L {investors['unrealized_pnl'].sum():,.2f}",
         "Risk levels: " + ", ".join(f"{level} {count}" for level, count in
-                                    investors["risk_level"].value_counts().reindex(list(RISK_COLORS), fill_value=0).items()),
+                                    investors["risk_level"].value_counts().reindex(list(RISK_COLORS), fill_value=0)
+                                    .items()),
         "",
         "10 riskiest investors:",
         f"{'investor':>8}  {'name':<20} {'score':>6} {'level':<8} {'market value':>14} {'top weight':>10} {'HHI':>6}",
@@ -184,7 +193,8 @@ def _sector_heatmap(ax, positions, investors):
     if not weights.empty:
         sns.heatmap(weights, ax=ax, cmap="Reds", vmin=0, vmax=1, annot=True, fmt=".2f", annot_kws={"size": 6},
                     cbar_kws={"label": "share of market value"})
-    ax.set(title=f"Concentration: sector weights (top {HEATMAP_INVESTORS} investors by value)", xlabel="", ylabel="investor")
+    ax.set(title=f"Concentration: sector weights (top {HEATMAP_INVESTORS} investors by value)", xlabel="",
+           ylabel="investor")
 
 
 def _risk_levels(ax, investors):
@@ -339,8 +349,10 @@ def investor_card_text(data, investor_id):
              f"unrealized P&L {row['unrealized_pnl']:,.2f}"]
     if pd.notna(row["var_95_1d"]):
         lines.append(f"  volatility {row['portfolio_volatility']:.1%}/year, 1-day 95% VaR {row['var_95_1d']:,.2f}, "
-                     f"expected shortfall {row['expected_shortfall_95_1d']:,.2f}, max drawdown {row['max_drawdown']:.1%}")
-    held = data["positions"][data["positions"]["investor_id"] == investor_id].sort_values("market_value", ascending=False)
+                     f"expected shortfall {row['expected_shortfall_95_1d']:,.2f}, "
+                     f"max drawdown {row['max_drawdown']:.1%}")
+    held = data["positions"][data["positions"]["investor_id"] == investor_id].sort_values(
+        "market_value", ascending=False)
     lines += [f"  {p.stock_symbol:<6} {p.quantity:>8} shares  value {p.market_value:>14,.2f}  weight {p.weight:>6.1%}  "
               f"unrealized {p.unrealized_pnl:>12,.2f}  realized {p.realized_pnl:>12,.2f}  {p.risk_level}"
               for p in held.itertuples()]
@@ -424,23 +436,46 @@ def _wedge_middle(wedge, radius=0.65):
     return wedge.center[0] + radius * wedge.r * math.cos(angle), wedge.center[1] + radius * wedge.r * math.sin(angle)
 
 
-def save_figures(figures, show=False):
-    """Write each Figure to its path (PNG), open the windows with `show`, then close them; return the paths."""
+def figure_png(figure):
+    """A Figure rendered as PNG bytes, at PNG_DPI."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=PNG_DPI)
+    return buffer.getvalue()
+
+
+def render_figures(figures, show=False):
+    """Each Figure of {name: Figure} as PNG bytes; `show` also opens the windows; the Figures are closed after."""
     import matplotlib.pyplot as plt
 
     try:
-        for path, figure in figures.items():
-            figure.savefig(path, dpi=100)
+        pngs = {name: figure_png(figure) for name, figure in figures.items()}
         if show:
             plt.show()
     finally:
         for figure in figures.values():  # a long-running caller (master_etl in a loop) must not pile up figures
             plt.close(figure)
-    return list(figures)
+    return pngs
 
 
-def analyze(engine, report_dir="reports", plots=True, show=False, investor_id=None):
-    """Print the summary and draw both dashboards, or with `investor_id` only that investor's card; return the paths."""
+def write_pngs(report_dir, pngs):
+    """Write each PNG of {file name: bytes} into report_dir (created when needed); return the paths."""
+    if pngs:
+        os.makedirs(report_dir, exist_ok=True)
+    paths = []
+    for name, png in pngs.items():
+        path = os.path.join(report_dir, name)
+        with open(path, "wb") as file:
+            file.write(png)
+        paths.append(path)
+    return paths
+
+
+def analyze(engine, report_dir="reports", plots=True, show=False, investor_id=None, html=False,
+            refresh_seconds=html_report.DEFAULT_REFRESH_SECONDS):
+    """Print the summary and draw both dashboards, or with `investor_id` only that investor's card; return the paths.
+
+    With `html` also write report_dir/index.html around the same drawings (drawn once, also when not `plots`).
+    """
     data = read_dashboard_data(engine)
     if investor_id is None:
         print(summary_text(data))
@@ -448,11 +483,15 @@ def analyze(engine, report_dir="reports", plots=True, show=False, investor_id=No
     else:
         print(investor_card_text(data, investor_id))
         drawings = {f"investor_{investor_id}.png": functools.partial(draw_investor_card, investor_id=investor_id)}
-    if not plots or data["investors"].empty:
-        return []
-    os.makedirs(report_dir, exist_ok=True)
-    paths = save_figures({os.path.join(report_dir, name): draw(data) for name, draw in drawings.items()}, show)
-    print(f"written: {', '.join(paths)}")
+    drawn = (plots or html) and not data["investors"].empty
+    pngs = render_figures({name: draw(data) for name, draw in drawings.items()}, show and plots) if drawn else {}
+    paths = write_pngs(report_dir, pngs) if plots else []
+    if html:
+        charts = {CHART_CAPTIONS.get(name, name): png for name, png in pngs.items()}
+        paths.append(html_report.write_html_report(engine, os.path.join(report_dir, html_report.PAGE_NAME), charts,
+                                                   refresh_seconds))
+    if paths:
+        print(f"written: {', '.join(paths)}")
     return paths
 
 
@@ -460,18 +499,29 @@ def main(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("--show", action="store_true", help="also open the dashboards in windows")
     parser.add_argument("--reports", default=db_config.project_path("reports"),
-                        help="folder for the PNG files (default: reports/ in the project folder)")
-    parser.add_argument("--no-plots", action="store_true", help="print the summary only")
+                        help="folder for the PNG files and the page (default: reports/ in the project folder)")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="write no PNG files (the summary only; with --html only the page)")
     parser.add_argument("--investor", type=int, metavar="ID",
                         help="print and draw only this investor's risk card (no summary, no dashboards)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write index.html in the reports folder: the dashboards, top risks, latest alerts, "
+                             "load batches and rejects on one self-contained page")
+    parser.add_argument("--refresh", type=int, default=html_report.DEFAULT_REFRESH_SECONDS, metavar="SECONDS",
+                        help="with --html: the page reloads itself this often (default: %(default)s; 0: never)")
     args = parser.parse_args(argv)
+    if args.html and args.investor is not None:
+        parser.error("--html writes the dashboards' page and --investor one investor's card: run them separately")
+    if args.refresh < 0:
+        parser.error(f"--refresh must be 0 (no reload) or a number of seconds, not {args.refresh}")
     cli.setup_logging(args)
     if not args.show:
         matplotlib.use("Agg")  # no display needed: cron, ssh, CI
 
     def work():
         engine = db_config.get_engine(args.database_url)
-        analyze(engine, args.reports, plots=not args.no_plots, show=args.show, investor_id=args.investor)
+        analyze(engine, args.reports, plots=not args.no_plots, show=args.show, investor_id=args.investor,
+                html=args.html, refresh_seconds=args.refresh)
         return cli.EXIT_OK
 
     return cli.run(work, args, "analyze")

@@ -42,9 +42,8 @@ def insert_columns(connection, columns, method=None, tsv=None):
     """
     if not columns[0]:
         return 0
-    path = method if method in ("portable", "small") else dialects.bulk_path(connection.dialect.name)
-    if path == "small":  # a few rows (a live batch): one statement, no temporary file or table
-        path = "insert_ignore" if connection.dialect.name == "mysql" else dialects.bulk_path(connection.dialect.name)
+    paths = {"portable": lambda _name: "portable", "small": dialects.small_bulk_path}
+    path = paths.get(method, dialects.bulk_path)(connection.dialect.name)
     return _BULK_PATHS[path](connection, columns, tsv)
 
 

@@ -836,9 +836,9 @@ def main(argv=None):
                       help="close a batch of messages after N messages (default: 500)")
     live.add_argument("--batch-ms", type=float, default=5.0, metavar="T",
                       help="... or T milliseconds after its first message (default: 5)")
-    live.add_argument("--report-every", type=float, default=5.0, metavar="SECONDS",
+    live.add_argument("--report-every", type=float, default=10.0, metavar="SECONDS",
                       help="regenerate reports/index.html at most this often while new trades arrive "
-                           "(default: 5; 0: never)")
+                           "(default: 10; 0: never)")
     args = parser.parse_args(argv)
     cli.setup_logging(args)
     check_live_options(parser, args)

@@ -11,6 +11,7 @@ line, where `ps` would show a password to every user of the machine.
 """
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,7 +104,9 @@ class ReportRefresher:
 
     def command(self):
         """The child's command line: analyze.py writing only the page (charts inline, no PNG files)."""
-        return [sys.executable, ANALYZE_SCRIPT, "--html", "--quiet", "--no-plots", "--reports", self.report_dir]
+        nice = shutil.which("nice")  # at low priority: the live consumer's latency comes first
+        return [*([nice, "-n", "10"] if nice else []), sys.executable, ANALYZE_SCRIPT, "--html", "--quiet",
+                "--no-plots", "--reports", self.report_dir]
 
     def _serve(self):
         """The background thread: serve a pending poke when it is due, reap the child, wait for what comes next."""

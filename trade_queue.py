@@ -140,7 +140,7 @@ class ConsumerSettings(NamedTuple):
     partition: int = None
     batch_size: int = 500
     batch_ms: float = 5.0
-    report_every: float = 5.0
+    report_every: float = 10.0
     database_url: str = None
     max_messages: int = None  # stop after this many messages (tests, benchmarks); None: until a signal
 

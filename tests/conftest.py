@@ -111,3 +111,21 @@ def seeded_engine(engine):
     """An engine on a fresh database with the default investors and stocks."""
     seed_investors.seed_reference_data(engine)
     return engine
+
+
+@pytest.fixture
+def broker():
+    """(a channel on the local RabbitMQ, a list of queue names to delete afterwards). Skips without a broker,
+    except when CI is set: then it fails."""
+    import pika
+    import trade_queue
+    try:
+        connection = trade_queue.connect()
+    except pika.exceptions.AMQPError as error:
+        _unreachable(f"RabbitMQ at {trade_queue.amqp_url()}", error)
+    channel = connection.channel()
+    created = []
+    yield channel, created
+    for name in created:
+        channel.queue_delete(name)
+    connection.close()

@@ -30,23 +30,6 @@ DEADLINE_SECONDS = 60
 
 
 @pytest.fixture
-def broker():
-    """A channel on the local broker; the queues a test names are deleted afterwards."""
-    try:
-        connection = trade_queue.connect()
-    except pika.exceptions.AMQPError as error:
-        if os.environ.get("CI"):
-            pytest.fail(f"RabbitMQ unreachable at {trade_queue.amqp_url()} in CI: {error!r}")
-        pytest.skip(f"RabbitMQ unreachable at {trade_queue.amqp_url()}: {error!r}")
-    channel = connection.channel()
-    created = []
-    yield channel, created
-    for name in created:
-        channel.queue_delete(name)
-    connection.close()
-
-
-@pytest.fixture
 def queue_name(broker):
     channel, created = broker
     name = f"test-trades-{uuid.uuid4().hex[:8]}"
