@@ -58,7 +58,7 @@ def fail_batch(engine, batch_id, error):
             connection.execute(update(load_batches).where(load_batches.c.batch_id == batch_id).values(
                 status="failed", finished_at=now(), error=reason[:1000]))
     except Exception as mark_error:  # the original error matters more; say why the mark failed too
-        logger.error("could not mark batch %s failed: %s", batch_id, mark_error)
+        logger.error("could not mark batch %s failed: %s", batch_id, db_config.error_line(mark_error))
 
 
 def record_refused(engine, source, sha256, reason):

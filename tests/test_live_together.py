@@ -16,15 +16,18 @@ import load_transactions
 import seed_investors
 import update_portfolio
 from schema import investor_risk, load_batches, transactions
-from test_trade_queue import queue_totals, replay_columns, start_consumer, wait_until
+from test_trade_queue import (STARTED, no_process_left, queue_totals, replay_columns,  # noqa: F401
+                              start_consumer, wait_until)
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_SECONDS = 12
 
 
 def script(name, *arguments):
-    return subprocess.Popen([sys.executable, os.path.join(PROJECT, name), *arguments], cwd=PROJECT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, os.path.join(PROJECT, name), *arguments], cwd=PROJECT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    STARTED.append(process)
+    return process
 
 
 def risk_rows(engine):

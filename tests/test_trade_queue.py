@@ -81,12 +81,27 @@ def publish(channel, queue, bodies):
                               pika.BasicProperties(delivery_mode=2))
 
 
+STARTED = []  # processes a test started: killed after it if still running (a failed test stops nothing itself)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left():
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def start_consumer(url, queue, *options, driver=None):
     """load_transactions.py --queue as a process (or a driver script that patches it first)."""
     arguments = ["--queue", "--queue-name", queue, "--database-url", url, "--report-every", "0", *options]
     command = [sys.executable, "-c", driver, *arguments] if driver else \
         [sys.executable, os.path.join(PROJECT, "load_transactions.py"), *arguments]
-    return subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    STARTED.append(process)
+    return process
 
 
 def queue_totals(url, source_prefix="queue:"):
