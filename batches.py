@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 STALE_AFTER = timedelta(hours=24)  # a batch of another host still running after this is taken as interrupted
 ID_SLICE = 500  # ids per IN (...) list
+LIVE_SOURCE_PREFIX = "queue:"  # source of a queue consumer's live batches ('queue:trades'; live_apply.py)
 
 
 def now():

@@ -332,8 +332,45 @@ def write_transaction(engine):
 def stage_transaction(engine, stage):
     """A snapshot write transaction, run by one process at a time per stage (e.g. two updates in cron), and
     alone with live batches: it holds every partition lock (see investors_transaction)."""
-    names = [stage_lock_name(engine, stage)] + [partition_lock_name(engine, slot) for slot in range(PARTITION_LOCKS)]
+    names = [stage_lock_name(engine, stage), valuation_lock_name(engine)] + [
+        partition_lock_name(engine, slot) for slot in range(PARTITION_LOCKS)]
     with locked_transaction(engine, names, stage) as connection:
+        yield connection
+
+
+@contextmanager
+def valuation_session(engine):
+    """A connection holding the valuation lock, for the live worker's transactions (valuation, scores and
+    surveillance of applied trades, begun with read_transaction and write_transaction_on): it waits for a batch
+    stage, and they for it, but not for live batches, which only apply trades."""
+    with locked_session(engine, [valuation_lock_name(engine)], "live valuation") as connection:
+        if dialects.stage_lock(connection.dialect.name):
+            yield connection
+        else:  # no named locks (SQLite): one write transaction keeps the batch stages out instead
+            with write_transaction_on(connection):
+                yield connection
+
+
+@contextmanager
+def read_transaction_on(connection):
+    """A snapshot transaction that only reads; inside a transaction already begun, that one."""
+    if connection.in_transaction():
+        yield connection
+        return
+    connection.execution_options(sqlite_begin="BEGIN", **_snapshot(connection))
+    with connection.begin():
+        yield connection
+
+
+@contextmanager
+def write_transaction_on(connection):
+    """A transaction that writes (SQLite: the write lock up front); inside a transaction already begun, that
+    one."""
+    if connection.in_transaction():
+        yield connection
+        return
+    connection.execution_options(sqlite_begin="BEGIN IMMEDIATE", **_snapshot(connection))
+    with connection.begin():
         yield connection
 
 
@@ -349,39 +386,74 @@ def investors_transaction(engine, investor_ids):
 @contextmanager
 def locked_transaction(engine, lock_names, what):
     """A write transaction begun after taking these named session locks, in the order given (every caller
-    takes them in one global order: a stage's own lock, then partitions by number, so no two wait for each other).
+    takes them in one global order: a stage's own lock, the valuation lock, then partitions by number, so no two
+    wait for each other).
 
     MySQL and PostgreSQL take the locks before the transaction begins, so the transaction's snapshot includes
     everything the previous holder committed; SQLite's write lock already serializes (BEGIN IMMEDIATE).
     """
+    with locked_session(engine, lock_names, what) as connection, write_transaction_on(connection):
+        yield connection
+
+
+def _snapshot(connection):
+    """Execution options for one snapshot per transaction on a server (SQLite's transactions are snapshots)."""
+    return {"isolation_level": "REPEATABLE READ"} if dialects.stage_lock(connection.dialect.name) else {}
+
+
+@contextmanager
+def locked_session(engine, lock_names, what):
+    """A connection that holds these named session locks (see locked_transaction) until the block ends; the
+    caller begins its transactions on it."""
     with engine.connect() as connection:
         lock = dialects.stage_lock(connection.dialect.name)
         held = []
         try:
             if lock:
-                for name in lock_names:
-                    _take_lock(connection, lock, name, what)
-                    held.append(name)
-                connection.commit()
-                connection.execution_options(isolation_level="REPEATABLE READ")
-            connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
-            with connection.begin():
-                yield connection
+                _take_locks(connection, lock, lock_names, what, held)
+            yield connection
         finally:
             if held:
                 connection.rollback()
-                for name in reversed(held):
-                    connection.execute(text(lock.release), {"name": name})
-                connection.commit()
+                _release_locks(connection, lock, held)
 
 
-def _take_lock(connection, lock, name, what):
-    got = connection.execute(text(lock.take), {"name": name}).scalar()
-    if got == 0:
+def _take_locks(connection, lock, names, what, held):
+    """Take the locks in order (one SELECT where the database can list them), adding each granted to `held`."""
+    if lock.take_call and len(names) > 1:
+        statement = "SELECT " + ", ".join(lock.take_call.format(param=f"name{n}") for n in range(len(names)))
+        granted = connection.execute(text(statement), {f"name{n}": name for n, name in enumerate(names)}).one()
+    else:
+        granted = []
+        for name in names:
+            granted.append(connection.execute(text(lock.take), {"name": name}).scalar())
+            if granted[-1] != 1:
+                break
+    held += [name for name, got in zip(names, granted) if got == 1]
+    connection.commit()
+    refused = [got for got in granted if got != 1]
+    if refused and refused[0] == 0:
         raise DatabaseUnavailable(f"another {what} has held its lock for an hour; giving up")
-    if got != 1:
+    if refused:
         raise DatabaseUnavailable(f"the server did not grant {what}'s lock (its wait was interrupted); "
                                   "nothing was changed")
+
+
+def _release_locks(connection, lock, names):
+    """Release the locks in reverse order (one SELECT where the database can list them)."""
+    names = names[::-1]
+    if lock.release_call and len(names) > 1:
+        statement = "SELECT " + ", ".join(lock.release_call.format(param=f"name{n}") for n in range(len(names)))
+        connection.execute(text(statement), {f"name{n}": name for n, name in enumerate(names)})
+    else:
+        for name in names:
+            connection.execute(text(lock.release), {"name": name})
+    connection.commit()
+
+
+def valuation_lock_name(engine):
+    """The name of the lock that the live workers and the batch stages take (see valuation_transaction)."""
+    return stage_lock_name(engine, "valuation")
 
 
 def partition_lock_name(engine, slot):

@@ -57,14 +57,19 @@ def is_unreachable(error):
 
 
 def until_it_works(work, what, pauses=UNREACHABLE_PAUSES):
-    """Call work() until it succeeds: while the database is away or busy, wait and call it again, with one log
-    line when the outage starts and one when it ends. Other errors are raised."""
+    """Call work() until it succeeds: while the database is away, wait and call it again, with one log line when
+    the outage starts and one when it ends; after a deadlock or lock wait, call it again at once. Other errors
+    are raised."""
     outage_started = None
     for attempt in itertools.count():
         try:
             result = work()
         except Exception as error:
-            if not (is_unreachable(error) or is_transient(error)):
+            if is_transient(error) and not is_unreachable(error):
+                logger.debug("%s: %s; trying again", what, db_config.error_line(error))
+                time.sleep(random.random() * 0.01)
+                continue
+            if not is_unreachable(error):
                 raise
             if outage_started is None:
                 outage_started = time.monotonic()

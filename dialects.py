@@ -9,6 +9,7 @@ trades with one txn_ref are the same trade.
 import functools
 from typing import NamedTuple
 
+from sqlalchemy import func, tuple_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 LOOKUP_SLICE = 500  # bound parameters per IN (...) lookup: within SQLite's limit (999 before SQLite 3.32)
@@ -32,9 +33,13 @@ def values_text(rows):
 
 class SessionLock(NamedTuple):
     """Statements that take and release a named session-level lock (it outlives a commit); :name binds. take
-    returns 1 once the lock is held (MySQL: 0 after its hour of waiting, NULL when the wait was killed)."""
+    returns 1 once the lock is held (MySQL: 0 after its hour of waiting, NULL when the wait was killed).
+    take_call and release_call, where given, are the same as calls ({param}: the bound parameter's name) that
+    one SELECT can list, in order: several locks for one round trip."""
     take: str
     release: str
+    take_call: str = None
+    release_call: str = None
 
 
 class DatabaseCreation(NamedTuple):
@@ -63,7 +68,8 @@ DIALECTS = {
         stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_rows=False),
     "mysql": Dialect(
         bulk_path="load_data", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
-        stage_lock=SessionLock("SELECT GET_LOCK(:name, 3600)", "SELECT RELEASE_LOCK(:name)"),
+        stage_lock=SessionLock("SELECT GET_LOCK(:name, 3600)", "SELECT RELEASE_LOCK(:name)",
+                               "GET_LOCK(:{param}, 3600)", "RELEASE_LOCK(:{param})"),
         database_creation=DatabaseCreation(
             None, "CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
         refresh_statistics_sql="ANALYZE TABLE transactions, stocks, load_batches, portfolios, position_checkpoints",
@@ -141,3 +147,24 @@ def _upsert(dialect_name, table, update_columns):  # built once: a live batch up
     statement = _CONFLICT_INSERTS[dialect_name](table)
     return statement.on_conflict_do_update(index_elements=list(table.primary_key.columns),
                                            set_={column: statement.excluded[column] for column in update_columns})
+
+
+def upsert_if_newer(connection, table, order_columns, update_columns):
+    """An INSERT of `table` rows that, where the primary key exists, updates `update_columns` only when the row
+    offered is newer by `order_columns` (compared as a tuple): one statement for many rows, whatever their order
+    against what is stored."""
+    return _upsert_if_newer(connection.dialect.name, table, tuple(order_columns), tuple(update_columns))
+
+
+@functools.lru_cache(maxsize=16)
+def _upsert_if_newer(dialect_name, table, order_columns, update_columns):
+    if dialect_name == "mysql":  # assignments run left to right: the order columns last, the first of them last
+        statement = mysql.insert(table)
+        newer = tuple_(*(statement.inserted[c] for c in order_columns)) > tuple_(*(table.c[c] for c in order_columns))
+        assigned = [c for c in update_columns if c not in order_columns] + list(order_columns[::-1])
+        return statement.on_duplicate_key_update(
+            [(c, func.if_(newer, statement.inserted[c], table.c[c])) for c in assigned])
+    statement = _CONFLICT_INSERTS[dialect_name](table)
+    newer = tuple_(*(statement.excluded[c] for c in order_columns)) > tuple_(*(table.c[c] for c in order_columns))
+    return statement.on_conflict_do_update(index_elements=list(table.primary_key.columns),
+                                           set_={c: statement.excluded[c] for c in update_columns}, where=newer)

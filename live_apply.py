@@ -1,4 +1,4 @@
-"""Live batches: a few trade records (queue messages) loaded, applied, valued and surveilled in one transaction.
+"""Live batches: a few trade records (queue messages) loaded and applied to their positions in one transaction.
 
 The queue consumer (trade_queue.py) hands each small batch of messages to LiveApplier.apply, which
 1. takes the partition locks of the batch's investors (db_config.investors_transaction): live batches of other
@@ -7,19 +7,17 @@ The queue consumer (trade_queue.py) hands each small batch of messages to LiveAp
    records, created inside the same transaction, so that a crash never leaves it 'running'), validated as file
    rows are (validation.py): a reject is kept with its reason and the raw message, without a line number;
 3. applies the new trades to their positions (update_portfolio.apply_selected_trades: a late trade replays its
-   position from a checkpoint), and revalues and scores their investors with the stored marks;
-4. commits, and returns a SurveillanceJob for those trades: live_surveillance.py checks them in another process
-   (surveillance costs more than all the rest, and the trade is in its portfolio without waiting for it), then
-   stamps the batch surveilled. Only then may the caller acknowledge the messages. A live batch whose last
-   records were not surveilled (a crash) keeps surveilled_at empty: surveillance.py checks it, as it does a file.
-
-Closes change rarely (a prices file, a new day): every REPRICE_SECONDS, and whenever a trade's symbol has no
-mark yet, the batch revalues as update_portfolio does (fingerprints of the closes, then every holder of a
-repriced symbol); in between it values with the marks it last saw, and the close table is read again only when
-the stored marks change.
+   position from a checkpoint), OVERSELL alerts included;
+4. commits: the trades are applied. It returns a FollowUp for them: live_worker.py, in a process of its own,
+   revalues and rescores their investors and surveils the trades, then stamps the batch surveilled; only then
+   may the caller acknowledge the messages. Valuation, scores and surveillance cost several times the apply;
+   done there, they cover many batches at once when trades come fast, and the next batch need not wait.
+   A live batch whose last records were not followed up (a crash) keeps surveilled_at empty: the next consumer
+   to start follows it up (live_worker.unfollowed_batches).
 """
 import logging
 import time
+from datetime import datetime
 from dataclasses import dataclass, replace
 from decimal import localcontext
 from typing import NamedTuple
@@ -28,19 +26,19 @@ import pandas as pd
 from sqlalchemy import bindparam, select, text, update
 
 import batches
-import closes
 import db_config
 import db_retry
+import ledger
 import load_transactions
 import update_portfolio
 import validation
-from schema import investors, load_batches, stocks, symbol_marks
+from schema import investors, load_batches, stocks
 
 logger = logging.getLogger(__name__)
 
 LIVE_BATCH_SECONDS = 60  # one load_batches row per minute of live trades ...
 LIVE_BATCH_TRADES = 10_000  # ... or per this many records, whichever comes first
-REPRICE_SECONDS = 60  # how often a live batch looks for changed closes (update_portfolio.repriced_symbols)
+RETRY_PAUSE_SECONDS = 0.01  # after a deadlock: the other transaction is short (a live batch, the live worker)
 NEW_TRADES_SQL = "WHERE t.batch_id = :live_batch_id AND t.source_line > :live_after_line"  # one call's trades
 
 
@@ -71,15 +69,14 @@ class OpenBatch:
 class LiveResult:
     """What one call of LiveApplier.apply did."""
     outcomes: list  # an Outcome per record, in order
-    job: "SurveillanceJob"
+    follow_up: "FollowUp"
     trades_applied: int = 0
-    investors_valued: int = 0
-    new_alerts: int = 0  # OVERSELL and CONCENTRATION
+    oversells: int = 0
 
 
-class SurveillanceJob(NamedTuple):
-    """Lines after_line + 1 ... through_line of a live batch wait for surveillance; first_new is the earliest
-    txn_time of their loaded trades (None: none loaded, only the stamp is due)."""
+class FollowUp(NamedTuple):
+    """Lines after_line + 1 ... through_line of a live batch, applied, wait for valuation and surveillance;
+    first_new is the earliest txn_time of their loaded trades (None: none loaded, only the stamp is due)."""
     batch_id: int
     after_line: int
     through_line: int
@@ -93,60 +90,48 @@ class LiveApplier:
     def __init__(self, engine, source):
         self.engine, self.source = engine, source
         self.batch = None
-        self.closes_key, self.close_table = None, None
-        self.repriced_at = None  # time.monotonic() of the last look for changed closes
+        self.reference = ReferenceData()
 
     def apply(self, records):
-        """Load, apply, value and surveil these records in one transaction (again on a deadlock); LiveResult."""
+        """Load these records and apply their trades in one transaction (again on a deadlock); LiveResult."""
         with localcontext(prec=update_portfolio.DECIMAL_DIGITS):
-            return db_retry.with_retries(lambda: self._apply_once(records), f"{self.source}: live batch")
+            return db_retry.with_retries(lambda: self._apply_once(records), f"{self.source}: live batch",
+                                         pause_seconds=RETRY_PAUSE_SECONDS)
 
     def _apply_once(self, records):
         with db_config.investors_transaction(self.engine, record_investor_ids(records)) as connection:
             now = batches.now()
             batch = self._batch_for(connection, now)
             summary = load_transactions.LoadSummary(self.source, batch.batch_id)
-            outcomes = load_live_records(connection, records, batch, summary, self.source)
-            result = LiveResult(outcomes, SurveillanceJob(batch.batch_id, batch.records, batch.records + len(records)))
-            if summary.rows_loaded:
-                self._apply_loaded(connection, batch, now, result)
+            rejects = load_live_records(connection, records, batch, summary, self.source, self.reference)
+            loaded = loaded_trades(connection, batch)
+            result = LiveResult(outcomes(batch, len(records), rejects, loaded),
+                                FollowUp(batch.batch_id, batch.records, batch.records + len(records)))
+            if loaded.lines:
+                apply_loaded(connection, batch, loaded, now, result)
             count_batch(connection, batch.batch_id, summary, now)
         self.batch = replace(batch, records=batch.records + len(records))
         return result
 
     def _batch_for(self, connection, now):
-        """The open live batch, or a new one (inside the transaction) when it is full or a minute old."""
+        """The open live batch, or a new one (inside the transaction) when it is full or a minute old; either way
+        its row is locked for writing first (the trades' foreign keys would take a shared lock on it, and
+        raising that to write the counts deadlocks with live_worker's stamp)."""
         batch = self.batch
         if batch is None or batch.records >= LIVE_BATCH_TRADES or time.monotonic() - batch.opened >= LIVE_BATCH_SECONDS:
-            batch = OpenBatch(start_live_batch(connection, self.source, now), time.monotonic(), 0)
+            return OpenBatch(start_live_batch(connection, self.source, now), time.monotonic(), 0)
+        connection.execute(update(load_batches).where(load_batches.c.batch_id == batch.batch_id).values(
+            finished_at=now, surveilled_at=None))
         return batch
 
-    def _apply_loaded(self, connection, batch, now, result):
-        """Apply the trades just loaded and value their investors."""
-        new_trades = {"live_batch_id": batch.batch_id, "live_after_line": batch.records}
-        investor_ids, first_new = loaded_investors(connection, new_trades)
-        applied = update_portfolio.apply_selected_trades(connection, investor_ids, (NEW_TRADES_SQL, new_trades), now)
-        scored, raised = self._value(connection, applied, now)
-        result.job = result.job._replace(first_new=first_new)
-        result.trades_applied, result.investors_valued = applied.trades, scored
-        result.new_alerts = applied.alerts_raised + raised
 
-    def _value(self, connection, applied, now):
-        """Revalue and score the investors whose positions changed; (investors scored, new alerts)."""
-        investor_ids = sorted({investor_id for investor_id, _ in applied.changed})
-        params = update_portfolio.risk_parameters()
-        marks = dict(connection.execute(select(symbol_marks.c.stock_symbol, symbol_marks.c.closes_digest)).all())
-        unmarked = {symbol for _, symbol in applied.changed} - set(marks)
-        if unmarked or self.repriced_at is None or time.monotonic() - self.repriced_at >= REPRICE_SECONDS:
-            self.repriced_at, self.closes_key = time.monotonic(), None
-            summary = update_portfolio.UpdateSummary()
-            valued = update_portfolio.revalue_and_score(connection, params, now, applied, False, summary)
-            return len(valued), summary.alerts_raised
-        key = (params["today"], tuple(sorted(marks.items())))
-        if key != self.closes_key:
-            self.close_table = closes.close_table(closes.read_closes(connection, last_day=params["today"]))
-            self.closes_key = key
-        return update_portfolio.value_investors(connection, params, now, investor_ids, self.close_table)
+def apply_loaded(connection, batch, loaded, now, result):
+    """Apply the trades just loaded (LoadedTrades) to their positions (and OVERSELL alerts)."""
+    new_trades = {"live_batch_id": batch.batch_id, "live_after_line": batch.records}
+    applied = update_portfolio.apply_selected_trades(connection, (NEW_TRADES_SQL, new_trades), now,
+                                                     keys=sorted(loaded.positions))
+    result.follow_up = result.follow_up._replace(first_new=loaded.first_time)
+    result.trades_applied, result.oversells = applied.trades, len(applied.oversells)
 
 
 def record_investor_ids(records):
@@ -172,7 +157,7 @@ def start_live_batch(connection, source, now):
 
 def count_batch(connection, batch_id, summary, now):
     """Add a call's counts to its live batch, which now waits for surveillance again (its rows_read, the
-    number of its records, tells live_surveillance whether a stamp is still due)."""
+    number of its records, tells live_worker whether a stamp is still due)."""
     columns = load_batches.c
     connection.execute(update(load_batches).where(columns.batch_id == batch_id).values(
         rows_read=columns.rows_read + summary.rows_read, rows_loaded=columns.rows_loaded + summary.rows_loaded,
@@ -181,8 +166,9 @@ def count_batch(connection, batch_id, summary, now):
         finished_at=now, applied_at=now, surveilled_at=None))
 
 
-def load_live_records(connection, records, batch, summary, source):
-    """Validate and insert the records as lines batch.records + 1, ... of the live batch; an Outcome each."""
+def load_live_records(connection, records, batch, summary, source, reference):
+    """Validate and insert the records as lines batch.records + 1, ... of the live batch; return the rejects
+    (line_number, reason, raw_record)."""
     lines = range(batch.records + 1, batch.records + len(records) + 1)
     trades = pd.DataFrame([[str(record.fields.get(column, "")) for column in validation.TRADE_COLUMNS]
                            for record in records if record.fields is not None],
@@ -191,22 +177,33 @@ def load_live_records(connection, records, batch, summary, source):
     trades["raw_record"] = [record.raw for record in records if record.fields is not None]
     malformed = load_transactions._rejects_frame(
         [(line, record.problem, record.raw) for line, record in zip(lines, records) if record.fields is None])
-    chunk = load_transactions.prepare_chunk(trades, malformed, live_context(connection, records), batch.batch_id,
+    chunk = load_transactions.prepare_chunk(trades, malformed, reference.context(connection, records), batch.batch_id,
                                             connection.dialect.name)
     chunk.rejects, repeated = drop_recorded_rejects(connection, chunk.rejects, records, lines, source)
     rejects = load_transactions.store_chunk(connection, chunk, summary, method="small", line_numbers=False)
     summary.rows_duplicate += repeated  # read already: rows_read counts every record once
-    return outcomes(connection, batch, lines, rejects)
+    return rejects
 
 
-def live_context(connection, records):
-    """validation's context for these records: the investors and stocks among those they name."""
-    ids = sorted(record_investor_ids(records))
-    symbols = sorted({str(record.fields.get("stock_symbol", "")).strip().upper()
-                      for record in records if record.fields is not None})
-    known_ids = connection.execute(select(investors.c.investor_id).where(investors.c.investor_id.in_(ids))).scalars()
-    known_symbols = connection.execute(select(stocks.c.stock_symbol).where(stocks.c.stock_symbol.in_(symbols)))
-    return validation.make_context(known_ids, known_symbols.scalars(), batches.now())
+class ReferenceData:
+    """The investors and stocks known to exist, read again only for an id or symbol not seen yet (they are added,
+    never removed, while trades reference them)."""
+
+    def __init__(self):
+        self.investor_ids, self.symbols = set(), set()
+
+    def context(self, connection, records):
+        """validation's context for these records."""
+        ids = record_investor_ids(records) - self.investor_ids
+        symbols = {str(record.fields.get("stock_symbol", "")).strip().upper()
+                   for record in records if record.fields is not None} - self.symbols
+        if ids:
+            self.investor_ids.update(connection.execute(select(investors.c.investor_id).where(
+                investors.c.investor_id.in_(sorted(ids)))).scalars())
+        if symbols:
+            self.symbols.update(connection.execute(select(stocks.c.stock_symbol).where(
+                stocks.c.stock_symbol.in_(sorted(symbols)))).scalars())
+        return validation.make_context(self.investor_ids, self.symbols, batches.now())
 
 
 RECORDED_REJECTS_SQL = text("""
@@ -230,20 +227,27 @@ def drop_recorded_rejects(connection, rejects, records, lines, source):
     return rejects.drop(index=again), len(again)
 
 
-def outcomes(connection, batch, lines, rejects):
-    """An Outcome per line: rejected (with its reason), loaded (stored under this batch and line) or duplicate."""
-    loaded = set(connection.execute(text(
-        "SELECT t.source_line FROM transactions t " + NEW_TRADES_SQL),
-        {"live_batch_id": batch.batch_id, "live_after_line": batch.records}).scalars())
+class LoadedTrades(NamedTuple):
+    """The trades a call inserted: their lines, positions (investor_id, stock_symbol) and earliest txn_time."""
+    lines: set
+    positions: set
+    first_time: object  # datetime, None when nothing was inserted
+
+
+def loaded_trades(connection, batch):
+    """The trades this call inserted into the live batch (lines after batch.records)."""
+    rows = connection.execute(text(
+        "SELECT t.source_line, t.investor_id, t.stock_symbol, t.txn_time FROM transactions t " + NEW_TRADES_SQL),
+        {"live_batch_id": batch.batch_id, "live_after_line": batch.records}).all()
+    first = min((row.txn_time for row in rows), default=None)  # text on SQLite, datetime elsewhere
+    first = None if first is None else datetime.fromisoformat(ledger.normalize_time(first))
+    return LoadedTrades({row.source_line for row in rows}, {(row.investor_id, row.stock_symbol) for row in rows},
+                        first)
+
+
+def outcomes(batch, count, rejects, loaded):
+    """An Outcome per record: rejected (with its reason), loaded (stored under this batch and line) or duplicate."""
     reasons = dict(zip(rejects["line_number"].tolist(), rejects["reason"].tolist()))
     return [Outcome("rejected", reasons[line]) if line in reasons
-            else Outcome("loaded") if line in loaded else Outcome("duplicate") for line in lines]
-
-
-def loaded_investors(connection, new_trades):
-    """(ids of the investors of the trades just loaded, the earliest of those trades' txn_time as datetime)."""
-    rows = connection.execute(text(
-        "SELECT t.investor_id, MIN(t.txn_time) FROM transactions t " + NEW_TRADES_SQL + " GROUP BY t.investor_id"),
-        new_trades).all()
-    return sorted(row[0] for row in rows), min(pd.Timestamp(row[1]).to_pydatetime() for row in rows)
-
+            else Outcome("loaded") if line in loaded.lines else Outcome("duplicate")
+            for line in range(batch.records + 1, batch.records + count + 1)]

@@ -73,12 +73,13 @@ class SurveillanceSummary:
 
 # ---------------------------------------------------------------------------------------------- reading
 
-PENDING_CTE = """
+PENDING_CTE = f"""
 pending AS (  -- trades of loaded batches that update_portfolio applied and surveillance has not checked
     SELECT t.investor_id, t.txn_time
     FROM transactions t
     WHERE t.batch_id IN (SELECT b.batch_id FROM load_batches b
-                         WHERE b.status = 'loaded' AND b.applied_at IS NOT NULL AND b.surveilled_at IS NULL)
+                         WHERE b.status = 'loaded' AND b.applied_at IS NOT NULL AND b.surveilled_at IS NULL
+                           AND b.source NOT LIKE '{batches.LIVE_SOURCE_PREFIX}%')  -- live: live_worker.py's
 )"""
 LIVE_PENDING_CTE = """
 pending AS (  -- the trades a live batch has just loaded and applied (live_apply.py)
@@ -147,10 +148,11 @@ class BatchState(NamedTuple):
 
 
 def pending_batches(connection):
-    """Ids of loaded batches that update_portfolio applied and surveillance has not checked yet."""
+    """Ids of loaded batches that update_portfolio applied and surveillance has not checked yet; a live batch
+    of the queue (source 'queue:...') is its consumer's to value and surveil (live_worker.py), never this stage's."""
     return connection.execute(select(load_batches.c.batch_id).where(
         load_batches.c.status == "loaded", load_batches.c.applied_at.is_not(None),
-        load_batches.c.surveilled_at.is_(None)
+        load_batches.c.surveilled_at.is_(None), load_batches.c.source.not_like(f"{batches.LIVE_SOURCE_PREFIX}%")
     ).order_by(load_batches.c.batch_id)).scalars().all()
 
 
@@ -638,18 +640,16 @@ def read_checked_closes(connection, trades):
 
 
 def find_live_alerts(connection, live_batch_id, after_line, through_line, first_new):
-    """Alert candidates (alert_key and ALERT_COLUMNS) for the trades of lines after_line + 1 ... through_line of a
-    live batch (the earliest at first_new, a datetime), checked with their history, and for their investors'
-    sector weights; reads only (live_surveillance.py writes them)."""
+    """Trade alert candidates (alert_key and ALERT_COLUMNS) for the trades of lines after_line + 1 ...
+    through_line of a live batch (the earliest at first_new, a datetime), checked with their history; reads only
+    (live_worker.py writes them, with the investors' sector alerts once their positions are revalued)."""
     pending = {"live_batch_id": live_batch_id, "live_after_line": after_line, "live_through_line": through_line}
     trades, opening = read_context(connection, first_new, LIVE_CONTEXT_SQL, pending)
     if trades.empty:
         return pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS)
     found = detect_trade_alerts(trades, opening, read_checked_closes(connection, trades))
     found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
-    investor_ids = sorted(trades.loc[trades["checked"], "investor_id"].unique().tolist())
-    sectors = sector_concentration_alerts(connection, investor_ids)
-    return pd.concat([frame for frame in (found, sectors) if not frame.empty] or [found], ignore_index=True)
+    return found
 
 
 def has_pending_batches(engine):

@@ -7,7 +7,8 @@ a second consumer of it waits as a standby). Messages that are not trades go to 
 reason in header x-reason, after the reject is recorded in rejected_transactions.
 
 The consumer takes messages in small batches (--batch-size messages or --batch-ms after the first), commits
-each with live_apply, hands it to live_surveillance, and acknowledges it once surveilled. Killed at any
+each with live_apply (the trades are then applied), hands it to live_worker (valuation, scores, surveillance),
+and acknowledges it once followed up. Killed at any
 moment it loses nothing: unacknowledged messages come back, and what was committed comes back as duplicates.
 """
 import json
@@ -26,9 +27,8 @@ import batches
 import db_config
 import db_retry
 import live_apply
-import live_surveillance
+import live_worker
 import report_refresh
-import surveillance
 import validation
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO lines narrate ev
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 PUBLISHED_AT_HEADER = "x-published-at"  # seconds since the epoch, set by pseudo_realtime (latency measurement)
 IDLE_WAIT_SECONDS = 0.05  # how long the consumer waits for the broker when it has nothing in hand
-PREFETCH_BATCHES = 4  # unacknowledged messages allowed: this many batches (they wait for surveillance)
+PREFETCH_BATCHES = 50  # unacknowledged messages allowed, in batches: they wait for the worker's cycle (a
+# second or more when trades come fast); fewer would stall the consumer behind the worker
 MAX_BODY_CHARS = 10_000  # a longer message is a reject (a trade is about 200 characters)
 FEE_ZERO = {"", "0", "0.0", "0.00", "0.0000"}
 
@@ -188,11 +189,11 @@ class Stop:
 def consume(engine, settings):
     """Consume the queue until a signal (or settings.max_messages); return the exit code (0)."""
     url = settings.database_url or engine.url.render_as_string(hide_password=False)
-    applier = live_apply.LiveApplier(engine, f"queue:{settings.queue()}")
+    applier = live_apply.LiveApplier(engine, f"{batches.LIVE_SOURCE_PREFIX}{settings.queue()}")
     totals, outage = ConsumerTotals(), Outage(f"queue {settings.queue()}")
-    catch_up_surveillance(engine)
     with Stop() as stop:
-        worker = live_surveillance.SurveillanceProcess(url)
+        worker = live_worker.WorkerProcess(url)
+        catch_up(engine, worker)
         refresher = report_refresh.ReportRefresher(settings.database_url, settings.report_every)
         try:
             while not stop.requested.is_set() and not reached(settings, totals):
@@ -237,10 +238,13 @@ def describe(error):
     return f"database unreachable ({db_config.error_line(error)})"
 
 
-def catch_up_surveillance(engine):
-    """Surveil what an earlier consumer committed and could not surveil (it was killed)."""
-    if surveillance.has_pending_batches(engine):
-        logger.info("surveilling batches left unsurveilled: %s", surveillance.run_surveillance(engine).line())
+def catch_up(engine, worker):
+    """Follow up the live batches an earlier consumer committed and could not value and surveil (killed)."""
+    left = live_worker.unfollowed_batches(engine)
+    for follow_up in left:
+        worker.submit(follow_up)
+    if left:
+        logger.info("following up %d live batch(es) left unsurveilled", len(left))
 
 
 BROKER_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError,
@@ -312,13 +316,15 @@ def take_batch(session, applier, worker, totals):
     """Commit the messages in hand (live_apply), dead-letter the rejects, queue their surveillance."""
     taken, session.buffer = session.buffer, []
     records = [parse_message(body, redelivered) for _, body, redelivered in taken]
+    started = time.perf_counter()
     result = applier.apply(records)
+    logger.debug("applied %d messages in %.1f ms", len(records), (time.perf_counter() - started) * 1000)
     for (tag, body, _), outcome in zip(taken, result.outcomes):
         totals.outcomes[outcome.status] += 1
         if outcome.status == "rejected":
             dead_letter(session.channel, session.settings.queue_name, body, outcome.reason)
     totals.messages += len(taken)
-    session.waiting.append((worker.submit(result.job), taken[-1][0]))
+    session.waiting.append((worker.submit(result.follow_up), taken[-1][0]))
 
 
 def dead_letter(channel, queue_name, body, reason):

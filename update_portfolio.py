@@ -15,10 +15,11 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
-from sqlalchemy import and_, bindparam, delete, select, text, update
+from sqlalchemy import and_, bindparam, delete, select, text, tuple_, update
 
 import batches
 import cli
@@ -56,8 +57,8 @@ class UpdateSummary:
 
     def line(self, seconds=True):
         mode = "full replay" if self.full else "incremental"
-        return (f"update_portfolio ({mode}): {self.trades_applied} trades from {self.batches_applied} batch(es) applied "
-                f"to {self.positions_changed} positions ({self.positions_replayed} replayed for late trades), "
+        return (f"update_portfolio ({mode}): {self.trades_applied} trades from {self.batches_applied} batch(es) "
+                f"applied to {self.positions_changed} positions ({self.positions_replayed} replayed for late trades), "
                 f"{self.oversells} oversells skipped, {self.investors_scored} investors scored, "
                 f"{self.alerts_raised} new alerts"
                 + (f", {self.alerts_withdrawn} OVERSELL alerts withdrawn (no longer oversold)"
@@ -100,14 +101,18 @@ POSITION_COLUMNS = ("investor_id", "stock_symbol", "quantity", "cost_basis", "re
                     "last_txn_id", "trade_count")
 
 
-def load_positions(connection, investor_ids=None):
-    """The stored positions of these investors (every investor with None), by (investor_id, stock_symbol)."""
+def load_positions(connection, investor_ids=None, keys=None):
+    """The stored positions of these investors, or with these keys (every position with neither), by
+    (investor_id, stock_symbol)."""
     query = select(*(portfolios.c[column] for column in POSITION_COLUMNS))
     rows = []
-    if investor_ids is None:
+    if investor_ids is None and keys is None:
         rows = connection.execute(query).all()
     for start in range(0, len(investor_ids or ()), ID_SLICE):
         rows += connection.execute(query.where(portfolios.c.investor_id.in_(investor_ids[start:start + ID_SLICE])))
+    for start in range(0, len(keys or ()), ID_SLICE):
+        rows += connection.execute(query.where(tuple_(portfolios.c.investor_id, portfolios.c.stock_symbol).in_(
+            keys[start:start + ID_SLICE])))
     return {(investor_id, symbol): ledger.Position(investor_id, symbol, quantity, to_decimal(cost), to_decimal(pnl),
                                                    ledger.normalize_time(last_time), last_id, count)
             for investor_id, symbol, quantity, cost, pnl, last_time, last_id, count in rows}
@@ -140,15 +145,15 @@ def apply_new_trades(connection, batch_ids, full, now):
         return write_applied(connection, applied, positions, {key: None for key in positions}, now)
     if not batch_ids:
         return ApplyResult(set(), set(), [], {}, 0)
-    return apply_selected_trades(connection, investors_with_new_trades(connection, batch_ids),
-                                 new_trades_filter(batch_ids), now)
+    return apply_selected_trades(connection, new_trades_filter(batch_ids), now,
+                                 investor_ids=investors_with_new_trades(connection, batch_ids))
 
 
-def apply_selected_trades(connection, investor_ids, trade_filter, now):
+def apply_selected_trades(connection, trade_filter, now, investor_ids=None, keys=None):
     """Apply the new trades that trade_filter selects ((WHERE clause over transactions t, its parameters), all of
-    them trades of these investors) to their positions, replaying positions where one is late; write as
-    apply_new_trades does."""
-    positions = load_positions(connection, investor_ids)
+    them trades of these investors, or of the positions with these keys) to their positions, replaying positions
+    where one is late; write as apply_new_trades does."""
+    positions = load_positions(connection, investor_ids, keys)
     applied = ledger.apply_trades(ledger.stream_trades(connection, *trade_filter), positions)
     replay_starts = replay_late_positions(connection, applied, positions)
     return write_applied(connection, applied, positions, replay_starts, now)
@@ -207,18 +212,12 @@ def write_positions(connection, positions, keys, now):
 
 
 def write_latest_trades(connection, latest):
-    """Keep symbol_last_trades at the latest trade per symbol (by txn_time, then txn_id)."""
-    if not latest:
-        return
-    stored = {symbol: (ledger.normalize_time(t), i) for symbol, t, i in connection.execute(text(
-        "SELECT stock_symbol, txn_time, txn_id FROM symbol_last_trades"))}
-    for symbol, trade in sorted(latest.items()):
-        values = {"txn_time": datetime.fromisoformat(trade.txn_time), "txn_id": trade.txn_id, "price": trade.price}
-        if symbol not in stored:
-            connection.execute(symbol_last_trades.insert().values(stock_symbol=symbol, **values))
-        elif (trade.txn_time, trade.txn_id) > stored[symbol]:
-            connection.execute(update(symbol_last_trades).where(
-                symbol_last_trades.c.stock_symbol == symbol).values(**values))
+    """Keep symbol_last_trades at the latest trade per symbol (by txn_time, then txn_id): one statement."""
+    rows = [{"stock_symbol": symbol, "txn_time": datetime.fromisoformat(trade.txn_time), "txn_id": trade.txn_id,
+             "price": trade.price} for symbol, trade in sorted(latest.items())]
+    if rows:
+        connection.execute(dialects.upsert_if_newer(connection, symbol_last_trades, ("txn_time", "txn_id"),
+                                                    ("txn_time", "txn_id", "price")), rows)
 
 
 STORED_OVERSELLS_SQL = text("""
@@ -475,6 +474,14 @@ POSITION_VALUE_COLUMNS = ("last_price", "market_value", "unrealized_pnl", "weigh
 def revalue_positions(connection, params, now, investor_ids):
     """Write last price, market value, unrealized P&L, weight and risk of these investors' positions; return
     the rows changed."""
+    changes = position_value_changes(connection, params, now, investor_ids)
+    write_position_values(connection, changes)
+    return len(changes)
+
+
+def position_value_changes(connection, params, now, investor_ids):
+    """The rows of these investors' positions whose values (POSITION_VALUE_COLUMNS) differ from the stored ones,
+    as write_position_values takes them; reads only."""
     changes = []
     for ids in in_slices(investor_ids):
         stored = {(row.investor_id, row.stock_symbol): row for row in connection.execute(_for_investors(
@@ -486,9 +493,14 @@ def revalue_positions(connection, params, now, investor_ids):
             if _differs(tuple(row)[2:2 + len(POSITION_VALUE_COLUMNS)], values):
                 changes.append({**_replay_values(row), **dict(zip(POSITION_VALUE_COLUMNS, values)),
                                 "investor_id": investor_id, "stock_symbol": symbol, "updated_at": now})
-    if changes:  # an upsert of rows that exist: on MySQL many rows per statement, unlike UPDATE
+    return changes
+
+
+def write_position_values(connection, changes):
+    """Store position values: an upsert of rows that exist (on MySQL many rows per statement, unlike UPDATE),
+    which changes only the value columns."""
+    if changes:
         connection.execute(dialects.upsert(connection, portfolios, [*POSITION_VALUE_COLUMNS, "updated_at"]), changes)
-    return len(changes)
 
 
 def _replay_values(row):
@@ -526,6 +538,20 @@ HOLDINGS_SQL = ("SELECT investor_id, stock_symbol, quantity FROM portfolios "
 
 def score_investors(connection, params, now, investor_ids, close_table):
     """Write investor_risk for these investors; return (investors scored, rows changed)."""
+    scores = investor_scores(connection, params, now, investor_ids, close_table)
+    write_investor_scores(connection, scores)
+    return scores.scored, len(scores.inserts) + len(scores.updates)
+
+
+class InvestorScores(NamedTuple):
+    """investor_risk rows to write: new ones, changed ones (keyed by key_investor), and how many were scored."""
+    inserts: list
+    updates: list
+    scored: int
+
+
+def investor_scores(connection, params, now, investor_ids, close_table):
+    """Score these investors from their stored positions (InvestorScores); reads only."""
     inserts, updates, scored = [], [], 0
     for ids in in_slices(investor_ids):
         stored = {r[0]: tuple(r[1:]) for r in connection.execute(_for_investors(
@@ -541,12 +567,17 @@ def score_investors(connection, params, now, investor_ids, close_table):
                 inserts.append({**record, "investor_id": investor_id})
             elif _differs(stored[investor_id], values):
                 updates.append({**record, "key_investor": investor_id})
-    if inserts:
-        connection.execute(investor_risk.insert(), inserts)
-    if updates:
+    return InvestorScores(inserts, updates, scored)
+
+
+def write_investor_scores(connection, scores):
+    """Store InvestorScores."""
+    if scores.inserts:
+        connection.execute(investor_risk.insert(), scores.inserts)
+    if scores.updates:
         connection.execute(update(investor_risk).where(investor_risk.c.investor_id == bindparam("key_investor"))
-                           .values({c: bindparam(c) for c in (*INVESTOR_RISK_COLUMNS, "updated_at")}), updates)
-    return scored, len(inserts) + len(updates)
+                           .values({c: bindparam(c) for c in (*INVESTOR_RISK_COLUMNS, "updated_at")}),
+                           scores.updates)
 
 
 def _investor_values(row, metrics):
@@ -569,11 +600,24 @@ WHERE p.quantity > 0 AND p.weight > :limit AND p.investor_id IN :investor_ids
 def raise_concentration_alerts(connection, now, investor_ids):
     """One CONCENTRATION alert per open position of these investors above the weight limit (kept once raised);
     return new alerts."""
+    new = concentration_alerts(connection, now, investor_ids)
+    insert_alerts(connection, new)
+    return len(new)
+
+
+def insert_alerts(connection, rows):
+    """Insert alert rows (dicts of alerts' columns)."""
+    if rows:
+        connection.execute(alerts.insert(), rows)
+
+
+def concentration_alerts(connection, now, investor_ids):
+    """The CONCENTRATION alerts these investors' positions call for and do not have yet; reads only."""
     limit = constants.CONCENTRATION_WEIGHT_LIMIT
     rows = []
     for ids in in_slices(investor_ids):
         rows += connection.execute(_for_investors(CONCENTRATION_SQL), {"limit": limit, "investor_ids": ids}).all()
-    new = [
+    return [
         {"alert_key": f"CONCENTRATION:{investor_id}:{symbol}", "rule": "CONCENTRATION",
          "severity": "HIGH" if to_decimal(weight) >= Decimal("0.75") else "MEDIUM", "investor_id": investor_id,
          "stock_symbol": symbol, "txn_ref": None, "detected_at": now, "metric": to_decimal(weight),
@@ -582,9 +626,6 @@ def raise_concentration_alerts(connection, now, investor_ids):
                     f"(limit {limit:.0%})"}
         for investor_id, symbol, weight in rows
     ]
-    if new:
-        connection.execute(alerts.insert(), new)
-    return len(new)
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -606,7 +647,8 @@ def _update_portfolios(engine, full, today):
         applied = apply_new_trades(connection, batch_ids, full, now)
         summary.alerts_raised, summary.alerts_withdrawn = applied.alerts_raised, applied.alerts_withdrawn
         batches.stamp_batches(connection, batch_ids, "applied_at", now)
-        investors = revalue_and_score(connection, risk_parameters(today), now, applied, full, summary)
+        investors = revalue_and_score(connection, risk_parameters(today), now,
+                                      {investor_id for investor_id, _ in applied.changed}, full, summary)
     summary.batches_applied, summary.trades_applied = len(batch_ids), applied.trades
     summary.positions_changed, summary.positions_replayed = len(applied.changed), len(applied.replayed)
     summary.oversells = len(applied.oversells)
@@ -626,7 +668,7 @@ def checkpoints_missing(connection):
     return missing
 
 
-def revalue_and_score(connection, params, now, applied, full, summary):
+def revalue_and_score(connection, params, now, changed_investors, full, summary):
     """Revalue and score the investors whose positions changed and the holders of symbols whose marks changed
     (everyone with full=True); return their ids."""
     repriced, digests, trade_prices = repriced_symbols(connection, params, full)
@@ -635,7 +677,7 @@ def revalue_and_score(connection, params, now, applied, full, summary):
         connection.execute(delete(investor_risk).where(investor_risk.c.investor_id.not_in(
             select(portfolios.c.investor_id))))  # investors whose every trade was deleted
     else:
-        investors = {investor_id for investor_id, _ in applied.changed} | holders(connection, repriced)
+        investors = set(changed_investors) | holders(connection, repriced)
     if not investors and not repriced:
         return investors
     daily_closes = closes.read_closes(connection, last_day=params["today"])

@@ -8,7 +8,7 @@ Usage (from the project folder; RabbitMQ at AMQP_URL, MariaDB at --mariadb-url):
 
 Per database: a fresh database gets the reference data and a --history generated trades file, loaded, updated and
 surveilled. Then for each (consumers, rate): a fresh queue; the consumers start (load_transactions.py --queue,
-with --partitions 2 for two) and an observer process polls the database every 2 ms for new transactions (a
+with --partitions 2 for two) and an observer process polls the database every 5 ms for new transactions (a
 trade is committed in the same transaction that applies it to its position, so the first poll that sees it sees
 it applied; the run also checks every trade's position at the end); this process publishes trades from
 pseudo_realtime's simulator for --seconds at the rate, paced from the start, each stamped with time.time() just
@@ -45,7 +45,7 @@ import trade_queue  # noqa: E402
 import update_portfolio  # noqa: E402
 from bench_pipeline import fresh_database  # noqa: E402
 
-POLL_SECONDS = 0.002
+POLL_SECONDS = 0.005
 DRAIN_SECONDS = 60
 
 

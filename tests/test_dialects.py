@@ -1,16 +1,18 @@
 """dialects: the table of what differs between databases, and the one definition of "the same trade values"."""
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 import pandas as pd
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 import bulk_insert
 import db_config
 import dialects
 import seed_investors
 import validation
+from schema import symbol_last_trades
 
 # (txn_ref, price as a file writes it, txn_time as a file writes it): prices at the edges of DECIMAL(18,4) text
 # (whole, one decimal, the smallest, the largest, a sign and padding), times at midnight
@@ -113,3 +115,36 @@ def test_the_stages_do_not_branch_on_the_dialect(path):
     source = open(db_config.project_path(path), encoding="utf-8").read()
 
     assert not re.findall(r"""dialect(?:\.name|_name)?\s*(?:==|!=|in\b|not in\b)\s*[("'\[A-Z_]""", source)
+
+
+def latest_after(engine, offers):
+    """symbol_last_trades' AAPL row after offering these (seconds after 10:00, txn_id, price) one by one."""
+    statement_for = lambda connection: dialects.upsert_if_newer(  # noqa: E731
+        connection, symbol_last_trades, ("txn_time", "txn_id"), ("txn_time", "txn_id", "price"))
+    with engine.begin() as connection:
+        for seconds, txn_id, price in offers:
+            connection.execute(statement_for(connection), [{
+                "stock_symbol": "AAPL", "txn_time": datetime(2026, 1, 5, 10, 0) + timedelta(seconds=seconds),
+                "txn_id": txn_id, "price": Decimal(price)}])
+        row = connection.execute(select(symbol_last_trades.c.txn_time, symbol_last_trades.c.txn_id,
+                                        symbol_last_trades.c.price)).one()
+    return row.txn_time.second, row.txn_id, str(Decimal(row.price).normalize())
+
+
+@pytest.mark.parametrize("offers, kept", [
+    ([(0, 5, "1"), (0, 4, "2")], (0, 5, "1")),  # same time, lower txn_id: older
+    ([(0, 5, "1"), (0, 6, "3")], (0, 6, "3")),  # same time, higher txn_id: newer
+    ([(0, 5, "1"), (-1, 9, "4")], (0, 5, "1")),  # earlier time, whatever its txn_id
+    ([(0, 5, "1"), (1, 2, "5")], (1, 2, "5")),  # later time, whatever its txn_id
+])
+def test_upsert_if_newer_keeps_the_latest_by_time_then_id(seeded_engine, offers, kept):
+    assert latest_after(seeded_engine, offers) == kept
+
+
+def test_upsert_if_newer_on_postgresql(postgres_url):
+    engine = db_config.get_engine(postgres_url)
+    seed_investors.seed_reference_data(engine)
+    try:
+        assert latest_after(engine, [(0, 5, "1"), (0, 4, "2"), (1, 2, "5"), (0, 9, "6")]) == (1, 2, "5")
+    finally:
+        engine.dispose()

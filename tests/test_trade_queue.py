@@ -37,16 +37,21 @@ def queue_name(broker):
     return name
 
 
-@pytest.fixture
-def market(engine, tmp_path):
-    """A fresh database with investors, stocks, 200 generated trades applied and their closes."""
+def build_market(engine, folder):
+    """Investors, stocks, 200 generated trades applied and their closes, in this fresh database."""
     seed_investors.seed_reference_data(engine)
-    path = tmp_path / "t.csv"
+    path = folder / "t.csv"
     generate_dummy_data.write_dummy_data(str(path), 200, seed=5)
-    load_transactions.load_prices_file(engine, str(tmp_path / "market_prices.csv"))
+    load_transactions.load_prices_file(engine, str(folder / "market_prices.csv"))
     load_transactions.load_file(engine, str(path))
     update_portfolio.update_portfolios(engine)
     return engine
+
+
+@pytest.fixture
+def market(engine, tmp_path):
+    """A fresh database (SQLite, then MariaDB) with investors, stocks, 200 generated trades and their closes."""
+    return build_market(engine, tmp_path)
 
 
 def live_trades(count, start=0, investors=(1001, 1002, 1003, 1004), prefix="Q"):
@@ -256,9 +261,10 @@ def test_a_consumer_killed_loses_nothing_and_counts_nothing_twice(market, databa
     assert_equals_full_replay(market)
 
 
-def test_two_consumers_on_partitions_apply_interleaved_investors(market, database_url, broker, queue_name):
-    if database_url.startswith("sqlite"):
-        pytest.skip("partitions run at once on a server database; SQLite serializes writers (tested on MariaDB)")
+def test_two_consumers_on_partitions_apply_interleaved_investors(mariadb_url, broker, queue_name, tmp_path):
+    """On MariaDB: partitions run at once on a server database (SQLite lets one writer in at a time)."""
+    database_url = mariadb_url
+    market = build_market(db_config.get_engine(mariadb_url), tmp_path)
     channel, _ = broker
     publisher = trade_queue.Publisher(queue_name, partitions=2)
     trades = live_trades(120, investors=(1001, 1002, 1003, 1004, 1005, 1006))
@@ -282,6 +288,7 @@ def test_two_consumers_on_partitions_apply_interleaved_investors(market, databas
                                                                 f"queue:{queue_name}.1": 60}
     assert all(source.endswith(f".{investor % 2}") for investor, source in by_investor)
     assert_equals_full_replay(engine)
+    engine.dispose()
 
 
 def test_parse_message_names_the_problem():
@@ -319,3 +326,32 @@ def test_alerts_of_live_trades_are_raised(market, database_url, broker, queue_na
     with market.connect() as connection:
         rules = connection.execute(select(alerts.c.rule).where(alerts.c.txn_ref.like("BURST-%"))).scalars().all()
     assert "BURST" in rules
+
+
+def test_a_held_partition_lock_stops_only_its_investors(mariadb_url, broker, queue_name, tmp_path):
+    """Partitions are not serialized on one lock: while another session holds the lock of investor 1001's
+    partition, the consumer of investor 1002's applies on, and 1001's trades follow once it is released."""
+    engine = build_market(db_config.get_engine(mariadb_url), tmp_path)
+    held = db_config.partition_lock_name(engine, 1001 % db_config.PARTITION_LOCKS)
+    publisher = trade_queue.Publisher(queue_name, partitions=2)
+    consumers = [start_consumer(mariadb_url, queue_name, "--partitions", "2", "--partition", str(k)) for k in (0, 1)]
+    with engine.connect() as holder:
+        assert holder.execute(text("SELECT GET_LOCK(:name, 10)"), {"name": held}).scalar() == 1
+        for trade in live_trades(20, investors=(1001, 1002)):
+            publisher.publish(trade)
+        wait_until(lambda: applied_refs(engine) >= {f"Q-{n}" for n in range(1, 20, 2)}, "investor 1002's trades")
+        assert not applied_refs(engine) & {f"Q-{n}" for n in range(0, 20, 2)}  # 1001's wait for the lock
+        holder.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": held})
+    wait_until(lambda: len(applied_refs(engine)) == 20, "investor 1001's trades")
+    publisher.close()
+    for consumer in consumers:
+        assert stop(consumer)[0] == 0
+    engine.dispose()
+
+
+def applied_refs(engine):
+    """txn_refs of the live trades that are in their positions."""
+    with engine.connect() as connection:
+        return set(connection.execute(text(
+            "SELECT t.txn_ref FROM transactions t JOIN portfolios p ON p.investor_id = t.investor_id "
+            "AND p.stock_symbol = t.stock_symbol AND p.last_txn_id >= t.txn_id WHERE t.txn_ref LIKE 'Q-%'")).scalars())
