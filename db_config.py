@@ -7,6 +7,7 @@ A relative path written in a URL (`sqlite:///x.db`) stays relative to the workin
 `mysql://` and `mariadb://` mean PyMySQL, `postgresql://` and `postgres://` psycopg. A missing MySQL or
 PostgreSQL database is created when the user may. A URL is only ever shown with its credentials hidden.
 """
+import fcntl
 import hashlib
 import logging
 import os
@@ -334,7 +335,7 @@ def stage_transaction(engine, stage):
     alone with live batches: it holds every partition lock (see investors_transaction)."""
     names = [stage_lock_name(engine, stage), valuation_lock_name(engine)] + [
         partition_lock_name(engine, slot) for slot in range(PARTITION_LOCKS)]
-    with locked_transaction(engine, names, stage) as connection:
+    with valuation_lock_file(engine), locked_transaction(engine, names, stage) as connection:
         yield connection
 
 
@@ -343,20 +344,30 @@ def valuation_session(engine):
     """A connection holding the valuation lock, for the live worker's transactions (valuation, scores and
     surveillance of applied trades, begun with read_transaction and write_transaction_on): it waits for a batch
     stage, and they for it, but not for live batches, which only apply trades."""
-    with locked_session(engine, [valuation_lock_name(engine)], "live valuation") as connection:
-        if dialects.stage_lock(connection.dialect.name):
-            yield connection
-        else:  # no named locks (SQLite): one write transaction keeps the batch stages out instead
-            with write_transaction_on(connection):
-                yield connection
+    with valuation_lock_file(engine), \
+            locked_session(engine, [valuation_lock_name(engine)], "live valuation") as connection:
+        yield connection
+
+
+@contextmanager
+def valuation_lock_file(engine):
+    """The valuation lock where the database has no named locks (SQLite): an exclusive lock (flock) on the file
+    DATABASE.valuation-lock beside the database file, held by the live worker's follow-ups and the batch stages."""
+    path = engine.url.database
+    if not dialects.valuation_lock_file(engine.dialect.name) or not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.valuation-lock", "a", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @contextmanager
 def read_transaction_on(connection):
-    """A snapshot transaction that only reads; inside a transaction already begun, that one."""
-    if connection.in_transaction():
-        yield connection
-        return
+    """A snapshot transaction that only reads."""
     connection.execution_options(sqlite_begin="BEGIN", **_snapshot(connection))
     with connection.begin():
         yield connection
@@ -364,11 +375,7 @@ def read_transaction_on(connection):
 
 @contextmanager
 def write_transaction_on(connection):
-    """A transaction that writes (SQLite: the write lock up front); inside a transaction already begun, that
-    one."""
-    if connection.in_transaction():
-        yield connection
-        return
+    """A transaction that writes (SQLite: the write lock up front)."""
     connection.execution_options(sqlite_begin="BEGIN IMMEDIATE", **_snapshot(connection))
     with connection.begin():
         yield connection

@@ -58,6 +58,7 @@ class Dialect(NamedTuple):
     refresh_statistics_sql: str  # refreshes optimizer statistics after a bulk load; None where not needed
     packs_rows: bool  # read a row (a trade, a close) as one CONCAT_WS text column: 3x faster through the driver
     small_bulk_path: str = None  # bulk_insert's path for a few rows (a live batch); None: bulk_path
+    valuation_lock_file: bool = False  # no named locks: the valuation lock is a file locked beside the database
 
 
 DEFAULT = Dialect(bulk_path="portable", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
@@ -65,7 +66,8 @@ DEFAULT = Dialect(bulk_path="portable", lookup_slice=10 * LOOKUP_SLICE, values_s
 DIALECTS = {
     "sqlite": Dialect(  # SQLite plans the surveillance queries well without statistics
         bulk_path="insert_or_ignore", lookup_slice=LOOKUP_SLICE, values_sql=SQLITE_VALUES_SQL,
-        stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_rows=False),
+        stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_rows=False,
+        valuation_lock_file=True),
     "mysql": Dialect(
         bulk_path="load_data", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
         stage_lock=SessionLock("SELECT GET_LOCK(:name, 3600)", "SELECT RELEASE_LOCK(:name)",
@@ -98,6 +100,12 @@ def small_bulk_path(dialect_name):
     """bulk_insert's path for a few rows (a live batch)."""
     record = dialect(dialect_name)
     return record.small_bulk_path or record.bulk_path
+
+
+def valuation_lock_file(dialect_name):
+    """Is the valuation lock (db_config.valuation_session) a locked file beside the database, for want of named
+    locks?"""
+    return dialect(dialect_name).valuation_lock_file
 
 
 def lookup_slice(dialect_name):
