@@ -107,7 +107,9 @@ def parse_message(body, redelivered=False):
         return live_apply.LiveRecord(None, raw, f"message: {len(raw):,} characters, more than a trade "
                                                 f"({MAX_BODY_CHARS:,} at most)", redelivered)
     try:
-        message = json.loads(body)
+        message = json.loads(body, object_pairs_hook=_refuse_repeated_keys)
+    except RepeatedKey as repeated:
+        return live_apply.LiveRecord(None, raw, f"message: the field {str(repeated)!r} is given twice", redelivered)
     except (ValueError, RecursionError) as error:
         return live_apply.LiveRecord(None, raw, f"message: not JSON ({error})", redelivered)
     if not isinstance(message, dict):
@@ -115,6 +117,17 @@ def parse_message(body, redelivered=False):
                                      redelivered)
     fields, problem = message_fields(message)
     return live_apply.LiveRecord(fields if problem is None else None, raw, problem, redelivered)
+
+
+class RepeatedKey(Exception):
+    """A JSON object names a field twice: which value is the trade's is anybody's guess."""
+
+
+def _refuse_repeated_keys(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise RepeatedKey(next(key for key in keys if keys.count(key) > 1))
+    return dict(pairs)
 
 
 def message_fields(message):

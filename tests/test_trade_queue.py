@@ -300,6 +300,9 @@ def test_parse_message_names_the_problem():
     assert trade_queue.parse_message(b'{"txn_ref": true}').problem == "txn_ref: true is not a string or a number"
     assert trade_queue.parse_message(b'{"fee": 0}').problem is None
     assert trade_queue.parse_message(b"[" * 100_000).problem.startswith("message: 100,000 characters")
+    assert trade_queue.parse_message(b'{"quantity": 1, "quantity": 100}').problem == \
+        "message: the field 'quantity' is given twice"
+    assert trade_queue.parse_message(b"[" * 5_000).problem.startswith("message: not JSON")
 
 
 @pytest.mark.parametrize("arguments, message", [
