@@ -514,6 +514,8 @@ def main(argv=None):
         parser.error("--html writes the dashboards' page and --investor one investor's card: run them separately")
     if args.refresh < 0:
         parser.error(f"--refresh must be 0 (no reload) or a number of seconds, not {args.refresh}")
+    if args.refresh != html_report.DEFAULT_REFRESH_SECONDS and not args.html:
+        parser.error("--refresh applies to --html only")
     cli.setup_logging(args)
     if not args.show:
         matplotlib.use("Agg")  # no display needed: cron, ssh, CI

@@ -11,6 +11,7 @@ import base64
 import html
 import logging
 import os
+import re
 from contextlib import suppress
 from datetime import datetime
 from typing import Callable, NamedTuple
@@ -126,11 +127,17 @@ def timestamp(value):
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+STORED_CUT = re.compile(r"… \[cut: ([0-9,]+) characters in all\]$")  # load_transactions.stored_raw_record's note
+
+
 def raw_record(value):
-    """A rejected record's text, cut after RAW_RECORD_CHARS characters with how long it was."""
+    """A rejected record's text, cut after RAW_RECORD_CHARS characters with how long it was (the original length
+    when the stored text was cut already)."""
     if value is None or len(value) <= RAW_RECORD_CHARS:
         return "" if value is None else value
-    return f"{value[:RAW_RECORD_CHARS]}… [{len(value):,} characters in all]"
+    stored_cut = STORED_CUT.search(value)
+    length = stored_cut.group(1) if stored_cut else f"{len(value):,}"
+    return f"{value[:RAW_RECORD_CHARS]}… [{length} characters in all]"
 
 
 class Column(NamedTuple):

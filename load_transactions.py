@@ -801,13 +801,26 @@ def report(summary):
     print(summary.line())
 
 
+QUEUE_OPTIONS = {"queue_name": "--queue-name", "partitions": "--partitions", "partition": "--partition",
+                 "batch_size": "--batch-size", "batch_ms": "--batch-ms"}
+
+
 def check_live_options(parser, args):
-    """Refuse contradictory live-mode options (exit 2 through argparse)."""
+    """Refuse contradictory live-mode options, and options of one mode given in another (exit 2)."""
+    given = [flag for name, flag in QUEUE_OPTIONS.items() if getattr(args, name) != parser.get_default(name)]
     if args.watch and args.queue:
         parser.error("--watch and --queue run one at a time: start two processes")
     if (args.watch or args.queue) and args.files != parser.get_default("files"):
         parser.error("trade files and --watch/--queue run one at a time: load the files first")
-    if args.partition is not None and not 0 <= args.partition < max(args.partitions, 0):
+    if given and not args.queue:
+        parser.error(f"{', '.join(given)} apply to --queue only")
+    if args.report_every != parser.get_default("report_every") and not (args.queue or args.watch):
+        parser.error("--report-every applies to --queue and --watch only")
+    if args.retry_rejects and (args.queue or args.watch):
+        parser.error("--retry-rejects applies to trade files only")
+    if args.partitions < 0 or (args.partitions and args.partition is None):
+        parser.error("--partitions N needs --partition K (0 <= K < N): the partition this consumer reads")
+    if args.partition is not None and not 0 <= args.partition < args.partitions:
         parser.error(f"--partition {args.partition} needs --partitions N with 0 <= K < N")
     if args.batch_size < 1 or args.batch_ms < 0 or args.report_every < 0:
         parser.error("--batch-size must be at least 1, --batch-ms and --report-every at least 0")

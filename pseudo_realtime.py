@@ -1,4 +1,5 @@
-"""Stream live-looking trades into the database, one every --interval seconds, until Ctrl+C or --count trades.
+"""Stream live-looking trades into the database (or with --sink rabbitmq to the trades queue, for
+load_transactions.py --queue), one every --interval seconds, until Ctrl+C or --count trades.
 
 A companion of the batch chain: each trade is valid (investors and stocks read from the database, a SELL only
 of what the investor holds, prices walking on from the latest close), goes through the same validation and
@@ -153,6 +154,10 @@ def main(argv=None):
         parser.error("--partitions must be 0 or more, --rate above 0")
     if args.sink == "rabbitmq" and args.update_every:
         parser.error("--update-every applies to --sink database: the queue's consumer updates portfolios itself")
+    queue_only = [flag for name, flag in (("queue_name", "--queue-name"), ("partitions", "--partitions"),
+                                          ("rate", "--rate")) if getattr(args, name) != parser.get_default(name)]
+    if args.sink != "rabbitmq" and queue_only:
+        parser.error(f"{', '.join(queue_only)} apply to --sink rabbitmq only")
 
     def work():
         engine = db_config.get_engine(args.database_url)

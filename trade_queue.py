@@ -17,22 +17,25 @@ import os
 import signal
 import threading
 import time
+from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import pika
 import pika.exceptions
+from sqlalchemy import select
 
 import batches
+import cli
 import db_config
 import db_retry
 import live_apply
 import live_worker
 import report_refresh
 import validation
+from schema import investors, stocks
 
 logger = logging.getLogger(__name__)
-logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO lines narrate every connection
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 PUBLISHED_AT_HEADER = "x-published-at"  # seconds since the epoch, set by pseudo_realtime (latency measurement)
@@ -46,6 +49,29 @@ FEE_ZERO = {"", "0", "0.0", "0.00", "0.0000"}
 def amqp_url():
     """AMQP_URL from the environment or .env (db_config loads it), else the local broker."""
     return os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL
+
+
+def broker_parameters(url=None):
+    """pika's connection parameters for the URL (default amqp_url()); a URL that cannot work is cli.InputError."""
+    url = url or amqp_url()
+    shown = safe_amqp_url(url)
+    if urlsplit(url).scheme not in ("amqp", "amqps"):
+        raise cli.InputError(f"AMQP_URL {shown!r}: not an amqp:// or amqps:// URL")
+    try:
+        parameters = pika.URLParameters(url)
+    except (ValueError, IndexError, TypeError) as error:
+        raise cli.InputError(f"AMQP_URL {shown!r}: {error}") from None
+    parameters.heartbeat = 30  # a dead peer is noticed within a minute
+    parameters.blocked_connection_timeout = 60
+    return parameters
+
+
+def safe_amqp_url(url):
+    """The URL with its password hidden."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
 def queue_for(queue_name, partitions, investor_id):
@@ -65,11 +91,11 @@ def declare_queues(channel, queue_name, partitions):
 
 
 def connect(url=None):
-    """A blocking connection to the broker, with a heartbeat so that a dead peer is noticed."""
-    parameters = pika.URLParameters(url or amqp_url())
-    parameters.heartbeat = 30
-    parameters.blocked_connection_timeout = 60
-    return pika.BlockingConnection(parameters)
+    """A blocking connection to the broker. pika's own log (an ERROR and a traceback per failed attempt) is
+    shown only with --verbose: the caller says what happened in one line."""
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    logging.getLogger("pika").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    return pika.BlockingConnection(broker_parameters(url))
 
 
 # ---------------------------------------------------------------------------------------------- publishing
@@ -135,9 +161,11 @@ def message_fields(message):
     fields = {}
     for column in validation.TRADE_COLUMNS:
         value = message.get(column)
-        if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
+        if value is None:
+            return None, f"{column}: missing" + (" (null)" if column in message else "")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             return None, f"{column}: {json.dumps(value)[:100]} is not a string or a number"
-        fields[column] = "" if value is None else str(value)
+        fields[column] = str(value)
     fee = message.get("fee")
     if fee is not None and str(fee).strip() not in FEE_ZERO:
         return None, (f"fee: {json.dumps(fee)[:100]} is not 0: this version records no fees, so the trade is kept "
@@ -202,8 +230,11 @@ class Stop:
 def consume(engine, settings):
     """Consume the queue until a signal (or settings.max_messages); return the exit code (0)."""
     url = settings.database_url or engine.url.render_as_string(hide_password=False)
+    broker = broker_parameters()  # a URL that cannot work stops here (exit 2)
+    require_reference_data(engine)
+    logger.info("consuming %s at %s", settings.queue(), safe_amqp_url(amqp_url()))
     applier = live_apply.LiveApplier(engine, f"{batches.LIVE_SOURCE_PREFIX}{settings.queue()}")
-    totals, outage = ConsumerTotals(), Outage(f"queue {settings.queue()}")
+    totals, outage = ConsumerTotals(), Outage(f"queue {settings.queue()}", f"{broker.host}:{broker.port}")
     with Stop() as stop:
         worker = live_worker.WorkerProcess(url)
         catch_up(engine, worker)
@@ -213,6 +244,7 @@ def consume(engine, settings):
                 try:
                     run_session(settings, applier, worker, totals, stop, outage, refresher)
                 except Exception as error:
+                    refuse_configuration_errors(error, settings)
                     if not (isinstance(error, BROKER_ERRORS) or db_retry.is_unreachable(error)
                             or db_retry.is_transient(error)):
                         raise
@@ -224,16 +256,42 @@ def consume(engine, settings):
     return 0
 
 
+def require_reference_data(engine):
+    """Refuse to start on a database without investors or stocks: every message would be a reject."""
+    with engine.connect() as connection:
+        missing = [table.name for table in (investors, stocks)
+                   if connection.execute(select(table).limit(1)).first() is None]
+    if missing:
+        raise cli.InputError(f"the database has no {' and no '.join(missing)}; run seed_investors.py first "
+                             "(no message was taken)")
+
+
+FATAL_REPLY_CODES = {403: "access refused", 404: "not found", 406: "declared differently"}  # AMQP channel replies
+
+
+def refuse_configuration_errors(error, settings):
+    """Raise cli.StageError for a broker error that waiting will not cure (credentials, permissions, a queue
+    declared with other arguments); anything else is left to the caller."""
+    if isinstance(error, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError,
+                          pika.exceptions.ProbableAccessDeniedError)):
+        raise cli.StageError(f"RabbitMQ at {safe_amqp_url(amqp_url())} refused the login (check AMQP_URL's "
+                             "user and password, and its virtual host)") from None
+    code = getattr(error, "reply_code", None)
+    if isinstance(error, pika.exceptions.ChannelClosedByBroker) and code in FATAL_REPLY_CODES:
+        raise cli.StageError(f"queue {settings.queue()}: {FATAL_REPLY_CODES[code]} ({code} "
+                             f"{getattr(error, 'reply_text', '')})") from None
+
+
 class Outage:
     """The broker or the database is away: one log line when it starts, one when it ends, growing pauses."""
 
-    def __init__(self, what):
-        self.what, self.started, self.attempts = what, None, 0
+    def __init__(self, what, broker_address):
+        self.what, self.broker_address, self.started, self.attempts = what, broker_address, None, 0
 
     def wait(self, error, stop):
         if self.started is None:
             self.started = time.monotonic()
-            logger.warning("%s: %s; reconnecting until it works", self.what, describe(error))
+            logger.warning("%s: %s; reconnecting until it works", self.what, self.describe(error))
         pauses = db_retry.UNREACHABLE_PAUSES
         stop.requested.wait(pauses[min(self.attempts, len(pauses) - 1)])
         self.attempts += 1
@@ -244,11 +302,12 @@ class Outage:
         self.started, self.attempts = None, 0
 
 
-def describe(error):
-    """One line for an error of the broker or the database."""
-    if isinstance(error, BROKER_ERRORS):
-        return f"message queue unreachable ({type(error).__name__}: {str(error) or 'connection lost'})"
-    return f"database unreachable ({db_config.error_line(error)})"
+    def describe(self, error):
+        """One line for an error of the broker or the database."""
+        if isinstance(error, BROKER_ERRORS):
+            return (f"RabbitMQ at {self.broker_address} unreachable ({type(error).__name__}"
+                    + (f": {error}" if str(error) else "") + ")")
+        return f"database unreachable ({db_config.error_line(error)})"
 
 
 def catch_up(engine, worker):

@@ -179,8 +179,9 @@ def replay_late_positions(connection, applied, positions):
     for key, checkpoint in starts.items():
         positions[key] = ledger.Position.from_checkpoint(checkpoint) if checkpoint else ledger.Position(*key)
     replay = ledger.apply_trades(ledger.trades_after(connection, starts), positions)
-    logger.info("replayed %d trades of %d positions with a late trade (%d from a checkpoint)", replay.trades,
-                len(starts), sum(checkpoint is not None for checkpoint in starts.values()))
+    if starts:
+        logger.info("replayed %d trades of %d positions with a late trade (%d from a checkpoint)", replay.trades,
+                    len(starts), sum(checkpoint is not None for checkpoint in starts.values()))
     applied.changed |= replay.changed
     applied.oversells += replay.oversells
     applied.checkpoints += replay.checkpoints

@@ -359,3 +359,9 @@ def test_refresher_writes_the_page(reported, database_url, tmp_path):
     page = parse((reports / "index.html").read_text(encoding="utf-8"))
     assert page.tags["img"] == 2 and len(page.rows("risk-table")) == 3
     assert sorted(path.name for path in reports.iterdir()) == ["index.html"]
+
+
+def test_a_record_cut_when_stored_shows_its_original_length():
+    stored = load_transactions.stored_raw_record("x" * 10_214)
+    assert html_report.raw_record(stored).endswith("… [10,214 characters in all]")
+    assert html_report.raw_record("y" * 800).endswith("… [800 characters in all]")

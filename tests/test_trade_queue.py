@@ -292,13 +292,18 @@ def test_two_consumers_on_partitions_apply_interleaved_investors(mariadb_url, br
 
 
 def test_parse_message_names_the_problem():
-    record = trade_queue.parse_message(json.dumps({"txn_ref": "A", "investor_id": 1001, "price": 12.5}).encode())
-    assert record.fields["investor_id"] == "1001" and record.fields["price"] == "12.5"
-    assert record.fields["quantity"] == "" and record.problem is None
+    whole = {"txn_ref": "A", "investor_id": 1001, "stock_symbol": "AAPL", "txn_type": "BUY", "quantity": 3,
+             "price": 12.5, "txn_time": "2026-01-05 10:00:00"}
+    record = trade_queue.parse_message(json.dumps(whole).encode())
+    assert record.fields["investor_id"] == "1001" and record.fields["price"] == "12.5" and record.problem is None
+    assert trade_queue.parse_message(json.dumps({**whole, "quantity": None}).encode()).problem == \
+        "quantity: missing (null)"
+    assert trade_queue.parse_message(json.dumps({"txn_ref": "A"}).encode()).problem == "investor_id: missing"
     assert trade_queue.parse_message(b"\xff\xfe").problem.startswith("message: not JSON")
     assert trade_queue.parse_message(b"null").problem == "message: a JSON NoneType, not an object"
-    assert trade_queue.parse_message(b'{"txn_ref": true}').problem == "txn_ref: true is not a string or a number"
-    assert trade_queue.parse_message(b'{"fee": 0}').problem is None
+    assert trade_queue.parse_message(json.dumps({**whole, "txn_ref": True}).encode()).problem == \
+        "txn_ref: true is not a string or a number"
+    assert trade_queue.parse_message(json.dumps({**whole, "fee": 0}).encode()).problem is None
     assert trade_queue.parse_message(b"[" * 100_000).problem.startswith("message: 100,000 characters")
     assert trade_queue.parse_message(b'{"quantity": 1, "quantity": 100}').problem == \
         "message: the field 'quantity' is given twice"
@@ -307,6 +312,11 @@ def test_parse_message_names_the_problem():
 
 @pytest.mark.parametrize("arguments, message", [
     (["--queue", "--watch", "inbox"], "--watch and --queue run one at a time"),
+    (["--queue", "--partitions", "2"], "--partitions N needs --partition K"),
+    (["--partitions", "2", "--partition", "0"], "--partitions, --partition apply to --queue only"),
+    (["--watch", "inbox", "--batch-ms", "3"], "--batch-ms apply to --queue only"),
+    (["t.csv", "--report-every", "3"], "--report-every applies to --queue and --watch only"),
+    (["--queue", "--retry-rejects"], "--retry-rejects applies to trade files only"),
     (["--queue", "t.csv"], "trade files and --watch/--queue run one at a time"),
     (["--queue", "--partition", "2", "--partitions", "2"], "--partition 2 needs --partitions N with 0 <= K < N"),
     (["--queue", "--batch-size", "0"], "--batch-size must be at least 1"),
@@ -358,3 +368,30 @@ def applied_refs(engine):
         return set(connection.execute(text(
             "SELECT t.txn_ref FROM transactions t JOIN portfolios p ON p.investor_id = t.investor_id "
             "AND p.stock_symbol = t.stock_symbol AND p.last_txn_id >= t.txn_id WHERE t.txn_ref LIKE 'Q-%'")).scalars())
+
+
+@pytest.mark.parametrize("url, message", [
+    ("not a url", "AMQP_URL 'not a url': not an amqp:// or amqps:// URL"),
+    ("http://guest:secret@127.0.0.1:5672/", "AMQP_URL 'http://guest:***@127.0.0.1:5672/': not an amqp"),
+    ("amqp://guest:secret@127.0.0.1:notaport/", "AMQP_URL 'amqp://guest:***@127.0.0.1:notaport/': "),
+])
+def test_an_amqp_url_that_cannot_work_exits_2_with_one_line(url, message, seeded_engine, database_url, monkeypatch,
+                                                            capsys):
+    monkeypatch.setenv("AMQP_URL", url)
+    assert load_transactions.main(["--queue", "--database-url", database_url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: load_transactions: {message}") and err.count("\n") == 1 and "secret" not in err
+
+
+def test_wrong_credentials_exit_1_at_once_without_a_traceback(market, database_url, monkeypatch, queue_name):
+    monkeypatch.setenv("AMQP_URL", "amqp://guest:wrong-password@127.0.0.1:5672/")
+    consumer = start_consumer(database_url, queue_name)
+    code, _, err = consumer.wait(timeout=60), *consumer.communicate()
+    assert code == 1 and "Traceback" not in err and "wrong-password" not in err
+    assert "RabbitMQ at amqp://guest:***@127.0.0.1:5672/ refused the login" in err
+
+
+def test_a_consumer_on_a_database_without_investors_takes_no_message(engine, database_url, capsys):
+    assert load_transactions.main(["--queue", "--database-url", database_url]) == 2
+    assert "the database has no investors and no stocks; run seed_investors.py first (no message was taken)" in \
+        capsys.readouterr().err
