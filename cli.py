@@ -53,6 +53,11 @@ def setup_logging(args):
         level = logging.WARNING
     else:
         level = logging.INFO
+    log_at(level)
+
+
+def log_at(level):
+    """Log to stderr from this level on, in the one format of every script (and of their worker processes)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 

@@ -8,6 +8,8 @@ import logging
 import random
 import time
 
+import pandas
+
 import db_config
 
 logger = logging.getLogger(__name__)
@@ -20,8 +22,16 @@ MYSQL_UNREACHABLE = {1053, 1927, 2003, 2006, 2013, 2055}  # shutdown, connection
 UNREACHABLE_PAUSES = (0.5, 1, 2, 5, 10, 30)  # seconds between attempts while a server is away; the last repeats
 
 
+def database_error(error):
+    """The database's error behind a wrapper (pandas' DatabaseError wraps the one read_sql raised)."""
+    while isinstance(error, pandas.errors.DatabaseError) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 def is_transient(error):
     """Did the database refuse the work for a reason that passes (see the sets above)?"""
+    error = database_error(error)
     orig = getattr(error, "orig", None) or error
     args = getattr(orig, "args", ())
     if args and isinstance(args[0], int):
@@ -46,6 +56,7 @@ def with_retries(work, what, attempts=ATTEMPTS, pause_seconds=0.5):
 
 def is_unreachable(error):
     """Is this the database being away (stopped, restarting, the connection killed), not a bug or bad data?"""
+    error = database_error(error)
     if isinstance(error, db_config.DatabaseUnavailable) or getattr(error, "connection_invalidated", False):
         return True
     orig = getattr(error, "orig", None) or error

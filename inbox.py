@@ -28,6 +28,7 @@ from watchdog.observers.inotify import InotifyObserver
 
 import cli
 import db_config
+import db_retry
 import load_transactions
 import report_refresh
 import surveillance
@@ -164,8 +165,8 @@ def next_file(inbox):
         elif inbox.waiting:
             path, signature = next(iter(inbox.waiting.items()))
             del inbox.waiting[path]
-            if file_signature(path) == signature:  # else gone, or changed since: its next event or a scan brings it
-                return path
+            if file_signature(path) == signature and not open_for_writing([path]):
+                return path  # else gone, changed since, or renamed in still open: its next event or a scan brings it
         else:
             inbox.receive(inbox.next_scan)
     return None
@@ -185,7 +186,9 @@ def handle_file(engine, inbox, path, refresher):
     while not inbox.stopping:
         try:
             outcome = process_file(engine, inbox, path)
-        except OUTAGE_ERRORS as error:
+        except Exception as error:
+            if not (isinstance(error, OUTAGE_ERRORS) or db_retry.is_unreachable(error)):
+                raise
             inbox.outage.failed(error, path)
             inbox.pause(inbox.outage.retry_seconds)
             continue
@@ -215,6 +218,9 @@ def process_file(engine, inbox, path):
     same SHA-256) and applies what is pending.
     """
     started = time.perf_counter()
+    if os.path.islink(path):  # whoever may write here could otherwise have the watcher read any file it can
+        return refuse_file(inbox, path, "a symbolic link: the inbox takes only files written into it, and never "
+                                        "reads what a link points to")
     try:
         summary = load_transactions.load_path(engine, path)
     except cli.InputError as error:

@@ -37,7 +37,7 @@ from schema import investors, load_batches, stocks
 logger = logging.getLogger(__name__)
 
 LIVE_BATCH_SECONDS = 60  # one load_batches row per minute of live trades ...
-LIVE_BATCH_TRADES = 10_000  # ... or per this many records, whichever comes first
+LIVE_BATCH_TRADES = 2_000  # ... or per this many records, whichever comes first (a restart re-checks the last)
 RETRY_PAUSE_SECONDS = 0.01  # after a deadlock: the other transaction is short (a live batch, the live worker)
 NEW_TRADES_SQL = "WHERE t.batch_id = :live_batch_id AND t.source_line > :live_after_line"  # one call's trades
 

@@ -66,8 +66,9 @@ class WorkerProcess:
     def __init__(self, database_url):
         context = multiprocessing.get_context("spawn")  # the parent holds sockets (broker, database): no fork
         self.jobs, self.done = context.Queue(), context.Queue()
-        self.process = context.Process(target=run_worker, args=(database_url, self.jobs, self.done, os.getpid()),
-                                       name="live-worker", daemon=True)
+        self.process = context.Process(
+            target=run_worker, name="live-worker", daemon=True,
+            args=(database_url, self.jobs, self.done, os.getpid(), logging.getLogger().getEffectiveLevel()))
         self.process.start()
         self.sent = 0
 
@@ -114,9 +115,10 @@ def unfollowed_batches(engine):
             for batch_id, rows_read, first in rows]
 
 
-def run_worker(database_url, jobs, done, parent_pid):
+def run_worker(database_url, jobs, done, parent_pid, log_level):
     """The worker's loop: take every follow-up waiting, do them, report the highest number done."""
     load_transactions._die_with_parent(parent_pid)
+    cli.log_at(log_level)
     for number in (signal.SIGINT, signal.SIGTERM):  # Ctrl+C reaches the whole process group: the consumer decides
         signal.signal(number, signal.SIG_IGN)
     engine = db_config.get_engine(database_url, create_schema=False)
@@ -128,7 +130,8 @@ def run_worker(database_url, jobs, done, parent_pid):
             try:
                 follow_up_all(engine, valuation, [job for _, job in follow_ups])
             except Exception as error:  # reported to the consumer, which stops with it
-                done.put((follow_ups[-1][0], f"{type(error).__name__}: {db_config.error_line(error)}"))
+                cause = db_retry.database_error(error)
+                done.put((follow_ups[-1][0], f"{type(cause).__name__}: {db_config.error_line(cause)}"))
                 return
             done.put((follow_ups[-1][0], None))
         if not taken or taken[-1][1] is None:

@@ -19,6 +19,7 @@ import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
 import pika
@@ -43,7 +44,6 @@ IDLE_WAIT_SECONDS = 0.05  # how long the consumer waits for the broker when it h
 PREFETCH_BATCHES = 50  # unacknowledged messages allowed, in batches: they wait for the worker's cycle (a
 # second or more when trades come fast); fewer would stall the consumer behind the worker
 MAX_BODY_CHARS = 10_000  # a longer message is a reject (a trade is about 200 characters)
-FEE_ZERO = {"", "0", "0.0", "0.00", "0.0000"}
 
 
 def amqp_url():
@@ -132,8 +132,9 @@ def parse_message(body, redelivered=False):
     if len(raw) > MAX_BODY_CHARS:
         return live_apply.LiveRecord(None, raw, f"message: {len(raw):,} characters, more than a trade "
                                                 f"({MAX_BODY_CHARS:,} at most)", redelivered)
-    try:
-        message = json.loads(body, object_pairs_hook=_refuse_repeated_keys)
+    try:  # numbers keep their text, as a CSV cell would: 1e2 stays '1e2', 190.10 stays '190.10'
+        message = json.loads(body, object_pairs_hook=_refuse_repeated_keys, parse_float=str, parse_int=str,
+                             parse_constant=_refuse_constant)
     except RepeatedKey as repeated:
         return live_apply.LiveRecord(None, raw, f"message: the field {str(repeated)!r} is given twice", redelivered)
     except (ValueError, RecursionError) as error:
@@ -147,6 +148,10 @@ def parse_message(body, redelivered=False):
 
 class RepeatedKey(Exception):
     """A JSON object names a field twice: which value is the trade's is anybody's guess."""
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _refuse_repeated_keys(pairs):
@@ -163,14 +168,34 @@ def message_fields(message):
         value = message.get(column)
         if value is None:
             return None, f"{column}: missing" + (" (null)" if column in message else "")
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        if not isinstance(value, str):  # numbers arrive as their text (parse_message)
             return None, f"{column}: {json.dumps(value)[:100]} is not a string or a number"
-        fields[column] = str(value)
+        if not value.isascii() and not _encodable(value):
+            return None, f"{column}: {json.dumps(value)[:100]} holds a lone surrogate (\\ud800-\\udfff), not text"
+        fields[column] = value
     fee = message.get("fee")
-    if fee is not None and str(fee).strip() not in FEE_ZERO:
+    if fee is not None and not _is_zero(fee):
         return None, (f"fee: {json.dumps(fee)[:100]} is not 0: this version records no fees, so the trade is kept "
                       "here rather than loaded without its fee")
     return fields, None
+
+
+def _encodable(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_zero(fee):
+    """Is a fee 0 (any spelling of zero: 0, "0.000", "-0")? The empty string counts as no fee."""
+    if not isinstance(fee, str) or not fee.isascii():
+        return False
+    try:
+        return fee.strip() == "" or Decimal(fee.strip()) == 0
+    except InvalidOperation:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- consuming

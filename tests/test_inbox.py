@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pandas
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
@@ -362,3 +363,54 @@ def test_one_watcher_per_inbox(folder):
         with pytest.raises(cli.StageError, match=f"another watcher \\(process {os.getpid()}\\) is watching"):
             with inbox.holding_lock(str(folder)):
                 pass
+
+
+def test_a_symbolic_link_is_refused_unread(seeded_sqlite, folder, start_watcher, tmp_path):
+    url, engine = seeded_sqlite
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root-only-secret: admin:S3cr3t\n", encoding="utf-8")
+    watcher = start_watcher(folder, url)
+    os.symlink(secret, folder / "leak.csv")
+    wait_for(lambda: (folder / "failed" / "leak.csv.reason").exists(), "leak.csv in failed/")
+    reason = (folder / "failed" / "leak.csv.reason").read_text(encoding="utf-8")
+    assert reason.startswith("a symbolic link: the inbox takes only files written into it") and "S3cr3t" not in reason
+    assert watcher.stop() == 0 and "S3cr3t" not in watcher.stderr()
+    assert count_trades(engine) == 0
+
+
+def test_a_file_renamed_in_while_still_open_waits_for_its_writer(seeded_sqlite, folder, start_watcher, tmp_path):
+    url, engine = seeded_sqlite
+    watcher = start_watcher(folder, url)
+    lines = trade_lines("W", 4)
+    staged = folder / ".w.csv.tmp"
+    with open(staged, "w", encoding="utf-8") as writer:
+        writer.write(HEADER + "".join(lines[:3]) + lines[3][:20])  # the last line cut: a writer not done yet
+        writer.flush()
+        os.rename(staged, folder / "w.csv")
+        time.sleep(1.0)
+        assert count_trades(engine) == 0
+        writer.write(lines[3][20:])
+    wait_for(lambda: count_trades(engine) == 4, "the four trades, once the writer closed the file")
+    assert [batch["rows_rejected"] for batch in batches(engine)] == [0]
+    assert watcher.stop() == 0
+
+
+def test_a_connection_lost_inside_a_pandas_read_is_an_outage(seeded_sqlite, folder, monkeypatch, caplog):
+    _, engine = seeded_sqlite
+    drop(folder, "during.csv", HEADER + "".join(trade_lines("P", 2)))
+    os.utime(folder / "during.csv", (time.time() - 60,) * 2)
+    monkeypatch.setattr(inbox, "FIRST_RETRY_SECONDS", 0.01)
+    real_apply, attempts = inbox.apply_new_trades, []
+
+    def flaky_apply(engine):
+        attempts.append(1)
+        if len(attempts) == 1:
+            lost = OperationalError("SELECT 1", {}, Exception("(2013, 'Lost connection to MySQL server during query')"))
+            lost.orig.args = (2013, "Lost connection to MySQL server during query")
+            raise pandas.errors.DatabaseError("Execution failed on sql 'WITH\n...'") from lost
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_apply(engine)
+
+    monkeypatch.setattr(inbox, "apply_new_trades", flaky_apply)
+    assert inbox.watch_inbox(engine, str(folder), report_every=0) == cli.EXIT_OK
+    assert len(attempts) == 2 and os.listdir(folder / "processed") == ["during.csv"]

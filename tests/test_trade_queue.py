@@ -13,11 +13,14 @@ import textwrap
 import time
 import uuid
 
+import pandas
 import pika
 import pytest
+from sqlalchemy.exc import OperationalError
 from sqlalchemy import func, select, text
 
 import db_config
+import db_retry
 import generate_dummy_data
 import load_transactions
 import seed_investors
@@ -76,7 +79,7 @@ POISON = [
 ]
 POISON_REASONS = ["message: not JSON", "message: a JSON list, not an object",
                   "investor_id: 999999 is not a known investor", "price: '-3' is not a plain decimal > 0",
-                  'quantity: {"n": 1} is not a string or a number', 'fee: "1.50" is not 0']
+                  'quantity: {"n": "1"} is not a string or a number', 'fee: "1.50" is not 0']
 
 
 def publish(channel, queue, bodies):
@@ -395,3 +398,52 @@ def test_a_consumer_on_a_database_without_investors_takes_no_message(engine, dat
     assert load_transactions.main(["--queue", "--database-url", database_url]) == 2
     assert "the database has no investors and no stocks; run seed_investors.py first (no message was taken)" in \
         capsys.readouterr().err
+
+
+def trade_json(**changes):
+    whole = {"txn_ref": "A", "investor_id": 1001, "stock_symbol": "AAPL", "txn_type": "BUY", "quantity": 3,
+             "price": "12.5", "txn_time": "2026-01-05 10:00:00"}
+    return json.dumps({**whole, **changes}).encode()
+
+
+@pytest.mark.parametrize("body, problem", [
+    (trade_json(txn_ref="S-\ud800"), 'txn_ref: "S-\\ud800" holds a lone surrogate'),
+    (trade_json(stock_symbol="\udfff"), 'stock_symbol: "\\udfff" holds a lone surrogate'),
+    (b'{"txn_ref": "A", "investor_id": NaN}', "message: not JSON (NaN is not a JSON number)"),
+    (trade_json(fee="0.50"), 'fee: "0.50" is not 0'),
+])
+def test_hostile_values_are_rejects_with_their_reason(body, problem):
+    assert trade_queue.parse_message(body).problem.startswith(problem)
+
+
+@pytest.mark.parametrize("fee", [0, "0", "0.000", "-0", "", 0.0])
+def test_any_spelling_of_a_zero_fee_is_no_fee(fee):
+    assert trade_queue.parse_message(trade_json(fee=fee)).problem is None
+
+
+def test_json_numbers_keep_the_text_they_are_written_with():
+    fields = trade_queue.parse_message(b'{"txn_ref": "A", "investor_id": 1001.0, "stock_symbol": "AAPL", '
+                                       b'"txn_type": "BUY", "quantity": 1e2, "price": 190.10, '
+                                       b'"txn_time": "2026-01-05 10:00:00"}').fields
+    assert (fields["investor_id"], fields["quantity"], fields["price"]) == ("1001.0", "1e2", "190.10")
+
+
+def test_a_poison_surrogate_next_to_a_good_message_blocks_nothing(market, database_url, broker, queue_name):
+    channel, _ = broker
+    good = live_trades(1, prefix="OK")[0]
+    publish(channel, queue_name, [good, trade_json(txn_ref="S-\ud800")])
+    consumer = start_consumer(database_url, queue_name)
+    wait_until(lambda: queue_totals(database_url)[0] == 2 and queue_totals(database_url)[4] == 0, "both messages")
+    code, out, err = stop(consumer)
+    assert code == 0, err
+    assert "2 messages, 1 loaded, 0 duplicates, 1 rejected" in out
+    assert messages_in(channel, queue_name) == 0
+
+
+def test_a_lost_connection_wrapped_by_pandas_is_an_outage():
+    lost = OperationalError("SELECT 1", {}, Exception())
+    lost.orig.args = (2013, "Lost connection to MySQL server during query")
+    try:
+        raise pandas.errors.DatabaseError("Execution failed on sql 'WITH\n...'") from lost
+    except pandas.errors.DatabaseError as wrapped:
+        assert db_retry.is_unreachable(wrapped) and not db_retry.is_unreachable(pandas.errors.DatabaseError("x"))
