@@ -52,7 +52,8 @@ class LiveRecord(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """What became of one record: status 'loaded', 'duplicate' or 'rejected', with the reason of a reject."""
+    """What became of one record: status 'loaded', 'duplicate' or 'rejected', with the reason of a reject (also of
+    a duplicate whose reject was recorded when it was delivered before: it is dead-lettered again)."""
     status: str
     reason: str = None
 
@@ -103,9 +104,9 @@ class LiveApplier:
             now = batches.now()
             batch = self._batch_for(connection, now)
             summary = load_transactions.LoadSummary(self.source, batch.batch_id)
-            rejects = load_live_records(connection, records, batch, summary, self.source, self.reference)
+            rejects, recorded = load_live_records(connection, records, batch, summary, self.source, self.reference)
             loaded = loaded_trades(connection, batch)
-            result = LiveResult(outcomes(batch, len(records), rejects, loaded),
+            result = LiveResult(outcomes(batch, len(records), rejects, recorded, loaded),
                                 FollowUp(batch.batch_id, batch.records, batch.records + len(records)))
             if loaded.lines:
                 apply_loaded(connection, batch, loaded, now, result)
@@ -167,24 +168,24 @@ def count_batch(connection, batch_id, summary, now):
 
 
 def load_live_records(connection, records, batch, summary, source, reference):
-    """Validate and insert the records as lines batch.records + 1, ... of the live batch; return the rejects
-    (line_number, reason, raw_record)."""
+    """Validate and insert the records as lines batch.records + 1, ... of the live batch; return (the rejects
+    (line_number, reason, raw_record), {line: reason} of redelivered records whose reject was recorded before)."""
     lines = range(batch.records + 1, batch.records + len(records) + 1)
+    recorded = recorded_rejects(connection, records, lines, source)
+    fresh = [(line, record) for line, record in zip(lines, records) if line not in recorded]
     trades = pd.DataFrame([[str(record.fields.get(column, "")) for column in validation.TRADE_COLUMNS]
-                           for record in records if record.fields is not None],
+                           for _, record in fresh if record.fields is not None],
                           columns=list(validation.TRADE_COLUMNS), dtype=object)
-    trades["line_number"] = [line for line, record in zip(lines, records) if record.fields is not None]
-    trades["raw_record"] = [record.raw for record in records if record.fields is not None]
+    trades["line_number"] = [line for line, record in fresh if record.fields is not None]
+    trades["raw_record"] = [record.raw for _, record in fresh if record.fields is not None]
     malformed = load_transactions._rejects_frame(
-        [(line, record.problem, record.raw) for line, record in zip(lines, records) if record.fields is None])
+        [(line, record.problem, record.raw) for line, record in fresh if record.fields is None])
     chunk = load_transactions.prepare_chunk(trades, malformed, reference.context(connection, records), batch.batch_id,
                                             connection.dialect.name)
-    chunk.rejects, repeated = drop_recorded_rejects(connection, chunk.rejects, records, lines, source)
     rejects = load_transactions.store_chunk(connection, chunk, summary, method="small", line_numbers=False)
-    summary.rows_duplicate += repeated  # read already: rows_read counts every record once
-    return rejects
-
-
+    summary.rows_read += len(recorded)  # read again, counted as duplicates (their reject is stored once)
+    summary.rows_duplicate += len(recorded)
+    return rejects, recorded
 class ReferenceData:
     """The investors and stocks known to exist, read again only for an id or symbol not seen yet (they are added,
     never removed, while trades reference them)."""
@@ -207,24 +208,24 @@ class ReferenceData:
 
 
 RECORDED_REJECTS_SQL = text("""
-SELECT r.raw_record
+SELECT r.raw_record, r.reason
 FROM rejected_transactions r
 JOIN load_batches b ON b.batch_id = r.batch_id
 WHERE b.source = :source AND r.raw_record IN :raw_records
 """).bindparams(bindparam("raw_records", expanding=True))
 
 
-def drop_recorded_rejects(connection, rejects, records, lines, source):
-    """(rejects without those of redelivered records already recorded from this source, how many were dropped):
-    a message delivered again after its reject was committed is counted once, then as a duplicate."""
-    redelivered = {line for line, record in zip(lines, records) if record.redelivered}
-    candidates = rejects.loc[rejects["line_number"].isin(redelivered)] if redelivered else rejects.iloc[:0]
-    if candidates.empty:
-        return rejects, 0
-    raws = [load_transactions.stored_raw_record(raw) for raw in candidates["raw_record"]]
-    recorded = set(connection.execute(RECORDED_REJECTS_SQL, {"source": source, "raw_records": raws}).scalars())
-    again = candidates.index[[raw in recorded for raw in raws]]
-    return rejects.drop(index=again), len(again)
+def recorded_rejects(connection, records, lines, source):
+    """{line: stored reason} of the redelivered records (the broker delivered them before) whose reject this
+    source has stored already: a crash came between that commit and the acknowledgement. They are not taken
+    again (whatever the reject was: a bad field, a conflict), only dead-lettered again."""
+    redelivered = {line: load_transactions.stored_raw_record(record.raw)
+                   for line, record in zip(lines, records) if record.redelivered}
+    if not redelivered:
+        return {}
+    stored = dict(connection.execute(RECORDED_REJECTS_SQL, {"source": source,
+                                                            "raw_records": sorted(set(redelivered.values()))}).all())
+    return {line: stored[raw] for line, raw in redelivered.items() if raw in stored}
 
 
 class LoadedTrades(NamedTuple):
@@ -245,9 +246,10 @@ def loaded_trades(connection, batch):
                         first)
 
 
-def outcomes(batch, count, rejects, loaded):
-    """An Outcome per record: rejected (with its reason), loaded (stored under this batch and line) or duplicate."""
+def outcomes(batch, count, rejects, recorded, loaded):
+    """An Outcome per record: rejected (with its reason), loaded (stored under this batch and line) or duplicate
+    (with the reason recorded before, for a reject delivered again)."""
     reasons = dict(zip(rejects["line_number"].tolist(), rejects["reason"].tolist()))
     return [Outcome("rejected", reasons[line]) if line in reasons
-            else Outcome("loaded") if line in loaded.lines else Outcome("duplicate")
+            else Outcome("loaded") if line in loaded.lines else Outcome("duplicate", recorded.get(line))
             for line in range(batch.records + 1, batch.records + count + 1)]

@@ -418,7 +418,7 @@ def take_batch(session, applier, worker, totals):
     logger.debug("applied %d messages in %.1f ms", len(records), (time.perf_counter() - started) * 1000)
     for (tag, body, _), outcome in zip(taken, result.outcomes):
         totals.outcomes[outcome.status] += 1
-        if outcome.status == "rejected":
+        if outcome.reason is not None:  # a reject, or one recorded at an earlier delivery: at least once
             dead_letter(session.channel, session.settings.queue_name, body, outcome.reason)
     totals.messages += len(taken)
     session.waiting.append((worker.submit(result.follow_up), taken[-1][0]))

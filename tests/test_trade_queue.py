@@ -236,6 +236,44 @@ CRASH_BEFORE_COMMIT = textwrap.dedent("""
 """)
 
 
+CRASH_BEFORE_DEAD_LETTER = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, os.getcwd())
+    import load_transactions, trade_queue
+    def dead_letter(channel, queue_name, body, reason):  # rejects committed, not dead-lettered yet: die here
+        os.kill(os.getpid(), signal.SIGKILL)
+    trade_queue.dead_letter = dead_letter
+    sys.exit(load_transactions.main(sys.argv[1:]))
+""")
+
+
+def test_rejects_committed_before_a_crash_are_recorded_once_and_dead_lettered_after_it(market, database_url, broker,
+                                                                                       queue_name):
+    channel, _ = broker
+    first = live_trades(1, prefix="C")[0]
+    publish(channel, queue_name, [first])
+    consumer = start_consumer(database_url, queue_name)
+    wait_until(lambda: queue_totals(database_url)[1] == 1, "the first trade")
+    assert stop(consumer)[0] == 0
+    conflict = json.dumps({**first, "quantity": first["quantity"] + 1}).encode()  # same txn_ref, other values
+    publish(channel, queue_name, [conflict, POISON[0]])
+    crashing = start_consumer(database_url, queue_name, "--batch-ms", "200", driver=CRASH_BEFORE_DEAD_LETTER)
+    assert crashing.wait(timeout=60) == -signal.SIGKILL
+    assert messages_in(channel, f"{queue_name}.rejected") == 0
+    consumer = start_consumer(database_url, queue_name)
+    wait_until(lambda: queue_totals(database_url)[0] == 5 and queue_totals(database_url)[4] == 0, "the redelivery")
+    code, out, err = stop(consumer)
+    assert code == 0, err
+    assert "2 messages, 0 loaded, 2 duplicates, 0 rejected" in out
+    assert queue_totals(database_url)[:4] == (5, 1, 2, 2)
+    with market.connect() as connection:
+        reasons = connection.execute(select(rejected_transactions.c.reason)).scalars().all()
+    assert len(reasons) == 2 and reasons[0].startswith("txn_ref: 'C-0' conflicts with loaded trade")
+    dead = [channel.basic_get(f"{queue_name}.rejected", auto_ack=True) for _ in range(2)]
+    assert [body for _, _, body in dead] == [conflict, POISON[0]]
+    assert [properties.headers["x-reason"] for _, properties, _ in dead] == reasons
+
+
 @pytest.mark.parametrize("driver, redelivered_as_duplicates", [(CRASH_AFTER_COMMIT, True),
                                                                (CRASH_BEFORE_COMMIT, False)])
 def test_a_consumer_killed_loses_nothing_and_counts_nothing_twice(market, database_url, broker, queue_name, driver,
