@@ -209,7 +209,6 @@ class ConsumerSettings(NamedTuple):
     batch_ms: float = 5.0
     report_every: float = 10.0
     database_url: str = None
-    max_messages: int = None  # stop after this many messages (tests, benchmarks); None: until a signal
 
     @classmethod
     def from_args(cls, args):
@@ -253,7 +252,7 @@ class Stop:
 
 
 def consume(engine, settings):
-    """Consume the queue until a signal (or settings.max_messages); return the exit code (0)."""
+    """Consume the queue until a signal; return the exit code (0)."""
     url = settings.database_url or engine.url.render_as_string(hide_password=False)
     broker = broker_parameters()  # a URL that cannot work stops here (exit 2)
     require_reference_data(engine)
@@ -265,7 +264,7 @@ def consume(engine, settings):
         catch_up(engine, worker)
         refresher = report_refresh.ReportRefresher(settings.database_url, settings.report_every)
         try:
-            while not stop.requested.is_set() and not reached(settings, totals):
+            while not stop.requested.is_set():
                 try:
                     run_session(settings, applier, worker, totals, stop, outage, refresher)
                 except Exception as error:
@@ -383,7 +382,7 @@ def run_session(settings, applier, worker, totals, stop, outage, refresher):
         consumer_tag = channel.basic_consume(settings.queue(), session.on_message)
         logger.info("consuming %s (batches of %d messages or %g ms)", settings.queue(), settings.batch_size,
                     settings.batch_ms)
-        while not (stop.requested.is_set() or reached(settings, totals)):
+        while not stop.requested.is_set():
             connection.process_data_events(time_limit=0 if session.buffer else IDLE_WAIT_SECONDS)
             if session.batch_due():
                 take_batch(session, applier, worker, totals)
@@ -403,10 +402,6 @@ def ping_database(engine):
     """Raise unless the database answers."""
     with engine.connect() as connection:
         connection.exec_driver_sql("SELECT 1")
-
-
-def reached(settings, totals):
-    return settings.max_messages is not None and totals.messages >= settings.max_messages
 
 
 def take_batch(session, applier, worker, totals):
