@@ -12,11 +12,9 @@ import uuid
 from sqlalchemy import func, select, text
 
 import generate_dummy_data
-import load_transactions
-import seed_investors
 import update_portfolio
 from schema import investor_risk, load_batches, transactions
-from test_trade_queue import (STARTED, no_process_left, queue_totals, replay_columns,  # noqa: F401
+from test_trade_queue import (STARTED, build_market, no_process_left, queue_totals, replay_columns,  # noqa: F401
                               start_consumer, wait_until)
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,12 +39,7 @@ def test_batch_inbox_queue_and_feed_at_once_end_equal_to_a_full_replay(engine, d
     channel, created = broker
     queue = f"test-together-{uuid.uuid4().hex[:8]}"
     created += [queue, f"{queue}.rejected"]
-    seed_investors.seed_reference_data(engine)
-    history = tmp_path / "history.csv"
-    generate_dummy_data.write_dummy_data(str(history), 400, seed=21)
-    load_transactions.load_prices_file(engine, str(tmp_path / "market_prices.csv"))
-    load_transactions.load_file(engine, str(history))
-    update_portfolio.update_portfolios(engine)
+    build_market(engine, tmp_path, rows=400, seed=21)
     files = []
     for seed in (22, 23, 24):  # later batch files and inbox files: older trades than the live ones (late)
         folder = tmp_path / f"gen{seed}"

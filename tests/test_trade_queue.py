@@ -40,11 +40,11 @@ def queue_name(broker):
     return name
 
 
-def build_market(engine, folder):
-    """Investors, stocks, 200 generated trades applied and their closes, in this fresh database."""
+def build_market(engine, folder, rows=200, seed=5):
+    """Investors, stocks, `rows` generated trades applied and their closes, in this fresh database."""
     seed_investors.seed_reference_data(engine)
     path = folder / "t.csv"
-    generate_dummy_data.write_dummy_data(str(path), 200, seed=5)
+    generate_dummy_data.write_dummy_data(str(path), rows, seed=seed)
     load_transactions.load_prices_file(engine, str(folder / "market_prices.csv"))
     load_transactions.load_file(engine, str(path))
     update_portfolio.update_portfolios(engine)
