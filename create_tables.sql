@@ -12,6 +12,12 @@ CREATE TABLE IF NOT EXISTS investors (
 	CONSTRAINT ck_investors_risk_profile CHECK (risk_profile IN ('conservative', 'balanced', 'aggressive'))
 ) ENGINE=InnoDB;
 
+CREATE TABLE IF NOT EXISTS ledger_settings (
+	name VARCHAR(50) NOT NULL, 
+	value VARCHAR(200) NOT NULL, 
+	PRIMARY KEY (name)
+) ENGINE=InnoDB;
+
 CREATE TABLE IF NOT EXISTS load_batches (
 	batch_id BIGINT NOT NULL AUTO_INCREMENT, 
 	source VARCHAR(500) NOT NULL, 
@@ -60,12 +66,28 @@ CREATE TABLE IF NOT EXISTS alerts (
 	INDEX ix_alerts_investor (investor_id, stock_symbol)
 ) ENGINE=InnoDB;
 
+CREATE TABLE IF NOT EXISTS corporate_actions (
+	stock_symbol VARCHAR(10) NOT NULL, 
+	ex_date DATE NOT NULL, 
+	action VARCHAR(10) NOT NULL, 
+	value NUMERIC(18, 6) NOT NULL, 
+	loaded_at DATETIME NOT NULL, 
+	applied_at DATETIME, 
+	PRIMARY KEY (stock_symbol, ex_date, action), 
+	CONSTRAINT ck_corporate_actions_action CHECK (action IN ('SPLIT', 'DIVIDEND')), 
+	CONSTRAINT ck_corporate_actions_value_positive CHECK (value > 0), 
+	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol),
+	INDEX ix_corporate_actions_pending (applied_at, ex_date)
+) ENGINE=InnoDB;
+
 CREATE TABLE IF NOT EXISTS investor_risk (
 	investor_id INTEGER NOT NULL, 
 	total_market_value NUMERIC(38, 6) NOT NULL, 
 	total_cost_basis NUMERIC(38, 6) NOT NULL, 
 	realized_pnl NUMERIC(38, 6) NOT NULL, 
 	unrealized_pnl NUMERIC(38, 6) NOT NULL, 
+	dividend_income NUMERIC(38, 6) NOT NULL DEFAULT '0', 
+	fees_paid NUMERIC(38, 6) NOT NULL DEFAULT '0', 
 	open_positions INTEGER NOT NULL, 
 	top_position_weight NUMERIC(12, 8) NOT NULL, 
 	hhi NUMERIC(12, 8) NOT NULL, 
@@ -99,6 +121,8 @@ CREATE TABLE IF NOT EXISTS portfolios (
 	avg_cost NUMERIC(18, 4) NOT NULL, 
 	cost_basis NUMERIC(38, 6) NOT NULL, 
 	realized_pnl NUMERIC(38, 6) NOT NULL, 
+	dividend_income NUMERIC(38, 6) NOT NULL DEFAULT '0', 
+	fees_paid NUMERIC(38, 6) NOT NULL DEFAULT '0', 
 	last_price NUMERIC(18, 4), 
 	market_value NUMERIC(38, 6), 
 	unrealized_pnl NUMERIC(38, 6), 
@@ -123,11 +147,28 @@ CREATE TABLE IF NOT EXISTS position_checkpoints (
 	quantity BIGINT NOT NULL, 
 	cost_basis NUMERIC(38, 6) NOT NULL, 
 	realized_pnl NUMERIC(38, 6) NOT NULL, 
+	dividend_income NUMERIC(38, 6) NOT NULL DEFAULT '0', 
+	fees_paid NUMERIC(38, 6) NOT NULL DEFAULT '0', 
 	last_txn_time DATETIME NOT NULL, 
 	last_txn_id BIGINT NOT NULL, 
 	trade_count INTEGER NOT NULL, 
 	last_trade_price NUMERIC(18, 4) NOT NULL, 
+	lots TEXT, 
 	PRIMARY KEY (investor_id, stock_symbol, week_start), 
+	FOREIGN KEY(investor_id) REFERENCES investors (investor_id), 
+	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol)
+) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS position_lots (
+	investor_id INTEGER NOT NULL, 
+	stock_symbol VARCHAR(10) NOT NULL, 
+	txn_id BIGINT NOT NULL, 
+	acquired_at DATETIME NOT NULL, 
+	quantity NUMERIC(38, 12) NOT NULL, 
+	cost_basis NUMERIC(38, 6) NOT NULL, 
+	cost_per_share NUMERIC(18, 4) NOT NULL, 
+	PRIMARY KEY (investor_id, stock_symbol, txn_id), 
+	CONSTRAINT ck_position_lots_quantity_positive CHECK (quantity > 0), 
 	FOREIGN KEY(investor_id) REFERENCES investors (investor_id), 
 	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol)
 ) ENGINE=InnoDB;
@@ -170,12 +211,14 @@ CREATE TABLE IF NOT EXISTS transactions (
 	quantity INTEGER NOT NULL, 
 	price NUMERIC(18, 4) NOT NULL, 
 	txn_time DATETIME NOT NULL, 
+	fee NUMERIC(18, 4) NOT NULL DEFAULT '0', 
 	batch_id BIGINT, 
 	source_line INTEGER, 
 	PRIMARY KEY (txn_id), 
 	CONSTRAINT ck_transactions_txn_type CHECK (txn_type IN ('BUY', 'SELL')), 
 	CONSTRAINT ck_transactions_quantity_positive CHECK (quantity > 0), 
 	CONSTRAINT ck_transactions_price_positive CHECK (price > 0), 
+	CONSTRAINT ck_transactions_fee_not_negative CHECK (fee >= 0), 
 	UNIQUE (txn_ref), 
 	FOREIGN KEY(investor_id) REFERENCES investors (investor_id), 
 	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol), 

@@ -19,9 +19,10 @@ import pymysql
 from dotenv import load_dotenv
 from pymysql.constants import CLIENT
 from pymysql.protocol import LoadLocalPacketWrapper
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.schema import CreateColumn
 
 import dialects
 import schema
@@ -208,12 +209,39 @@ def _open_database(engine, url, create_schema):
 
 
 def _create_missing_tables(engine):
-    """Create the schema's tables that do not exist yet: one query when none is missing (create_all alone
-    asks the database about each table)."""
+    """Create the schema's tables that do not exist yet and add the columns an earlier version did not have
+    (each with its default): one query when nothing is missing (create_all alone asks about each table)."""
     with engine.connect() as connection:
-        present = set(inspect(connection).get_table_names())
-    if not set(schema.metadata.tables) <= present:
+        present = existing_columns(connection)
+    if not set(schema.metadata.tables) <= set(present):
         schema.metadata.create_all(engine)
+    missing = [(table, column) for table in schema.metadata.sorted_tables if table.name in present
+               for column in table.columns if column.name not in present[table.name]]
+    for table, column in missing:
+        _add_column(engine, table, column)
+
+
+def existing_columns(connection):
+    """{table name: set of its column names} of the connected database."""
+    found = {}
+    for table, column in connection.execute(text(dialects.columns_sql(connection.dialect.name))):
+        found.setdefault(table.lower(), set()).add(column.lower())
+    return found
+
+
+def _add_column(engine, table, column):
+    """ALTER TABLE ... ADD COLUMN for a column of the schema that a database from an earlier version lacks; a
+    process that added it at the same moment is no error."""
+    ddl = str(CreateColumn(column).compile(dialect=engine.dialect))
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+    except SQLAlchemyError:
+        with engine.connect() as connection:
+            if column.name not in existing_columns(connection).get(table.name, ()):
+                raise
+        return
+    logger.warning("added column %s.%s (a database from an earlier version)", table.name, column.name)
 
 
 def _check_connection(engine, url):

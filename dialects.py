@@ -59,6 +59,8 @@ class Dialect(NamedTuple):
     packs_rows: bool  # read a row (a trade, a close) as one CONCAT_WS text column: 3x faster through the driver
     small_bulk_path: str = None  # bulk_insert's path for a few rows (a live batch); None: bulk_path
     valuation_lock_file: bool = False  # no named locks: the valuation lock is a file locked beside the database
+    columns_sql: str = ("SELECT table_name, column_name FROM information_schema.columns "
+                        "WHERE table_schema = current_schema()")  # (table, column) of every table of the database
 
 
 DEFAULT = Dialect(bulk_path="portable", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
@@ -67,7 +69,8 @@ DIALECTS = {
     "sqlite": Dialect(  # SQLite plans the surveillance queries well without statistics
         bulk_path="insert_or_ignore", lookup_slice=LOOKUP_SLICE, values_sql=SQLITE_VALUES_SQL,
         stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_rows=False,
-        valuation_lock_file=True),
+        valuation_lock_file=True, columns_sql="SELECT m.name, c.name FROM sqlite_master m "
+                                              "JOIN pragma_table_info(m.name) c WHERE m.type = 'table'"),
     "mysql": Dialect(
         bulk_path="load_data", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
         stage_lock=SessionLock("SELECT GET_LOCK(:name, 3600)", "SELECT RELEASE_LOCK(:name)",
@@ -75,7 +78,8 @@ DIALECTS = {
         database_creation=DatabaseCreation(
             None, "CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
         refresh_statistics_sql="ANALYZE TABLE transactions, stocks, load_batches, portfolios, position_checkpoints",
-        packs_rows=True, small_bulk_path="insert_ignore"),  # LOAD DATA's temporary file costs more than one row
+        packs_rows=True, small_bulk_path="insert_ignore",  # LOAD DATA's temporary file costs more than one row
+        columns_sql="SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = DATABASE()"),
     "postgresql": Dialect(
         bulk_path="copy", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
         stage_lock=SessionLock("SELECT 1 FROM (SELECT pg_advisory_lock(hashtext(:name))) AS taken",
@@ -131,6 +135,11 @@ def database_creation(dialect_name):
 def refresh_statistics_sql(dialect_name):
     """The statement that refreshes optimizer statistics after a bulk load, or None where none is needed."""
     return dialect(dialect_name).refresh_statistics_sql
+
+
+def columns_sql(dialect_name):
+    """The query listing (table name, column name) of every table of the connected database."""
+    return dialect(dialect_name).columns_sql
 
 
 def packs_rows(dialect_name):

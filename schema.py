@@ -29,6 +29,9 @@ def exact_text(length):
 TxnRef = exact_text(64)  # an identifier: 'ref-a' and 'REF-A' are two trades
 Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite auto-increments only INTEGER PRIMARY KEY
 Price = Numeric(18, 4)  # currency units per share
+Fee = Numeric(18, 4)  # currency units per trade
+ActionValue = Numeric(18, 6)  # new shares per old share (SPLIT), or currency units per share (DIVIDEND)
+LotQuantity = Numeric(38, 12)  # a FIFO lot's shares: a split of a lot may leave a fraction
 Amount = Numeric(38, 6)  # currency units: a BIGINT holding at the largest price loading accepts fits
 Ratio = Numeric(12, 8)  # a share between 0 and 1
 Volatility = Numeric(24, 8)  # annualized, a fraction: closes anywhere in the accepted range (0.0001 to 10**9) fit
@@ -38,6 +41,8 @@ RISK_PROFILES = ("conservative", "balanced", "aggressive")
 RISK_LEVELS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 ALERT_SEVERITIES = ("LOW", "MEDIUM", "HIGH")
 BATCH_STATUSES = ("running", "loaded", "failed")
+CORPORATE_ACTIONS = ("SPLIT", "DIVIDEND")
+COST_METHODS = ("wac", "fifo")
 
 # CHECK names are per schema in MySQL 8, so each carries its table name.
 metadata = MetaData(naming_convention={"ck": "ck_%(table_name)s_%(constraint_name)s"})
@@ -103,11 +108,13 @@ transactions = Table(
     Column("quantity", Integer, nullable=False),
     Column("price", Price, nullable=False),
     Column("txn_time", Timestamp, nullable=False),
+    Column("fee", Fee, nullable=False, server_default="0"),  # commission and taxes of the trade, currency units
     Column("batch_id", Id, ForeignKey("load_batches.batch_id")),
     Column("source_line", Integer),  # line of the source file (1 = header), or record number in a feed batch
     _one_of("txn_type", ("BUY", "SELL")),
     CheckConstraint("quantity > 0", name="quantity_positive"),
     CheckConstraint("price > 0", name="price_positive"),
+    CheckConstraint("fee >= 0", name="fee_not_negative"),
     Index("ix_transactions_position_time", "investor_id", "stock_symbol", "txn_time"),
     Index("ix_transactions_batch", "batch_id"),
 )
@@ -129,6 +136,8 @@ portfolios = Table(
     Column("avg_cost", Price, nullable=False),
     Column("cost_basis", Amount, nullable=False),
     Column("realized_pnl", Amount, nullable=False),
+    Column("dividend_income", Amount, nullable=False, server_default="0"),  # cash dividends received
+    Column("fees_paid", Amount, nullable=False, server_default="0"),  # fees of the trades applied
     Column("last_price", Price),
     Column("market_value", Amount),
     Column("unrealized_pnl", Amount),
@@ -160,11 +169,45 @@ position_checkpoints = Table(
     Column("quantity", BigInteger, nullable=False),
     Column("cost_basis", Amount, nullable=False),
     Column("realized_pnl", Amount, nullable=False),
-    Column("last_txn_time", Timestamp, nullable=False),  # the last trade applied by the end of the week
+    Column("dividend_income", Amount, nullable=False, server_default="0"),
+    Column("fees_paid", Amount, nullable=False, server_default="0"),
+    Column("last_txn_time", Timestamp, nullable=False),  # the last event applied by the end of the week
     Column("last_txn_id", Id, nullable=False),
     Column("trade_count", Integer, nullable=False),
-    Column("last_trade_price", Price, nullable=False),  # its price (an oversold SELL included)
+    Column("last_trade_price", Price, nullable=False),  # the last trade's price (an oversold SELL included)
+    Column("lots", Text),  # FIFO: the open lots (ledger.pack_lots); NULL under weighted average cost
     sqlite_with_rowid=False,  # the key is the row: no second copy of it on SQLite
+)
+
+position_lots = Table(
+    "position_lots", metadata,  # FIFO: each position's open lots, oldest first (ledger.py)
+    Column("investor_id", Integer, ForeignKey("investors.investor_id"), primary_key=True),
+    Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
+    Column("txn_id", Id, primary_key=True),  # the BUY that opened the lot
+    Column("acquired_at", Timestamp, nullable=False),  # its txn_time
+    Column("quantity", LotQuantity, nullable=False),  # shares left, in today's terms (after splits)
+    Column("cost_basis", Amount, nullable=False),  # their cost, the BUY's fee share included
+    Column("cost_per_share", Price, nullable=False),  # cost_basis / quantity, rounded
+    CheckConstraint("quantity > 0", name="quantity_positive"),
+)
+
+corporate_actions = Table(
+    "corporate_actions", metadata,  # splits and cash dividends (docs/corporate-actions.md)
+    Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
+    Column("ex_date", Date, primary_key=True),
+    Column("action", String(10), primary_key=True),
+    Column("value", ActionValue, nullable=False),  # SPLIT: new shares per old share; DIVIDEND: cash per share
+    Column("loaded_at", Timestamp, nullable=False),
+    Column("applied_at", Timestamp),  # when update_portfolio applied it to positions; NULL = not yet
+    _one_of("action", CORPORATE_ACTIONS),
+    CheckConstraint("value > 0", name="value_positive"),
+    Index("ix_corporate_actions_pending", "applied_at", "ex_date"),
+)
+
+ledger_settings = Table(
+    "ledger_settings", metadata,  # how positions were built: cost_method = 'wac' or 'fifo'
+    Column("name", String(50), primary_key=True),
+    Column("value", String(200), nullable=False),
 )
 
 symbol_marks = Table(
@@ -183,6 +226,8 @@ investor_risk = Table(
     Column("total_cost_basis", Amount, nullable=False),
     Column("realized_pnl", Amount, nullable=False),
     Column("unrealized_pnl", Amount, nullable=False),
+    Column("dividend_income", Amount, nullable=False, server_default="0"),
+    Column("fees_paid", Amount, nullable=False, server_default="0"),
     Column("open_positions", Integer, nullable=False),
     Column("top_position_weight", Ratio, nullable=False),
     Column("hhi", Ratio, nullable=False),
