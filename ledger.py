@@ -44,6 +44,15 @@ class Trade(NamedTuple):
     fee: Decimal = ZERO
 
 
+class CorporateAction(NamedTuple):
+    """A SPLIT (value: new shares per old share) or a cash DIVIDEND (value: currency units per share) of a symbol,
+    effective at the start of ex_date (docs/corporate-actions.md)."""
+    stock_symbol: str
+    ex_date: date
+    action: str  # 'SPLIT' or 'DIVIDEND'
+    value: Decimal
+
+
 class Checkpoint(NamedTuple):
     """A position's state at the end of the week starting week_start (a Monday)."""
     investor_id: int

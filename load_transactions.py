@@ -4,7 +4,8 @@ Third stage of the chain (after seed_investors.py, before update_portfolio.py). 
 legacy header, docs/file-formats.md) it records one load_batches row; every good row is committed in one
 transaction with the batch's counts, bad rows go to rejected_transactions with their line and reason, and a txn_ref already
 loaded (or repeated in the file with the same values) is counted as a duplicate. A file whose SHA-256 was
-already loaded is skipped at once. The prices file beside a trade file (market_prices.csv) is loaded too.
+already loaded is skipped at once. The prices file (market_prices.csv) and the corporate actions file
+(corporate_actions.csv, docs/corporate-actions.md) beside a trade file are loaded first.
 """
 import csv
 import ctypes
@@ -31,6 +32,7 @@ import batches
 import bulk_insert
 import cli
 import constants
+import corporate_actions
 import db_config
 import db_retry
 import dialects
@@ -40,6 +42,8 @@ from schema import investors, market_prices, rejected_transactions, stocks, tran
 logger = logging.getLogger(__name__)
 
 PRICES_FILE_NAME = "market_prices.csv"
+ACTIONS_FILE_NAME = "corporate_actions.csv"
+BESIDE_FILE_NAMES = (PRICES_FILE_NAME, ACTIONS_FILE_NAME)  # loaded before the trade file they sit beside
 LOGGED_REJECTS = 10  # rejects shown in the log per file; all are kept in rejected_transactions
 MAX_REASON_LENGTH = 1000
 FIRST_CHUNK_ROWS = 10_000
@@ -297,8 +301,8 @@ def _width_problem(fields, layout):
 
 def _trade_batch(cells, numbers, texts, layout, sha256):
     """Text cells (by column index) in canonical columns; a legacy row gets its derived txn_ref and txn_time."""
-    names = validation.TRADE_COLUMNS if layout.kind == "canonical" else validation.LEGACY_COLUMNS
-    batch = pd.DataFrame({name: pd.Series(cells[index], dtype=object) for name, index in zip(names, layout.columns)})
+    batch = pd.DataFrame({name: pd.Series(cells[index], dtype=object)
+                          for name, index in zip(layout.names, layout.columns)})
     batch["line_number"] = np.asarray(numbers, dtype=np.int64)
     batch["raw_record"] = pd.Series(texts, dtype=object)
     if layout.kind == "legacy":
@@ -315,10 +319,13 @@ def _rejects_frame(rows):
 # ------------------------------------------------------------------------------------------------ loading trades
 
 def load_path(engine, path, progress=False, again=False):
-    """Load a trade file or a prices file, by its header; a file refused whole is recorded as a failed batch."""
+    """Load a trade file, a prices file or a corporate actions file, by its header; a trade file refused whole is
+    recorded as a failed batch."""
     layout = read_offered_layout(engine, path)
     if layout.kind == "prices":
         return load_prices_file(engine, path, layout)
+    if layout.kind == "actions":
+        return corporate_actions.load_actions_file(engine, path, layout)
     return load_file(engine, path, progress, layout=layout, again=again)
 
 
@@ -344,8 +351,9 @@ def load_file(engine, path, progress=False, chunk_rows=constants.LOAD_CHUNK_ROWS
     """Load one trade file as one batch. A file whose SHA-256 was loaded before is skipped, unless `again`
     (--retry-rejects): then rows loaded before count as duplicates and rows rejected before are checked again."""
     layout = layout or read_offered_layout(engine, path)
-    if layout.kind == "prices":
-        raise cli.InputError(f"{path}: is a prices file, not trades")
+    if layout.kind in ("prices", "actions"):
+        raise cli.InputError(f"{path}: is a {'prices' if layout.kind == 'prices' else 'corporate actions'} file, "
+                             "not trades")
     sha256 = validation.file_sha256(path)
     earlier = batches.find_loaded_batch(engine, sha256)
     if earlier is not None and not again:
@@ -757,13 +765,15 @@ def upsert_closes(connection, closes):
 # ------------------------------------------------------------------------------------------------ command line
 
 def plan_files(paths):
-    """The files to load in order: each directory's prices file first (once), then the given files."""
+    """The files to load in order: each directory's prices file and corporate actions file first (once each),
+    then the given files."""
     planned = []
     for path in paths:
-        beside = os.path.join(os.path.dirname(path), PRICES_FILE_NAME)
-        wanted = os.path.basename(path) != PRICES_FILE_NAME and os.path.exists(path)  # not for a missing file
-        if wanted and os.path.exists(beside) and beside not in planned:
-            planned.append(beside)
+        wanted = os.path.basename(path) not in BESIDE_FILE_NAMES and os.path.exists(path)  # not for a missing file
+        for name in BESIDE_FILE_NAMES:
+            beside = os.path.join(os.path.dirname(path), name)
+            if wanted and os.path.exists(beside) and beside not in planned:
+                planned.append(beside)
         if path not in planned:
             planned.append(path)
     return planned

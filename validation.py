@@ -18,6 +18,10 @@ import constants
 TRADE_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time")
 LEGACY_COLUMNS = ("investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_date")
 PRICE_COLUMNS = ("stock_symbol", "price_date", "close_price")
+ACTION_COLUMNS = ("stock_symbol", "ex_date", "action", "value")
+OPTIONAL_COLUMNS = {"canonical": ("fee",), "legacy": ("fee",)}  # read when the header names them
+LAYOUT_COLUMNS = (("canonical", TRADE_COLUMNS), ("legacy", LEGACY_COLUMNS), ("prices", PRICE_COLUMNS),
+                  ("actions", ACTION_COLUMNS))
 MAX_TXN_REF_LENGTH = 64
 MAX_QUANTITY = 2**31 - 1  # INT column
 MAX_PRICE = 10**9  # below this every database keeps 4 decimals exactly (SQLite stores a binary float)
@@ -25,8 +29,9 @@ MAX_NOTIONAL = 10**12  # quantity × price of one trade, currency units: positio
 EARLIEST_TIME = "1900-01-01T00:00:00"
 TEXT = np.dtypes.StringDType()
 
-# kind: 'canonical', 'legacy' or 'prices'; columns: the required columns' positions; width: header fields
-FileLayout = namedtuple("FileLayout", "kind columns width delimiter")
+# kind: 'canonical', 'legacy', 'prices' or 'actions'; names: the columns read (the required ones, then the optional
+# ones the header names); columns: their positions; width: header fields
+FileLayout = namedtuple("FileLayout", "kind columns width delimiter names")
 ValidationContext = namedtuple("ValidationContext", "investor_ids symbols latest_allowed_time")
 DELIMITERS = {",": "commas", ";": "semicolons", "\t": "tabs"}  # comma first: the format's own separator
 
@@ -42,10 +47,11 @@ def detect_layout(header_text, source):
                          "save the file with LF or CRLF line endings")
     for delimiter in DELIMITERS:
         names = [name.strip().lower() for name in next(csv.reader([header_text], delimiter=delimiter), [])]
-        for kind, required in (("canonical", TRADE_COLUMNS), ("legacy", LEGACY_COLUMNS), ("prices", PRICE_COLUMNS)):
+        for kind, required in LAYOUT_COLUMNS:
             if set(required) <= set(names):
-                _refuse_repeated_columns(names, required, source)
-                return FileLayout(kind, [names.index(column) for column in required], len(names), delimiter)
+                read = (*required, *(column for column in OPTIONAL_COLUMNS.get(kind, ()) if column in names))
+                _refuse_repeated_columns(names, read, source)
+                return FileLayout(kind, [names.index(column) for column in read], len(names), delimiter, read)
     delimiter = _likely_delimiter(header_text)
     names = [name.strip().lower() for name in next(csv.reader([header_text], delimiter=delimiter), [])]
     missing = [c for c in TRADE_COLUMNS if c not in names]
