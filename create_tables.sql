@@ -133,6 +133,7 @@ CREATE TABLE IF NOT EXISTS portfolios (
 	last_txn_time DATETIME NOT NULL, 
 	last_txn_id BIGINT NOT NULL, 
 	trade_count INTEGER NOT NULL, 
+	last_trade_price NUMERIC(18, 4), 
 	PRIMARY KEY (investor_id, stock_symbol), 
 	CONSTRAINT ck_portfolios_quantity_not_negative CHECK (quantity >= 0), 
 	CONSTRAINT ck_portfolios_risk_level CHECK (risk_level IN ('LOW', 'MEDIUM', 'HIGH', 'CRITICAL')), 

@@ -10,8 +10,9 @@ A checkpoint is a position's state at the end of a week (Monday to Sunday) in wh
 `position_checkpoints`. A late trade is replayed from the last checkpoint of an earlier week, not from the
 position's first trade; `update_portfolio.py --full` rebuilds them all.
 """
+import bisect
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import NamedTuple
@@ -24,6 +25,7 @@ from schema import position_checkpoints
 ZERO = Decimal(0)
 MONEY_STEP = Decimal("0.000001")  # state is kept at 6 decimals after every event, so incremental == full exactly
 PRICE_STEP = Decimal("0.0001")
+LOT_STEP = Decimal("0.000000000001")  # a FIFO lot's quantity after a split, 12 decimals (position_lots.quantity)
 FETCH_ROWS = 50_000
 ID_SLICE = 500  # values per IN (...) list
 
@@ -64,7 +66,10 @@ class Checkpoint(NamedTuple):
     last_txn_time: str
     last_txn_id: int
     trade_count: int
-    last_trade_price: Decimal  # the price of the last trade applied, an oversold SELL included
+    last_trade_price: Decimal  # the price of the last trade applied, an oversold SELL included (split-adjusted)
+    dividend_income: Decimal = ZERO
+    fees_paid: Decimal = ZERO
+    lots: str = None  # FIFO: the open lots as pack_lots writes them; None under weighted average cost
 
 
 class Oversell(NamedTuple):
@@ -74,6 +79,43 @@ class Oversell(NamedTuple):
     txn_id: int
     quantity: int
     held: int
+
+
+class Split(NamedTuple):
+    """A SPLIT as the ledger applies it: value new shares per old share at the start of ex_date; lieu_price is
+    what a fraction of a new share is paid out at (the last close before ex_date ÷ value, else the last trade
+    price before it ÷ value; None when the symbol had neither)."""
+    stock_symbol: str
+    ex_date: date
+    value: Decimal
+    lieu_price: Decimal = None
+
+
+class Dividend(NamedTuple):
+    """A cash DIVIDEND: value currency units per share held at the start of ex_date."""
+    stock_symbol: str
+    ex_date: date
+    value: Decimal
+
+
+ACTION_ORDER = {"DIVIDEND": -2, "SPLIT": -1}  # sort keys before every txn_id (>= 1): at the start of ex_date
+
+
+def event_key(event):
+    """Where an event sorts in its position's history: (time text, id); a corporate action sorts at midnight of
+    its ex_date, before every trade of the day, a DIVIDEND before a SPLIT."""
+    if isinstance(event, Trade):
+        return event.txn_time, event.txn_id
+    return f"{event.ex_date.isoformat()} 00:00:00", ACTION_ORDER["SPLIT" if isinstance(event, Split) else "DIVIDEND"]
+
+
+@dataclass
+class Lot:
+    """A FIFO lot: what is left of one BUY (quantity in today's terms, a split may leave a fraction)."""
+    txn_id: int
+    acquired_at: str  # the BUY's txn_time, 'YYYY-MM-DD HH:MM:SS'
+    quantity: Decimal
+    cost_basis: Decimal  # currency units, the BUY's fee share included
 
 
 @functools.lru_cache(maxsize=4096)
@@ -87,18 +129,31 @@ def _money(value):
     return value.quantize(MONEY_STEP, ROUND_HALF_EVEN)
 
 
+def _lot_quantity(value):
+    return value.quantize(LOT_STEP, ROUND_HALF_EVEN)
+
+
 @dataclass
 class Position:
-    """The state of one (investor, symbol), built by applying its events in order."""
+    """The state of one (investor, symbol), built by applying its events in order. lots is None under weighted
+    average cost and the open lots, oldest first, under FIFO."""
     investor_id: int
     stock_symbol: str
     quantity: int = 0
     cost_basis: Decimal = ZERO
     realized_pnl: Decimal = ZERO
-    last_txn_time: str = ""  # 'YYYY-MM-DD HH:MM:SS' of the last event applied
-    last_txn_id: int = 0
+    last_txn_time: str = ""  # event_key of the last event applied: its time text ...
+    last_txn_id: int = 0  # ... and its id (a corporate action's is negative, see ACTION_ORDER)
     trade_count: int = 0  # trades applied, oversold SELLs included
-    last_trade_price: Decimal = None
+    last_trade_price: Decimal = None  # of the last trade applied, divided by the splits since (today's terms)
+    dividend_income: Decimal = ZERO
+    fees_paid: Decimal = ZERO
+    lots: list = None
+
+    @classmethod
+    def empty(cls, key, method="wac"):
+        """A position without history, kept by `method` ('wac' or 'fifo')."""
+        return cls(*key, lots=[] if method == "fifo" else None)
 
     @property
     def avg_cost(self):
@@ -108,6 +163,8 @@ class Position:
         """Apply one event; return False when it could not change the position (an oversold SELL)."""
         if isinstance(event, Trade):
             return self._apply_trade(event)
+        if isinstance(event, (Split, Dividend)):
+            return self._apply_action(event)
         raise UnknownEvent(f"the ledger cannot apply a {type(event).__name__} to a position")
 
     def _apply_trade(self, trade):
@@ -123,35 +180,142 @@ class Position:
         return applied
 
     def _buy(self, trade):
+        cost = trade.quantity * trade.price + trade.fee
         self.quantity += trade.quantity
-        self.cost_basis = _money(self.cost_basis + trade.quantity * trade.price + trade.fee)
+        self.cost_basis = _money(self.cost_basis + cost)
+        self.fees_paid += trade.fee
+        if self.lots is not None:
+            self.lots.append(Lot(trade.txn_id, trade.txn_time, Decimal(trade.quantity), _money(cost)))
         return True
 
     def _sell(self, trade):
         if trade.quantity > self.quantity:
             return False
-        avg_cost = self.cost_basis / self.quantity
-        self.realized_pnl = _money(self.realized_pnl + trade.quantity * (trade.price - avg_cost) - trade.fee)
-        self.quantity -= trade.quantity
-        self.cost_basis = ZERO if self.quantity == 0 else _money(self.cost_basis - trade.quantity * avg_cost)
+        if self.lots is None:
+            avg_cost = self.cost_basis / self.quantity
+            self.realized_pnl = _money(self.realized_pnl + trade.quantity * (trade.price - avg_cost) - trade.fee)
+            self.quantity -= trade.quantity
+            self.cost_basis = ZERO if self.quantity == 0 else _money(self.cost_basis - trade.quantity * avg_cost)
+        else:
+            cost = self._take_lots(Decimal(trade.quantity), oldest_first=True)
+            self.realized_pnl = _money(self.realized_pnl + trade.quantity * trade.price - trade.fee - cost)
+            self.quantity -= trade.quantity
+        self.fees_paid += trade.fee
         return True
+
+    def _take_lots(self, quantity, oldest_first):
+        """Take `quantity` shares off the lots (oldest or newest first), each lot's cost pro rata; return the
+        cost taken, which leaves cost_basis."""
+        taken = ZERO
+        while quantity > 0:
+            lot = self.lots[0 if oldest_first else -1]
+            share = min(quantity, lot.quantity)
+            cost = lot.cost_basis if share == lot.quantity else _money(lot.cost_basis * share / lot.quantity)
+            lot.quantity, lot.cost_basis = lot.quantity - share, lot.cost_basis - cost
+            if lot.quantity == 0:
+                self.lots.remove(lot)
+            quantity, taken = quantity - share, taken + cost
+        self.cost_basis = ZERO if not self.lots else self.cost_basis - taken
+        return taken
+
+    def _apply_action(self, action):
+        """A corporate action changes only a position that holds shares at the start of its ex_date."""
+        if self.quantity == 0:
+            return False
+        if isinstance(action, Split):
+            self._split(action)
+        else:
+            self.dividend_income = _money(self.dividend_income + self.quantity * action.value)
+        self.last_txn_time, self.last_txn_id = event_key(action)
+        return True
+
+    def _split(self, split):
+        scaled = self.quantity * split.value
+        whole = int(scaled)  # floor: scaled > 0
+        fraction = scaled - whole
+        if self.last_trade_price is not None:
+            self.last_trade_price = (self.last_trade_price / split.value).quantize(PRICE_STEP, ROUND_HALF_EVEN)
+        lieu_price = split.lieu_price if split.lieu_price is not None else self.last_trade_price
+        if self.lots is None:
+            if fraction:
+                avg_cost = self.cost_basis / scaled
+                self.realized_pnl = _money(self.realized_pnl + fraction * (lieu_price - avg_cost))
+                self.cost_basis = ZERO if whole == 0 else _money(self.cost_basis - fraction * avg_cost)
+        else:
+            for lot in self.lots:
+                lot.quantity = _lot_quantity(lot.quantity * split.value)
+            left_over = sum(lot.quantity for lot in self.lots) - whole
+            if left_over > 0:
+                cost = self._take_lots(left_over, oldest_first=False)
+                self.realized_pnl = _money(self.realized_pnl + left_over * lieu_price - cost)
+        self.quantity = whole
 
     def follows(self, event):
         """Does this event sort after everything applied so far, so that it can simply be applied next?"""
-        return (self.last_txn_time, self.last_txn_id) < (event.txn_time, event.txn_id)
+        return (self.last_txn_time, self.last_txn_id) < event_key(event)
 
     def checkpoint(self):
         """The state now, as the checkpoint of the week of the last event applied."""
         return Checkpoint(self.investor_id, self.stock_symbol, week_start(self.last_txn_time[:10]), self.quantity,
                           self.cost_basis, self.realized_pnl, self.last_txn_time, self.last_txn_id,
-                          self.trade_count, self.last_trade_price)
+                          self.trade_count, self.last_trade_price, self.dividend_income, self.fees_paid,
+                          pack_lots(self.lots))
 
     @classmethod
     def from_checkpoint(cls, checkpoint):
         """The position as it was at a checkpoint."""
         return cls(checkpoint.investor_id, checkpoint.stock_symbol, checkpoint.quantity, checkpoint.cost_basis,
                    checkpoint.realized_pnl, checkpoint.last_txn_time, checkpoint.last_txn_id,
-                   checkpoint.trade_count, checkpoint.last_trade_price)
+                   checkpoint.trade_count, checkpoint.last_trade_price, checkpoint.dividend_income,
+                   checkpoint.fees_paid, unpack_lots(checkpoint.lots))
+
+
+def pack_lots(lots):
+    """FIFO lots as the text a checkpoint keeps ('txn_id,acquired_at,quantity,cost_basis;...'), None for WAC."""
+    if lots is None:
+        return None
+    return ";".join(f"{lot.txn_id},{lot.acquired_at},{lot.quantity},{lot.cost_basis}" for lot in lots)
+
+
+def unpack_lots(text):
+    """The lots of pack_lots' text (None: weighted average cost)."""
+    if text is None:
+        return None
+    lots = []
+    for packed in filter(None, text.split(";")):
+        txn_id, acquired_at, quantity, cost_basis = packed.split(",")
+        lots.append(Lot(int(txn_id), acquired_at, Decimal(quantity), Decimal(cost_basis)))
+    return lots
+
+
+# ---------------------------------------------------------------------------------------------- corporate actions
+
+@dataclass
+class Rules:
+    """What a replay applies besides trades: the corporate actions in effect (ex_date up to the update's day),
+    {stock_symbol: [(event_key, Split or Dividend), ...] in order}, and the cost method of new positions."""
+    actions: dict = field(default_factory=dict)
+    method: str = "wac"
+
+    def new_position(self, key):
+        return Position.empty(key, self.method)
+
+    def actions_between(self, symbol, after, until=None):
+        """The actions of a symbol that sort after the key `after` and, when given, not after `until`."""
+        events = self.actions.get(symbol)
+        if not events:
+            return []
+        first = bisect.bisect_right(events, after, key=lambda entry: entry[0])
+        last = len(events) if until is None else bisect.bisect_right(events, until, key=lambda entry: entry[0])
+        return [event for _, event in events[first:last]]
+
+
+def rules_for(actions, method="wac"):
+    """Rules from Split and Dividend events (any order)."""
+    by_symbol = {}
+    for event in sorted(actions, key=lambda event: (event.stock_symbol, event_key(event))):
+        by_symbol.setdefault(event.stock_symbol, []).append((event_key(event), event))
+    return Rules(by_symbol, method)
 
 
 # ---------------------------------------------------------------------------------------------- applying a stream
@@ -159,66 +323,103 @@ class Position:
 @dataclass
 class Applied:
     """What apply_trades did."""
-    changed: set  # keys (investor_id, stock_symbol) of positions that applied trades
+    changed: set  # keys (investor_id, stock_symbol) of positions that applied trades or corporate actions
     late: dict  # key: the first new trade of a position it did not follow (the position needs a replay)
     oversells: list
-    checkpoints: list  # the end-of-week states of the weeks in which trades were applied
+    checkpoints: list  # the end-of-week states of the weeks in which events were applied
     latest: dict  # stock_symbol: its latest trade in the stream
     trades: int = 0
 
 
-def apply_trades(trades, positions):
-    """Apply trades, sorted by (investor_id, stock_symbol, txn_time, txn_id), to `positions` in place.
+class _Walk:
+    """One position's run of events in apply_trades: applies them and emits the state at the end of each week in
+    which one changed the position."""
 
-    A position whose first new trade does not follow its state is left untouched and listed as late."""
+    def __init__(self, position, applied, rules):
+        self.position, self.applied, self.week = position, applied, None
+        self.has_actions = position.stock_symbol in rules.actions
+
+    def apply(self, event):
+        position = self.position
+        if not isinstance(event, Trade) and position.quantity == 0:
+            return  # a corporate action changes nothing without shares
+        event_week = week_start(event_key(event)[0][:10])
+        if self.week is not None and event_week != self.week:
+            self.applied.checkpoints.append(position.checkpoint())
+        self.week = event_week
+        held = position.quantity
+        if not position.apply(event):
+            self.applied.oversells.append(Oversell(event.investor_id, event.stock_symbol, event.txn_id,
+                                                   event.quantity, held))
+        self.applied.changed.add((position.investor_id, position.stock_symbol))
+
+    def finish(self, rules):
+        """Apply the corporate actions after the last event, then emit the last week's state."""
+        if self.has_actions:
+            for action in rules.actions_between(self.position.stock_symbol, self._cursor()):
+                self.apply(action)
+        if self.week is not None:
+            self.applied.checkpoints.append(self.position.checkpoint())
+
+    def catch_up(self, rules, event):
+        """Apply the corporate actions after the last event up to this one."""
+        for action in rules.actions_between(self.position.stock_symbol, self._cursor(), event_key(event)):
+            self.apply(action)
+
+    def _cursor(self):
+        return self.position.last_txn_time, self.position.last_txn_id
+
+
+def apply_trades(trades, positions, rules=None, others=()):
+    """Apply trades, sorted by (investor_id, stock_symbol, txn_time, txn_id), and the corporate actions of
+    `rules` before, between and after them, to `positions` in place. The positions keyed in `others` get the
+    actions after their last event even without a trade. A position whose first new trade does not follow its
+    state is left untouched and listed as late."""
+    rules = rules or Rules()
     applied = Applied(set(), {}, [], [], {})
-    position, week = None, None
+    walk, key, visited = None, None, set()
     for trade in trades:
         applied.trades += 1
         latest = applied.latest.get(trade.stock_symbol)
         if latest is None or (latest.txn_time, latest.txn_id) < (trade.txn_time, trade.txn_id):
             applied.latest[trade.stock_symbol] = trade
-        key = (trade.investor_id, trade.stock_symbol)
-        if position is None or key != (position.investor_id, position.stock_symbol):
-            if week is not None:
-                applied.checkpoints.append(position.checkpoint())
-            position, week = _next_position(positions, key, trade, applied)
-        if position is None:
-            continue
-        trade_week = week_start(trade.txn_time[:10])
-        if week is not None and trade_week != week:
-            applied.checkpoints.append(position.checkpoint())
-        week = trade_week
-        held = position.quantity
-        if not position.apply(trade):
-            applied.oversells.append(Oversell(trade.investor_id, trade.stock_symbol, trade.txn_id, trade.quantity,
-                                              held))
-    if week is not None:
-        applied.checkpoints.append(position.checkpoint())
+        if key != (trade.investor_id, trade.stock_symbol):
+            if walk is not None:
+                walk.finish(rules)
+            key = (trade.investor_id, trade.stock_symbol)
+            visited.add(key)
+            walk = _start(positions, key, trade, applied, rules)
+        if walk is not None:
+            if walk.has_actions:
+                walk.catch_up(rules, trade)
+            walk.apply(trade)
+    if walk is not None:
+        walk.finish(rules)
+    for key in sorted(set(others) - visited - set(applied.late)):
+        _Walk(positions.setdefault(key, rules.new_position(key)), applied, rules).finish(rules)
     return applied
 
 
-def _next_position(positions, key, trade, applied):
-    """The position a new run of trades continues, or (None, None) when it is late."""
+def _start(positions, key, trade, applied, rules):
+    """The walk of the position a new run of trades continues, or None when it is late."""
     if key in applied.late:
-        return None, None
+        return None
     position = positions.get(key)
     if position is None:
-        position = positions[key] = Position(*key)
+        position = positions[key] = rules.new_position(key)
     elif not position.follows(trade):
         applied.late.setdefault(key, trade)
-        return None, None
-    applied.changed.add(key)
-    return position, None
+        return None
+    return _Walk(position, applied, rules)
 
 
 # ---------------------------------------------------------------------------------------------- reading trades
 
-TRADE_COLUMNS_SQL = "t.txn_id, t.txn_time, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.price"
+TRADE_COLUMNS_SQL = "t.txn_id, t.txn_time, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.price, t.fee"
 # Over the network one text column per trade is read 3 times faster than seven typed ones (the driver's per-field
 # work dominates the replay). The symbol goes last, so a comma in it cannot shift a field.
 PACKED_TRADE_SQL = ("CONCAT_WS(',', t.txn_id, t.txn_time, t.investor_id, t.txn_type, t.quantity, t.price, "
-                    "t.stock_symbol)")
+                    "t.fee, t.stock_symbol)")
 REPLAY_ORDER_SQL = "ORDER BY t.investor_id, t.stock_symbol, t.txn_time, t.txn_id"
 
 
@@ -247,13 +448,26 @@ def stream_trades(connection, where="", params=None):
 
 def _unpack_trade(row):
     """A Trade from PACKED_TRADE_SQL's text (the symbol last: a comma in it cannot shift a field)."""
-    txn_id, txn_time, investor_id, txn_type, quantity, price, symbol = row[0].split(",", 6)
-    return Trade(int(txn_id), txn_time, int(investor_id), symbol, txn_type, int(quantity), Decimal(price))
+    txn_id, txn_time, investor_id, txn_type, quantity, price, fee, symbol = row[0].split(",", 7)
+    return Trade(int(txn_id), txn_time, int(investor_id), symbol, txn_type, int(quantity), Decimal(price),
+                 _fee(fee))
 
 
 def _typed_trade(row):
-    txn_id, txn_time, investor_id, symbol, txn_type, quantity, price = row
-    return Trade(txn_id, normalize_time(txn_time), investor_id, symbol, txn_type, quantity, to_decimal(price))
+    txn_id, txn_time, investor_id, symbol, txn_type, quantity, price, fee = row
+    return Trade(txn_id, normalize_time(txn_time), investor_id, symbol, txn_type, quantity, to_decimal(price),
+                 _fee(fee))
+
+
+@functools.lru_cache(maxsize=4096)
+def _fee_of(text_value):
+    value = Decimal(text_value)
+    return ZERO if value == 0 else value
+
+
+def _fee(value):
+    """A stored fee as Decimal; zero is the one ZERO (most trades of a file without fees)."""
+    return _fee_of(value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value))
 
 
 REPLAY_SLICE = 200  # positions per statement when replaying from checkpoints

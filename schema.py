@@ -149,6 +149,7 @@ portfolios = Table(
     Column("last_txn_time", Timestamp, nullable=False),
     Column("last_txn_id", Id, nullable=False),
     Column("trade_count", Integer, nullable=False),
+    Column("last_trade_price", Price),  # the last trade's price in today's terms (after splits)
     CheckConstraint("quantity >= 0", name="quantity_not_negative"),
     _one_of("risk_level", RISK_LEVELS),
 )

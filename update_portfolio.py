@@ -25,13 +25,16 @@ import batches
 import cli
 import closes
 import constants
+import corporate_actions
+import cost_method
 import db_config
 import dialects
 import ledger
 import risk_metrics
 from ledger import MONEY_STEP, PRICE_STEP, ZERO, to_decimal
-from schema import (alerts, investor_risk, load_batches, portfolios, position_checkpoints, symbol_last_trades,
-                    symbol_marks, transactions)
+from schema import (alerts, investor_risk, load_batches, market_prices, portfolios, position_checkpoints,
+                    position_lots, symbol_last_trades, symbol_marks, transactions)
+from schema import corporate_actions as corporate_actions_table
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ class UpdateSummary:
     investors_scored: int = 0
     alerts_raised: int = 0
     alerts_withdrawn: int = 0  # OVERSELL alerts whose SELL, replayed after a late trade, no longer oversells
+    actions_applied: int = 0  # corporate actions that came due
+    cost_method: str = cost_method.DEFAULT
     seconds: float = 0.0
     full: bool = False
 
@@ -63,6 +68,8 @@ class UpdateSummary:
                 f"{self.alerts_raised} new alerts"
                 + (f", {self.alerts_withdrawn} OVERSELL alerts withdrawn (no longer oversold)"
                    if self.alerts_withdrawn else "")
+                + (f", {self.actions_applied} corporate actions applied" if self.actions_applied else "")
+                + (", cost method fifo" if self.cost_method == "fifo" else "")
                 + (f" ({self.seconds:.2f} s)" if seconds else ""))
 
 
@@ -98,24 +105,51 @@ def investors_with_new_trades(connection, batch_ids):
 
 
 POSITION_COLUMNS = ("investor_id", "stock_symbol", "quantity", "cost_basis", "realized_pnl", "last_txn_time",
-                    "last_txn_id", "trade_count")
+                    "last_txn_id", "trade_count", "last_trade_price", "dividend_income", "fees_paid")
 
 
-def load_positions(connection, investor_ids=None, keys=None):
-    """The stored positions of these investors, or with these keys (every position with neither), by
-    (investor_id, stock_symbol)."""
-    query = select(*(portfolios.c[column] for column in POSITION_COLUMNS))
+def load_positions(connection, investor_ids=None, keys=None, symbols=None, method=cost_method.DEFAULT):
+    """The stored positions of these investors, with these keys, or in these symbols (every position with
+    none of them), by (investor_id, stock_symbol); with method 'fifo' their open lots too."""
     rows = []
-    if investor_ids is None and keys is None:
-        rows = connection.execute(query).all()
+    for table, columns in ((portfolios, POSITION_COLUMNS), (position_lots, LOT_COLUMNS)):
+        if table is position_lots and method != "fifo":
+            break
+        query = select(*(table.c[column] for column in columns))
+        found = []
+        if investor_ids is None and keys is None and symbols is None:
+            found = connection.execute(query).all()
+        for condition in _position_conditions(table, investor_ids, keys, symbols):
+            found += connection.execute(query.where(condition))
+        rows.append(found)
+    positions = {(row[0], row[1]): _stored_position(row, method) for row in rows[0]}
+    for investor_id, symbol, *lot in sorted(rows[1] if method == "fifo" else [], key=lambda row: (row[3], row[2])):
+        positions[(investor_id, symbol)].lots.append(_stored_lot(*lot))
+    return positions
+
+
+LOT_COLUMNS = ("investor_id", "stock_symbol", "txn_id", "acquired_at", "quantity", "cost_basis")
+
+
+def _position_conditions(table, investor_ids, keys, symbols):
+    """WHERE conditions selecting these investors', keys' or symbols' rows of table, ID_SLICE values each."""
     for start in range(0, len(investor_ids or ()), ID_SLICE):
-        rows += connection.execute(query.where(portfolios.c.investor_id.in_(investor_ids[start:start + ID_SLICE])))
+        yield table.c.investor_id.in_(investor_ids[start:start + ID_SLICE])
     for start in range(0, len(keys or ()), ID_SLICE):
-        rows += connection.execute(query.where(tuple_(portfolios.c.investor_id, portfolios.c.stock_symbol).in_(
-            keys[start:start + ID_SLICE])))
-    return {(investor_id, symbol): ledger.Position(investor_id, symbol, quantity, to_decimal(cost), to_decimal(pnl),
-                                                   ledger.normalize_time(last_time), last_id, count)
-            for investor_id, symbol, quantity, cost, pnl, last_time, last_id, count in rows}
+        yield tuple_(table.c.investor_id, table.c.stock_symbol).in_(keys[start:start + ID_SLICE])
+    for start in range(0, len(symbols or ()), ID_SLICE):
+        yield table.c.stock_symbol.in_(symbols[start:start + ID_SLICE])
+
+
+def _stored_position(row, method):
+    (investor_id, symbol, quantity, cost, pnl, last_time, last_id, count, last_price, dividends, fees) = row
+    return ledger.Position(investor_id, symbol, quantity, to_decimal(cost), to_decimal(pnl),
+                           ledger.normalize_time(last_time), last_id, count, to_decimal(last_price),
+                           to_decimal(dividends), to_decimal(fees), [] if method == "fifo" else None)
+
+
+def _stored_lot(txn_id, acquired_at, quantity, cost_basis):
+    return ledger.Lot(txn_id, ledger.normalize_time(acquired_at), to_decimal(quantity), to_decimal(cost_basis))
 
 
 # ---------------------------------------------------------------------------------------------- apply
@@ -132,36 +166,115 @@ class ApplyResult:
     alerts_withdrawn: int = 0
 
 
-def apply_new_trades(connection, batch_ids, full, now):
-    """Apply the trades of these batches (every trade with full=True) to their positions and write positions,
-    checkpoints, the latest trade per symbol and OVERSELL alerts; return what changed."""
+def apply_new_trades(connection, batch_ids, full, now, rules):
+    """Apply the trades of these batches (every trade with full=True) and the corporate actions of `rules`
+    (ledger.Rules) to their positions and write positions, checkpoints, the latest trade per symbol and OVERSELL
+    alerts; return what changed."""
     if full:
         stored = load_positions(connection)
-        connection.execute(delete(position_checkpoints))
-        connection.execute(delete(symbol_last_trades))
+        for table in (position_checkpoints, symbol_last_trades, position_lots):
+            connection.execute(delete(table))
         positions = {}
-        applied = ledger.apply_trades(ledger.stream_trades(connection), positions)
+        applied = ledger.apply_trades(ledger.stream_trades(connection), positions, rules)
         _forget_positions_without_trades(connection, set(stored) - set(positions))
         return write_applied(connection, applied, positions, {key: None for key in positions}, now)
     if not batch_ids:
         return ApplyResult(set(), set(), [], {}, 0)
     return apply_selected_trades(connection, new_trades_filter(batch_ids), now,
-                                 investor_ids=investors_with_new_trades(connection, batch_ids))
+                                 investor_ids=investors_with_new_trades(connection, batch_ids), rules=rules)
 
 
-def apply_selected_trades(connection, trade_filter, now, investor_ids=None, keys=None):
+def apply_selected_trades(connection, trade_filter, now, investor_ids=None, keys=None, rules=None):
     """Apply the new trades that trade_filter selects ((WHERE clause over transactions t, its parameters), all of
-    them trades of these investors, or of the positions with these keys) to their positions, replaying positions
+    them trades of these investors, or of the positions with these keys) to their positions, with the corporate
+    actions of `rules` (default: those in effect on now's day, by the recorded cost method), replaying positions
     where one is late; write as apply_new_trades does."""
-    positions = load_positions(connection, investor_ids, keys)
-    applied = ledger.apply_trades(ledger.stream_trades(connection, *trade_filter), positions)
-    replay_starts = replay_late_positions(connection, applied, positions)
+    rules = rules or ledger_rules(connection, now.date())
+    positions = load_positions(connection, investor_ids, keys, method=rules.method)
+    applied = ledger.apply_trades(ledger.stream_trades(connection, *trade_filter), positions, rules)
+    replay_starts = replay_late_positions(connection, applied, positions, rules)
     return write_applied(connection, applied, positions, replay_starts, now)
 
 
+def apply_due_actions(connection, now, rules, horizon):
+    """Apply the corporate actions not applied yet whose ex_date has come (up to horizon) to the positions of
+    their symbols: a position whose history ends before the earliest of them simply takes them, one that traded
+    after it is replayed from its last checkpoint before; stamp them applied. Returns (ApplyResult, actions)."""
+    due = due_actions(connection, horizon)
+    if not due:
+        return ApplyResult(set(), set(), [], {}, 0), 0
+    earliest = {}  # stock_symbol: its earliest due action
+    for symbol, ex_date, action in sorted(due, key=lambda row: row[1]):
+        key = (f"{ex_date.isoformat()} 00:00:00", ledger.ACTION_ORDER[action])
+        earliest.setdefault(symbol, next(event for event_key, event in rules.actions[symbol] if event_key == key))
+    positions = load_positions(connection, symbols=sorted(earliest), method=rules.method)
+    following = [key for key, position in positions.items() if position.follows(earliest[key[1]])]
+    applied = ledger.apply_trades([], positions, rules, others=following)
+    applied.late.update({key: earliest[key[1]] for key in set(positions) - set(following)})
+    replay_starts = replay_late_positions(connection, applied, positions, rules)
+    result = write_applied(connection, applied, positions, replay_starts, now)
+    stamp_actions(connection, horizon, now)
+    logger.info("%d corporate actions came due: %d positions took them, %d were replayed", len(due),
+                len(result.changed - result.replayed), len(result.replayed))
+    return result, len(due)
+
+
+def due_actions(connection, horizon):
+    """(stock_symbol, ex_date, action) of the corporate actions not applied yet with ex_date up to horizon."""
+    table = corporate_actions_table
+    return [(symbol, corporate_actions.as_date(ex_date), action) for symbol, ex_date, action in connection.execute(
+        select(table.c.stock_symbol, table.c.ex_date, table.c.action).where(and_(
+            table.c.applied_at.is_(None), table.c.ex_date <= horizon)))]
+
+
+def ledger_rules(connection, horizon, requested=None, full=False):
+    """The ledger.Rules of an apply: the cost method (cost_method.method_for_update, recorded when new) and the
+    corporate actions with ex_date up to horizon, each split with its cash-in-lieu price."""
+    method = cost_method.method_for_update(connection, requested, full)
+    if cost_method.recorded_method(connection) != method:
+        cost_method.record_method(connection, method)
+    actions = corporate_actions.read_actions(connection, last_day=horizon)
+    splits = [action for action in actions if action.action == "SPLIT"]
+    events = [ledger.Dividend(a.stock_symbol, a.ex_date, a.value) for a in actions if a.action == "DIVIDEND"]
+    events += [ledger.Split(a.stock_symbol, a.ex_date, a.value, lieu_price(connection, a, splits)) for a in splits]
+    return ledger.rules_for(events, method)
+
+
+LAST_CLOSE_BEFORE_SQL = text("""
+SELECT price_date, close_price FROM market_prices
+WHERE stock_symbol = :symbol AND price_date < :ex_date
+ORDER BY price_date DESC LIMIT 1
+""").bindparams(bindparam("ex_date", type_=market_prices.c.price_date.type))
+LAST_TRADE_BEFORE_SQL = text("""
+SELECT txn_time, price FROM transactions
+WHERE stock_symbol = :symbol AND txn_time < :ex_date
+ORDER BY txn_time DESC, txn_id DESC LIMIT 1
+""").bindparams(bindparam("ex_date", type_=transactions.c.txn_time.type))
+
+
+def lieu_price(connection, split, splits):
+    """What a fraction of a new share is paid at: the last close before the ex_date (else the last trade
+    price), in the terms of the day before (divided by the symbol's earlier splits since), ÷ the split's value,
+    rounded to a price; None when the symbol has neither."""
+    row = connection.execute(LAST_CLOSE_BEFORE_SQL, {"symbol": split.stock_symbol, "ex_date": split.ex_date}).first()
+    if row is None:
+        row = connection.execute(LAST_TRADE_BEFORE_SQL, {
+            "symbol": split.stock_symbol, "ex_date": datetime.combine(split.ex_date, datetime.min.time())}).first()
+    if row is None:
+        return None
+    day = corporate_actions.as_date(row[0])
+    price = to_decimal(row[1])
+    for earlier in splits:
+        if earlier.stock_symbol == split.stock_symbol and day < earlier.ex_date < split.ex_date:
+            price /= earlier.value
+    return (price / split.value).quantize(PRICE_STEP, ROUND_HALF_EVEN)
+
+
 def write_applied(connection, applied, positions, replay_starts, now):
-    """Write what apply_trades changed: positions, checkpoints, latest trades, OVERSELL alerts."""
+    """Write what apply_trades changed: positions (and their FIFO lots), checkpoints, latest trades, OVERSELL
+    alerts."""
     write_positions(connection, positions, applied.changed, now)
+    write_lots(connection, positions, applied.changed)
     ledger.write_checkpoints(connection, applied.checkpoints)
     write_latest_trades(connection, applied.latest)
     alerts_raised, alerts_withdrawn = sync_oversell_alerts(connection, applied.oversells, replay_starts, now)
@@ -169,16 +282,16 @@ def write_applied(connection, applied, positions, replay_starts, now):
                        alerts_raised, alerts_withdrawn)
 
 
-def replay_late_positions(connection, applied, positions):
-    """Replay each position with a late trade from its last checkpoint before that trade's week, adding the
+def replay_late_positions(connection, applied, positions, rules):
+    """Replay each position with a late event from its last checkpoint before that event's week, adding the
     results to `applied`; return {key: the checkpoint the replay started from (None: from the first trade)}."""
-    weeks = {key: ledger.week_start(trade.txn_time[:10]) for key, trade in applied.late.items()}
+    weeks = {key: ledger.week_start(ledger.event_key(event)[0][:10]) for key, event in applied.late.items()}
     found = ledger.last_checkpoints_before(connection, weeks)
     starts = {key: found.get(key) for key in weeks}
     ledger.forget_checkpoints_after(connection, starts)
     for key, checkpoint in starts.items():
-        positions[key] = ledger.Position.from_checkpoint(checkpoint) if checkpoint else ledger.Position(*key)
-    replay = ledger.apply_trades(ledger.trades_after(connection, starts), positions)
+        positions[key] = ledger.Position.from_checkpoint(checkpoint) if checkpoint else rules.new_position(key)
+    replay = ledger.apply_trades(ledger.trades_after(connection, starts), positions, rules, others=starts)
     if starts:
         logger.info("replayed %d trades of %d positions with a late trade (%d from a checkpoint)", replay.trades,
                     len(starts), sum(checkpoint is not None for checkpoint in starts.values()))
@@ -196,12 +309,14 @@ def position_row(position, now):
         "investor_id": position.investor_id, "stock_symbol": position.stock_symbol,
         "quantity": position.quantity, "avg_cost": position.avg_cost, "cost_basis": position.cost_basis,
         "realized_pnl": position.realized_pnl, "last_txn_time": datetime.fromisoformat(position.last_txn_time),
-        "last_txn_id": position.last_txn_id, "trade_count": position.trade_count, "updated_at": now,
+        "last_txn_id": position.last_txn_id, "trade_count": position.trade_count,
+        "last_trade_price": position.last_trade_price, "dividend_income": position.dividend_income,
+        "fees_paid": position.fees_paid, "updated_at": now,
     }
 
 
 REPLAY_COLUMNS = ("quantity", "avg_cost", "cost_basis", "realized_pnl", "last_txn_time", "last_txn_id",
-                  "trade_count")
+                  "trade_count", "last_trade_price", "dividend_income", "fees_paid")
 
 
 def write_positions(connection, positions, keys, now):
@@ -210,6 +325,20 @@ def write_positions(connection, positions, keys, now):
     rows = [position_row(positions[key], now) for key in sorted(keys)]
     if rows:
         connection.execute(dialects.upsert(connection, portfolios, [*REPLAY_COLUMNS, "updated_at"]), rows)
+
+
+def write_lots(connection, positions, keys):
+    """Replace the stored FIFO lots of these positions by their open lots (none under weighted average cost)."""
+    keys = sorted(key for key in keys if positions[key].lots is not None)
+    for start in range(0, len(keys), ID_SLICE):
+        connection.execute(delete(position_lots).where(tuple_(position_lots.c.investor_id, position_lots.c.stock_symbol)
+                                                       .in_(keys[start:start + ID_SLICE])))
+    rows = [{"investor_id": key[0], "stock_symbol": key[1], "txn_id": lot.txn_id,
+             "acquired_at": datetime.fromisoformat(lot.acquired_at), "quantity": lot.quantity,
+             "cost_basis": lot.cost_basis, "cost_per_share": (lot.cost_basis / lot.quantity).quantize(PRICE_STEP)}
+            for key in keys for lot in positions[key].lots]
+    for start in range(0, len(rows), 5_000):
+        connection.execute(position_lots.insert(), rows[start:start + 5_000])
 
 
 def write_latest_trades(connection, latest):
@@ -383,6 +512,7 @@ ORDER BY investor_id, stock_symbol
 INVESTOR_RISK_SQL = """
 WITH positions AS (
     SELECT p.investor_id, p.quantity, p.market_value, p.cost_basis, p.realized_pnl, p.unrealized_pnl, p.weight,
+           p.dividend_income, p.fees_paid,
            s.sector, COALESCE(m.annual_volatility, 0) AS annual_volatility
     FROM portfolios p
     JOIN stocks s ON s.stock_symbol = p.stock_symbol
@@ -400,6 +530,8 @@ totals AS (
            SUM(cost_basis) AS total_cost_basis,
            SUM(realized_pnl) AS realized_pnl,
            SUM(unrealized_pnl) AS unrealized_pnl,
+           SUM(dividend_income) AS dividend_income,
+           SUM(fees_paid) AS fees_paid,
            SUM(CASE WHEN quantity > 0 THEN 1 ELSE 0 END) AS open_positions,
            MAX(weight) AS top_position_weight,
            SUM(weight * weight) AS hhi,  -- Herfindahl index of the weights, 0..1
@@ -429,7 +561,8 @@ SELECT investor_id, total_market_value, total_cost_basis, realized_pnl, unrealiz
        + :investor_sector_points * CASE WHEN top_sector_weight <= :investor_sector_free_up_to THEN 0
              ELSE (top_sector_weight - :investor_sector_free_up_to) / (1 - :investor_sector_free_up_to) END
        + :investor_volatility_points * volatility_share
-       + :investor_loss_points * loss_share AS risk_score
+       + :investor_loss_points * loss_share AS risk_score,
+       dividend_income, fees_paid
 FROM components
 ORDER BY investor_id
 """
@@ -530,7 +663,7 @@ def _differs(stored, values):
 
 INVESTOR_RISK_COLUMNS = ("total_market_value", "total_cost_basis", "realized_pnl", "unrealized_pnl", "open_positions",
                          "top_position_weight", "hhi", "top_sector_weight", "weighted_volatility", "risk_score",
-                         "risk_level", *risk_metrics.RiskMetrics._fields)
+                         "risk_level", *risk_metrics.RiskMetrics._fields, "dividend_income", "fees_paid")
 INVESTOR_RISK_STEPS = (MONEY_STEP, MONEY_STEP, MONEY_STEP, MONEY_STEP, None) + (RATIO_STEP,) * 4
 METRIC_STEPS = (RATIO_STEP, MONEY_STEP, MONEY_STEP, RATIO_STEP)
 HOLDINGS_SQL = ("SELECT investor_id, stock_symbol, quantity FROM portfolios "
@@ -586,7 +719,8 @@ def _investor_values(row, metrics):
     score = _rounded(row[10], SCORE_STEP)
     values = tuple(int(v) if step is None else _rounded(v, step) for v, step in zip(row[1:10], INVESTOR_RISK_STEPS))
     return values + (score, risk_level(score)) + (
-        tuple(_rounded(v, step) for v, step in zip(metrics, METRIC_STEPS)) if metrics else (None,) * len(METRIC_STEPS))
+        tuple(_rounded(v, step) for v, step in zip(metrics, METRIC_STEPS)) if metrics else (None,) * len(METRIC_STEPS)
+    ) + (_rounded(row[11], MONEY_STEP), _rounded(row[12], MONEY_STEP))
 
 
 CONCENTRATION_SQL = """
@@ -631,42 +765,64 @@ def concentration_alerts(connection, now, investor_ids):
 
 # ---------------------------------------------------------------------------------------------- the stage
 
-def update_portfolios(engine, full=False, today=None):
-    """Apply new trades (or replay all with full=True), then revalue and score what changed; one transaction.
-    Returns a summary."""
+def update_portfolios(engine, full=False, today=None, requested_method=None):
+    """Apply the corporate actions that came due and the new trades (or replay all with full=True), then
+    revalue and score what changed; one transaction. requested_method: 'wac', 'fifo' or None (the recorded one,
+    see cost_method). Returns a summary."""
     with localcontext(prec=DECIMAL_DIGITS):
-        return _update_portfolios(engine, full, today)
+        return _update_portfolios(engine, full, today, requested_method)
 
 
-def _update_portfolios(engine, full, today):
+def _update_portfolios(engine, full, today, requested_method):
     started = time.perf_counter()
     summary = UpdateSummary(full=full)
+    params = risk_parameters(today)
     with db_config.stage_transaction(engine, "update_portfolio") as connection:
-        summary.full = full = full or checkpoints_missing(connection)
+        summary.full = full = full or built_by_earlier_version(connection)
         now = datetime.now().replace(microsecond=0)
+        rules = ledger_rules(connection, params["today"], requested_method, full)
+        summary.cost_method = rules.method
+        due = ApplyResult(set(), set(), [], {}, 0)
+        if not full:
+            due, summary.actions_applied = apply_due_actions(connection, now, rules, params["today"])
         batch_ids = pending_batches(connection)
-        applied = apply_new_trades(connection, batch_ids, full, now)
-        summary.alerts_raised, summary.alerts_withdrawn = applied.alerts_raised, applied.alerts_withdrawn
+        applied = apply_new_trades(connection, batch_ids, full, now, rules)
+        if full:
+            summary.actions_applied = stamp_actions(connection, params["today"], now)
+        summary.alerts_raised = applied.alerts_raised + due.alerts_raised
+        summary.alerts_withdrawn = applied.alerts_withdrawn + due.alerts_withdrawn
         batches.stamp_batches(connection, batch_ids, "applied_at", now)
-        investors = revalue_and_score(connection, risk_parameters(today), now,
-                                      {investor_id for investor_id, _ in applied.changed}, full, summary)
+        changed = applied.changed | due.changed
+        investors = revalue_and_score(connection, params, now, {investor_id for investor_id, _ in changed}, full,
+                                      summary)
     summary.batches_applied, summary.trades_applied = len(batch_ids), applied.trades
-    summary.positions_changed, summary.positions_replayed = len(applied.changed), len(applied.replayed)
-    summary.oversells = len(applied.oversells)
+    summary.positions_changed = len(changed)
+    summary.positions_replayed = len(applied.replayed | due.replayed)
+    summary.oversells = len(applied.oversells) + len(due.oversells)
     summary.seconds = time.perf_counter() - started
     logger.info("revalued and scored %d investors", len(investors))
     return summary
 
 
-def checkpoints_missing(connection):
-    """Does the database hold positions but no checkpoint (built before checkpoints existed)? Then this update
-    replays everything once to build them."""
-    missing = (connection.execute(select(portfolios.c.investor_id).limit(1)).first() is not None
-               and connection.execute(select(position_checkpoints.c.investor_id).limit(1)).first() is None)
-    if missing:
-        logger.warning("positions without checkpoints (a database from an earlier version): replaying every "
-                       "trade once to build them")
-    return missing
+def stamp_actions(connection, horizon, now):
+    """Mark the corporate actions with ex_date up to horizon applied (a full replay applied them all); return
+    how many were not marked before."""
+    table = corporate_actions_table
+    return connection.execute(update(table).where(and_(table.c.applied_at.is_(None), table.c.ex_date <= horizon))
+                              .values(applied_at=now)).rowcount
+
+
+def built_by_earlier_version(connection):
+    """Does the database hold positions built by an earlier version of this program (without checkpoints, or
+    without a recorded cost method)? Then this update replays everything once to rebuild them."""
+    positions = connection.execute(select(portfolios.c.investor_id).limit(1)).first() is not None
+    earlier = positions and (
+        connection.execute(select(position_checkpoints.c.investor_id).limit(1)).first() is None
+        or cost_method.recorded_method(connection) is None)
+    if earlier:
+        logger.warning("positions built by an earlier version (without checkpoints or a recorded cost method): "
+                       "replaying every trade once to rebuild them")
+    return earlier
 
 
 def revalue_and_score(connection, params, now, changed_investors, full, summary):
@@ -703,12 +859,16 @@ def main(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("--full", action="store_true",
                         help="replay every trade and rebuild the checkpoints, instead of applying only the new ones")
+    parser.add_argument("--cost-method", choices=cost_method.METHODS, type=str.lower,
+                        help="wac (weighted average cost) or fifo (default: $COST_METHOD, else the method the "
+                             "positions were built with, else wac); switching needs --full")
     args = parser.parse_args(argv)
     cli.setup_logging(args)
 
     def work():
+        requested = cost_method.requested_method(args.cost_method)
         engine = db_config.get_engine(args.database_url)
-        summary = update_portfolios(engine, full=args.full)
+        summary = update_portfolios(engine, full=args.full, requested_method=requested)
         print(summary.line())
         return cli.EXIT_OK
 
