@@ -1,16 +1,39 @@
-"""Generate realistic, reproducible trades and the daily closes they were priced from.
+"""Generate realistic, reproducible trades with their fees, the daily closes they were priced from, and the
+corporate actions (splits, cash dividends) of those days.
 
-First stage of the chain: writes the trades CSV (the canonical header of docs/file-formats.md) and
-`market_prices.csv` beside it (or --prices-out). Daily closes follow a geometric Brownian motion per symbol over about a year of weekdays;
-trades happen on weekdays between 09:30 and 16:00, priced within 1% of that day's close, with heavy-tailed
-quantities scaled by the investor's risk profile; each investor favours a few symbols; a SELL never exceeds
-what the investor holds at that moment; rows are in time order. The same --seed gives byte-identical files.
+First stage of the chain: writes the trades CSV (the canonical header of docs/file-formats.md and a trailing `fee`
+column), `market_prices.csv` beside it (or --prices-out) and `corporate_actions.csv` beside it (or --actions-out,
+header stock_symbol,ex_date,action,value, rows sorted by ex_date, stock_symbol, action); load_transactions loads
+the two files beside a trade file before it. Daily closes follow a geometric Brownian motion per symbol over about a
+year of weekdays; trades happen on weekdays between 09:30 and 16:00, priced within 1% of that day's close, with
+heavy-tailed quantities scaled by the investor's risk profile; each investor favours a few symbols; a SELL never
+exceeds what the investor holds at that moment; rows are in time order. The same --seed gives byte-identical files,
+with or without each option below.
+
+Fees: a broker-like schedule, fee = max(1.00, 0.05% of quantity x price), rounded half-up to the cent and written
+with 2 decimals. It is computed from the trade (no random draw), planted trades included.
+
+Corporate actions come from their own random stream, so the trades' random draws are those of the same seed without
+them. Splits (value = new shares per old share), when the window has at least 40 weekdays: a forward split (2, 3 or
+4 for 1) of the symbol with the highest close and a reverse split (1 for 10, value 0.1) of the symbol with the
+lowest close, each ex_date a weekday at least 10 weekdays inside the window. From ex_date on the closes are the
+same random walk divided by the value (the close jumps by the ratio on ex_date; split-adjusted returns have no jump)
+and trades are in post-split terms: prices from those closes, sizes times the value (at least 1 share). At a split
+every holding becomes floor(holding x value) (the ledger pays the fraction out as cash in lieu), and no later SELL
+exceeds that. Cash dividends: the symbols of the Financials, Health Care, Energy and Consumer Staples sectors pay
+quarterly, ex_dates every 63 weekdays from a start day drawn per symbol; value = a quarterly yield drawn per symbol
+(0.4% to 1%) of the ex_date's close, rounded half-up to the cent. Dividends do not move the closes (the simulation
+has no ex-dividend drop).
+
+`--no-fees` leaves the fee column out; `--no-corporate-actions` writes no splits, no dividends and no
+corporate_actions.csv (one already there is left as it is). With both, the files are byte for byte those of the
+generator before fees and corporate actions.
 
 `--anomalies RATE` also plants each trade-level surveillance pattern (LARGE_TRADE, OFF_MARKET_PRICE, WASH_TRADE,
 ROUND_TRIP, BURST) RATE times per generated trade, as extra trades among the clean ones, and writes the ground
 truth (txn_ref, rule, anomaly_id) to a sidecar CSV (`<out stem>_anomalies.csv` beside --out). The planting uses
 its own random stream: the clean trades are exactly those of the same seed without anomalies, and every
-planted SELL follows a planted BUY of the same quantity, so no sell ever exceeds what is held.
+planted SELL follows a planted BUY of the same quantity on the same day, so no sell ever exceeds what is held.
 """
 import logging
 import os
@@ -19,6 +42,7 @@ import sys
 import time
 from collections import namedtuple
 from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 from tqdm import tqdm
@@ -30,11 +54,28 @@ import db_config
 logger = logging.getLogger(__name__)
 
 TRADE_HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
+FEE_TRADE_HEADER = f"{TRADE_HEADER},fee"
 PRICE_HEADER = "stock_symbol,price_date,close_price"
+ACTION_HEADER = "stock_symbol,ex_date,action,value"
 FAVOURITE_SHARE = 0.8  # share of an investor's trades in their favourite symbols
 SELL_PROBABILITY = 0.45  # chance that a trade in a held position is a sell
 FULL_CLOSE_PROBABILITY = 0.25  # chance that a sell closes the whole position
 ANOMALY_HEADER = "txn_ref,rule,anomaly_id"
+
+FEE_BASIS_POINTS = 5  # the fee is 0.05% of the trade's notional (quantity x price) ...
+MIN_FEE_CENTS = 100  # ... and at least 1.00 (currency units)
+ACTIONS_STREAM = 1_301  # second word of the corporate actions stream's seed: never the clean or planting stream
+MIN_SPLIT_WINDOW = 40  # weekdays: a shorter window has no splits
+SPLIT_MARGIN = 10  # weekdays of the window before and after every split's ex_date, at least
+FORWARD_SPLIT_VALUES = (2, 3, 4)  # new shares per old share of the highest-priced symbol
+REVERSE_SPLIT_VALUE = Decimal("0.1")  # 1 for 10, of the lowest-priced symbol
+DIVIDEND_SECTORS = ("Financials", "Health Care", "Energy", "Consumer Staples")  # their symbols pay dividends
+DIVIDEND_INTERVAL = 63  # weekdays between a symbol's ex_dates: a quarter
+DIVIDEND_YIELDS = (0.004, 0.01)  # a quarter's dividend per share, as a share of the ex_date's close
+CENT = Decimal("0.01")
+
+Split = namedtuple("Split", "day symbol value")  # day: index into the window; symbol: into STOCKS; value: Decimal
+Dividend = namedtuple("Dividend", "day symbol value")  # value: currency units per share, Decimal with 2 decimals
 
 
 def weekdays_ending(end_date, count):
@@ -47,14 +88,64 @@ def weekdays_ending(end_date, count):
     return days[::-1]
 
 
-def simulate_closes(rng, days, stocks=constants.STOCKS):
-    """Daily closes, shape (days, symbols), by geometric Brownian motion, rounded to the cent."""
+def simulate_walk(rng, days, stocks=constants.STOCKS):
+    """Daily closes before rounding and splits, shape (days, symbols), by geometric Brownian motion."""
     sigma = np.array([s.annual_volatility for s in stocks]) / np.sqrt(constants.TRADING_DAYS_PER_YEAR)
     drift = 0.07 / constants.TRADING_DAYS_PER_YEAR - sigma**2 / 2  # 7% a year expected growth
     shocks = rng.standard_normal((len(days), len(stocks))) * sigma + drift
     shocks[0] = 0.0  # the first day closes at the start price
-    closes = np.array([s.start_price for s in stocks]) * np.exp(np.cumsum(shocks, axis=0))
+    return np.array([s.start_price for s in stocks]) * np.exp(np.cumsum(shocks, axis=0))
+
+
+def round_closes(closes):
+    """Closes rounded to the cent, at least 0.01."""
     return np.maximum(np.round(closes, 2), 0.01)
+
+
+def simulate_closes(rng, days, stocks=constants.STOCKS):
+    """Daily closes, shape (days, symbols), by geometric Brownian motion, rounded to the cent."""
+    return round_closes(simulate_walk(rng, days, stocks))
+
+
+def plan_splits(rng, walk):
+    """A forward split of the highest-priced symbol and a reverse split of the lowest-priced other one, as Split
+    records in day order; none when the window is shorter than MIN_SPLIT_WINDOW weekdays."""
+    if len(walk) < MIN_SPLIT_WINDOW:
+        return []
+    forward_day, reverse_day = (int(day) for day in rng.integers(SPLIT_MARGIN, len(walk) - SPLIT_MARGIN, 2))
+    forward_symbol = int(np.argmax(walk[forward_day - 1]))  # by the last close before ex_date
+    others = np.where(np.arange(walk.shape[1]) == forward_symbol, np.inf, walk[reverse_day - 1])
+    forward_value = Decimal(int(rng.choice(FORWARD_SPLIT_VALUES)))
+    return sorted([Split(forward_day, forward_symbol, forward_value),
+                   Split(reverse_day, int(np.argmin(others)), REVERSE_SPLIT_VALUE)])
+
+
+def split_factors(splits, shape):
+    """Shares per original share on each (day, symbol): the product of the values of the splits in effect."""
+    factor = np.ones(shape)
+    for split in splits:
+        factor[split.day:, split.symbol] *= float(split.value)
+    return factor
+
+
+def plan_dividends(rng, closes, splits):
+    """The quarterly cash dividends of the symbols of DIVIDEND_SECTORS, as Dividend records.
+
+    A dividend that would share its ex_date with a split of its symbol goes one weekday later, so that the order of
+    the two never matters."""
+    split_days = {(split.day, split.symbol) for split in splits}
+    dividends = []
+    for symbol, stock in enumerate(constants.STOCKS):
+        if stock.sector not in DIVIDEND_SECTORS:
+            continue
+        first_day = int(rng.integers(1, DIVIDEND_INTERVAL + 1))
+        quarterly_yield = Decimal(f"{rng.uniform(*DIVIDEND_YIELDS):.4f}")
+        for quarter_day in range(first_day, len(closes), DIVIDEND_INTERVAL):
+            day = quarter_day + ((quarter_day, symbol) in split_days)
+            if day < len(closes):
+                value = (Decimal(f"{closes[day, symbol]:.2f}") * quarterly_yield).quantize(CENT, ROUND_HALF_UP)
+                dividends.append(Dividend(day, symbol, max(value, CENT)))
+    return dividends
 
 
 def draw_trades(rng, rows, day_count, investors, stock_count):
@@ -79,38 +170,76 @@ def draw_trades(rng, rows, day_count, investors, stock_count):
     }
 
 
-def decide_sides(draws, stock_count, progress=False):
-    """Replay holdings in time order: returns (is_sell, quantity); a sell never exceeds the holding."""
+def splits_in_effect(draws, splits):
+    """Per trade: how many splits of its symbol have an ex_date on or before its day."""
+    count = np.zeros(len(draws["day"]), dtype=np.int64)
+    for split in splits:
+        count += (draws["symbol"] == split.symbol) & (draws["day"] >= split.day)
+    return count
+
+
+def split_holding(held, values):
+    """Shares held after splits of these values: floor(held x value) each (the fraction is paid as cash in lieu)."""
+    for value in values:
+        held = int(held * value)  # exact Decimal product; int() floors a number >= 0
+    return held
+
+
+def decide_sides(draws, stock_count, progress=False, splits=()):
+    """Replay holdings in time order: returns (is_sell, quantity, holding after each trade); a sell never exceeds
+    the holding, which becomes floor(holding x value) at each split of its symbol (`splits` in day order)."""
     position = draws["investor"] * stock_count + draws["symbol"]
-    holdings = {}
-    is_sell = np.zeros(len(position), dtype=bool)
+    split_values = {}  # symbol -> its split values in day order
+    for split in splits:
+        split_values.setdefault(split.symbol, []).append(split.value)
+    holdings = {}  # position -> (shares held, how many of its symbol's splits they have been through)
+    is_sell, holding_after = np.zeros(len(position), dtype=bool), np.zeros(len(position), dtype=np.int64)
     quantity = draws["size"].copy()
-    trades = zip(position.tolist(), draws["sell_draw"].tolist(), draws["sell_share"].tolist())
-    for i, (key, sell_draw, share) in enumerate(tqdm(trades, total=len(position), unit=" trades", leave=False,
-                                                     desc="generating", disable=not progress, mininterval=0.5)):
-        held = holdings.get(key, 0)
+    trades = zip(position.tolist(), draws["symbol"].tolist(), splits_in_effect(draws, splits).tolist(),
+                 draws["sell_draw"].tolist(), draws["sell_share"].tolist())
+    for i, (key, symbol, in_effect, sell_draw, share) in enumerate(tqdm(
+            trades, total=len(position), unit=" trades", leave=False, desc="generating", disable=not progress,
+            mininterval=0.5)):
+        held, applied = holdings.get(key, (0, 0))
+        if in_effect > applied:
+            held = split_holding(held, split_values[symbol][applied:in_effect])
         if held > 0 and sell_draw < SELL_PROBABILITY:
             sold = held if share < FULL_CLOSE_PROBABILITY else max(1, min(held, round(held * share)))
             is_sell[i], quantity[i] = True, sold
-            holdings[key] = held - sold
+            held -= sold
         else:
-            holdings[key] = held + int(quantity[i])
-    return is_sell, quantity
+            held += int(quantity[i])
+        holdings[key], holding_after[i] = (held, in_effect), held
+    return is_sell, quantity, holding_after
 
 
-def trade_lines(draws, is_sell, quantity, days, closes, investors, run_tag):
-    """The CSV lines of the trades, header excluded."""
-    prices = np.round(closes[draws["day"], draws["symbol"]] * (1 + draws["price_draw"]), 2)
-    day_text = [d.isoformat() for d in days]
+def fee_cents(quantity, price_cents):
+    """The fee of a trade in cents: max(1.00, 0.05% of quantity x price) rounded half-up to the cent (exact integer
+    arithmetic; works on numbers and on numpy arrays)."""
+    return np.maximum(MIN_FEE_CENTS, (quantity * price_cents * FEE_BASIS_POINTS + 5_000) // 10_000)
+
+
+def fee_text(cents):
+    """A fee in cents as the CSV writes it, with 2 decimals: 123 -> '1.23'."""
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+def trade_lines(market, fees=False):
+    """The CSV lines of the clean trades, header excluded; with `fees`, each ends with its fee."""
+    draws, prices = market.draws, market.prices
+    day_text = [d.isoformat() for d in market.days]
     clock = [f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(constants.MARKET_CLOSE_SECONDS + 1)]
     symbols = [s.symbol for s in constants.STOCKS]
-    investor_ids = [str(i.investor_id) for i in investors]
+    investor_ids = [str(i.investor_id) for i in market.investors]
+    price_cents = np.round(prices * 100).astype(np.int64)
+    fee_cells = ([f",{fee_text(cents)}" for cents in fee_cents(market.quantity, price_cents).tolist()] if fees
+                 else [""] * len(prices))
     return [
-        f"{run_tag}-{n:07d},{investor_ids[inv]},{symbols[sym]},{'SELL' if sell else 'BUY'},{qty},{price:.2f},"
-        f"{day_text[day]} {clock[second]}"
-        for n, (inv, sym, sell, qty, price, day, second) in enumerate(zip(
-            draws["investor"].tolist(), draws["symbol"].tolist(), is_sell.tolist(), quantity.tolist(),
-            prices.tolist(), draws["day"].tolist(), draws["second"].tolist()), start=1)
+        f"{market.run_tag}-{n:07d},{investor_ids[inv]},{symbols[sym]},{'SELL' if sell else 'BUY'},{qty},{price:.2f},"
+        f"{day_text[day]} {clock[second]}{fee}"
+        for n, (inv, sym, sell, qty, price, day, second, fee) in enumerate(zip(
+            draws["investor"].tolist(), draws["symbol"].tolist(), market.is_sell.tolist(), market.quantity.tolist(),
+            prices.tolist(), draws["day"].tolist(), draws["second"].tolist(), fee_cells), start=1)
     ]
 
 
@@ -122,41 +251,84 @@ def price_lines(days, closes):
     ]
 
 
-Market = namedtuple("Market", "days closes investors draws is_sell quantity prices run_tag")
+def action_lines(days, splits, dividends):
+    """The CSV lines of the corporate actions, header excluded, sorted by ex_date, stock_symbol and action."""
+    symbols = [s.symbol for s in constants.STOCKS]
+    rows = [(days[record.day].isoformat(), symbols[record.symbol], action, record.value)
+            for action, records in (("SPLIT", splits), ("DIVIDEND", dividends)) for record in records]
+    return [f"{symbol},{ex_date},{action},{value}" for ex_date, symbol, action, value in sorted(rows)]
+
+
+Market = namedtuple("Market", "days closes investors draws is_sell quantity prices run_tag split_factor splits "
+                              "dividends holding_after")
+
+
+def simulate_market(seed, rng, days, corporate_actions):
+    """(closes, split factors, splits, dividends): the clean stream's random walk, split and rounded, and the corporate
+    actions drawn from their own stream (none without `corporate_actions`)."""
+    walk = simulate_walk(rng, days)
+    actions_rng = np.random.default_rng([seed, ACTIONS_STREAM])
+    splits = plan_splits(actions_rng, walk) if corporate_actions else []
+    split_factor = split_factors(splits, walk.shape)
+    closes = round_closes(walk / split_factor)
+    dividends = plan_dividends(actions_rng, closes, splits) if corporate_actions else []
+    return closes, split_factor, splits, dividends
 
 
 def simulate(rows, seed, end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT,
-             progress=False):
-    """The clean simulation for `rows` trades: closes, draws, sides, quantities and prices; deterministic per seed."""
+             progress=False, corporate_actions=False):
+    """The clean simulation for `rows` trades: closes, draws, sides, quantities, prices and (with
+    `corporate_actions`) splits and dividends; deterministic per seed."""
     rng = np.random.default_rng(seed)
     days = weekdays_ending(end_date, constants.TRADING_DAYS)
-    closes = simulate_closes(rng, days)
+    closes, split_factor, splits, dividends = simulate_market(seed, rng, days, corporate_actions)
     investors = constants.default_investors(investor_count)
     draws = draw_trades(rng, rows, len(days), investors, len(constants.STOCKS))
-    is_sell, quantity = decide_sides(draws, len(constants.STOCKS), progress)
-    prices = np.round(closes[draws["day"], draws["symbol"]] * (1 + draws["price_draw"]), 2)
+    in_shares_of_the_day = draws["size"] * split_factor[draws["day"], draws["symbol"]]  # post-split terms
+    draws["size"] = np.maximum(1, np.round(in_shares_of_the_day)).astype(np.int64)
+    is_sell, quantity, holding_after = decide_sides(draws, len(constants.STOCKS), progress, splits)
+    prices = np.maximum(np.round(closes[draws["day"], draws["symbol"]] * (1 + draws["price_draw"]), 2), 0.01)
     run_tag = f"S{seed}N{rows}"  # refs of different runs never collide; the same run repeats its refs
-    return Market(days, closes, investors, draws, is_sell, quantity, prices, run_tag)
+    return Market(days, closes, investors, draws, is_sell, quantity, prices, run_tag, split_factor, splits,
+                  dividends, holding_after)
+
+
+Generated = namedtuple("Generated", "trades prices actions truth splits dividends")  # lines, lines, lines, counts
+
+
+def generate_files(rows, seed, *, fees=True, corporate_actions=True, anomaly_rate=0.0,
+                   end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT,
+                   progress=False):
+    """The lines (header excluded) of every file of a run, deterministic per seed: trades (with a fee column when
+    `fees`; the clean trades plus planted patterns when anomaly_rate > 0), closes, corporate actions (none without
+    `corporate_actions`) and the planted ground truth; with the numbers of splits and dividends."""
+    market = simulate(rows, seed, end_date, investor_count, progress, corporate_actions)
+    trades, truth = trade_lines(market, fees), []
+    if anomaly_rate:
+        planted = plant_anomalies(market, anomaly_rate, seed)
+        trades, truth = merge_planted(market, trades, planted, f"{market.run_tag}-R{anomaly_rate:g}", fees)
+    return Generated(trades, price_lines(market.days, market.closes),
+                     action_lines(market.days, market.splits, market.dividends), truth, len(market.splits),
+                     len(market.dividends))
 
 
 def generate(rows, seed, end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT,
              progress=False):
-    """Generate (trade lines, price lines) for `rows` trades; deterministic for a given seed."""
-    market = simulate(rows, seed, end_date, investor_count, progress)
-    trades = trade_lines(market.draws, market.is_sell, market.quantity, market.days, market.closes,
-                         market.investors, market.run_tag)
-    return trades, price_lines(market.days, market.closes)
+    """Generate (trade lines, price lines) for `rows` trades, without fees or corporate actions (the files of
+    before issue 14, for TRADE_HEADER); deterministic for a given seed."""
+    generated = generate_files(rows, seed, fees=False, corporate_actions=False, end_date=end_date,
+                               investor_count=investor_count, progress=progress)
+    return generated.trades, generated.prices
 
 
 def generate_with_anomalies(rows, seed, rate, end_date=constants.DEFAULT_END_DATE,
                             investor_count=constants.DEFAULT_INVESTOR_COUNT, progress=False):
-    """Generate (trade lines, price lines, ground-truth lines): the clean trades of `seed` plus planted patterns."""
-    market = simulate(rows, seed, end_date, investor_count, progress)
-    planted = plant_anomalies(market, rate, seed)
-    clean = trade_lines(market.draws, market.is_sell, market.quantity, market.days, market.closes,
-                        market.investors, market.run_tag)
-    trades, truth = merge_planted(market, clean, planted, f"{market.run_tag}-R{rate:g}")
-    return trades, price_lines(market.days, market.closes), truth
+    """Generate (trade lines, price lines, ground-truth lines): the clean trades of `seed` plus planted patterns,
+    without fees or corporate actions, as generate()."""
+    generated = generate_files(rows, seed, fees=False, corporate_actions=False, anomaly_rate=rate,
+                               end_date=end_date, investor_count=investor_count, progress=progress)
+    return generated.trades, generated.prices, generated.truth
+
 
 
 # ---------------------------------------------------------------------------------------------- planted anomalies
@@ -184,16 +356,12 @@ History = namedtuple("History", "key notional by_investor by_position holding_af
 
 def clean_history(market):
     """Lookups over the clean trades: time key (day * 86400 + second), notional, indexes per investor and per
-    position in time order, and the position's clean holding after each trade."""
+    position in time order, and the position's clean holding after each trade (splits included)."""
     draws = market.draws
     key = draws["day"].astype(np.int64) * SECONDS_PER_DAY + draws["second"]
-    signed = np.where(market.is_sell, -market.quantity, market.quantity)
-    holding_after = np.zeros(len(key), dtype=np.int64)
     by_investor, by_position = _group_indexes(draws["investor"]), _group_indexes(
         draws["investor"] * len(constants.STOCKS) + draws["symbol"])
-    for indexes in by_position.values():
-        holding_after[indexes] = np.cumsum(signed[indexes])
-    return History(key, market.quantity * market.prices, by_investor, by_position, holding_after)
+    return History(key, market.quantity * market.prices, by_investor, by_position, market.holding_after)
 
 
 def _group_indexes(codes):
@@ -223,9 +391,10 @@ def _normal_price(rng, market, day, symbol):
     return market.closes[day, symbol] * (1 + rng.uniform(-constants.TRADE_PRICE_BAND, constants.TRADE_PRICE_BAND))
 
 
-def _normal_quantity(rng, market, investor):
+def _normal_quantity(rng, market, investor, day, symbol):
     scale = constants.PROFILE_QUANTITY_SCALE[market.investors[investor].risk_profile]
-    return max(1, round(rng.lognormal(np.log(20), 1.1) * scale))  # as draw_trades sizes a trade
+    size = max(1, round(rng.lognormal(np.log(20), 1.1) * scale))  # as draw_trades sizes a trade
+    return max(1, round(size * market.split_factor[day, symbol]))  # in post-split terms, as simulate()
 
 
 def _start_key(rng, day, span):
@@ -258,7 +427,7 @@ def plant_off_market_price(rng, market, history, anchor, symbol):
     deviation = rng.uniform(*OFF_MARKET_DEVIATIONS) * rng.choice((-1, 1))
     price = market.closes[day, symbol] * (1 + deviation)
     return [_planted("OFF_MARKET_PRICE", _start_key(rng, day, 0), investor, symbol, "BUY",
-                     _normal_quantity(rng, market, investor), price)]
+                     _normal_quantity(rng, market, investor, day, symbol), price)]
 
 
 def plant_wash_trade(rng, market, history, anchor, symbol):
@@ -268,7 +437,8 @@ def plant_wash_trade(rng, market, history, anchor, symbol):
     start = _start_key(rng, day, gap)
     if not _quiet(history, investor, start, start + gap):
         return None
-    quantity, price = _normal_quantity(rng, market, investor), round(_normal_price(rng, market, day, symbol), 2)
+    quantity = _normal_quantity(rng, market, investor, day, symbol)
+    price = round(_normal_price(rng, market, day, symbol), 2)
     return [_planted("WASH_TRADE", start, investor, symbol, "BUY", quantity, price),
             _planted("WASH_TRADE", start + gap, investor, symbol, "SELL", quantity,
                      price + int(rng.integers(*WASH_TRADE_PRICE_CENTS)) / 100)]
@@ -282,8 +452,9 @@ def plant_burst(rng, market, history, anchor, symbol):
     if not _quiet(history, investor, start, start + BURST_SPAN_SECONDS):
         return None
     offsets = np.sort(rng.choice(BURST_SPAN_SECONDS, count, replace=False))
-    return [_planted("BURST", start + offset, investor, symbol, "BUY", _normal_quantity(rng, market, investor),
-                     _normal_price(rng, market, day, symbol)) for offset in offsets]
+    return [_planted("BURST", start + offset, investor, symbol, "BUY",
+                     _normal_quantity(rng, market, investor, day, symbol), _normal_price(rng, market, day, symbol))
+            for offset in offsets]
 
 
 def plant_round_trip(rng, market, history, anchor, symbol):
@@ -301,7 +472,8 @@ def plant_round_trip(rng, market, history, anchor, symbol):
     for number in range(count):
         hold = int(rng.integers(*ROUND_TRIP_HOLD_SECONDS))
         opened = day_start + constants.MARKET_OPEN_SECONDS + number * slot + int(rng.integers(0, slot - hold))
-        quantity, price = _normal_quantity(rng, market, investor), _normal_price(rng, market, day, symbol)
+        quantity = _normal_quantity(rng, market, investor, day, symbol)
+        price = _normal_price(rng, market, day, symbol)
         move = rng.uniform(*ROUND_TRIP_PRICE_MOVE) * rng.choice((-1, 1))
         trades += [_planted("ROUND_TRIP", opened, investor, symbol, "BUY", quantity, price),
                    _planted("ROUND_TRIP", opened + hold, investor, symbol, "SELL", quantity, price * (1 + move))]
@@ -338,8 +510,9 @@ def plant_anomalies(market, rate, seed):
     return planted
 
 
-def merge_planted(market, clean_lines, planted, ref_prefix):
-    """The clean and planted trade lines in time order (clean first on a tie), and the ground-truth lines."""
+def merge_planted(market, clean_lines, planted, ref_prefix, fees=False):
+    """The clean and planted trade lines in time order (clean first on a tie), and the ground-truth lines; with
+    `fees`, a planted trade's line ends with its fee, by the rule of the clean trades."""
     clean_keys = market.draws["day"].astype(np.int64) * SECONDS_PER_DAY + market.draws["second"]
     planted = sorted(planted, key=lambda trade: trade["key"])  # stable: a pattern's trades keep their order
     order = np.argsort(np.concatenate([clean_keys, [t["key"] for t in planted]]), kind="stable")
@@ -351,9 +524,10 @@ def merge_planted(market, clean_lines, planted, ref_prefix):
             continue
         trade, number = planted[index - len(clean_lines)], number + 1
         ref, (day, second) = f"{ref_prefix}-{number:06d}", divmod(trade["key"], SECONDS_PER_DAY)
+        fee = f",{fee_text(int(fee_cents(trade['quantity'], round(trade['price'] * 100))))}" if fees else ""
         lines.append(f"{ref},{market.investors[trade['investor']].investor_id},{symbols[trade['symbol']]},"
                      f"{trade['side']},{trade['quantity']},{trade['price']:.2f},{market.days[day].isoformat()} "
-                     f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}")
+                     f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}{fee}")
         truth.append(f"{ref},{trade['rule']},{trade['anomaly_id']}")
     return lines, truth
 
@@ -363,7 +537,8 @@ GENERATED_REF = re.compile(rb"S[0-9]+N[0-9]+-")  # how every generated txn_ref s
 
 def refuse_to_overwrite(trades_path, beside_paths):
     """InputError rather than replace data the generator did not write: a trades file with any row that is not a
-    generated trade, or a prices or ground-truth file in a folder that holds no generated trades file."""
+    generated trade, or a prices, corporate actions or ground-truth file in a folder that holds no generated trades
+    file."""
     generated = is_generated(trades_path)
     if generated is False:
         _refuse(trades_path)
@@ -382,7 +557,7 @@ def is_generated(path):
     try:
         with open(path, "rb") as handle:
             header = handle.readline().strip()
-            return not header or (header == TRADE_HEADER.encode()
+            return not header or (header in (TRADE_HEADER.encode(), FEE_TRADE_HEADER.encode())
                                   and all(GENERATED_REF.match(line) or not line.strip() for line in handle))
     except FileNotFoundError:
         return None
@@ -407,29 +582,56 @@ def prices_path_for(out):
     return os.path.join(os.path.dirname(out), "market_prices.csv")
 
 
+def actions_path_for(out):
+    """The corporate actions file written beside a trades file."""
+    return os.path.join(os.path.dirname(out), "corporate_actions.csv")
+
+
 def anomalies_path_for(out):
     """The ground-truth file written beside a trades file: `<out stem>_anomalies.csv`."""
     return f"{os.path.splitext(out)[0]}_anomalies.csv"
 
 
+Written = namedtuple("Written", "trades closes splits dividends planted anomalies")  # what write_files wrote
+
+
+def write_files(out, rows, seed, *, prices_out=None, actions_out=None, anomalies_out=None, anomaly_rate=0.0,
+                fees=True, corporate_actions=True, end_date=constants.DEFAULT_END_DATE,
+                investor_count=constants.DEFAULT_INVESTOR_COUNT, progress=False):
+    """Generate and write the files of a run (generate_files): trades, prices, corporate actions unless
+    `corporate_actions` is false, ground truth when anomaly_rate > 0. Returns the counts as Written."""
+    generated = generate_files(rows, seed, fees=fees, corporate_actions=corporate_actions, anomaly_rate=anomaly_rate,
+                               end_date=end_date, investor_count=investor_count, progress=progress)
+    files = [(out, FEE_TRADE_HEADER if fees else TRADE_HEADER, generated.trades),
+             (prices_out or prices_path_for(out), PRICE_HEADER, generated.prices)]
+    if corporate_actions:
+        files.append((actions_out or actions_path_for(out), ACTION_HEADER, generated.actions))
+    if anomaly_rate:
+        files.append((anomalies_out or anomalies_path_for(out), ANOMALY_HEADER, generated.truth))
+    _write_files(files)
+    return Written(len(generated.trades), len(generated.prices), generated.splits, generated.dividends,
+                   len(generated.truth), len({line.rsplit(",", 1)[1] for line in generated.truth}))
+
+
 def write_dummy_data(out, rows, seed, prices_out=None, end_date=constants.DEFAULT_END_DATE,
                      investor_count=constants.DEFAULT_INVESTOR_COUNT, progress=False):
-    """Generate and write the trades and prices files; return (trades written, closes written)."""
-    trades, prices = generate(rows, seed, end_date, investor_count, progress)
-    _write_files([(out, TRADE_HEADER, trades), (prices_out or prices_path_for(out), PRICE_HEADER, prices)])
-    return len(trades), len(prices)
+    """Generate and write the trades and prices files without fees or corporate actions (as generate()); return
+    (trades written, closes written)."""
+    written = write_files(out, rows, seed, prices_out=prices_out, fees=False, corporate_actions=False,
+                          end_date=end_date, investor_count=investor_count, progress=progress)
+    return written.trades, written.closes
 
 
 def write_anomalous_data(out, rows, seed, rate, prices_out=None, anomalies_out=None,
                          end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT,
                          progress=False):
-    """Generate with planted anomalies and write trades, prices and ground truth.
+    """Generate with planted anomalies and write trades, prices and ground truth, without fees or corporate actions.
 
     Returns (trades written, closes written, planted trades, planted anomalies)."""
-    trades, prices, truth = generate_with_anomalies(rows, seed, rate, end_date, investor_count, progress)
-    _write_files([(out, TRADE_HEADER, trades), (prices_out or prices_path_for(out), PRICE_HEADER, prices),
-                  (anomalies_out or anomalies_path_for(out), ANOMALY_HEADER, truth)])
-    return len(trades), len(prices), len(truth), len({line.rsplit(",", 1)[1] for line in truth})
+    written = write_files(out, rows, seed, prices_out=prices_out, anomalies_out=anomalies_out, anomaly_rate=rate,
+                          fees=False, corporate_actions=False, end_date=end_date, investor_count=investor_count,
+                          progress=progress)
+    return written.trades, written.closes, written.planted, written.anomalies
 
 
 def _write_files(files):
@@ -441,13 +643,18 @@ def _write_files(files):
         raise cli.InputError(f"cannot write {error.filename}: {error.strerror}") from None
 
 
-def main(argv=None):
+def make_parser():
+    """The command line of the generator."""
     parser = cli.make_parser(__doc__)
     parser.add_argument("--rows", type=int, default=10_000, help="number of trades (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
     parser.add_argument("--out", default=db_config.project_path("transactions.csv"),
                         help="trades CSV (default: transactions.csv in the project folder)")
     parser.add_argument("--prices-out", help="daily closes CSV (default: market_prices.csv beside --out)")
+    parser.add_argument("--actions-out", help="corporate actions CSV (default: corporate_actions.csv beside --out)")
+    parser.add_argument("--no-fees", action="store_true", help="write the trades without the fee column")
+    parser.add_argument("--no-corporate-actions", action="store_true",
+                        help="no splits, no dividends, no corporate actions file")
     parser.add_argument("--end-date", type=date.fromisoformat, default=constants.DEFAULT_END_DATE,
                         help="last trading day, YYYY-MM-DD (default: %(default)s)")
     parser.add_argument("--investors", type=int, default=constants.DEFAULT_INVESTOR_COUNT,
@@ -455,8 +662,11 @@ def main(argv=None):
     parser.add_argument("--anomalies", type=float, default=0.0, metavar="RATE",
                         help="plant each surveillance pattern RATE times per trade, e.g. 0.001 (default: none)")
     parser.add_argument("--anomalies-out", help="ground truth CSV (default: <out stem>_anomalies.csv beside --out)")
-    args = parser.parse_args(argv)
-    cli.setup_logging(args)
+    return parser
+
+
+def check_arguments(parser, args):
+    """parser.error (exit 2) for option values the generator refuses."""
     if args.rows < 0 or args.investors < 1:
         parser.error("--rows must be 0 or more and --investors at least 1")
     if args.end_date >= date.today():
@@ -464,30 +674,50 @@ def main(argv=None):
                      "loader rejects trades from the future")
     if not 0 <= args.anomalies <= 0.02:
         parser.error(f"--anomalies {args.anomalies:g} is out of range; give a rate from 0 to 0.02, e.g. 0.001")
-    prices_out = args.prices_out or prices_path_for(args.out)
+    if args.actions_out and args.no_corporate_actions:
+        parser.error("--actions-out names a file that --no-corporate-actions does not write; give one of the two")
+
+
+def main(argv=None):
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    cli.setup_logging(args)
+    check_arguments(parser, args)
+    paths = {"prices": args.prices_out or prices_path_for(args.out),
+             "actions": args.actions_out or actions_path_for(args.out),
+             "anomalies": args.anomalies_out or anomalies_path_for(args.out)}
 
     def work():
         started = time.perf_counter()
-        if args.anomalies:
-            return _write_with_anomalies(args, prices_out, started)
-        trades, closes = write_dummy_data(args.out, args.rows, args.seed, prices_out, args.end_date, args.investors,
-                                          cli.progress_enabled(args))
-        print(f"{args.out}: {trades} trades written; {prices_out}: {closes} daily closes "
-              f"({time.perf_counter() - started:.1f} s, seed {args.seed})")
+        written = write_files(args.out, args.rows, args.seed, prices_out=paths["prices"], actions_out=paths["actions"],
+                              anomalies_out=paths["anomalies"], anomaly_rate=args.anomalies, fees=not args.no_fees,
+                              corporate_actions=not args.no_corporate_actions, end_date=args.end_date,
+                              investor_count=args.investors, progress=cli.progress_enabled(args))
+        if args.no_corporate_actions and os.path.exists(paths["actions"]):
+            logger.warning("%s is from an earlier run and was left as it is; load_transactions loads it with %s "
+                           "(delete it, or generate without --no-corporate-actions)", paths["actions"], args.out)
+        print(summary_line(args, paths, written, time.perf_counter() - started))
         return cli.EXIT_OK
 
     return cli.run(work, args, "generate_dummy_data")
 
 
-def _write_with_anomalies(args, prices_out, started):
-    anomalies_out = args.anomalies_out or anomalies_path_for(args.out)
-    trades, closes, planted, anomalies = write_anomalous_data(
-        args.out, args.rows, args.seed, args.anomalies, prices_out, anomalies_out, args.end_date, args.investors,
-        cli.progress_enabled(args))
-    print(f"{args.out}: {trades} trades written ({planted} of them planted, {anomalies} anomalies); "
-          f"{prices_out}: {closes} daily closes; {anomalies_out}: ground truth "
-          f"({time.perf_counter() - started:.1f} s, seed {args.seed})")
-    return cli.EXIT_OK
+def summary_line(args, paths, written, seconds):
+    """The closing line of a run: where each file was written and what it holds."""
+    planted = f" ({written.planted} of them planted, {written.anomalies} anomalies)" if args.anomalies else ""
+    parts = [f"{args.out}: {written.trades} trades written{planted}",
+             f"{paths['prices']}: {written.closes} daily closes"]
+    if not args.no_corporate_actions:
+        parts.append(f"{plural(written.splits, 'split')} and {plural(written.dividends, 'dividend')} written to "
+                     f"{paths['actions']}")
+    if args.anomalies:
+        parts.append(f"{paths['anomalies']}: ground truth")
+    return f"{'; '.join(parts)} ({seconds:.1f} s, seed {args.seed})"
+
+
+def plural(count, noun):
+    """'1 split', '2 splits'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import surveillance
 import update_portfolio
 
 def stage_generate(engine, args):
-    trades, closes = generate_dummy_data.write_dummy_data(args.input, args.rows, args.seed,
-                                                          progress=cli.progress_enabled(args))
-    return f"{trades} trades and {closes} daily closes written to {args.input}"
+    written = generate_dummy_data.write_files(args.input, args.rows, args.seed, progress=cli.progress_enabled(args))
+    return (f"{written.trades} trades, {written.closes} daily closes, {written.splits} splits and "
+            f"{written.dividends} dividends written to {args.input} and beside it")
 
 
 def stage_seed(engine, args):

@@ -2,6 +2,7 @@
 a failing stage that is named on stderr with exit code 1. Runs on SQLite and on a fresh MariaDB database.
 """
 import csv
+import math
 import re
 from decimal import Decimal
 from fractions import Fraction
@@ -37,32 +38,56 @@ def stored_positions(url):
         engine.dispose()
 
 
-def reference_positions(trades_path, prices_path):
-    """docs/portfolio-math.md over the generated file (file order breaks ties), valued at the latest close of each
-    symbol."""
+def reference_positions(trades_path, prices_path, actions_path):
+    """docs/portfolio-math.md and docs/corporate-actions.md (fees; splits: floor(quantity x value), the fraction
+    sold as cash in lieu at the last close before ex_date / value) over the generated files (file order breaks ties),
+    valued at the latest close of each symbol."""
+    with open(prices_path, newline="", encoding="utf-8") as handle:
+        closes = sorted((row["price_date"], row["stock_symbol"], Fraction(row["close_price"]))
+                        for row in csv.DictReader(handle))
+    splits = {}
+    with open(actions_path, newline="", encoding="utf-8") as handle:
+        for row in sorted(csv.DictReader(handle), key=lambda r: r["ex_date"]):
+            if row["action"] == "SPLIT":
+                splits.setdefault(row["stock_symbol"], []).append((row["ex_date"], Fraction(row["value"])))
     with open(trades_path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     ordered = sorted(enumerate(rows), key=lambda item: (item[1]["txn_time"], item[0]))
     state, oversold = {}, []
     for _, row in ordered:
         key = (int(row["investor_id"]), row["stock_symbol"])
-        quantity, cost, realized = state.get(key, (0, Fraction(0), Fraction(0)))
-        q, p = int(row["quantity"]), Fraction(row["price"])
+        position = state.setdefault(key, [0, Fraction(0), Fraction(0), 0])
+        apply_splits(position, splits.get(key[1], []), row["txn_time"][:10], closes, key[1])
+        quantity, cost, realized, applied = position
+        q, p, fee = int(row["quantity"]), Fraction(row["price"]), Fraction(row.get("fee") or 0)
         if row["txn_type"] == "BUY":
-            quantity, cost = quantity + q, cost + q * p
+            quantity, cost = quantity + q, cost + q * p + fee
         elif q > quantity:
             oversold.append(row["txn_ref"])
         else:
             avg = cost / quantity
-            realized, quantity = realized + q * (p - avg), quantity - q
+            realized, quantity = realized + q * (p - avg) - fee, quantity - q
             cost = Fraction(0) if quantity == 0 else cost - q * avg
-        state[key] = (quantity, cost, realized)
-    with open(prices_path, newline="", encoding="utf-8") as handle:
-        last_close = {}
-        for row in sorted(csv.DictReader(handle), key=lambda r: r["price_date"]):
-            last_close[row["stock_symbol"]] = Fraction(row["close_price"])
+        state[key] = [quantity, cost, realized, applied]
+    last_close = {symbol: close for _, symbol, close in closes}
+    for key, position in state.items():  # the splits after a position's last trade
+        apply_splits(position, splits.get(key[1], []), "9999-12-31", closes, key[1])
     return {key: (quantity, cost, realized, quantity * last_close[key[1]])
-            for key, (quantity, cost, realized) in state.items()}, oversold
+            for key, (quantity, cost, realized, _) in state.items()}, oversold
+
+
+def apply_splits(position, symbol_splits, day, closes, symbol):
+    """Apply to position [quantity, cost, realized, splits applied] the splits of its symbol up to `day`."""
+    while position[3] < len(symbol_splits) and symbol_splits[position[3]][0] <= day:
+        ex_date, value = symbol_splits[position[3]]
+        quantity, cost, realized, applied = position
+        whole = math.floor(quantity * value)
+        fraction = quantity * value - whole
+        if fraction:
+            avg = cost / (quantity * value)
+            close = [c for d, s, c in closes if s == symbol and d < ex_date][-1]
+            realized, cost = realized + fraction * (close / value - avg), cost - fraction * avg
+        position[:] = [whole, cost, realized, applied + 1]
 
 
 def assert_stage_lines(out, stages):
@@ -90,7 +115,8 @@ def test_pipeline_from_empty_database_then_rerun(database_url, tmp_path, capsys)
     png = (tmp_path / "r" / "dashboard.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
 
-    expected, oversold = reference_positions(tmp_path / "t.csv", tmp_path / "market_prices.csv")
+    expected, oversold = reference_positions(tmp_path / "t.csv", tmp_path / "market_prices.csv",
+                                             tmp_path / "corporate_actions.csv")
     assert oversold == []  # the generator never sells more than is held
     stored = stored_positions(database_url)
     assert set(stored) == set(expected)
