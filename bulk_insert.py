@@ -25,8 +25,8 @@ from schema import transactions
 
 logger = logging.getLogger(__name__)
 
-TRADE_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time")
-INSERT_COLUMNS = TRADE_COLUMNS + ("batch_id", "source_line")
+TRADE_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time", "fee")
+INSERT_COLUMNS = TRADE_COLUMNS + ("batch_id", "source_line")  # price and fee as validation's 4-decimal text
 MYSQL_BATCH_ROWS = 10_000
 MYSQL_LOCAL_INFILE_REFUSED = {1148, 2068, 3948}  # not allowed / rejected by client / disabled on server
 TEMP_FILE_PREFIX = "stock-etl-load-"  # then the writer's pid: stock-etl-load-<pid>-<random>.tsv
@@ -159,7 +159,7 @@ def _insert_postgresql(connection, columns, _tsv=None):
     connection.exec_driver_sql(
         "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (txn_ref VARCHAR(64), investor_id INTEGER, "
         "stock_symbol VARCHAR(10), txn_type VARCHAR(4), quantity INTEGER, price NUMERIC(18, 4), "
-        "txn_time TIMESTAMP, batch_id BIGINT, source_line INTEGER) ON COMMIT DROP"
+        "txn_time TIMESTAMP, fee NUMERIC(18, 4), batch_id BIGINT, source_line INTEGER) ON COMMIT DROP"
     )
     cursor = connection.connection.dbapi_connection.cursor()
     try:
@@ -185,7 +185,8 @@ def _insert_portable(connection, columns, _tsv=None):
         existing.update(connection.execute(
             select(transactions.c.txn_ref).where(transactions.c.txn_ref.in_(chunk))).scalars())
     new_rows = [
-        {**record, "price": Decimal(record["price"]), "txn_time": datetime.fromisoformat(record["txn_time"])}
+        {**record, "price": Decimal(record["price"]), "fee": Decimal(record["fee"]),
+         "txn_time": datetime.fromisoformat(record["txn_time"])}
         for record in records if record["txn_ref"] not in existing
     ]
     if new_rows:

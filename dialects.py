@@ -15,15 +15,16 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 LOOKUP_SLICE = 500  # bound parameters per IN (...) lookup: within SQLite's limit (999 before SQLite 3.32)
 
 # "The same trade values", defined once. Two trades with one txn_ref are the same trade when their values texts
-# agree: VALUE_COLUMNS joined by commas, each as validation normalizes it (price as validation.price_text writes
-# it, with exactly 4 decimals: '10.5000'; txn_time as 'YYYY-MM-DD HH:MM:SS'). values_text makes the text in
-# Python from validated rows; values_sql makes the same text in the database from stored trades (the price is
-# exact there below validation.MAX_PRICE). tests/test_dialects.py proves that the two agree on every database.
-VALUE_COLUMNS = ("investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time")
+# agree: VALUE_COLUMNS joined by commas, each as validation normalizes it (price and fee as validation.price_text
+# writes them, with exactly 4 decimals: '10.5000'; txn_time as 'YYYY-MM-DD HH:MM:SS'). A trade given without a fee
+# has fee 0 ('0.0000'), stored and validated alike. values_text makes the text in Python from validated rows;
+# values_sql makes the same text in the database from stored trades (price and fee are exact there below
+# validation.MAX_PRICE). tests/test_dialects.py proves that the two agree on every database.
+VALUE_COLUMNS = ("investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time", "fee")
 SQLITE_VALUES_SQL = ("investor_id || ',' || stock_symbol || ',' || txn_type || ',' || quantity || ',' || "
-                     "printf('%.4f', price) || ',' || txn_time")
+                     "printf('%.4f', price) || ',' || txn_time || ',' || printf('%.4f', fee)")
 STANDARD_VALUES_SQL = ("CONCAT_WS(',', investor_id, stock_symbol, txn_type, quantity, "
-                       "CAST(price AS DECIMAL(18, 4)), txn_time)")
+                       "CAST(price AS DECIMAL(18, 4)), txn_time, CAST(fee AS DECIMAL(18, 4)))")
 
 
 def values_text(rows):

@@ -43,8 +43,9 @@ NEW_TRADES_SQL = "WHERE t.batch_id = :live_batch_id AND t.source_line > :live_af
 
 
 class LiveRecord(NamedTuple):
-    """One incoming trade: its canonical fields as text (None when the message is not a trade at all), the raw
-    message as kept for a reject, and why it is not a trade (None when fields is set)."""
+    """One incoming trade: its fields as text, the canonical ones and `fee` when given (None when the message is
+    not a trade at all), the raw message as kept for a reject, and why it is not a trade (None when fields is
+    set)."""
     fields: dict
     raw: str
     problem: str = None
@@ -173,9 +174,9 @@ def load_live_records(connection, records, batch, summary, source, reference):
     lines = range(batch.records + 1, batch.records + len(records) + 1)
     recorded = recorded_rejects(connection, records, lines, source)
     fresh = [(line, record) for line, record in zip(lines, records) if line not in recorded]
-    trades = pd.DataFrame([[str(record.fields.get(column, "")) for column in validation.TRADE_COLUMNS]
+    trades = pd.DataFrame([[str(record.fields.get(column, "")) for column in validation.RECORD_COLUMNS]
                            for _, record in fresh if record.fields is not None],
-                          columns=list(validation.TRADE_COLUMNS), dtype=object)
+                          columns=list(validation.RECORD_COLUMNS), dtype=object)  # no fee: '', which is 0
     trades["line_number"] = [line for line, record in fresh if record.fields is not None]
     trades["raw_record"] = [record.raw for _, record in fresh if record.fields is not None]
     malformed = load_transactions._rejects_frame(

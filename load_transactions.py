@@ -1,11 +1,11 @@
 """Load trade files into the database: validate, reject with reasons, de-duplicate, bulk load.
 
 Third stage of the chain (after seed_investors.py, before update_portfolio.py). For each FILE (canonical or
-legacy header, docs/file-formats.md) it records one load_batches row; every good row is committed in one
-transaction with the batch's counts, bad rows go to rejected_transactions with their line and reason, and a txn_ref already
-loaded (or repeated in the file with the same values) is counted as a duplicate. A file whose SHA-256 was
-already loaded is skipped at once. The prices file (market_prices.csv) and the corporate actions file
-(corporate_actions.csv, docs/corporate-actions.md) beside a trade file are loaded first.
+legacy header, with an optional fee column, docs/file-formats.md) it records one load_batches row; every good row
+is committed in one transaction with the batch's counts, bad rows go to rejected_transactions with their line and
+reason, and a txn_ref already loaded (or repeated in the file with the same values, fee included) is counted as a
+duplicate. A file whose SHA-256 was already loaded is skipped at once. The prices file (market_prices.csv) and the
+corporate actions file (corporate_actions.csv, docs/corporate-actions.md) beside a trade file are loaded first.
 """
 import csv
 import ctypes
@@ -383,14 +383,21 @@ def require_reference_data(engine, path, sha256):
 
 
 def load_records(engine, records, source="feed"):
-    """Load trade records (dicts with the canonical columns, values as text or numbers) as one batch."""
-    batch = pd.DataFrame(
-        [[str(record.get(column, "")) for column in validation.TRADE_COLUMNS] for record in records],
-        columns=list(validation.TRADE_COLUMNS), dtype=object,
-    )
+    """Load trade records (dicts with the canonical columns and optionally `fee`, values as text or numbers; a fee
+    of None is no fee) as one batch. raw_record is the values joined by commas, the fee last when any record has
+    one."""
+    columns = validation.RECORD_COLUMNS if any("fee" in record for record in records) else validation.TRADE_COLUMNS
+    batch = pd.DataFrame([[_record_text(record, column) for column in columns] for record in records],
+                         columns=list(columns), dtype=object)
     batch["line_number"] = range(1, len(batch) + 1)
-    batch["raw_record"] = [",".join(row) for row in batch[list(validation.TRADE_COLUMNS)].itertuples(index=False)]
+    batch["raw_record"] = [",".join(row) for row in batch[list(columns)].itertuples(index=False)]
     return load_rows(engine, lambda: [(batch, _rejects_frame([]))], source=source)
+
+
+def _record_text(record, column):
+    """A record's value as the text cell validation takes; a missing or None fee is the empty cell (fee 0)."""
+    value = record.get(column, "")
+    return "" if value is None and column == "fee" else str(value)
 
 
 def load_rows(engine, make_chunks, source, sha256=None, method=None, background=False):

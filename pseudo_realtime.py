@@ -5,7 +5,8 @@ A companion of the batch chain: each trade is valid (investors and stocks read f
 of what the investor holds, prices walking on from the latest close), goes through the same validation and
 load as files (load_transactions.load_records, one batch per trade) and is committed before it is printed.
 `--update-every N` brings portfolios up to date every N trades; otherwise run update_portfolio.py in another
-terminal to see them.
+terminal to see them. Each trade carries a fee on a simple broker-like schedule: 0.05% of its notional
+(quantity × price), at least 1.00, rounded to the cent.
 """
 import logging
 import math
@@ -14,6 +15,7 @@ import sys
 import time
 import uuid
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import text
 
@@ -29,6 +31,14 @@ logger = logging.getLogger(__name__)
 
 SELL_PROBABILITY = 0.4
 MINUTES_PER_TRADING_DAY = 390
+FEE_RATE = Decimal("0.0005")  # share of the notional: 0.05%
+MINIMUM_FEE = Decimal("1.00")  # currency units per trade
+CENT = Decimal("0.01")
+
+
+def broker_fee(quantity, price):
+    """The simulated fee of a trade: 0.05% of quantity × price, at least 1.00, rounded to the cent (price: text)."""
+    return max(MINIMUM_FEE, (quantity * Decimal(price) * FEE_RATE).quantize(CENT, rounding=ROUND_HALF_UP))
 
 
 class TradeSimulator:
@@ -41,20 +51,21 @@ class TradeSimulator:
     def next_trade(self):
         """A trade record (canonical columns) and the holdings after it."""
         investor_id = self.rng.choice(self.investor_ids)
-        held = [(symbol, quantity) for (i, symbol), quantity in self.holdings.items() if i == investor_id and quantity > 0]
+        held = [(symbol, quantity) for (i, symbol), quantity in self.holdings.items()
+                if i == investor_id and quantity > 0]
         if held and self.rng.random() < SELL_PROBABILITY:
             symbol, quantity_held = self.rng.choice(held)
             txn_type, quantity = "SELL", self.rng.randint(1, quantity_held)
         else:
             symbol = self.rng.choice(sorted(self.prices))
             txn_type, quantity = "BUY", max(1, int(self.rng.lognormvariate(math.log(20), 1.0)))
-        price = self._step_price(symbol)
+        price = f"{self._step_price(symbol):.2f}"
         change = quantity if txn_type == "BUY" else -quantity
         self.holdings[(investor_id, symbol)] = self.holdings.get((investor_id, symbol), 0) + change
         return {
             "txn_ref": f"RT-{uuid.UUID(int=self.rng.getrandbits(128)).hex[:16]}", "investor_id": investor_id,
-            "stock_symbol": symbol, "txn_type": txn_type, "quantity": quantity, "price": f"{price:.2f}",
-            "txn_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+            "stock_symbol": symbol, "txn_type": txn_type, "quantity": quantity, "price": price,
+            "txn_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "fee": str(broker_fee(quantity, price)),
         }
 
     def _step_price(self, symbol):
@@ -71,7 +82,8 @@ def read_market_state(engine):
     replayed position holds now (it skips oversells), and a trade stamped now leaves every later sell covered.
     """
     with engine.connect() as connection:
-        investor_ids = connection.execute(text("SELECT investor_id FROM investors ORDER BY investor_id")).scalars().all()
+        investor_ids = connection.execute(
+            text("SELECT investor_id FROM investors ORDER BY investor_id")).scalars().all()
         last_closes = closes.latest_closes(connection)
         symbols = connection.execute(text("SELECT stock_symbol FROM stocks ORDER BY stock_symbol")).scalars().all()
         holdings = {(i, s): int(q) for i, s, q in connection.execute(text(
@@ -96,8 +108,8 @@ def publish_stream(engine, interval, count=None, seed=None, queue_name="trades",
             record = simulator.next_trade()
             publisher.publish(record)
             published += 1
-            logger.info("published %s: investor %s %s %s %s @ %s", record["txn_ref"], record["investor_id"],
-                        record["txn_type"], record["quantity"], record["stock_symbol"], record["price"])
+            logger.info("published %s: investor %s %s %s %s @ %s, fee %s", record["txn_ref"], record["investor_id"],
+                        record["txn_type"], record["quantity"], record["stock_symbol"], record["price"], record["fee"])
             pause = (started + published / rate - time.monotonic()) if rate else interval
             if (count is None or published < count) and pause > 0:
                 time.sleep(pause)
@@ -121,7 +133,8 @@ def stream(engine, interval, count=None, update_every=None, seed=None):
                 continue
             committed += 1
             print(f"committed {record['txn_ref']}: investor {record['investor_id']} {record['txn_type']} "
-                  f"{record['quantity']} {record['stock_symbol']} @ {record['price']} (batch {summary.batch_id})",
+                  f"{record['quantity']} {record['stock_symbol']} @ {record['price']}, fee {record['fee']} "
+                  f"(batch {summary.batch_id})",
                   flush=True)
             if update_every and committed % update_every == 0:
                 print(update_portfolio.update_portfolios(engine).line(), flush=True)

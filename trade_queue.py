@@ -1,10 +1,10 @@
 """The trades queue on RabbitMQ (docs/live-mode.md): its queues, publishing a trade, and the live consumer.
 
-A trade is one persistent message, a JSON object with the canonical field names (values as strings or numbers),
-on the durable queue `trades` (--queue-name), or with --partitions N on `trades.K`, K = investor_id modulo N, so
-that one consumer applies each investor's trades in order (each partition queue has a single active consumer:
-a second consumer of it waits as a standby). Messages that are not trades go to `<queue>.rejected` with the
-reason in header x-reason, after the reject is recorded in rejected_transactions.
+A trade is one persistent message, a JSON object with the canonical field names and an optional `fee` (values as
+strings or numbers), on the durable queue `trades` (--queue-name), or with --partitions N on `trades.K`,
+K = investor_id modulo N, so that one consumer applies each investor's trades in order (each partition queue has a
+single active consumer: a second consumer of it waits as a standby). Messages that are not trades go to
+`<queue>.rejected` with the reason in header x-reason, after the reject is recorded in rejected_transactions.
 
 The consumer takes messages in small batches (--batch-size messages or --batch-ms after the first), commits
 each with live_apply (the trades are then applied), hands it to live_worker (valuation, scores, surveillance),
@@ -19,7 +19,6 @@ import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
 import pika
@@ -162,10 +161,13 @@ def _refuse_repeated_keys(pairs):
 
 
 def message_fields(message):
-    """(the canonical fields as text, None) or (None, the reason): a value must be a string or a number."""
+    """(the trade's fields as text, None) or (None, the reason): a value must be a string or a number. The
+    canonical fields are required; `fee` is optional (missing or null: no fee, which validation takes as 0)."""
     fields = {}
-    for column in validation.TRADE_COLUMNS:
+    for column in validation.RECORD_COLUMNS:
         value = message.get(column)
+        if value is None and column not in validation.TRADE_COLUMNS:
+            continue
         if value is None:
             return None, f"{column}: missing" + (" (null)" if column in message else "")
         if not isinstance(value, str):  # numbers arrive as their text (parse_message)
@@ -173,10 +175,6 @@ def message_fields(message):
         if not value.isascii() and not _encodable(value):
             return None, f"{column}: {json.dumps(value)[:100]} holds a lone surrogate (\\ud800-\\udfff), not text"
         fields[column] = value
-    fee = message.get("fee")
-    if fee is not None and not _is_zero(fee):
-        return None, (f"fee: {json.dumps(fee)[:100]} is not 0: this version records no fees, so the trade is kept "
-                      "here rather than loaded without its fee")
     return fields, None
 
 
@@ -186,16 +184,6 @@ def _encodable(text):
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _is_zero(fee):
-    """Is a fee 0 (any spelling of zero: 0, "0.000", "-0")? The empty string counts as no fee."""
-    if not isinstance(fee, str) or not fee.isascii():
-        return False
-    try:
-        return fee.strip() == "" or Decimal(fee.strip()) == 0
-    except InvalidOperation:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------- consuming

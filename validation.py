@@ -20,6 +20,7 @@ LEGACY_COLUMNS = ("investor_id", "stock_symbol", "txn_type", "quantity", "price"
 PRICE_COLUMNS = ("stock_symbol", "price_date", "close_price")
 ACTION_COLUMNS = ("stock_symbol", "ex_date", "action", "value")
 OPTIONAL_COLUMNS = {"canonical": ("fee",), "legacy": ("fee",)}  # read when the header names them
+RECORD_COLUMNS = (*TRADE_COLUMNS, "fee")  # the fields of a trade record from any source; fee may be absent
 LAYOUT_COLUMNS = (("canonical", TRADE_COLUMNS), ("legacy", LEGACY_COLUMNS), ("prices", PRICE_COLUMNS),
                   ("actions", ACTION_COLUMNS))
 MAX_TXN_REF_LENGTH = 64
@@ -91,17 +92,19 @@ def validate_trades(batch, context):
 
     valid: txn_ref, investor_id (int), stock_symbol, txn_type (upper-case), quantity (int), price (the decimal
     text with exactly 4 decimals, see price_text), price_value (float, for comparisons), txn_time
-    ('YYYY-MM-DD HH:MM:SS'), line_number, raw_record; rejected: line_number, reason, raw_record. The checks are
-    vectorized (numpy string functions): most rows are good, and a chunk of 100,000 rows must cost well under a
-    second.
+    ('YYYY-MM-DD HH:MM:SS'), fee (as price: '0.0000' when the batch has no fee column or the cell is empty),
+    line_number, raw_record; rejected: line_number, reason, raw_record. The checks are vectorized (numpy string
+    functions): most rows are good, and a chunk of 100,000 rows must cost well under a second.
     """
-    cells = {column: _trimmed(batch[column]) for column in TRADE_COLUMNS}
+    columns = [column for column in RECORD_COLUMNS if column in batch]  # all but the optional fee are there
+    cells = {column: _trimmed(batch[column]) for column in columns}
     plain = {column: np.ones(len(batch), dtype=bool) if batch.attrs.get("printable_ascii")
-             else _printable_ascii(cells[column]) for column in TRADE_COLUMNS}
+             else _printable_ascii(cells[column]) for column in columns}
     symbol, txn_type = np.strings.upper(cells["stock_symbol"]), np.strings.upper(cells["txn_type"])
     investor_id = _whole_numbers(cells["investor_id"], plain["investor_id"])
     quantity = _whole_numbers(cells["quantity"], plain["quantity"])
     price, decimals = _plain_decimals(cells["price"], plain["price"])
+    fee, fee_decimals, fee_cells = _fees(cells.get("fee"), plain.get("fee"), len(batch))
     time_field = batch.attrs.get("time_field", "txn_time")  # 'txn_date' in legacy files: a date is enough
     txn_time, txn_text = _date_times(cells["txn_time"], plain["txn_time"], date_only_ok=time_field == "txn_date")
     ref_length = np.strings.str_len(cells["txn_ref"])
@@ -129,6 +132,7 @@ def validate_trades(batch, context):
         (txn_time < np.datetime64(EARLIEST_TIME), time_field + f": {{txn_time!r}} is before {EARLIEST_TIME[:4]}"),
         (txn_time > np.datetime64(context.latest_allowed_time), time_field + ": {txn_time!r} is in the future "
          f"(later than {context.latest_allowed_time:%Y-%m-%d %H:%M:%S})"),
+        *_fee_problems(fee, fee_decimals),
     ]
     reasons = _reasons(problems, cells, len(batch))
     bad = np.array([reason is not None for reason in reasons], dtype=bool) if len(reasons) else np.zeros(0, bool)
@@ -144,10 +148,35 @@ def validate_trades(batch, context):
         "price": price_text(cells["price"][good]).astype(object),
         "price_value": price[good],
         "txn_time": txn_text[good].astype(object),
+        "fee": _fee_text(fee_cells, good),
         "line_number": line_number[good],
         "raw_record": raw_record[good],
     })
     return valid, rejected
+
+
+def _fees(cells, plain, length):
+    """(fees as float, NaN where not a plain decimal; their decimal places; the cells, '0' where empty). A batch
+    without a fee column (cells None) has fee 0 on every row, at no cost per row."""
+    if cells is None:
+        return np.zeros(length), np.zeros(length, dtype=np.int64), None
+    cells = np.where(np.strings.str_len(cells) == 0, "0", cells)
+    return *_plain_decimals(cells, plain), cells
+
+
+def _fee_text(cells, good):
+    """The good rows' fees as price_text writes them ('0.0000' throughout when the batch has no fee column)."""
+    return np.full(int(good.sum()), "0.0000", dtype=object) if cells is None else price_text(cells[good]).astype(object)
+
+
+def _fee_problems(fee, decimals):
+    """(mask, reason template) of the fee's rules: a plain decimal >= 0 below MAX_PRICE with at most 4 decimals
+    (the rules of a price, 0 allowed)."""
+    return [
+        (np.isnan(fee), "fee: {fee!r} is not a plain decimal >= 0 ('.' before decimals, no thousands separators)"),
+        (fee >= MAX_PRICE, f"fee: {{fee!r}} is not below {MAX_PRICE:,}"),
+        (decimals > 4, "fee: {fee!r} has more than 4 decimal places"),
+    ]
 
 
 def _reasons(problems, cells, length):
@@ -156,7 +185,7 @@ def _reasons(problems, cells, length):
     for mask, template in problems:
         rows = np.flatnonzero(mask)
         for row in rows:
-            text = template.format(**{column: _shown(str(cells[column][row])) for column in TRADE_COLUMNS})
+            text = template.format(**{column: _shown(str(values[row])) for column, values in cells.items()})
             reasons[row] = text if reasons[row] is None else f"{reasons[row]}; {text}"
     return reasons
 

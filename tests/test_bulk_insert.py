@@ -5,15 +5,18 @@ import stat
 import tempfile
 from contextlib import contextmanager
 
+from decimal import Decimal
+
 import pymysql
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
 import bulk_insert
 import db_config
 import load_transactions
 import seed_investors
+from schema import transactions
 
 HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
 LINES = [
@@ -109,4 +112,55 @@ def test_mariadb_load_data_lets_the_server_read_only_its_own_temp_file(mariadb_u
     assert allowed and all(name.fullmatch(file_path) and mode == 0o600 and kind is db_config.LocalFileGuard
                            for file_path, mode, kind in allowed)
     assert not any(os.path.exists(file_path) for file_path, _, _ in allowed)
+    engine.dispose()
+
+
+# Fees at the edges of DECIMAL(18,4): none (an empty cell), 0, one decimal, the smallest and the largest
+FEE_LINES = [HEADER + ",fee"] + [f"f{n},1001,AAPL,BUY,1,10,2025-01-02 10:00:0{n},{fee}"
+                                 for n, fee in enumerate(["", "0", "1.5", "0.0001", "999999999.9999"])]
+FEES = {"f0": Decimal("0"), "f1": Decimal("0"), "f2": Decimal("1.5"), "f3": Decimal("0.0001"),
+        "f4": Decimal("999999999.9999")}
+
+
+def stored_fees(engine):
+    """{txn_ref: fee as Decimal} of every stored trade."""
+    with engine.connect() as connection:
+        return {ref: Decimal(str(fee)) for ref, fee in connection.execute(
+            select(transactions.c.txn_ref, transactions.c.fee))}
+
+
+def round_trip_fees(engine, path, method):
+    """Load the fee file through `method`, then again (as --retry-rejects does): (stored fees, counts of each)."""
+    first = load_transactions.load_file(engine, str(path), method=method)
+    again = load_transactions.load_file(engine, str(path), method=method, again=True)
+    return stored_fees(engine), [(summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected)
+                                 for summary in (first, again)]
+
+
+# None: the dialect's bulk path (SQLite INSERT OR IGNORE, MariaDB LOAD DATA); 'small': a live batch's (MariaDB
+# INSERT IGNORE); 'portable': the SQLAlchemy insert
+@pytest.mark.parametrize("method", [None, "small", "portable"])
+def test_every_bulk_path_stores_fees_exactly_and_reads_them_back_as_the_same_trades(seeded_engine, tmp_path,
+                                                                                     method):
+    path = tmp_path / "fees.csv"
+    path.write_text("\n".join(FEE_LINES) + "\n")
+
+    fees, counts = round_trip_fees(seeded_engine, path, method)
+
+    assert fees == FEES
+    assert counts == [(5, 0, 0), (0, 5, 0)]  # loaded again: every trade the same, its fee included
+
+
+def test_mariadb_insert_ignore_fallback_stores_fees(mariadb_url, tmp_path, monkeypatch):
+    path = tmp_path / "fees.csv"
+    path.write_text("\n".join(FEE_LINES) + "\n")
+    engine = db_config.get_engine(mariadb_url)
+    seed_investors.seed_reference_data(engine)
+    engine.__dict__["stock_etl_local_infile"] = False  # as after a server refused LOAD DATA LOCAL INFILE
+    loads = []
+    monkeypatch.setattr(bulk_insert, "_load_data_local_infile", lambda *args: loads.append(args))
+
+    fees, counts = round_trip_fees(engine, path, None)
+
+    assert (fees, counts, loads) == (FEES, [(5, 0, 0), (0, 5, 0)], [])
     engine.dispose()

@@ -14,22 +14,27 @@ import seed_investors
 import validation
 from schema import symbol_last_trades
 
-# (txn_ref, price as a file writes it, txn_time as a file writes it): prices at the edges of DECIMAL(18,4) text
-# (whole, one decimal, the smallest, the largest, a sign and padding), times at midnight
+# (txn_ref, price as a file writes it, txn_time as a file writes it, fee as a file writes it): prices and fees at
+# the edges of DECIMAL(18,4) text (whole, one decimal, the smallest, the largest, a sign and padding, an empty fee
+# and zeros), times at midnight
 TRICKY = [
-    ("whole", "1", "2025-01-02 00:00:00"),
-    ("half", "1.5", "2025-01-02T00:00"),
-    ("smallest", "0.0001", "2024-02-29 23:59:59"),
-    ("largest", "999999999.9999", "1900-01-01 00:00:00"),
-    ("padded", "+010.50", "2025-12-31 00:00"),
+    ("whole", "1", "2025-01-02 00:00:00", ""),
+    ("half", "1.5", "2025-01-02T00:00", "1.5"),
+    ("smallest", "0.0001", "2024-02-29 23:59:59", "0.0001"),
+    ("largest", "999999999.9999", "1900-01-01 00:00:00", "999999999.9999"),
+    ("padded", "+010.50", "2025-12-31 00:00", "+007.25"),
+    ("zero", "2", "2025-01-02 00:00:00", "0"),
+    ("zeros", "2", "2025-01-02 00:00:00", "0.00"),
 ]
 STAGE_FILES = ("load_transactions.py", "bulk_insert.py", "db_config.py", "pseudo_realtime.py", "validation.py")
 
 
-def validated(rows):
-    """validate_trades of text rows (txn_ref, price, txn_time) for investor 1001's AAPL; all must be valid."""
-    batch = pd.DataFrame([[ref, "1001", "AAPL", "BUY", "1", price, time] for ref, price, time in rows],
-                         columns=list(validation.TRADE_COLUMNS), dtype=object)
+def validated(rows, with_fee=True):
+    """validate_trades of text rows (txn_ref, price, txn_time, fee) for investor 1001's AAPL; all must be valid.
+    with_fee=False: a batch without the fee column, as from a file whose header has none."""
+    columns = validation.RECORD_COLUMNS if with_fee else validation.TRADE_COLUMNS
+    batch = pd.DataFrame([[ref, "1001", "AAPL", "BUY", "1", price, time, fee][:len(columns)]
+                          for ref, price, time, fee in rows], columns=list(columns), dtype=object)
     batch["line_number"], batch["raw_record"] = range(2, len(batch) + 2), ""
     context = validation.make_context([1001], ["AAPL"], datetime(2030, 1, 1))
     valid, rejected = validation.validate_trades(batch, context)
@@ -44,12 +49,19 @@ def stored_values_texts(engine):
         return dict(connection.execute(statement).all())
 
 
+FEELESS_INSERT = text("INSERT INTO transactions (txn_ref, investor_id, stock_symbol, txn_type, quantity, price, "
+                      "txn_time) VALUES ('feeless', 1001, 'AAPL', 'BUY', 1, 2, :txn_time)")
+
+
 def assert_python_and_database_agree(engine, method):
     valid = validated(TRICKY)
     with db_config.write_transaction(engine) as connection:
         assert bulk_insert.insert_columns(connection, bulk_insert.trade_columns(valid, None), method) == len(TRICKY)
+        connection.execute(FEELESS_INSERT, {"txn_time": datetime(2025, 1, 2)})  # a trade stored before fees: fee 0
 
-    assert stored_values_texts(engine) == dict(zip(valid["txn_ref"], dialects.values_text(valid)))
+    stored = stored_values_texts(engine)
+    assert stored.pop("feeless") == stored["zero"] == stored["zeros"]
+    assert stored == dict(zip(valid["txn_ref"], dialects.values_text(valid)))
 
 
 @pytest.mark.parametrize("method", [None, "portable"])
@@ -70,20 +82,40 @@ def test_values_text_writes_the_normalized_values_joined_by_commas():
     valid = validated(TRICKY)
 
     assert dialects.values_text(valid) == [
-        "1001,AAPL,BUY,1,1.0000,2025-01-02 00:00:00", "1001,AAPL,BUY,1,1.5000,2025-01-02 00:00:00",
-        "1001,AAPL,BUY,1,0.0001,2024-02-29 23:59:59", "1001,AAPL,BUY,1,999999999.9999,1900-01-01 00:00:00",
-        "1001,AAPL,BUY,1,10.5000,2025-12-31 00:00:00"]
+        "1001,AAPL,BUY,1,1.0000,2025-01-02 00:00:00,0.0000", "1001,AAPL,BUY,1,1.5000,2025-01-02 00:00:00,1.5000",
+        "1001,AAPL,BUY,1,0.0001,2024-02-29 23:59:59,0.0001",
+        "1001,AAPL,BUY,1,999999999.9999,1900-01-01 00:00:00,999999999.9999",
+        "1001,AAPL,BUY,1,10.5000,2025-12-31 00:00:00,7.2500", "1001,AAPL,BUY,1,2.0000,2025-01-02 00:00:00,0.0000",
+        "1001,AAPL,BUY,1,2.0000,2025-01-02 00:00:00,0.0000"]
+
+
+def test_a_trade_without_a_fee_column_is_the_same_trade_as_one_with_fee_zero():
+    without = validated([("a", "2", "2025-01-02 00:00:00", None)], with_fee=False)
+    given = validated([("a", "2", "2025-01-02 00:00:00", fee) for fee in ("0", "0.00", "", "+0.0000")])
+
+    assert set(dialects.values_text(given)) == set(dialects.values_text(without)) == {
+        "1001,AAPL,BUY,1,2.0000,2025-01-02 00:00:00,0.0000"}
 
 
 def test_prices_one_ten_thousandth_apart_have_different_values_texts():
-    texts = dialects.values_text(validated([("a", "999999999.9999", "2025-01-02 00:00"),
-                                            ("b", "999999999.9998", "2025-01-02 00:00")]))
+    texts = dialects.values_text(validated([("a", "999999999.9999", "2025-01-02 00:00", ""),
+                                            ("b", "999999999.9998", "2025-01-02 00:00", "")]))
 
     assert texts[0] != texts[1]
 
 
+def test_fees_one_ten_thousandth_apart_have_different_values_texts():
+    texts = dialects.values_text(validated([("a", "10", "2025-01-02 00:00", "999999999.9999"),
+                                            ("b", "10", "2025-01-02 00:00", "999999999.9998"),
+                                            ("c", "10", "2025-01-02 00:00", "0.0001"),
+                                            ("d", "10", "2025-01-02 00:00", "")]))
+
+    assert len(set(texts)) == 4
+
+
 def test_refresh_statistics_sql_per_database():
-    assert dialects.refresh_statistics_sql("mysql") == "ANALYZE TABLE transactions, stocks, load_batches, portfolios, position_checkpoints"
+    assert dialects.refresh_statistics_sql("mysql") == \
+        "ANALYZE TABLE transactions, stocks, load_batches, portfolios, position_checkpoints"
     assert dialects.refresh_statistics_sql("postgresql") == "ANALYZE transactions"
     assert dialects.refresh_statistics_sql("sqlite") is None
 
@@ -104,9 +136,10 @@ def test_every_bulk_path_in_the_table_has_a_function_in_bulk_insert(name):
 
 
 def test_only_load_data_takes_text_prepared_in_advance():
-    columns = [["t1"], [1001], ["AAPL"], ["BUY"], [1], ["1.0000"], ["2025-01-02 00:00:00"], [1], [2]]
+    columns = [["t1"], [1001], ["AAPL"], ["BUY"], [1], ["1.0000"], ["2025-01-02 00:00:00"], ["0.5000"], [1], [2]]
 
-    assert bulk_insert.prepared_text("mysql", columns) == "t1\t1001\tAAPL\tBUY\t1\t1.0000\t2025-01-02 00:00:00\t1\t2\n"
+    assert bulk_insert.prepared_text("mysql", columns) == \
+        "t1\t1001\tAAPL\tBUY\t1\t1.0000\t2025-01-02 00:00:00\t0.5000\t1\t2\n"
     assert [bulk_insert.prepared_text(name, columns) for name in ("sqlite", "postgresql", "oracle")] == [None] * 3
 
 

@@ -171,6 +171,24 @@ def test_values_are_trimmed_and_symbol_and_type_stored_upper_case(seeded_engine,
     ]
 
 
+def test_a_file_without_a_fee_column_loads_as_before_with_fee_zero(seeded_engine, tmp_path):
+    lines = [HEADER, trade("a"), trade("b", quantity="7", price="+010.5", side="sell", when="2025-01-03T09:30"),
+             trade("c", price="-1")]
+    path = write_csv(tmp_path, "trades.csv", lines)
+
+    summary = load_transactions.load_file(seeded_engine, path, chunk_rows=2)
+    again = load_transactions.load_file(seeded_engine, path, again=True)
+
+    assert (summary.rows_read, summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (3, 2, 0, 1)
+    assert stored_trades(seeded_engine) == [
+        ("a", 1001, "AAPL", "BUY", 10, Decimal("100.5"), datetime(2025, 1, 2, 10, 0, 0)),
+        ("b", 1001, "AAPL", "SELL", 7, Decimal("10.5"), datetime(2025, 1, 3, 9, 30, 0))]
+    assert [reason for _, _, reason, _ in stored_rejects(seeded_engine)][0] == f"price: '-1' {PRICE_PROBLEM}"
+    with seeded_engine.connect() as connection:
+        assert connection.execute(select(transactions.c.fee)).scalars().all() == [0, 0]
+    assert (again.rows_loaded, again.rows_duplicate, again.rows_rejected) == (0, 2, 1)
+
+
 def test_txn_time_more_than_five_minutes_ahead_is_rejected(seeded_engine, tmp_path):
     now = datetime.now().replace(microsecond=0)
     soon = (now + timedelta(minutes=2)).strftime("%Y-%m-%d %H:%M:%S")

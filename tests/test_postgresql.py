@@ -1,5 +1,9 @@
-"""PostgreSQL smoke tests: the whole pipeline, and incremental updates over several batches (one of them late)
-against a full replay (the full suite runs on SQLite and MariaDB)."""
+"""PostgreSQL smoke tests: the whole pipeline, incremental updates over several batches (one of them late)
+against a full replay, and fees through COPY and the portable insert (the full suite runs on SQLite and
+MariaDB)."""
+from decimal import Decimal
+
+import pytest
 from sqlalchemy import select, text
 
 import db_config
@@ -9,7 +13,7 @@ import master_etl
 import seed_investors
 import surveillance
 import update_portfolio
-from schema import alerts, investor_risk, portfolios
+from schema import alerts, investor_risk, portfolios, rejected_transactions, transactions
 
 
 def test_pipeline_runs_on_postgresql_and_a_second_run_loads_nothing(postgres_url, tmp_path, capsys):
@@ -71,3 +75,32 @@ def test_incremental_over_three_batches_with_a_late_one_equals_full_on_postgresq
     assert stored_results(engine) == incremental
     assert len(incremental[0]) > 100 and len(incremental[1]) > 50
     engine.dispose()
+
+
+FEE_FILE = ["txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time,fee"] + [
+    f"f{n},1001,AAPL,BUY,1,10,2025-01-02 10:00:0{n},{fee}"
+    for n, fee in enumerate(["", "0", "1.5", "0.0001", "999999999.9999"])]
+
+
+@pytest.mark.parametrize("method", [None, "portable"])  # None: COPY into a staging table
+def test_fees_round_trip_and_take_part_in_de_duplication_on_postgresql(postgres_url, tmp_path, method):
+    engine = db_config.get_engine(postgres_url)
+    seed_investors.seed_reference_data(engine)
+    (tmp_path / "fees.csv").write_text("\n".join(FEE_FILE) + "\n")
+    other_fee = ["txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time,fee",
+                 "f2,1001,AAPL,BUY,1,10,2025-01-02 10:00:02,+1.50", "f4,1001,AAPL,BUY,1,10,2025-01-02 10:00:04,1"]
+    (tmp_path / "other.csv").write_text("\n".join(other_fee) + "\n")
+
+    first = load_transactions.load_file(engine, str(tmp_path / "fees.csv"), method=method)
+    again = load_transactions.load_file(engine, str(tmp_path / "fees.csv"), method=method, again=True)
+    other = load_transactions.load_file(engine, str(tmp_path / "other.csv"), method=method)
+
+    with engine.connect() as connection:
+        fees = dict(connection.execute(select(transactions.c.txn_ref, transactions.c.fee)).all())
+        reasons = connection.execute(select(rejected_transactions.c.reason)).scalars().all()
+    engine.dispose()
+    assert fees == {"f0": Decimal("0"), "f1": Decimal("0"), "f2": Decimal("1.5"), "f3": Decimal("0.0001"),
+                    "f4": Decimal("999999999.9999")}
+    assert [(s.rows_loaded, s.rows_duplicate, s.rows_rejected) for s in (first, again, other)] == [
+        (5, 0, 0), (0, 5, 0), (0, 1, 1)]
+    assert reasons == ["txn_ref: 'f4' conflicts with loaded trade 5 (batch 1, line 6)"]

@@ -3,7 +3,9 @@
 Each test seeds a fresh database (SQLite and MariaDB), loads a small generated file with its prices, then
 streams trades with --interval 0.
 """
+import random
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
@@ -122,3 +124,38 @@ def test_no_oversell_when_a_loaded_buy_is_minutes_ahead(engine, tmp_path):
     assert pseudo_realtime.stream(engine, interval=0, count=10, seed=1) == 10
     update_portfolio.update_portfolios(engine)
     assert [ref for ref in oversold_refs(engine) if ref.startswith("RT-")] == []
+
+
+@pytest.mark.parametrize("quantity, price, fee", [
+    (1, "10.00", "1.00"),  # 0.005: the minimum
+    (3, "666.66", "1.00"),  # 0.99999: still the minimum
+    (4, "500.00", "1.00"),  # exactly 1.00
+    (100, "250.00", "12.50"),
+    (1000, "190.11", "95.06"),  # 95.055: half a cent rounds up
+    (7, "123.45", "1.00"),
+    (20000, "999.99", "9999.90"),
+])
+def test_the_simulated_fee_is_005_percent_of_the_notional_at_least_one(quantity, price, fee):
+    assert pseudo_realtime.broker_fee(quantity, price) == Decimal(fee)
+    assert str(pseudo_realtime.broker_fee(quantity, price)) == fee  # written with cents, as a file would
+
+
+def test_simulated_trades_carry_their_fee():
+    simulator = pseudo_realtime.TradeSimulator([1001], {"AAPL": 190.0}, {}, random.Random(3))
+    trades = [simulator.next_trade() for _ in range(20)]
+    assert all(trade["fee"] == str(pseudo_realtime.broker_fee(trade["quantity"], trade["price"])) for trade in trades)
+    assert {trade["txn_type"] for trade in trades} == {"BUY", "SELL"}
+
+
+def test_streamed_trades_store_their_fees(market, database_url, capsys):
+    assert pseudo_realtime.main(["--interval", "0", "--count", "8", "--seed", "2", "--database-url",
+                                 database_url]) == 0
+    out = capsys.readouterr().out
+    with market.connect() as connection:
+        rows = connection.execute(select(transactions.c.quantity, transactions.c.price, transactions.c.fee)
+                                  .where(transactions.c.txn_ref.like("RT-%"))).all()
+    assert len(rows) == 8
+    for quantity, price, fee in rows:  # the schedule, worked out here on its own
+        notional_fee = (Decimal(quantity) * Decimal(str(price)) * 5 / 10_000).quantize(Decimal("0.01"), "ROUND_HALF_UP")
+        assert Decimal(str(fee)) == max(Decimal("1.00"), notional_fee) >= 1
+    assert out.count(", fee ") == 8

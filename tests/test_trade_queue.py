@@ -6,12 +6,14 @@ tests skip, except when CI is set: then they fail.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
+from decimal import Decimal
 
 import pandas
 import pika
@@ -75,11 +77,12 @@ POISON = [
     json.dumps({"txn_ref": "P-3", "investor_id": 1001, "stock_symbol": "AAPL", "txn_type": "BUY",
                 "quantity": {"n": 1}, "price": "10", "txn_time": "2026-01-05 10:00:00"}).encode(),
     json.dumps({"txn_ref": "P-4", "investor_id": 1001, "stock_symbol": "AAPL", "txn_type": "BUY",
-                "quantity": 1, "price": "10", "txn_time": "2026-01-05 10:00:00", "fee": "1.50"}).encode(),
+                "quantity": 1, "price": "10", "txn_time": "2026-01-05 10:00:00", "fee": "-1.50"}).encode(),
 ]
 POISON_REASONS = ["message: not JSON", "message: a JSON list, not an object",
                   "investor_id: 999999 is not a known investor", "price: '-3' is not a plain decimal > 0",
-                  'quantity: {"n": "1"} is not a string or a number', 'fee: "1.50" is not 0']
+                  'quantity: {"n": "1"} is not a string or a number',
+                  "fee: '-1.50' is not a plain decimal >= 0 ('.' before decimals, no thousands separators)"]
 
 
 def publish(channel, queue, bodies):
@@ -344,7 +347,8 @@ def test_parse_message_names_the_problem():
     assert trade_queue.parse_message(b"null").problem == "message: a JSON NoneType, not an object"
     assert trade_queue.parse_message(json.dumps({**whole, "txn_ref": True}).encode()).problem == \
         "txn_ref: true is not a string or a number"
-    assert trade_queue.parse_message(json.dumps({**whole, "fee": 0}).encode()).problem is None
+    assert trade_queue.parse_message(json.dumps({**whole, "fee": 0}).encode()).fields["fee"] == "0"
+    assert "fee" not in trade_queue.parse_message(json.dumps(whole).encode()).fields
     assert trade_queue.parse_message(b"[" * 100_000).problem.startswith("message: 100,000 characters")
     assert trade_queue.parse_message(b'{"quantity": 1, "quantity": 100}').problem == \
         "message: the field 'quantity' is given twice"
@@ -448,15 +452,53 @@ def trade_json(**changes):
     (trade_json(txn_ref="S-\ud800"), 'txn_ref: "S-\\ud800" holds a lone surrogate'),
     (trade_json(stock_symbol="\udfff"), 'stock_symbol: "\\udfff" holds a lone surrogate'),
     (b'{"txn_ref": "A", "investor_id": NaN}', "message: not JSON (NaN is not a JSON number)"),
-    (trade_json(fee="0.50"), 'fee: "0.50" is not 0'),
+    (trade_json(fee=True), "fee: true is not a string or a number"),
+    (trade_json(fee=["1"]), 'fee: ["1"] is not a string or a number'),
+    (trade_json(fee="\udfff"), 'fee: "\\udfff" holds a lone surrogate'),
 ])
 def test_hostile_values_are_rejects_with_their_reason(body, problem):
     assert trade_queue.parse_message(body).problem.startswith(problem)
 
 
-@pytest.mark.parametrize("fee", [0, "0", "0.000", "-0", "", 0.0])
-def test_any_spelling_of_a_zero_fee_is_no_fee(fee):
-    assert trade_queue.parse_message(trade_json(fee=fee)).problem is None
+@pytest.mark.parametrize("fee, text", [(0, "0"), ("0", "0"), ("0.000", "0.000"), ("", ""), (0.0, "0.0"),
+                                       (1.5, "1.5"), ("2.25", "2.25"), ("-1", "-1")])
+def test_a_fee_is_passed_on_as_the_text_it_is_written_with(fee, text):
+    """Its value is validation's business (as a file's cell): parse_message only takes strings and numbers."""
+    record = trade_queue.parse_message(trade_json(fee=fee))
+    assert (record.problem, record.fields["fee"]) == (None, text)
+
+
+def test_a_null_fee_is_no_fee():
+    record = trade_queue.parse_message(trade_json(fee=None))
+    assert record.problem is None and "fee" not in record.fields
+
+
+def test_messages_with_fees_store_them(market, database_url, broker, queue_name):
+    """A fee as a JSON string or number is stored exactly; null, missing or "" is 0; a bad fee is a reject
+    naming it; the same trade again with another fee conflicts."""
+    channel, _ = broker
+    trades = live_trades(6, prefix="FEE")
+    bodies = [{**trades[0], "fee": "1.25"}, {**trades[1], "fee": 2.5}, {**trades[2], "fee": None}, trades[3],
+              {**trades[4], "fee": ""}, {**trades[5], "fee": "-1"},
+              {**trades[0], "fee": "1.2500"},  # the same trade: a duplicate
+              {**trades[0], "fee": 1.26}]  # another fee: a conflict
+    publish(channel, queue_name, bodies)
+    consumer = start_consumer(database_url, queue_name)
+    wait_until(lambda: queue_totals(database_url)[0] == 8 and queue_totals(database_url)[4] == 0, "8 messages")
+    code, out, err = stop(consumer)
+    assert code == 0, err
+    assert "8 messages, 5 loaded, 1 duplicates, 2 rejected" in out
+    with market.connect() as connection:
+        stored = dict(connection.execute(select(transactions.c.txn_ref, transactions.c.fee).where(
+            transactions.c.txn_ref.like("FEE-%"))).all())
+        reasons = connection.execute(select(rejected_transactions.c.reason).order_by(
+            rejected_transactions.c.reject_id)).scalars().all()
+    assert {ref: Decimal(str(fee)) for ref, fee in stored.items()} == {
+        "FEE-0": Decimal("1.25"), "FEE-1": Decimal("2.5"), "FEE-2": Decimal("0"), "FEE-3": Decimal("0"),
+        "FEE-4": Decimal("0")}
+    assert reasons[0] == "fee: '-1' is not a plain decimal >= 0 ('.' before decimals, no thousands separators)"
+    assert re.fullmatch(r"txn_ref: 'FEE-0' (is a conflicting duplicate of line 1|conflicts with loaded trade \d+ "
+                        r"\(batch \d+, line 1\))", reasons[1])  # the same live batch or a later one
 
 
 def test_json_numbers_keep_the_text_they_are_written_with():
