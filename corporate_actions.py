@@ -250,9 +250,10 @@ def read_actions(connection, last_day=None, action=None):
         query = query.where(table.c.ex_date <= last_day)
     if action is not None:
         query = query.where(table.c.action == action)
-    return [CorporateAction(symbol, _as_date(ex_date), kind, to_decimal(value))
+    return [CorporateAction(symbol, as_date(ex_date), kind, to_decimal(value))
             for symbol, ex_date, kind, value in connection.execute(query)]
 
 
-def _as_date(value):
+def as_date(value):
+    """A DATE column value as a date (SQLite gives text)."""
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])

@@ -1,0 +1,373 @@
+"""Fees, splits (with cash in lieu), cash dividends and FIFO lots (docs/portfolio-math.md, docs/corporate-actions.md)
+through the database, against an independent reference written here with exact fractions: hypothesis-drawn
+histories with fees, forward and reverse splits that leave fractions, dividends and oversells, loaded in two
+parts (some trades and actions late), equal the reference to the cent, and `--full` equals the incremental
+result, under weighted average cost and FIFO, on SQLite and MariaDB. Also: files without fees or actions give
+exactly the portfolios of the version before fees existed.
+"""
+import csv
+import os
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete, select, text
+
+import cli
+import load_transactions
+import update_portfolio
+from schema import corporate_actions, ledger_settings, market_prices, portfolios, position_lots
+from test_update_portfolio import fraction, fresh_engine
+
+HALF_CENT = Fraction(1, 200)  # "to the cent": an absolute difference below half a cent
+GOLDEN = os.path.join(os.path.dirname(__file__), "data", "legacy_wac")
+FIRST_DAY = date(2026, 1, 5)  # a Monday
+DAYS = [FIRST_DAY + timedelta(days=offset) for offset in range(40) if (FIRST_DAY + timedelta(days=offset)).weekday() < 5]
+TODAY = DAYS[-1] + timedelta(days=3)
+SPLIT_VALUES = ["4", "2", "3", "1.5", "2.5", "0.5", "0.25", "0.1", "0.3", "0.125"]
+
+
+# ---------------------------------------------------------------------------------------------- the reference
+
+@dataclass
+class RefPosition:
+    quantity: Fraction = Fraction(0)
+    cost_basis: Fraction = Fraction(0)
+    realized_pnl: Fraction = Fraction(0)
+    dividend_income: Fraction = Fraction(0)
+    fees_paid: Fraction = Fraction(0)
+    lots: list = field(default_factory=list)  # FIFO: [quantity, cost] oldest first
+
+
+def _round4(value):
+    """A Fraction rounded half-even to 4 decimals, as Decimal."""
+    scaled = value * 10**4
+    floor = scaled.numerator // scaled.denominator
+    rest = scaled - floor
+    if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and floor % 2):
+        floor += 1
+    return Decimal(floor).scaleb(-4)
+
+
+def lieu_price(symbol_closes, splits, ex_date, value):
+    """The last close before ex_date, in the terms of the day before (÷ earlier splits since), ÷ value, rounded."""
+    before = [(day, close) for day, close in symbol_closes if day < ex_date]
+    day, close = before[-1]
+    for other_day, other_value in splits:
+        if day < other_day < ex_date:
+            close /= other_value
+    return Fraction(_round4(close / value))
+
+
+def reference(trades, actions, closes, method):
+    """{(investor_id, symbol): RefPosition} by brute force over every event in time order."""
+    events = [((t.day, 1, t.number), "trade", t) for t in trades]
+    events += [((a.ex_date, 0, 0 if a.action == "DIVIDEND" else 1), "action", a) for a in actions]
+    positions = {}
+    for _, kind, event in sorted(events, key=lambda entry: entry[0]):
+        if kind == "trade":
+            position = positions.setdefault((event.investor_id, "AAPL"), RefPosition())
+            apply_trade(position, event, method)
+            continue
+        for position in positions.values():
+            if position.quantity == 0:
+                continue
+            if event.action == "DIVIDEND":
+                position.dividend_income += position.quantity * event.value
+            else:
+                splits = [(a.ex_date, a.value) for a in actions if a.action == "SPLIT"]
+                apply_split(position, event.value, lieu_price(closes, splits, event.ex_date, event.value), method)
+    return positions
+
+
+def apply_trade(position, trade, method):
+    if trade.txn_type == "BUY":
+        position.quantity += trade.quantity
+        position.cost_basis += trade.quantity * trade.price + trade.fee
+        position.lots.append([Fraction(trade.quantity), trade.quantity * trade.price + trade.fee])
+    elif trade.quantity <= position.quantity:
+        if method == "wac":
+            average = position.cost_basis / position.quantity
+            position.realized_pnl += trade.quantity * (trade.price - average) - trade.fee
+            position.cost_basis -= trade.quantity * average
+        else:
+            cost = take_lots(position.lots, Fraction(trade.quantity), oldest_first=True)
+            position.realized_pnl += trade.quantity * trade.price - trade.fee - cost
+            position.cost_basis -= cost
+        position.quantity -= trade.quantity
+    else:
+        return
+    position.fees_paid += trade.fee
+
+
+def take_lots(lots, quantity, oldest_first):
+    """Take shares off the lots, each lot's cost pro rata; return the cost taken."""
+    taken = Fraction(0)
+    while quantity:
+        lot = lots[0 if oldest_first else -1]
+        share = min(quantity, lot[0])
+        cost = lot[1] * share / lot[0]
+        lot[0], lot[1] = lot[0] - share, lot[1] - cost
+        if lot[0] == 0:
+            lots.remove(lot)
+        quantity, taken = quantity - share, taken + cost
+    return taken
+
+
+def apply_split(position, value, lieu, method):
+    scaled = position.quantity * value
+    whole = Fraction(scaled.numerator // scaled.denominator)
+    fraction_left = scaled - whole
+    if method == "wac":
+        average = position.cost_basis / scaled
+        position.realized_pnl += fraction_left * (lieu - average)
+        position.cost_basis -= fraction_left * average
+    else:
+        for lot in position.lots:
+            lot[0] *= value
+        cost = take_lots(position.lots, fraction_left, oldest_first=False)
+        position.realized_pnl += fraction_left * lieu - cost
+        position.cost_basis -= cost
+    position.quantity = whole
+
+
+# ---------------------------------------------------------------------------------------------- histories
+
+@dataclass
+class DrawnTrade:
+    number: int
+    investor_id: int
+    txn_type: str
+    quantity: int
+    price: Fraction
+    fee: Fraction
+    day_index: int
+
+    @property
+    def day(self):
+        return DAYS[self.day_index]
+
+    def record(self):
+        return {"txn_ref": f"E{self.number:05d}", "investor_id": self.investor_id, "stock_symbol": "AAPL",
+                "txn_type": self.txn_type, "quantity": self.quantity, "price": str(Decimal(self.price.numerator)
+                                                                                   / self.price.denominator),
+                "txn_time": f"{self.day.isoformat()} 10:{self.number // 60 % 60:02d}:{self.number % 60:02d}",
+                "fee": str(Decimal(self.fee.numerator) / self.fee.denominator)}
+
+
+@dataclass
+class DrawnAction:
+    ex_date: date
+    action: str
+    value: Fraction
+
+
+@st.composite
+def histories(draw):
+    """Trades of two investors in AAPL over DAYS, corporate actions among them, daily closes, and which trades
+    and actions are loaded first (the rest come later, some of them before what was applied: late)."""
+    count = draw(st.integers(1, 25))
+    days = sorted(draw(st.lists(st.integers(0, len(DAYS) - 1), min_size=count, max_size=count)))
+    trades = []
+    for number, day_index in enumerate(days, start=1):
+        buy = draw(st.booleans()) or number == 1
+        trades.append(DrawnTrade(
+            number, draw(st.sampled_from([1001, 1002])), "BUY" if buy else "SELL", draw(st.integers(1, 60)),
+            Fraction(draw(st.integers(1, 5_000_000)), 10_000), Fraction(draw(st.sampled_from([0, 0, 1, 150, 999]))
+                                                                         , 100), day_index))
+    action_days = draw(st.lists(st.integers(1, len(DAYS) - 1), max_size=4, unique=True))
+    actions = []
+    for day_index in sorted(action_days):
+        kind = draw(st.sampled_from(["SPLIT", "SPLIT", "DIVIDEND", "BOTH"]))
+        if kind in ("DIVIDEND", "BOTH"):
+            actions.append(DrawnAction(DAYS[day_index], "DIVIDEND", Fraction(draw(st.integers(1, 300)), 100)))
+        if kind in ("SPLIT", "BOTH"):
+            actions.append(DrawnAction(DAYS[day_index], "SPLIT", Fraction(Decimal(draw(st.sampled_from(SPLIT_VALUES))))))
+    closes = [(day, Fraction(draw(st.integers(100, 5_000_000)), 10_000)) for day in DAYS]
+    first_trades = draw(st.sets(st.sampled_from([t.number for t in trades])))
+    first_actions = draw(st.sets(st.integers(0, max(len(actions) - 1, 0)), max_size=len(actions)))
+    return trades, actions, closes, first_trades, first_actions
+
+
+def store(engine, trades, actions, closes=()):
+    if trades:
+        summary = load_transactions.load_records(engine, [trade.record() for trade in trades])
+        assert summary.rows_rejected == 0, summary.sample_rejects
+    with engine.begin() as connection:
+        if closes:
+            connection.execute(market_prices.insert(), [
+                {"stock_symbol": "AAPL", "price_date": day, "close_price": Decimal(close.numerator) / close.denominator}
+                for day, close in closes])
+        if actions:
+            connection.execute(corporate_actions.insert(), [
+                {"stock_symbol": "AAPL", "ex_date": a.ex_date, "action": a.action,
+                 "value": Decimal(a.value.numerator) / a.value.denominator, "loaded_at": datetime.now()}
+                for a in actions])
+
+
+def stored_positions(engine):
+    with engine.connect() as connection:
+        rows = {(row.investor_id, row.stock_symbol): row for row in connection.execute(select(portfolios))}
+        lots = connection.execute(select(position_lots)).all()
+    return rows, lots
+
+
+def assert_equals_reference(engine, expected, method):
+    rows, lots = stored_positions(engine)
+    assert set(rows) == set(expected)
+    for key, want in expected.items():
+        row = rows[key]
+        assert row.quantity == want.quantity, key
+        for column in ("cost_basis", "realized_pnl", "dividend_income", "fees_paid"):
+            assert abs(fraction(getattr(row, column)) - getattr(want, column)) < HALF_CENT, (
+                key, column, getattr(row, column), float(getattr(want, column)))
+        average = want.cost_basis / want.quantity if want.quantity else Fraction(0)
+        assert abs(fraction(row.avg_cost) - average) <= Fraction(1, 10_000), (key, row.avg_cost, float(average))
+        if method == "fifo":
+            own = [lot for lot in lots if (lot.investor_id, lot.stock_symbol) == key]
+            assert len(own) == len(want.lots), key
+            assert sum(fraction(lot.quantity) for lot in own) == want.quantity
+            for lot, (quantity, cost) in zip(sorted(own, key=lambda lot: (lot.acquired_at, lot.txn_id)), want.lots):
+                assert abs(fraction(lot.quantity) - quantity) < Fraction(1, 10**9), key
+                assert abs(fraction(lot.cost_basis) - cost) < HALF_CENT, key
+    if method == "wac":
+        assert not lots
+
+
+def clear(engine):
+    with engine.begin() as connection:
+        for table in ("alerts", "position_lots", "position_checkpoints", "portfolios", "investor_risk",
+                      "symbol_marks", "symbol_last_trades", "rejected_transactions", "transactions", "load_batches",
+                      "corporate_actions", "market_prices", "ledger_settings"):
+            connection.execute(text(f"DELETE FROM {table}"))
+
+
+def snapshot(engine):
+    columns = [c for c in portfolios.columns if c.name != "updated_at"]
+    with engine.connect() as connection:
+        return sorted(tuple(row) for row in connection.execute(select(*columns)))
+
+
+@pytest.mark.parametrize("method", ["wac", "fifo"])
+def test_histories_with_fees_splits_and_dividends_equal_the_reference_incremental_and_full(database_url, method):
+    examples = 25 if database_url.startswith("sqlite") else 10
+    with fresh_engine(database_url) as engine:
+        @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(histories())
+        def check(history):
+            trades, actions, closes, first_trades, first_actions = history
+            clear(engine)
+            store(engine, [t for t in trades if t.number in first_trades],
+                  [a for i, a in enumerate(actions) if i in first_actions], closes)
+            update_portfolio.update_portfolios(engine, today=TODAY, requested_method=method)
+            store(engine, [t for t in trades if t.number not in first_trades],
+                  [a for i, a in enumerate(actions) if i not in first_actions])
+            update_portfolio.update_portfolios(engine, today=TODAY)
+            expected = reference(trades, actions, closes, method)
+            expected = {key: position for key, position in expected.items()}
+            assert_equals_reference(engine, expected, method)
+            incremental = snapshot(engine)
+            update_portfolio.update_portfolios(engine, today=TODAY, full=True)
+            assert snapshot(engine) == incremental
+
+        check()
+
+
+# ---------------------------------------------------------------------------------------------- worked examples
+
+def test_a_split_with_cash_in_lieu_and_a_dividend_as_the_docs_work_them(seeded_engine):
+    """5 shares bought at 100 with a fee of 5; on one ex_date a dividend of 0.50 and a 3-for-2 split (value 1.5),
+    the last close before it 120: the worked example of docs/portfolio-math.md."""
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 5, Fraction(100), Fraction(5), 0)],
+          [DrawnAction(DAYS[3], "DIVIDEND", Fraction(1, 2)), DrawnAction(DAYS[3], "SPLIT", Fraction(3, 2))],
+          [(DAYS[2], Fraction(120))])
+    update_portfolio.update_portfolios(engine, today=TODAY)
+    rows, _ = stored_positions(engine)
+    row = rows[(1001, "AAPL")]
+    # dividend 5 · 0.50 = 2.50 on the pre-split shares; 5 · 1.5 = 7.5 shares: 7 kept, 0.5 paid at 120 / 1.5 = 80;
+    # avg' = 505 / 7.5 = 67.3333...; realized = 0.5 · (80 − 67.3333) = 6.333333; cost = 505 − 33.666667 = 471.333333
+    assert row.quantity == 7
+    assert fraction(row.dividend_income) == Fraction("2.5")
+    assert fraction(row.realized_pnl) == Fraction("6.333333")
+    assert fraction(row.cost_basis) == Fraction("471.333333")
+    assert fraction(row.fees_paid) == 5
+
+
+def test_a_fifo_sell_across_two_lots_as_the_docs_work_it(seeded_engine):
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 10, Fraction(100), Fraction(10), 0),
+                   DrawnTrade(2, 1001, "BUY", 10, Fraction(120), Fraction(10), 1),
+                   DrawnTrade(3, 1001, "SELL", 15, Fraction(130), Fraction(15), 2)], [], [])
+    update_portfolio.update_portfolios(engine, today=TODAY, requested_method="fifo")
+    rows, lots = stored_positions(engine)
+    row = rows[(1001, "AAPL")]
+    # lot 1: 10 for 1,010; lot 2: 10 for 1,210. SELL 15 takes lot 1 whole and 5 of lot 2 (605):
+    # realized = 15 · 130 − 15 − (1,010 + 605) = 320; left: 5 shares of lot 2 costing 605
+    assert (row.quantity, fraction(row.realized_pnl), fraction(row.cost_basis), fraction(row.avg_cost)) == (
+        5, 320, 605, 121)
+    assert [(fraction(lot.quantity), fraction(lot.cost_basis), fraction(lot.cost_per_share)) for lot in lots] == [
+        (5, 605, 121)]
+
+
+# ---------------------------------------------------------------------------------------------- cost method
+
+def test_switching_the_cost_method_needs_a_full_replay(seeded_engine, capsys):
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 10, Fraction(100), Fraction(0), 0)], [], [])
+    update_portfolio.update_portfolios(engine, today=TODAY)
+    url = engine.url.render_as_string(hide_password=False)
+    assert update_portfolio.main(["--database-url", url, "--cost-method", "fifo"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.strip().endswith(
+        "positions were built with cost method wac, not fifo: switching replays every trade, run "
+        "update_portfolio.py --full --cost-method fifo")
+    assert update_portfolio.main(["--database-url", url, "--cost-method", "fifo", "--full"]) == cli.EXIT_OK
+    with engine.connect() as connection:
+        assert connection.execute(select(ledger_settings.c.value)).scalar() == "fifo"
+        assert connection.execute(select(position_lots.c.quantity)).scalars().all() == [10]
+    assert update_portfolio.main(["--database-url", url]) == cli.EXIT_OK  # asks nothing: the recorded method
+    assert update_portfolio.main(["--database-url", url, "--cost-method", "wac", "--full"]) == cli.EXIT_OK
+    with engine.connect() as connection:
+        assert connection.execute(select(position_lots)).all() == []
+
+
+def test_an_unknown_cost_method_in_the_environment_is_one_line_and_exit_2(seeded_engine, capsys, monkeypatch):
+    monkeypatch.setenv("COST_METHOD", "lifo")
+    url = seeded_engine.url.render_as_string(hide_password=False)
+    assert update_portfolio.main(["--database-url", url]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.strip() == (
+        "error: update_portfolio: COST_METHOD: 'lifo' is not a cost method: use wac (weighted average cost) or fifo")
+
+
+# ---------------------------------------------------------------------------------------------- unchanged results
+
+def test_files_without_fees_or_actions_give_the_portfolios_of_the_version_before_fees(seeded_engine):
+    """tests/data/legacy_wac holds a file without fees or corporate actions and the portfolios and investor_risk
+    that the version before fees computed from it (update on 2026-10-30): every value is the same."""
+    engine = seeded_engine
+    load_transactions.load_paths(engine, [os.path.join(GOLDEN, "transactions.csv")])
+    for full in (False, True):
+        update_portfolio.update_portfolios(engine, today=date(2026, 10, 30), full=full)
+        for table, key_columns in (("portfolios", 2), ("investor_risk", 1)):
+            with open(os.path.join(GOLDEN, f"{table}.csv"), newline="") as handle:
+                golden = list(csv.reader(handle))
+            header = golden[0]
+            with engine.connect() as connection:
+                stored = connection.execute(text(f"SELECT {', '.join(header)} FROM {table} "
+                                                 f"ORDER BY {', '.join(header[:key_columns])}")).all()
+            assert len(stored) == len(golden) - 1
+            for want, row in zip(golden[1:], stored):
+                for name, expected, value in zip(header, want, row):
+                    assert same_value(expected, value), (table, want[:key_columns], name, expected, value)
+
+
+def same_value(text_value, value):
+    if value is None:
+        return text_value == ""
+    if isinstance(value, (int, float, Decimal)):
+        return Decimal(text_value) == Decimal(str(value))
+    return text_value == str(value)
