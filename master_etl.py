@@ -13,6 +13,7 @@ import matplotlib
 
 import analyze
 import cli
+import cost_method
 import db_config
 import generate_dummy_data
 import load_transactions
@@ -41,7 +42,8 @@ def stage_load(engine, args):
 
 
 def stage_update(engine, args):
-    return update_portfolio.update_portfolios(engine).line(seconds=False)  # run_stages prints the time
+    requested = cost_method.requested_method(args.cost_method)
+    return update_portfolio.update_portfolios(engine, requested_method=requested).line(seconds=False)
 
 
 def stage_surveillance(engine, args):
@@ -96,6 +98,9 @@ def make_parser():
                         help="trades file (default: transactions.csv in the project folder)")
     parser.add_argument("--reports", default=db_config.project_path("reports"),
                         help="folder for the dashboard (default: reports/ in the project folder)")
+    parser.add_argument("--cost-method", choices=cost_method.METHODS, type=str.lower,
+                        help="wac (weighted average cost) or fifo (default: $COST_METHOD, else the method the "
+                             "positions were built with, else wac); switching needs update_portfolio.py --full")
     return parser
 
 
