@@ -9,7 +9,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -255,5 +255,7 @@ def read_actions(connection, last_day=None, action=None):
 
 
 def as_date(value):
-    """A DATE column value as a date (SQLite gives text)."""
+    """A DATE or DATETIME column value as a date (SQLite gives text, the servers a date or a datetime)."""
+    if isinstance(value, datetime):
+        return value.date()
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])

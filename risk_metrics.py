@@ -1,7 +1,9 @@
-"""Risk metrics of each investor's current holdings by historical simulation over market_prices.
+"""Risk metrics of each investor's current holdings by historical simulation over the daily closes.
 
 Today's quantities are valued at every past daily close of the investor's symbols (a symbol's missing days carry
 its last close forward; days before all of them have a close are left out), giving a value series per investor.
+The closes are split-adjusted to today's terms (closes.read_closes), as today's quantities are: a split changes
+neither the value series nor its returns.
 From it: annualized volatility of the daily returns, the 1-day 95% Value at Risk and Expected Shortfall in
 currency, and the maximum drawdown. Used by update_portfolio.py, written to investor_risk.
 """
@@ -66,7 +68,7 @@ def value_histories(closes, holdings):
 def compute_risk_metrics(close_table, holdings):
     """{investor_id: RiskMetrics} for the investors in holdings, rows of (investor_id, stock_symbol, quantity)
     with quantity > 0, sorted by investor and symbol (None where history is too short); close_table:
-    closes.close_table's day × symbol table."""
+    closes.close_table's day × symbol table of read_closes' split-adjusted closes."""
     if close_table.empty:
         return {}
     return {investor_id: portfolio_metrics(values)

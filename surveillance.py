@@ -6,10 +6,13 @@ trade-level rules LARGE_TRADE, OFF_MARKET_PRICE, WASH_TRADE, ROUND_TRIP and BURS
 need: per investor with new trades, the last LARGE_TRADE_LOOKBACK_TRADES trades and the last
 SURVEILLANCE_CONTEXT_MINUTES before the first new one, and the earlier trades of that history's first week; each
 position starts that week from the ledger's checkpoint (position_checkpoints) and is replayed with
-ledger.Position. Then SECTOR_CONCENTRATION compares each investor's sector weights
-(portfolios, as update_portfolio left them) with the limit. Thresholds are in constants.py and explained in
-README.md (Surveillance). A trade-level alert is keyed by rule and txn_ref, a sector alert by rule, investor and
-sector, so re-running never duplicates one. Alerts and the batches' surveilled_at commit in one transaction.
+ledger.Position. Prices are compared in the same terms: a trade with that day's close as traded, and the legs of a
+WASH_TRADE on either side of a split's ex_date in the later leg's terms (the earlier price divided by the split's
+value, its quantity multiplied by it; closes.py reads the splits). Then SECTOR_CONCENTRATION compares each
+investor's sector weights (portfolios, as update_portfolio left them) with the limit. Thresholds are in
+constants.py and explained in README.md (Surveillance). A trade-level alert is keyed by rule and txn_ref, a sector
+alert by rule, investor and sector, so re-running never duplicates one. Alerts and the batches' surveilled_at
+commit in one transaction.
 """
 import logging
 import sys
@@ -420,50 +423,86 @@ def opening_values(opening):
 
 
 def off_market_price_alerts(trades, closes):
-    """OFF_MARKET_PRICE: the price more than OFF_MARKET_PRICE_THRESHOLD away from that day's close."""
+    """OFF_MARKET_PRICE: the price more than OFF_MARKET_PRICE_THRESHOLD away from that day's close as traded
+    (closes: read_closes' frame; a trade and the close of its day are in the same terms, whatever split came
+    later)."""
     checked = trades.loc[trades["checked"]].merge(closes, how="inner", on=["stock_symbol", "day"])
-    deviation = (checked["price"] / checked["close_price"] - 1).to_numpy()
+    deviation = (checked["price"] / checked["close_as_traded"].astype(float) - 1).to_numpy()
     flagged = checked.loc[np.abs(deviation) > constants.OFF_MARKET_PRICE_THRESHOLD]
     deviation = deviation[np.abs(deviation) > constants.OFF_MARKET_PRICE_THRESHOLD]
     details = [f"{_trade_text(row)} is {abs(d):.1%} {'above' if d > 0 else 'below'} the "
                f"{pd.Timestamp(row.day):%Y-%m-%d} close of "
-               f"{money(row.close_price)} (threshold {constants.OFF_MARKET_PRICE_THRESHOLD:.0%})"
+               f"{money(row.close_as_traded)} (threshold {constants.OFF_MARKET_PRICE_THRESHOLD:.0%})"
                for row, d in zip(flagged.itertuples(), deviation)]
     severity = np.where(np.abs(deviation) >= constants.OFF_MARKET_PRICE_HIGH, "HIGH", "MEDIUM")
     return _alerts("OFF_MARKET_PRICE", flagged, severity, np.abs(deviation), constants.OFF_MARKET_PRICE_THRESHOLD,
                    details)
 
 
-def wash_trade_alerts(trades):
+def wash_trade_alerts(trades, splits=None):
     """WASH_TRADE: a trade that, with an earlier opposite trade of the same investor, symbol and quantity at most
     WASH_TRADE_WINDOW_MINUTES before, buys and sells at nearly the same price: within WASH_TRADE_PRICE_TOLERANCE
-    of each other, or within WASH_TRADE_PRICE_TICK."""
-    pairs = reversing_pairs(trades, constants.WASH_TRADE_WINDOW_MINUTES * 60)
-    difference = (pairs["price"] - pairs["other_price"]).abs().to_numpy()
-    spread = difference / pairs["other_price"].to_numpy()
+    of each other, or within WASH_TRADE_PRICE_TICK. Across a split (splits: closes.read_splits) the earlier leg's
+    quantity and price are taken in the later leg's terms."""
+    pairs = reversing_pairs(trades, constants.WASH_TRADE_WINDOW_MINUTES * 60, splits)
+    other_price = (pairs["other_price"] * pairs["split_factor"] / pairs["other_split_factor"]).to_numpy()
+    difference = np.abs(pairs["price"].to_numpy() - other_price)
+    spread = difference / other_price
     near = (spread <= constants.WASH_TRADE_PRICE_TOLERANCE) | (difference <= constants.WASH_TRADE_PRICE_TICK + 1e-9)
     flagged, spread = pairs.loc[near], spread[near]
-    details = [f"{_trade_text(row)} reverses {row.other_txn_ref} at {money(row.other_price)}, "
+    others = [_other_leg_price(row, splits) for row in flagged.itertuples()]
+    details = [f"{_trade_text(row)} reverses {row.other_txn_ref} at {money(row.other_price)}"
+               f"{_split_adjusted_text(row.other_price, other)}, "
                f"{(row.seconds - row.other_seconds) / 60:.0f} min earlier: same quantity, prices "
-               f"{money(abs(ledger.to_decimal(row.price) - ledger.to_decimal(row.other_price)))} ({d:.4%}) apart "
+               f"{money(abs(ledger.to_decimal(row.price) - other))} ({d:.4%}) apart "
                f"(within {constants.WASH_TRADE_PRICE_TOLERANCE:.2%} or {money(constants.WASH_TRADE_PRICE_TICK)}, "
                f"and {constants.WASH_TRADE_WINDOW_MINUTES} min)"
-               for row, d in zip(flagged.itertuples(), spread)]
+               for row, d, other in zip(flagged.itertuples(), spread, others)]
     return _alerts("WASH_TRADE", flagged, "HIGH", spread, constants.WASH_TRADE_PRICE_TOLERANCE, details)
 
 
-def reversing_pairs(trades, window_seconds):
+def _other_leg_price(row, splits):
+    """The earlier leg's price (Decimal) in the terms of the later leg's day."""
+    factor = closes.split_factor(splits or {}, row.stock_symbol, pd.Timestamp(row.other_seconds, unit="s"),
+                                 pd.Timestamp(row.seconds, unit="s"))
+    return closes.adjusted_price(row.other_price, factor)
+
+
+def _split_adjusted_text(price, adjusted):
+    return "" if adjusted == ledger.to_decimal(price) else f" ({money(adjusted)} split-adjusted)"
+
+
+def split_factors(trades, splits):
+    """Per trade, the product (float) of the values of its symbol's splits with its day < ex_date <= the last
+    trade's day: its price divided by it, or its quantity multiplied by it, is in the terms of that last day."""
+    factors = np.ones(len(trades))
+    if not splits or trades.empty:
+        return factors
+    last_day, symbols, days = trades["day"].max(), trades["stock_symbol"].to_numpy(), trades["day"].to_numpy()
+    for symbol in set(splits) & set(symbols.tolist()):
+        for ex_date, value in splits[symbol]:
+            if np.datetime64(ex_date, "D") <= last_day:
+                factors[(symbols == symbol) & (days < np.datetime64(ex_date, "D"))] *= float(value)
+    return factors
+
+
+def reversing_pairs(trades, window_seconds, splits=None):
     """Each checked trade with the latest earlier opposite trade (BUY for a SELL, SELL for a BUY) of the same
-    investor, symbol and quantity at most window_seconds before it; that trade's columns are prefixed other_."""
+    investor, symbol and quantity (in the same terms across a split: `lot`) at most window_seconds before it;
+    that trade's columns are prefixed other_. split_factor: see split_factors."""
     ordered = trades.sort_values(["seconds", "txn_id"], ignore_index=True)
-    legs = ordered[["seconds", "txn_id", "txn_ref", "investor_id", "stock_symbol", "quantity", "price", "txn_type"]]
+    factors = split_factors(ordered, splits)
+    lots = ordered["quantity"] if (factors == 1).all() else np.round(ordered["quantity"] * factors, 6)
+    ordered = ordered.assign(split_factor=factors, lot=lots)
+    legs = ordered[["seconds", "txn_id", "txn_ref", "investor_id", "stock_symbol", "lot", "price", "split_factor",
+                    "txn_type"]]
     pairs = []
     for side, other in (("SELL", "BUY"), ("BUY", "SELL")):
         later = ordered.loc[ordered["checked"] & (ordered["txn_type"] == side)]
         earlier = legs.loc[legs["txn_type"] == other].drop(columns="txn_type").rename(
-            columns=lambda c: c if c in ("investor_id", "stock_symbol", "quantity") else f"other_{c}")
+            columns=lambda c: c if c in ("investor_id", "stock_symbol", "lot") else f"other_{c}")
         pairs.append(pd.merge_asof(later, earlier.assign(seconds=earlier["other_seconds"]), on="seconds",
-                                   by=["investor_id", "stock_symbol", "quantity"], tolerance=window_seconds,
+                                   by=["investor_id", "stock_symbol", "lot"], tolerance=window_seconds,
                                    direction="backward"))
     pairs = pd.concat(pairs, ignore_index=True).dropna(subset=["other_txn_id"])
     return pairs.loc[(pairs["other_seconds"] < pairs["seconds"]) | (pairs["other_txn_id"] < pairs["txn_id"])]
@@ -501,13 +540,14 @@ def burst_alerts(trades):
     return _alerts("BURST", flagged, "LOW", count[hit], constants.BURST_MAX_TRADES, details)
 
 
-def detect_trade_alerts(trades, opening, closes):
-    """Every trade-level alert for the checked trades, as a DataFrame of ALERT_COLUMNS (pure: no database)."""
+def detect_trade_alerts(trades, opening, closes, splits=None):
+    """Every trade-level alert for the checked trades, as a DataFrame of ALERT_COLUMNS (pure: no database); closes:
+    read_closes' frame, splits: read_splits' (none: no split)."""
     if trades.empty:
         return pd.DataFrame(columns=ALERT_COLUMNS)
     by_position = position_states(trades, opening)
     found = [large_trade_alerts(trades, by_position, opening), off_market_price_alerts(trades, closes),
-             wash_trade_alerts(trades), round_trip_alerts(by_position), burst_alerts(trades)]
+             wash_trade_alerts(trades, splits), round_trip_alerts(by_position), burst_alerts(trades)]
     return pd.concat([frame for frame in found if not frame.empty] or [found[0]], ignore_index=True)
 
 
@@ -613,8 +653,7 @@ def check_trades(connection, state, full=False):
     trades, opening = read_trades_to_check(connection, full or state.first_run, first_new)
     if trades.empty:
         return TradeCheck(pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS), new, 0, 0, 0)
-    found = detect_trade_alerts(trades, opening, read_checked_closes(connection, trades))
-    found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
+    found = checked_trade_alerts(connection, trades, opening)
     checked = int(trades["checked"].sum())
     logger.info("checked %d trades (%d new) with %d trades of history; %d candidate alerts", checked, new,
                 len(trades) - checked, len(found))
@@ -639,6 +678,15 @@ def read_checked_closes(connection, trades):
                               first_day=pd.Timestamp(days.min()).date())
 
 
+def checked_trade_alerts(connection, trades, opening):
+    """Trade alert candidates (alert_key and ALERT_COLUMNS) of the checked trades, with the closes of their days
+    and the splits up to the last trade's day."""
+    splits = closes.read_splits(connection, pd.Timestamp(trades["day"].max()).date())
+    found = detect_trade_alerts(trades, opening, read_checked_closes(connection, trades), splits)
+    found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
+    return found
+
+
 def find_live_alerts(connection, live_batch_id, after_line, through_line, first_new):
     """Trade alert candidates (alert_key and ALERT_COLUMNS) for the trades of lines after_line + 1 ...
     through_line of a live batch (the earliest at first_new, a datetime), checked with their history; reads only
@@ -647,9 +695,7 @@ def find_live_alerts(connection, live_batch_id, after_line, through_line, first_
     trades, opening = read_context(connection, first_new, LIVE_CONTEXT_SQL, pending)
     if trades.empty:
         return pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS)
-    found = detect_trade_alerts(trades, opening, read_checked_closes(connection, trades))
-    found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
-    return found
+    return checked_trade_alerts(connection, trades, opening)
 
 
 def has_pending_batches(engine):

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+import closes
 import load_transactions
+import risk_metrics
 import update_portfolio
+from test_closes import DAYS as SPLIT_DAYS, as_traded, split_history, stored_closes
 
 HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
 # A hand-made history: 8 weekdays, AAPL and KO; KO has no close on 2025-01-03 (its last close carries forward).
@@ -74,3 +77,58 @@ def test_closed_portfolio_has_no_metrics(seeded_engine, tmp_path):
     ])
     assert rows[1003].portfolio_volatility is None and rows[1003].var_95_1d is None
     assert float(rows[1003].total_market_value) == 0
+
+
+def split_holdings(engine, tmp_path):
+    """AAPL with a 4-for-1 and a later 1-for-10 split, MSFT the same walk without any (test_closes); 1001 buys 40
+    AAPL and 1002 40 MSFT on the last day, at its close: the same holding, its history across both splits."""
+    walk = split_history(engine)
+    trades = [f"s1,1001,AAPL,BUY,40,{walk[-1]},{SPLIT_DAYS[-1]} 10:00:00",
+              f"s2,1002,MSFT,BUY,40,{walk[-1]},{SPLIT_DAYS[-1]} 10:00:00"]
+    (tmp_path / "trades.csv").write_text("\n".join([HEADER, *trades]) + "\n")
+    assert load_transactions.load_file(engine, str(tmp_path / "trades.csv")).rows_rejected == 0
+    return walk
+
+
+def walk_reference(walk, quantity):
+    """The metrics of `quantity` shares over the walk, computed directly."""
+    values = np.array([quantity * float(price) for price in walk])
+    pnl = values[1:] - values[:-1]
+    var = -np.percentile(pnl, 5)
+    peaks = np.maximum.accumulate(values)
+    return (np.std(pnl / values[:-1], ddof=1) * math.sqrt(252), var, -pnl[pnl <= -var].mean(),
+            ((peaks - values) / peaks).max())
+
+
+def test_metrics_of_a_holding_across_splits_equal_those_without_splits(seeded_engine, tmp_path):
+    walk = split_holdings(seeded_engine, tmp_path)
+    with seeded_engine.connect() as connection:
+        table = closes.close_table(closes.read_closes(connection, last_day=SPLIT_DAYS[-1]))
+
+    metrics = risk_metrics.compute_risk_metrics(table, [(1001, "AAPL", 40), (1002, "MSFT", 40)])
+
+    for split, plain, expected in zip(metrics[1001], metrics[1002], walk_reference(walk, 40)):
+        assert split == pytest.approx(plain, abs=1e-9) and split == pytest.approx(expected, rel=1e-9)
+    unadjusted = risk_metrics.portfolio_metrics([40 * float(price) for price in as_traded(walk)])
+    assert unadjusted.max_drawdown >= 0.75 > metrics[1001].max_drawdown  # the 4-for-1 split as a loss
+
+
+def test_stored_risk_of_a_holding_across_splits_equals_the_unsplit_case(seeded_engine, tmp_path):
+    walk = split_holdings(seeded_engine, tmp_path)
+    stored = stored_closes(seeded_engine)
+
+    update_portfolio.update_portfolios(seeded_engine)
+
+    with seeded_engine.connect() as connection:
+        rows = {row.investor_id: row for row in connection.execute(text(
+            "SELECT investor_id, total_market_value, portfolio_volatility, var_95_1d, expected_shortfall_95_1d, "
+            "max_drawdown FROM investor_risk"))}
+        marks = dict(connection.execute(text("SELECT stock_symbol, annual_volatility FROM symbol_marks")).all())
+    assert rows[1001]._asdict() | {"investor_id": 0} == rows[1002]._asdict() | {"investor_id": 0}
+    volatility, var, shortfall, drawdown = walk_reference(walk, 40)
+    assert float(rows[1001].portfolio_volatility) == pytest.approx(volatility, abs=1e-7)
+    assert float(rows[1001].var_95_1d) == pytest.approx(var, abs=1e-5)
+    assert float(rows[1001].expected_shortfall_95_1d) == pytest.approx(shortfall, abs=1e-5)
+    assert float(rows[1001].max_drawdown) == pytest.approx(drawdown, abs=1e-7)
+    assert marks["AAPL"] == pytest.approx(marks["MSFT"], abs=1e-9)
+    assert stored_closes(seeded_engine) == stored  # market_prices keeps the closes as traded

@@ -26,7 +26,7 @@ import load_transactions
 import seed_investors
 import surveillance
 import update_portfolio
-from schema import alerts, investors, load_batches, market_prices
+from schema import alerts, corporate_actions, investors, load_batches, market_prices
 
 HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
 DAY = datetime(2026, 3, 2)  # a Monday, well in the past
@@ -188,6 +188,58 @@ def test_wash_trade_fires_on_the_reversing_leg_only_when_near_in_time_and_price(
     assert float(alert["threshold"]) == constants.WASH_TRADE_PRICE_TOLERANCE
     assert alert["details"] == ("SELL W-SELL of 10 MSFT at 400.01 reverses W-BUY at 400.00, 4 min earlier: same "
                                 "quantity, prices 0.01 (0.0025%) apart (within 0.02% or 0.01, and 5 min)")
+
+
+def insert_split(engine, symbol, ex_date, value):
+    """A SPLIT stored as load_transactions would store it."""
+    with engine.begin() as connection:
+        connection.execute(corporate_actions.insert(), [{"stock_symbol": symbol, "ex_date": ex_date, "action": "SPLIT",
+                                                         "value": Decimal(value), "loaded_at": DAY}])
+
+
+def market_price_rows(engine):
+    with engine.connect() as connection:
+        return [(symbol, str(day)[:10], Decimal(str(close))) for symbol, day, close in connection.execute(
+            select(market_prices).order_by(market_prices.c.stock_symbol, market_prices.c.price_date))]
+
+
+def test_off_market_price_compares_a_trade_with_its_days_close_across_a_split(seeded_engine, tmp_path):
+    # AAPL closes at 400.00 on Monday, splits 4-for-1 on Tuesday and closes at 100.00. The closes of the run are
+    # read in Tuesday's terms (Monday's: 100.00), but each trade is compared with its own day's close as traded
+    with seeded_engine.begin() as connection:
+        connection.execute(market_prices.insert(), [
+            {"stock_symbol": "AAPL", "price_date": DAY.date(), "close_price": 400},
+            {"stock_symbol": "AAPL", "price_date": DAY.date() + timedelta(days=1), "close_price": 100}])
+    insert_split(seeded_engine, "AAPL", DAY.date() + timedelta(days=1), "4")
+    rows = [("PRE", 1001, "AAPL", "BUY", 10, "401.00", at(0)),  # Monday at Monday's close: no alert
+            ("POST", 1002, "AAPL", "BUY", 40, "100.50", at(0, day=1)),  # right after the split, at its close
+            ("STALE", 1003, "AAPL", "BUY", 10, "400.00", at(5, day=1))]  # at the close before the split: +300%
+
+    load_and_surveil(seeded_engine, tmp_path, rows)
+
+    [alert] = alert_rows(seeded_engine, "OFF_MARKET_PRICE")
+    assert (alert["txn_ref"], alert["severity"], float(alert["metric"])) == ("STALE", "HIGH", 3.0)
+    assert alert["details"] == ("BUY STALE of 10 AAPL at 400.00 is 300.0% above the 2026-03-03 close of 100.00 "
+                                "(threshold 5%)")
+    assert market_price_rows(seeded_engine) == [("AAPL", "2026-03-02", Decimal(400)),
+                                                ("AAPL", "2026-03-03", Decimal(100))]
+
+
+def test_wash_trade_across_a_split_compares_the_legs_in_the_later_ones_terms(seeded_engine, tmp_path):
+    # A 4-for-1 split at midnight between the legs: 10 bought at 400.00 are 40 at 100.00 after it
+    insert_split(seeded_engine, "AAPL", DAY.date() + timedelta(days=1), "4")
+    rows = [("W-BUY", 1001, "AAPL", "BUY", 10, "400.00", at(898)),  # 23:58
+            ("W-SELL", 1001, "AAPL", "SELL", 40, "100.00", at(902)),  # 00:02 on the ex_date: a wash trade
+            ("N-BUY", 1002, "AAPL", "BUY", 10, "100.00", at(898)),  # 10 at 100.00 are 40 at 25.00 after it:
+            ("N-SELL", 1002, "AAPL", "SELL", 10, "100.00", at(902))]  # neither the same quantity nor price
+
+    load_and_surveil(seeded_engine, tmp_path, rows)
+
+    [alert] = alert_rows(seeded_engine, "WASH_TRADE")
+    assert (alert["txn_ref"], float(alert["metric"])) == ("W-SELL", 0.0)
+    assert alert["details"] == ("SELL W-SELL of 40 AAPL at 100.00 reverses W-BUY at 400.00 (100.00 split-adjusted), "
+                                "4 min earlier: same quantity, prices 0.00 (0.0000%) apart (within 0.02% or 0.01, "
+                                "and 5 min)")
 
 
 def round_trips(investor_id, holds, day=0, symbol="TSLA"):
@@ -539,14 +591,23 @@ def test_planted_trades_are_valid_rows_for_the_loader(tmp_path):
     assert generate_dummy_data.main(["--rows", "20000", "--seed", "4", "--anomalies", "0.005",
                                      "--out", str(out)]) == 0
     trades, truth = read_rows(out), read_rows(tmp_path / "trades_anomalies.csv")
+    splits = defaultdict(list)  # a split makes a holding floor(holding x value) at the start of its ex_date
+    for action in read_rows(tmp_path / "corporate_actions.csv"):
+        if action["action"] == "SPLIT":
+            splits[action["stock_symbol"]].append((action["ex_date"], Decimal(action["value"])))
 
-    held = defaultdict(int)
+    held, splits_applied = defaultdict(int), defaultdict(int)
     ordered = sorted(enumerate(trades), key=lambda item: (item[1]["txn_time"], item[0]))  # the loader's order
     for _, trade in ordered:
         key, quantity = (trade["investor_id"], trade["stock_symbol"]), int(trade["quantity"])
         assert 0 < quantity < 2**31 and float(trade["price"]) > 0, trade
         when = datetime.strptime(trade["txn_time"], "%Y-%m-%d %H:%M:%S")
         assert when.weekday() < 5 and "09:30:00" <= trade["txn_time"][11:] <= "16:00:00", trade
+        due = [value for ex_date, value in sorted(splits[key[1]])[splits_applied[key]:]
+               if ex_date <= trade["txn_time"][:10]]
+        for value in due:
+            held[key] = math.floor(held[key] * value)
+        splits_applied[key] += len(due)
         if trade["txn_type"] == "SELL":
             assert quantity <= held[key], trade
         held[key] += quantity if trade["txn_type"] == "BUY" else -quantity
@@ -620,7 +681,7 @@ def context_frame(rows, checked_from):
     return surveillance.in_replay_order(surveillance.typed_trades(frame))
 
 
-NO_CLOSES = pd.DataFrame(columns=["stock_symbol", "day", "close_price", "close_exact"])
+NO_CLOSES = pd.DataFrame(columns=["stock_symbol", "day", "close_price", "close_exact", "close_as_traded"])
 
 
 @pytest.mark.parametrize("held, fires", [(0, True), (5, False)])
