@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import bindparam, select, text
 
+import action_events
 import batches
 import cli
 import closes
@@ -270,15 +271,16 @@ def group_starts(group_codes):
     return starts
 
 
-def position_states(trades, opening):
+def position_states(trades, opening, rules=None):
     """Each trade's position before and after it, replayed with ledger.Position from the position's opening
-    checkpoint (none: nothing held), an oversold SELL changing nothing (docs/portfolio-math.md).
+    checkpoint (none: nothing held), an oversold SELL changing nothing, through the splits of `rules`
+    (ledger.Rules; none: no split) (docs/portfolio-math.md).
 
     Returns the trades sorted by position in replay order with holding_before, holding_after, applied,
     last_price (the price the position last traded at before the trade; for a position's first trade without a
     checkpoint, its own price) and position_code."""
     by_position = trades.sort_values(["investor_id", "stock_symbol", "seconds", "txn_id"], ignore_index=True)
-    before, after, applied, last_price = replay_positions(ledger_trades(by_position), opening)
+    before, after, applied, last_price = replay_positions(ledger_trades(by_position), opening, rules)
     code = by_position.groupby(["investor_id", "stock_symbol"], sort=False).ngroup().to_numpy()
     return by_position.assign(holding_before=before, holding_after=after, applied=applied, last_price=last_price,
                               position_code=code)
@@ -294,17 +296,23 @@ def ledger_trades(trades):
                trades["quantity"].tolist(), [decimals[code] for code in price_codes.tolist()])
 
 
-def replay_positions(trades, opening):
+def replay_positions(trades, opening, rules=None):
     """Apply ledger trades, sorted by position in replay order, to positions that start from their checkpoint
-    in `opening` ({(investor_id, stock_symbol): Checkpoint}) or empty.
+    in `opening` ({(investor_id, stock_symbol): Checkpoint}) or empty, with the corporate actions of `rules`
+    between them (a split changes the holding and the last price).
 
     Returns arrays of, per trade: holding before, holding after, applied, and the last price before it."""
+    rules = rules or ledger.Rules()
     before, after, applied, last_price = [], [], [], []
     investor_id = stock_symbol = position = None
     for trade in trades:
         if trade.stock_symbol != stock_symbol or trade.investor_id != investor_id:  # the next position
             investor_id, stock_symbol = trade.investor_id, trade.stock_symbol
             position = opening_position(opening, investor_id, stock_symbol)
+        if stock_symbol in rules.actions:
+            for action in rules.actions_between(stock_symbol, (position.last_txn_time, position.last_txn_id),
+                                                ledger.event_key(trade)):
+                position.apply(action)
         before.append(position.quantity)
         last_price.append(trade.price if position.last_trade_price is None else position.last_trade_price)
         applied.append(position.apply(trade))
@@ -545,7 +553,7 @@ def detect_trade_alerts(trades, opening, closes, splits=None):
     read_closes' frame, splits: read_splits' (none: no split)."""
     if trades.empty:
         return pd.DataFrame(columns=ALERT_COLUMNS)
-    by_position = position_states(trades, opening)
+    by_position = position_states(trades, opening, action_events.split_events(splits or {}))
     found = [large_trade_alerts(trades, by_position, opening), off_market_price_alerts(trades, closes),
              wash_trade_alerts(trades, splits), round_trip_alerts(by_position), burst_alerts(trades)]
     return pd.concat([frame for frame in found if not frame.empty] or [found[0]], ignore_index=True)

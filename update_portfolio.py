@@ -21,6 +21,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 from sqlalchemy import and_, bindparam, delete, select, text, tuple_, update
 
+import action_events
 import batches
 import cli
 import closes
@@ -32,7 +33,7 @@ import dialects
 import ledger
 import risk_metrics
 from ledger import MONEY_STEP, PRICE_STEP, ZERO, to_decimal
-from schema import (alerts, investor_risk, load_batches, market_prices, portfolios, position_checkpoints,
+from schema import (alerts, investor_risk, load_batches, portfolios, position_checkpoints,
                     position_lots, symbol_last_trades, symbol_marks, transactions)
 from schema import corporate_actions as corporate_actions_table
 
@@ -229,45 +230,11 @@ def due_actions(connection, horizon):
 
 def ledger_rules(connection, horizon, requested=None, full=False):
     """The ledger.Rules of an apply: the cost method (cost_method.method_for_update, recorded when new) and the
-    corporate actions with ex_date up to horizon, each split with its cash-in-lieu price."""
+    corporate actions with ex_date up to horizon (action_events)."""
     method = cost_method.method_for_update(connection, requested, full)
     if cost_method.recorded_method(connection) != method:
         cost_method.record_method(connection, method)
-    actions = corporate_actions.read_actions(connection, last_day=horizon)
-    splits = [action for action in actions if action.action == "SPLIT"]
-    events = [ledger.Dividend(a.stock_symbol, a.ex_date, a.value) for a in actions if a.action == "DIVIDEND"]
-    events += [ledger.Split(a.stock_symbol, a.ex_date, a.value, lieu_price(connection, a, splits)) for a in splits]
-    return ledger.rules_for(events, method)
-
-
-LAST_CLOSE_BEFORE_SQL = text("""
-SELECT price_date, close_price FROM market_prices
-WHERE stock_symbol = :symbol AND price_date < :ex_date
-ORDER BY price_date DESC LIMIT 1
-""").bindparams(bindparam("ex_date", type_=market_prices.c.price_date.type))
-LAST_TRADE_BEFORE_SQL = text("""
-SELECT txn_time, price FROM transactions
-WHERE stock_symbol = :symbol AND txn_time < :ex_date
-ORDER BY txn_time DESC, txn_id DESC LIMIT 1
-""").bindparams(bindparam("ex_date", type_=transactions.c.txn_time.type))
-
-
-def lieu_price(connection, split, splits):
-    """What a fraction of a new share is paid at: the last close before the ex_date (else the last trade
-    price), in the terms of the day before (divided by the symbol's earlier splits since), ÷ the split's value,
-    rounded to a price; None when the symbol has neither."""
-    row = connection.execute(LAST_CLOSE_BEFORE_SQL, {"symbol": split.stock_symbol, "ex_date": split.ex_date}).first()
-    if row is None:
-        row = connection.execute(LAST_TRADE_BEFORE_SQL, {
-            "symbol": split.stock_symbol, "ex_date": datetime.combine(split.ex_date, datetime.min.time())}).first()
-    if row is None:
-        return None
-    day = corporate_actions.as_date(row[0])
-    price = to_decimal(row[1])
-    for earlier in splits:
-        if earlier.stock_symbol == split.stock_symbol and day < earlier.ex_date < split.ex_date:
-            price /= earlier.value
-    return (price / split.value).quantize(PRICE_STEP, ROUND_HALF_EVEN)
+    return action_events.read_rules(connection, horizon, method)
 
 
 def write_applied(connection, applied, positions, replay_starts, now):
@@ -433,9 +400,11 @@ def _forget_positions_without_trades(connection, keys):
 
 def repriced_symbols(connection, params, full):
     """(symbols whose marks changed since the last update, every symbol with full=True; their new digests;
-    the latest trade price of each symbol) without reading the closes themselves."""
-    trade_prices = {symbol: to_decimal(price) for symbol, price in connection.execute(text(
-        "SELECT stock_symbol, price FROM symbol_last_trades"))}
+    the latest trade price of each symbol, divided by the splits since) without reading the closes themselves."""
+    splits = closes.read_splits(connection, params["today"])
+    trade_prices = {symbol: closes.adjusted_price(price, closes.split_factor(splits, symbol, txn_time, params["today"]))
+                    for symbol, txn_time, price in connection.execute(text(
+                        "SELECT stock_symbol, txn_time, price FROM symbol_last_trades"))}
     digests = closes.mark_digests(closes.read_fingerprints(connection, params["today"]), trade_prices,
                                   valuation_fingerprint(params))
     stored = dict(connection.execute(select(symbol_marks.c.stock_symbol, symbol_marks.c.closes_digest)).all())

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import event, func, select, text
 
+import action_events
 import constants
 import db_config
 import generate_dummy_data
@@ -763,3 +764,18 @@ def test_more_investors_with_history_than_one_in_list_holds(seeded_engine, tmp_p
     assert (summary.investors, summary.new_trades, summary.context_trades) == (600, 3600, 1800)
     assert refs(seeded_engine, "ROUND_TRIP") == [f"{investor_id}-AAPL-7-2S" for investor_id in investor_ids
                                                  if investor_id % 2 == 0]
+
+
+def test_a_sell_of_the_split_quantity_after_a_split_is_no_oversell_and_the_holding_is_post_split():
+    """A replay that crosses an ex_date applies the split: SELL 40 after a 4-for-1 split of 10 shares is a full
+    close (ROUND_TRIP sees flat to flat), not an oversell."""
+    trades = context_frame([("a", 1001, "AAPL", "BUY", 10, 400.0, "2024-06-07 15:00:00"),
+                            ("b", 1001, "AAPL", "SELL", 40, 101.0, "2024-06-10 09:35:00")], 0)
+    rules = action_events.split_events({"AAPL": [(date(2024, 6, 10), Decimal(4))]})
+    states = surveillance.position_states(trades, {}, rules)
+    assert states["holding_before"].tolist() == [0, 40]
+    assert states["holding_after"].tolist() == [10, 0]
+    assert states["applied"].tolist() == [True, True]
+    assert states["last_price"].tolist() == [400.0, 100.0]  # the BUY's price in post-split terms
+    without = surveillance.position_states(trades, {})
+    assert without["applied"].tolist() == [True, False]  # the reason the split must be applied

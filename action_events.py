@@ -1,0 +1,60 @@
+"""Corporate actions as the events the ledger applies (ledger.Split, ledger.Dividend): the stored actions with
+ex_date up to a day, each split with the price a fraction of a new share is paid out at (cash in lieu,
+docs/portfolio-math.md#corporate-actions).
+"""
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN
+
+from sqlalchemy import bindparam, text
+
+import closes
+import corporate_actions
+import ledger
+from ledger import PRICE_STEP, to_decimal
+from schema import market_prices, transactions
+
+LAST_CLOSE_BEFORE_SQL = text("""
+SELECT price_date, close_price FROM market_prices
+WHERE stock_symbol = :symbol AND price_date < :ex_date
+ORDER BY price_date DESC LIMIT 1
+""").bindparams(bindparam("ex_date", type_=market_prices.c.price_date.type))
+LAST_TRADE_BEFORE_SQL = text("""
+SELECT txn_time, price FROM transactions
+WHERE stock_symbol = :symbol AND txn_time < :ex_date
+ORDER BY txn_time DESC, txn_id DESC LIMIT 1
+""").bindparams(bindparam("ex_date", type_=transactions.c.txn_time.type))
+
+
+def read_rules(connection, horizon, method):
+    """ledger.Rules: the corporate actions with ex_date up to horizon, and the cost method of new positions."""
+    actions = corporate_actions.read_actions(connection, last_day=horizon)
+    splits = {}
+    for action in actions:
+        if action.action == "SPLIT":
+            splits.setdefault(action.stock_symbol, []).append((action.ex_date, action.value))
+    events = [ledger.Dividend(a.stock_symbol, a.ex_date, a.value) if a.action == "DIVIDEND" else
+              ledger.Split(a.stock_symbol, a.ex_date, a.value, lieu_price(connection, a, splits))
+              for a in actions]
+    return ledger.rules_for(events, method)
+
+
+def split_events(splits):
+    """ledger.Rules holding only these splits (closes.read_splits' form), without cash-in-lieu prices: for a
+    replay that needs the quantities, not the money (surveillance)."""
+    return ledger.rules_for([ledger.Split(symbol, ex_date, value)
+                             for symbol, symbol_splits in splits.items() for ex_date, value in symbol_splits])
+
+
+def lieu_price(connection, split, splits):
+    """What a fraction of a new share is paid at: the last close before the ex_date (else the last trade price
+    before it), in the terms of the day before (÷ the symbol's splits since), ÷ the split's value, rounded to a
+    price; None when the symbol has neither."""
+    row = connection.execute(LAST_CLOSE_BEFORE_SQL, {"symbol": split.stock_symbol, "ex_date": split.ex_date}).first()
+    if row is None:
+        row = connection.execute(LAST_TRADE_BEFORE_SQL, {
+            "symbol": split.stock_symbol, "ex_date": datetime.combine(split.ex_date, datetime.min.time())}).first()
+    if row is None:
+        return None
+    day_before = split.ex_date - timedelta(days=1)
+    price = closes.adjusted_price(row[1], closes.split_factor(splits, split.stock_symbol, row[0], day_before))
+    return (to_decimal(price) / split.value).quantize(PRICE_STEP, ROUND_HALF_EVEN)
