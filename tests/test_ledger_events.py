@@ -371,3 +371,49 @@ def same_value(text_value, value):
     if isinstance(value, (int, float, Decimal)):
         return Decimal(text_value) == Decimal(str(value))
     return text_value == str(value)
+
+
+# ---------------------------------------------------------------------------------------------- when actions apply
+
+def test_an_action_waits_for_its_ex_date_and_then_applies_to_positions_without_new_trades(seeded_engine):
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 10, Fraction(100), Fraction(0), 0)],
+          [DrawnAction(DAYS[5], "SPLIT", Fraction(4)), DrawnAction(DAYS[5], "DIVIDEND", Fraction(1))],
+          [(DAYS[0], Fraction(100)), (DAYS[4], Fraction(120))])
+    before = update_portfolio.update_portfolios(engine, today=DAYS[4])
+    rows, _ = stored_positions(engine)
+    assert rows[(1001, "AAPL")].quantity == 10 and before.actions_applied == 0
+    assert fraction(rows[(1001, "AAPL")].market_value) == 1200
+    summary = update_portfolio.update_portfolios(engine, today=DAYS[5])
+    rows, _ = stored_positions(engine)
+    row = rows[(1001, "AAPL")]
+    assert summary.actions_applied == 2 and summary.positions_replayed == 0
+    assert "2 corporate actions applied" in summary.line()
+    assert (row.quantity, fraction(row.cost_basis), fraction(row.dividend_income)) == (40, 1000, 10)
+    # no close since the split: the last close (120) is split-adjusted, so the value does not drop by 75%
+    assert (fraction(row.last_price), fraction(row.market_value)) == (30, 1200)
+    with engine.connect() as connection:
+        assert None not in connection.execute(select(corporate_actions.c.applied_at)).scalars().all()
+    again = update_portfolio.update_portfolios(engine, today=DAYS[6])
+    assert again.actions_applied == 0 and again.positions_changed == 0
+
+
+def test_an_action_loaded_after_trades_past_its_ex_date_replays_those_positions(seeded_engine):
+    engine = seeded_engine
+    trades = [DrawnTrade(1, 1001, "BUY", 10, Fraction(100), Fraction(1), 0),
+              DrawnTrade(2, 1001, "SELL", 15, Fraction(70), Fraction(1), 6),  # all 15 after a 3-for-2 split
+              DrawnTrade(3, 1002, "BUY", 3, Fraction(100), Fraction(0), 0)]
+    closes = [(DAYS[0], Fraction(100)), (DAYS[4], Fraction(101))]
+    store(engine, trades, [], closes)
+    update_portfolio.update_portfolios(engine, today=TODAY)
+    rows, _ = stored_positions(engine)
+    assert rows[(1001, "AAPL")].quantity == 10  # without the split the SELL of 15 is an oversell
+    split = DrawnAction(DAYS[5], "SPLIT", Fraction(3, 2))
+    store(engine, [], [split])
+    summary = update_portfolio.update_portfolios(engine, today=TODAY)
+    assert summary.positions_replayed == 1  # 1001 traded after the ex_date; 1002 simply takes the split
+    assert summary.alerts_withdrawn == 1  # the SELL no longer oversells
+    expected = reference(trades, [split], closes, "wac")
+    assert_equals_reference(engine, expected, "wac")
+    rows, _ = stored_positions(engine)
+    assert (rows[(1001, "AAPL")].quantity, rows[(1002, "AAPL")].quantity) == (0, 4)  # 3 × 1.5 = 4.5: 4 kept
