@@ -38,16 +38,21 @@ def recorded_method(connection):
     return connection.execute(select(ledger_settings.c.value).where(ledger_settings.c.name == SETTING)).scalar()
 
 
-def method_for_update(connection, requested, full):
+def method_for_update(connection, requested, full, record=False):
     """The method an update applies: the requested one on a full replay or a database without a record, else the
-    recorded one; InputError (exit 2) when the request differs from the record without full."""
+    recorded one; InputError (exit 2) when the request differs from the record without full. With record=True
+    the method is recorded when it is not already."""
     stored = recorded_method(connection)
     if full or stored is None:
-        return requested or stored or DEFAULT
-    if requested and requested != stored:
+        method = requested or stored or DEFAULT
+    elif requested and requested != stored:
         raise cli.InputError(f"positions were built with cost method {stored}, not {requested}: switching "
                              f"replays every trade, run update_portfolio.py --full --cost-method {requested}")
-    return stored
+    else:
+        method = stored
+    if record and method != stored:
+        record_method(connection, method)
+    return method
 
 
 def record_method(connection, method):

@@ -2,11 +2,13 @@
 (docs/portfolio-math.md), and the checkpoints that let a late event be replayed from near where it belongs.
 
 update_portfolio.py applies new trades with it, surveillance.py takes opening holdings from its checkpoints
-and replays the trades it checks with it, and live mode applies each arriving trade with it. Events of one
-position are applied in (txn_time, txn_id) order. Adding an event kind (a split, a dividend) is one record
-class and one branch of `Position.apply`; an event the position does not know is an error, never a SELL.
+and replays the trades it checks with it, and live mode applies each arriving trade with it. A position's events
+are its trades (with their fees) and its symbol's corporate actions (Split, Dividend), applied in event_key
+order: (txn_time, txn_id), an action at the start of its ex_date. A Position keeps weighted average cost, or
+FIFO lots when it has a list of lots. Adding an event kind is one record class and one branch of
+`Position.apply`; an event the position does not know is an error, never a SELL.
 
-A checkpoint is a position's state at the end of a week (Monday to Sunday) in which it traded, kept in
+A checkpoint is a position's state at the end of a week (Monday to Sunday) in which an event changed it, kept in
 `position_checkpoints`. A late trade is replayed from the last checkpoint of an earlier week, not from the
 position's first trade; `update_portfolio.py --full` rebuilds them all.
 """
@@ -35,7 +37,7 @@ class UnknownEvent(ValueError):
 
 
 class Trade(NamedTuple):
-    """A BUY or SELL of `quantity` shares at `price`, with its fee (currency units; 0 until fees are stored)."""
+    """A BUY or SELL of `quantity` shares at `price`, with its fee (currency units, 0 without one)."""
     txn_id: int
     txn_time: str  # 'YYYY-MM-DD HH:MM:SS'
     investor_id: int

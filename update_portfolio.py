@@ -231,9 +231,7 @@ def due_actions(connection, horizon):
 def ledger_rules(connection, horizon, requested=None, full=False):
     """The ledger.Rules of an apply: the cost method (cost_method.method_for_update, recorded when new) and the
     corporate actions with ex_date up to horizon (action_events)."""
-    method = cost_method.method_for_update(connection, requested, full)
-    if cost_method.recorded_method(connection) != method:
-        cost_method.record_method(connection, method)
+    method = cost_method.method_for_update(connection, requested, full, record=True)
     return action_events.read_rules(connection, horizon, method)
 
 

@@ -55,6 +55,10 @@ def detect_layout(header_text, source):
                 return FileLayout(kind, [names.index(column) for column in read], len(names), delimiter, read)
     delimiter = _likely_delimiter(header_text)
     names = [name.strip().lower() for name in next(csv.reader([header_text], delimiter=delimiter), [])]
+    if {"ex_date", "action"} & set(names):
+        missing = [c for c in ACTION_COLUMNS if c not in names]
+        raise ValueError(f"{source}: line 1: header lacks required column(s) {', '.join(missing)}; expected "
+                         f"{','.join(ACTION_COLUMNS)} (a corporate actions file), found {header_text[:200]}")
     missing = [c for c in TRADE_COLUMNS if c not in names]
     hint = "" if delimiter == "," else f" (it is separated by {DELIMITERS[delimiter]}, not commas)"
     raise ValueError(

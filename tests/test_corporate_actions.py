@@ -427,7 +427,8 @@ def test_a_file_without_the_value_column_exits_2_with_one_line(seeded_engine, da
     out, err = capsys.readouterr()
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1
-    assert err.startswith(f"error: load_transactions: {path}: line 1: header lacks required column(s) ")
+    assert err == (f"error: load_transactions: {path}: line 1: header lacks required column(s) value; expected "
+                   "stock_symbol,ex_date,action,value (a corporate actions file), found stock_symbol,ex_date,action\n")
     assert stored_actions(seeded_engine) == []
 
 
