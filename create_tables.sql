@@ -154,7 +154,7 @@ CREATE TABLE IF NOT EXISTS position_checkpoints (
 	last_txn_id BIGINT NOT NULL, 
 	trade_count INTEGER NOT NULL, 
 	last_trade_price NUMERIC(18, 4) NOT NULL, 
-	lots TEXT, 
+	lots LONGTEXT, 
 	PRIMARY KEY (investor_id, stock_symbol, week_start), 
 	FOREIGN KEY(investor_id) REFERENCES investors (investor_id), 
 	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol)

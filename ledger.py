@@ -14,6 +14,7 @@ position's first trade; `update_portfolio.py --full` rebuilds them all.
 """
 import bisect
 import functools
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -150,12 +151,12 @@ class Position:
     last_trade_price: Decimal = None  # of the last trade applied, divided by the splits since (today's terms)
     dividend_income: Decimal = ZERO
     fees_paid: Decimal = ZERO
-    lots: list = None
+    lots: deque = None  # of Lot, oldest first
 
     @classmethod
     def empty(cls, key, method="wac"):
         """A position without history, kept by `method` ('wac' or 'fifo')."""
-        return cls(*key, lots=[] if method == "fifo" else None)
+        return cls(*key, lots=deque() if method == "fifo" else None)
 
     @property
     def avg_cost(self):
@@ -215,7 +216,7 @@ class Position:
             cost = lot.cost_basis if share == lot.quantity else _money(lot.cost_basis * share / lot.quantity)
             lot.quantity, lot.cost_basis = lot.quantity - share, lot.cost_basis - cost
             if lot.quantity == 0:
-                self.lots.remove(lot)
+                self.lots.popleft() if oldest_first else self.lots.pop()
             quantity, taken = quantity - share, taken + cost
         self.cost_basis = ZERO if not self.lots else self.cost_basis - taken
         return taken
@@ -283,7 +284,7 @@ def unpack_lots(text):
     """The lots of pack_lots' text (None: weighted average cost)."""
     if text is None:
         return None
-    lots = []
+    lots = deque()
     for packed in filter(None, text.split(";")):
         txn_id, acquired_at, quantity, cost_basis = packed.split(",")
         lots.append(Lot(int(txn_id), acquired_at, Decimal(quantity), Decimal(cost_basis)))

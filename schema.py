@@ -36,6 +36,7 @@ Amount = Numeric(38, 6)  # currency units: a BIGINT holding at the largest price
 Ratio = Numeric(12, 8)  # a share between 0 and 1
 Volatility = Numeric(24, 8)  # annualized, a fraction: closes anywhere in the accepted range (0.0001 to 10**9) fit
 Score = Numeric(6, 2)  # 0..100
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")  # MySQL's TEXT stops at 64 KB
 
 RISK_PROFILES = ("conservative", "balanced", "aggressive")
 RISK_LEVELS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
@@ -176,7 +177,7 @@ position_checkpoints = Table(
     Column("last_txn_id", Id, nullable=False),
     Column("trade_count", Integer, nullable=False),
     Column("last_trade_price", Price, nullable=False),  # the last trade's price (an oversold SELL included)
-    Column("lots", Text),  # FIFO: the open lots (ledger.pack_lots); NULL under weighted average cost
+    Column("lots", LongText),  # FIFO: the open lots (ledger.pack_lots); NULL under weighted average cost
     sqlite_with_rowid=False,  # the key is the row: no second copy of it on SQLite
 )
 

@@ -14,6 +14,7 @@ run writes is committed in one transaction.
 import logging
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple
 from datetime import date, datetime
@@ -146,7 +147,7 @@ def _stored_position(row, method):
     (investor_id, symbol, quantity, cost, pnl, last_time, last_id, count, last_price, dividends, fees) = row
     return ledger.Position(investor_id, symbol, quantity, to_decimal(cost), to_decimal(pnl),
                            ledger.normalize_time(last_time), last_id, count, to_decimal(last_price),
-                           to_decimal(dividends), to_decimal(fees), [] if method == "fifo" else None)
+                           to_decimal(dividends), to_decimal(fees), deque() if method == "fifo" else None)
 
 
 def _stored_lot(txn_id, acquired_at, quantity, cost_basis):

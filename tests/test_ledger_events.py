@@ -417,3 +417,21 @@ def test_an_action_loaded_after_trades_past_its_ex_date_replays_those_positions(
     assert_equals_reference(engine, expected, "wac")
     rows, _ = stored_positions(engine)
     assert (rows[(1001, "AAPL")].quantity, rows[(1002, "AAPL")].quantity) == (0, 4)  # 3 × 1.5 = 4.5: 4 kept
+
+
+def test_fifo_checkpoints_keep_thousands_of_lots_and_a_late_trade_replays_from_them(seeded_engine):
+    """2,000 lots are about 90 KB of checkpoint text (over MySQL's 64 KB TEXT); a late SELL replays from it."""
+    engine = seeded_engine
+    buys = [DrawnTrade(number, 1001, "BUY", 1, Fraction(100 + number % 7), Fraction(1), number % 5)
+            for number in range(1, 2001)]
+    store(engine, buys + [DrawnTrade(2001, 1001, "SELL", 700, Fraction(110), Fraction(3), 14)], [], [])
+    update_portfolio.update_portfolios(engine, today=TODAY, requested_method="fifo")
+    late = DrawnTrade(2002, 1001, "SELL", 600, Fraction(105), Fraction(2), 7)
+    store(engine, [late], [])
+    summary = update_portfolio.update_portfolios(engine, today=TODAY)
+    assert summary.positions_replayed == 1
+    trades = buys + [DrawnTrade(2001, 1001, "SELL", 700, Fraction(110), Fraction(3), 14), late]
+    assert_equals_reference(engine, reference(trades, [], [], "fifo"), "fifo")
+    incremental = snapshot(engine)
+    update_portfolio.update_portfolios(engine, today=TODAY, full=True)
+    assert snapshot(engine) == incremental
