@@ -1,14 +1,16 @@
 """Draw the portfolio and risk dashboards and print a plain-text summary, or one investor's risk card.
 
 Last stage of the chain (after update_portfolio.py and surveillance.py). Reads portfolios, investor_risk,
-stocks, alerts and transactions; writes reports/dashboard.png (market value by investor and symbol, investor x
-sector concentration, risk levels, realized vs unrealized P&L, alerts by rule, market value by symbol) and
-reports/risk.png (alerts by trade date and rule, VaR and expected shortfall, drawdown and volatility), and prints
-totals, the 10 riskiest investors and alert counts. `--investor ID` instead prints and draws only that investor's
-risk card, reports/investor_ID.png. `--html` also writes reports/index.html, one self-contained page (the two
-dashboards inline, the top risks, latest alerts, last load batches and their rejects) that reloads itself every
---refresh seconds; with --no-plots it is the only file written. Headless by default (cron, ssh); --show also opens
-the windows.
+stocks, alerts, transactions and ledger_settings; writes reports/dashboard.png (market value by investor and
+symbol, investor x sector concentration, risk levels, realized vs unrealized P&L, alerts by rule, market value by
+symbol; dividend income, fees paid and the cost method under the title) and reports/risk.png (alerts by trade
+date and rule, VaR and expected shortfall, drawdown and volatility), and prints totals (dividend income and fees
+paid among them), the 10 riskiest investors and alert counts. `--investor ID` instead prints and draws only that
+investor's risk card, reports/investor_ID.png, with its dividend income and fees paid (in all and per position)
+and the cost method. `--html` also writes reports/index.html, one self-contained page (the two dashboards inline,
+the totals, the top risks, latest alerts, corporate actions applied, last load batches and their rejects) that
+reloads itself every --refresh seconds; with --no-plots it is the only file written. Headless by default (cron,
+ssh); --show also opens the windows.
 """
 import functools
 import io
@@ -22,10 +24,12 @@ import matplotlib
 import pandas as pd
 from matplotlib import dates as mdates, ticker
 from matplotlib.lines import Line2D
+from sqlalchemy import text
 
 import cli
 import db_config
 import html_report
+from schema import Amount
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +50,14 @@ CHART_CAPTIONS = {"dashboard.png": "Portfolio and risk dashboard", "risk.png": "
 
 POSITIONS_SQL = """
 SELECT p.investor_id, p.stock_symbol, s.sector, p.quantity, p.market_value, p.cost_basis, p.realized_pnl,
-       p.unrealized_pnl, p.weight, p.risk_score, p.risk_level
+       p.unrealized_pnl, p.dividend_income, p.fees_paid, p.weight, p.risk_score, p.risk_level
 FROM portfolios p
 JOIN stocks s ON s.stock_symbol = p.stock_symbol
 """
 INVESTOR_RISK_SQL = """
 SELECT r.investor_id, i.name, r.total_market_value, r.total_cost_basis, r.realized_pnl, r.unrealized_pnl,
-       r.open_positions, r.top_position_weight, r.hhi, r.top_sector_weight, r.risk_score, r.risk_level,
-       r.portfolio_volatility, r.var_95_1d, r.expected_shortfall_95_1d, r.max_drawdown
+       r.dividend_income, r.fees_paid, r.open_positions, r.top_position_weight, r.hhi, r.top_sector_weight,
+       r.risk_score, r.risk_level, r.portfolio_volatility, r.var_95_1d, r.expected_shortfall_95_1d, r.max_drawdown
 FROM investor_risk r
 JOIN investors i ON i.investor_id = r.investor_id
 """
@@ -81,19 +85,34 @@ FROM dated_alerts
 """
 TEXT_COLUMNS = ("name", "stock_symbol", "sector", "risk_level", "rule", "severity", "txn_ref", "details",
                 "detected_at", "alert_time")
+EXACT_MONEY_COLUMNS = ("dividend_income", "fees_paid")  # kept as Decimals: only shown as text and summed
+
+
+def _query(sql):
+    """The query with EXACT_MONEY_COLUMNS typed as money: Decimals on every database (SQLite hands back floats)."""
+    return text(sql).columns(**{column: Amount for column in EXACT_MONEY_COLUMNS})
 
 
 def read_dashboard_data(engine):
-    """Positions, investor risk and alerts as DataFrames (money as float: for drawing, not for sums to the cent)."""
+    """Positions, investor risk and alerts as DataFrames (money as float, for drawing, except EXACT_MONEY_COLUMNS:
+    Decimals, summed and shown to the cent) and the cost method the positions are kept by ('wac' or 'fifo')."""
     with engine.connect() as connection:
-        frames = {name: pd.read_sql_query(sql, connection) for name, sql in (
+        data = {name: pd.read_sql_query(_query(sql), connection, coerce_float=False) for name, sql in (
             ("positions", POSITIONS_SQL), ("investors", INVESTOR_RISK_SQL), ("alerts", ALERTS_SQL))}
-    for frame in frames.values():
+        method = html_report.method_in_use(connection)
+    for frame in data.values():
         for column in frame.columns:
-            if column not in TEXT_COLUMNS and not pd.api.types.is_numeric_dtype(frame[column]):
+            if column not in TEXT_COLUMNS + EXACT_MONEY_COLUMNS and not pd.api.types.is_numeric_dtype(frame[column]):
                 frame[column] = pd.to_numeric(frame[column])
-    frames["alerts"]["alert_time"] = pd.to_datetime(frames["alerts"]["alert_time"])  # SQLite returns text
-    return frames
+    data["alerts"]["alert_time"] = pd.to_datetime(data["alerts"]["alert_time"])  # SQLite returns text
+    data["cost_method"] = method
+    return data
+
+
+def income_text(investors, method):
+    """Dividend income and fees paid summed over `investors` (Decimals, to the cent) and the cost method, one line."""
+    dividends, fees = investors["dividend_income"].sum(), investors["fees_paid"].sum()
+    return f"Dividend income {dividends:,.2f}; fees paid {fees:,.2f}; cost method {method}"
 
 
 def summary_text(data):
@@ -110,6 +129,7 @@ def summary_text(data):
         "Risk levels: " + ", ".join(f"{level} {count}" for level, count in
                                     investors["risk_level"].value_counts().reindex(list(RISK_COLORS), fill_value=0)
                                     .items()),
+        income_text(investors, data["cost_method"]),
         "",
         "10 riskiest investors:",
         f"{'investor':>8}  {'name':<20} {'score':>6} {'level':<8} {'market value':>14} {'top weight':>10} {'HHI':>6}",
@@ -160,7 +180,9 @@ def draw_dashboard(data):
     _alerts_by_rule(axes[2, 0], data["alerts"])
     _value_by_symbol(axes[2, 1], data["positions"])
     figure.suptitle("stock-etl portfolio and risk dashboard", fontsize=14)
-    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    figure.text(0.5, 0.962, income_text(data["investors"], data["cost_method"]), ha="center", va="center",
+                fontsize=10, gid="income")
+    figure.tight_layout(rect=(0, 0, 1, 0.955))
     return figure
 
 
@@ -339,31 +361,45 @@ def _scatter_legends(ax):
 
 
 def investor_card_text(data, investor_id):
-    """One investor's holdings, P&L, weights, risk metrics and alerts, as plain text."""
+    """One investor's holdings, P&L, dividend income, fees paid, weights, risk metrics and alerts, and the cost
+    method, as plain text."""
     risk = data["investors"][data["investors"]["investor_id"] == investor_id]
     if risk.empty:
         raise cli.InputError(f"investor {investor_id} has no portfolio (unknown investor, or no trades applied yet)")
     row = risk.iloc[0]
     lines = [f"Investor {investor_id} {row['name']}: risk {row['risk_score']:.2f} {row['risk_level']}, "
              f"market value {row['total_market_value']:,.2f}, realized P&L {row['realized_pnl']:,.2f}, "
-             f"unrealized P&L {row['unrealized_pnl']:,.2f}"]
+             f"unrealized P&L {row['unrealized_pnl']:,.2f}",
+             f"  dividend income {row['dividend_income']:,.2f}, fees paid {row['fees_paid']:,.2f}, "
+             f"cost method {data['cost_method']}"]
     if pd.notna(row["var_95_1d"]):
         lines.append(f"  volatility {row['portfolio_volatility']:.1%}/year, 1-day 95% VaR {row['var_95_1d']:,.2f}, "
                      f"expected shortfall {row['expected_shortfall_95_1d']:,.2f}, "
                      f"max drawdown {row['max_drawdown']:.1%}")
     held = data["positions"][data["positions"]["investor_id"] == investor_id].sort_values(
         "market_value", ascending=False)
-    lines += [f"  {p.stock_symbol:<6} {p.quantity:>8} shares  value {p.market_value:>14,.2f}  weight {p.weight:>6.1%}  "
-              f"unrealized {p.unrealized_pnl:>12,.2f}  realized {p.realized_pnl:>12,.2f}  {p.risk_level}"
-              for p in held.itertuples()]
+    lines += position_lines(held)
     alert_rows = data["alerts"][data["alerts"]["investor_id"] == investor_id]
     lines.append(f"  alerts: {len(alert_rows)}")
     lines += [f"    {a.rule} ({a.severity}): {a.details}" for a in alert_rows.head(20).itertuples()]
     return "\n".join(lines)
 
 
+def position_lines(held):
+    """Two lines per position (one would not fit the card's text panel): shares, value, weight, P&L and risk
+    level; then its dividend income and fees paid, to the cent."""
+    lines = []
+    for p in held.itertuples():
+        lines += [f"  {p.stock_symbol:<6} {p.quantity:>8} shares  value {p.market_value:>14,.2f}  "
+                  f"weight {p.weight:>6.1%}  unrealized {p.unrealized_pnl:>12,.2f}  realized {p.realized_pnl:>12,.2f}  "
+                  f"{p.risk_level}",
+                  f"{'':26}dividends {p.dividend_income:>10,.2f}  fees {p.fees_paid:>10,.2f}"]
+    return lines
+
+
 def draw_investor_card(data, investor_id):
-    """One investor's risk card (holdings, P&L, sector weights, metrics and alerts) as a matplotlib Figure."""
+    """One investor's risk card (holdings, P&L, sector weights; metrics, dividend income, fees paid and alerts in
+    the text panel) as a matplotlib Figure."""
     import matplotlib.pyplot as plt
 
     _set_theme()

@@ -2,10 +2,11 @@
 
 Written by `analyze.py --html` (in live mode by report_refresh.ReportRefresher after new trades). Everything is in
 the one file (charts as base64 PNG, inline CSS, no script, nothing fetched), so it opens from disk or any static
-server: the dashboards analyze draws, the riskiest investors (investor_risk), the newest alerts, the last load
-batches and their rejected rows. Every text from the database is HTML-escaped. Money is shown from the database's
-Decimals, rounded to the cent half to even (as the ledger rounds). The file is replaced atomically: a reader sees
-the previous page or the new one, never half of one.
+server: the dashboards analyze draws, the totals (dividend income and fees paid over investor_risk, the cost
+method of ledger_settings), the riskiest investors (investor_risk), the newest alerts, the corporate actions
+applied last, the last load batches and their rejected rows. Every text from the database is HTML-escaped. Money
+is shown from the database's Decimals, rounded to the cent half to even (as the ledger rounds). The file is
+replaced atomically: a reader sees the previous page or the new one, never half of one.
 """
 import base64
 import html
@@ -14,11 +15,13 @@ import os
 import re
 from contextlib import suppress
 from datetime import datetime
+from decimal import Decimal
 from typing import Callable, NamedTuple
 
 from sqlalchemy import text
 
-from schema import alerts, investor_risk, investors, load_batches, rejected_transactions
+import cost_method
+from schema import alerts, corporate_actions, investor_risk, investors, load_batches, rejected_transactions
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +31,11 @@ TOP_RISKS = 20  # rows per table: enough to act on, small enough to read at a gl
 LATEST_ALERTS = 50
 LAST_BATCHES = 20
 LATEST_REJECTS = 50  # of the batches shown
+RECENT_ACTIONS = 10  # corporate actions applied, the latest ex_dates
 RAW_RECORD_CHARS = 500  # a raw record is stored up to 10,000 characters; the page shows its start
-SECTIONS = {"charts": "Dashboards", "top-risks": "Top risks", "alerts": "Latest alerts", "batches": "Load batches",
-            "rejects": "Rejected rows"}  # id: title, in page order
+SECTIONS = {  # id: title, in page order
+    "charts": "Dashboards", "totals": "Totals", "top-risks": "Top risks", "alerts": "Latest alerts",
+    "actions": "Corporate actions", "batches": "Load batches", "rejects": "Rejected rows"}
 LEVEL_CLASSES = {"LOW": "low", "MEDIUM": "medium", "HIGH": "high", "CRITICAL": "critical"}
 
 TOP_RISKS_SQL = """
@@ -73,7 +78,20 @@ SELECT COUNT(*) FROM rejected_transactions r JOIN shown_batches b ON b.batch_id 
 COUNTS_SQL = """
 SELECT (SELECT COUNT(*) FROM investor_risk) AS investors,
        (SELECT COUNT(*) FROM alerts) AS alerts,
-       (SELECT COUNT(*) FROM load_batches) AS batches
+       (SELECT COUNT(*) FROM load_batches) AS batches,
+       (SELECT COUNT(*) FROM corporate_actions WHERE applied_at IS NOT NULL) AS actions
+"""
+TOTALS_SQL = """
+SELECT COALESCE(SUM(dividend_income), 0) AS dividend_income,  -- cash dividends received, currency units
+       COALESCE(SUM(fees_paid), 0) AS fees_paid               -- fees of the trades applied, currency units
+FROM investor_risk
+"""
+RECENT_ACTIONS_SQL = """
+SELECT stock_symbol, ex_date, action, value, applied_at
+FROM corporate_actions
+WHERE applied_at IS NOT NULL
+ORDER BY ex_date DESC, stock_symbol, action
+LIMIT :limit
 """
 
 NAVIGATION = "<nav>" + "".join(f'<a href="#{key}">{title}</a>' for key, title in SECTIONS.items()) + "</nav>"
@@ -94,15 +112,27 @@ td.critical { background: #c62828; color: #fff; }
 """
 
 
+class Totals(NamedTuple):
+    """The sums over every investor's figures (money as Decimals in currency units) and the cost method."""
+
+    investors: int
+    dividend_income: Decimal  # cash dividends received
+    fees_paid: Decimal  # fees of the trades applied
+    cost_method: str  # 'wac' or 'fifo'
+
+
 class ReportData(NamedTuple):
     """What the page's tables show, read in one transaction (rows are SQLAlchemy Rows, fields by name)."""
 
+    totals: Totals
     top_risks: list
     latest_alerts: list
+    recent_actions: list
     last_batches: list
     latest_rejects: list
     investor_count: int
     alert_count: int
+    action_count: int  # corporate actions applied
     batch_count: int
     reject_count: int  # rejects of the batches shown
 
@@ -127,6 +157,19 @@ def timestamp(value):
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def day(value):
+    """A stored date as YYYY-MM-DD."""
+    return "" if value is None else value.strftime("%Y-%m-%d")
+
+
+def action_value(value):
+    """A corporate action's Decimal value in full, at least to the cent: 0.83 and 4.00, but 0.123456 and 1.5 as 1.50."""
+    if value is None:
+        return ""
+    exponent = min(value.normalize().as_tuple().exponent, -2)
+    return f"{value:,.{-exponent}f}"
+
+
 STORED_CUT = re.compile(r"… \[cut: ([0-9,]+) characters in all\]$")  # load_transactions.stored_raw_record's note
 
 
@@ -149,6 +192,11 @@ class Column(NamedTuple):
     css: str = ""  # "number" right-aligns, "time" never wraps, "raw" keeps spaces and line breaks, "level" colours
 
 
+TOTAL_COLUMNS = (
+    Column("investors", "investors", "{:,}".format, "number"),
+    Column("dividend income", "dividend_income", money, "number"), Column("fees paid", "fees_paid", money, "number"),
+    Column("cost method", "cost_method"),
+)
 RISK_COLUMNS = (
     Column("investor", "investor_id", css="number"), Column("name", "name"),
     Column("risk level", "risk_level", css="level"), Column("score", "risk_score", "{:.2f}".format, "number"),
@@ -168,6 +216,10 @@ ALERT_COLUMNS = (
     Column("rule", "rule"), Column("severity", "severity", css="level"),
     Column("investor", "investor_id", css="number"), Column("symbol", "stock_symbol"),
     Column("txn_ref", "txn_ref"), Column("details", "details"),
+)
+ACTION_COLUMNS = (
+    Column("symbol", "stock_symbol"), Column("ex_date", "ex_date", day, "time"), Column("action", "action"),
+    Column("value", "value", action_value, "number"), Column("applied", "applied_at", timestamp, "time"),
 )
 BATCH_COLUMNS = (
     Column("batch", "batch_id", css="number"), Column("source", "source"), Column("status", "status"),
@@ -191,6 +243,12 @@ def _typed(sql, *tables):
     return text(sql).columns(**{column.name: column.type for table in tables for column in table.c})
 
 
+def method_in_use(connection):
+    """The cost method the positions are kept by: the one recorded in ledger_settings, else the default ('wac':
+    positions built before the method was recorded were kept by weighted average cost)."""
+    return cost_method.recorded_method(connection) or cost_method.DEFAULT
+
+
 def read_report_data(engine):
     """The rows and counts the page shows, in one transaction (one consistent view where the database gives one)."""
     with engine.begin() as connection:
@@ -198,13 +256,17 @@ def read_report_data(engine):
             return connection.execute(_typed(sql, *tables), params).all()
 
         counts = connection.execute(text(COUNTS_SQL)).one()
+        (sums,) = rows(TOTALS_SQL, (investor_risk,))
         return ReportData(
+            totals=Totals(counts.investors, sums.dividend_income, sums.fees_paid, method_in_use(connection)),
             top_risks=rows(TOP_RISKS_SQL, (investors, investor_risk), limit=TOP_RISKS),
             latest_alerts=rows(LATEST_ALERTS_SQL, (alerts,), limit=LATEST_ALERTS),
+            recent_actions=rows(RECENT_ACTIONS_SQL, (corporate_actions,), limit=RECENT_ACTIONS),
             last_batches=rows(LAST_BATCHES_SQL, (load_batches,), limit=LAST_BATCHES),
             latest_rejects=rows(LATEST_REJECTS_SQL, (rejected_transactions,), batches=LAST_BATCHES,
                                 limit=LATEST_REJECTS),
-            investor_count=counts.investors, alert_count=counts.alerts, batch_count=counts.batches,
+            investor_count=counts.investors, alert_count=counts.alerts, action_count=counts.actions,
+            batch_count=counts.batches,
             reject_count=connection.execute(text(REJECT_COUNT_SQL), {"batches": LAST_BATCHES}).scalar_one(),
         )
 
@@ -248,14 +310,28 @@ def charts_section(charts, investor_count):
     return _section("charts", "Drawn by analyze.py from the same database.", "\n".join(figures))
 
 
+def totals_section(totals):
+    """The sums of dividend income and fees paid over every investor, and the cost method."""
+    if totals.investors == 0:
+        return _section("totals", "No portfolios yet.", None)
+    return _section("totals", "Over every investor, in currency units: cash dividends received and fees of the "
+                    "trades applied. Cost method: wac is weighted average cost, fifo first in, first out.",
+                    html_table("totals-table", TOTAL_COLUMNS, [totals]))
+
+
 def table_sections(data):
-    """The sections of top risks, latest alerts, last batches and their rejects."""
+    """The sections of totals, top risks, latest alerts, corporate actions applied, last batches and their rejects."""
     return [
+        totals_section(data.totals),
         _section("top-risks", f"Investors by risk score, highest first: "
                  f"{_shown(data.top_risks, data.investor_count, 'investors')}. Money in currency units.",
                  html_table("risk-table", RISK_COLUMNS, data.top_risks)),
         _section("alerts", f"Newest first: {_shown(data.latest_alerts, data.alert_count, 'alerts')}.",
                  html_table("alert-table", ALERT_COLUMNS, data.latest_alerts)),
+        _section("actions", f"Applied to positions, latest ex_date first: "
+                 f"{_shown(data.recent_actions, data.action_count, 'corporate actions applied')}. Value: SPLIT new "
+                 "shares per old share, DIVIDEND cash per share in currency units.",
+                 html_table("action-table", ACTION_COLUMNS, data.recent_actions)),
         _section("batches", f"Newest first: {_shown(data.last_batches, data.batch_count, 'batches')}.",
                  html_table("batch-table", BATCH_COLUMNS, data.last_batches)),
         _section("rejects", f"Of the batches above, newest batch first: "

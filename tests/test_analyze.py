@@ -4,18 +4,20 @@ Every database test runs on SQLite and on a fresh MariaDB database. The chart te
 Figures that the draw_* functions return (axes, ticks, bars, legends), drawn from SAMPLE frames in millions.
 """
 import re
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 
 import matplotlib
 import pandas as pd
 import pytest
 from matplotlib import dates as mdates
 from matplotlib.legend import Legend
+from sqlalchemy import select
 
 import analyze
 import load_transactions
 import update_portfolio
-from schema import alerts
+from schema import alerts, corporate_actions, load_batches, market_prices, transactions
 
 matplotlib.use("Agg")
 
@@ -72,6 +74,7 @@ def test_dashboard_and_summary(analyzed, database_url, tmp_path, capsys, headles
     assert lines[1] == "Market value 1,263.30; cost basis 1,203.30; realized P&L 20.00; unrealized P&L 60.00"
     # each holds one open stock: 35 (top weight 1) + 25 (HHI 1) + 20 (one sector) = 80, CRITICAL
     assert lines[2] == "Risk levels: LOW 0, MEDIUM 0, HIGH 0, CRITICAL 2"
+    assert lines[3] == "Dividend income 0.00; fees paid 0.00; cost method wac"  # no fee column, no dividends
     riskiest = lines[lines.index("10 riskiest investors:") + 2:][:2]
     assert riskiest[0].split() == ["1001", "Alice", "Johnson", "80.00", "CRITICAL", "663.00", "100.0%", "1.000"]
     assert riskiest[1].split() == ["1002", "Bob", "Smith", "80.00", "CRITICAL", "600.30", "100.0%", "1.000"]
@@ -88,9 +91,13 @@ def test_investor_card(analyzed, database_url, tmp_path, capsys, headless):
     out = capsys.readouterr().out
     assert (reports / "investor_1001.png").read_bytes().startswith(PNG_MAGIC)
     card = out[out.index("Investor 1001 Alice Johnson:"):].splitlines()
-    assert card[0].startswith("Investor 1001 Alice Johnson: risk 80.00 CRITICAL, market value 663.00, realized P&L 20.00")
+    assert card[0].startswith(
+        "Investor 1001 Alice Johnson: risk 80.00 CRITICAL, market value 663.00, realized P&L 20.00")
     assert [line.split()[:2] for line in card if line.startswith("  AAPL") or line.startswith("  MSFT")] == [
         ["AAPL", "6"], ["MSFT", "0"]]
+    assert card[1] == "  dividend income 0.00, fees paid 0.00, cost method wac"
+    assert [line.split() for line in card if line.lstrip().startswith("dividends")] == [
+        ["dividends", "0.00", "fees", "0.00"]] * 2
     assert "CONCENTRATION (HIGH): AAPL is 100.0% of investor 1001's market value (limit 40%)" in out
 
     assert analyze.main(["--database-url", database_url, "--reports", str(reports), "--investor", "4242"]) == 2
@@ -121,6 +128,122 @@ def test_unreachable_database_is_exit_1(tmp_path, capsys, headless):
     assert len(err.splitlines()) == 1
     assert err.startswith("error: analyze: cannot use database mysql+pymysql://root:***@127.0.0.1:1/stock_investments")
     assert "secret-pw" not in err
+
+
+EX_DATE, TODAY = date(2025, 2, 20), date(2025, 3, 3)
+DIVIDEND_PER_SHARE = Decimal("0.535")  # MSFT's, cash per share
+
+
+def record(txn_ref, investor_id, symbol, txn_type, quantity, price, txn_time, fee):
+    return {"txn_ref": txn_ref, "investor_id": investor_id, "stock_symbol": symbol, "txn_type": txn_type,
+            "quantity": quantity, "price": price, "txn_time": txn_time, "fee": fee}
+
+
+# Amounts that end in a half cent tell Decimals from floats: 1001 holds 5 MSFT on the ex_date, 5 x 0.535 = 2.675
+# shows as 2.68 (a float: 2.67); with 1002's 2 x 0.535 = 1.07 the total 3.745 as 3.74 (3.75); 1001's fees 2.425 as
+# 2.42 (2.43); all fees applied, 3.175, as 3.18 (3.17). Half to even, as the ledger rounds.
+INCOME_RECORDS = [
+    record("FD-1", 1001, "MSFT", "BUY", 7, "300.25", "2025-02-03 10:00:00", "1.5"),
+    record("FD-2", 1001, "MSFT", "SELL", 2, "305.00", "2025-02-10 10:00:00", "0.675"),
+    record("FD-3", 1001, "AAPL", "BUY", 3, "180.10", "2025-02-05 10:00:00", "0.25"),
+    record("FD-4", 1002, "MSFT", "BUY", 2, "301.00", "2025-02-04 10:00:00", "0.5"),
+    record("FD-5", 1003, "MSFT", "BUY", 4, "310.00", "2025-02-25 10:00:00", "0.25"),  # after the ex_date
+]
+PENDING_RECORD = record("FD-6", 1002, "AAPL", "BUY", 1, "181.00", "2025-02-26 10:00:00", "100")  # not applied
+
+
+def build_income_database(engine, method, actions=()):
+    """INCOME_RECORDS loaded with their fees, MSFT's DIVIDEND on EX_DATE (and `actions`: dicts of stock_symbol,
+    ex_date, action and value), weekday closes, update_portfolio on TODAY by `method`; then PENDING_RECORD loaded
+    and left unapplied."""
+    assert load_transactions.load_records(engine, INCOME_RECORDS).rows_loaded == len(INCOME_RECORDS)
+    days = [EX_DATE + timedelta(days=offset) for offset in range(-20, 10)]
+    with engine.begin() as connection:
+        connection.execute(corporate_actions.insert(), [
+            {**action, "loaded_at": datetime(2025, 1, 2)} for action in [
+                {"stock_symbol": "MSFT", "ex_date": EX_DATE, "action": "DIVIDEND", "value": DIVIDEND_PER_SHARE},
+                *actions]])
+        connection.execute(market_prices.insert(), [
+            {"stock_symbol": symbol, "price_date": day, "close_price": Decimal(base) + day.day}
+            for symbol, base in (("MSFT", "290"), ("AAPL", "170")) for day in days if day.weekday() < 5])
+    update_portfolio.update_portfolios(engine, today=TODAY, requested_method=method)
+    assert load_transactions.load_records(engine, [PENDING_RECORD]).rows_loaded == 1
+    return engine
+
+
+def expected_income(engine):
+    """{(investor_id, stock_symbol): (dividend income, fees paid)} as Decimals, independently of the ledger: the
+    shares a position held before MSFT's ex_date times the dividend per share; the fees of the applied batches'
+    trades."""
+    t = transactions.c
+    query = (select(t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.txn_time, t.fee)
+             .join(load_batches, load_batches.c.batch_id == t.batch_id).where(load_batches.c.applied_at.is_not(None)))
+    with engine.connect() as connection:
+        trades = connection.execute(query).all()
+    held, fees = {}, {}
+    for trade in trades:
+        key = (trade.investor_id, trade.stock_symbol)
+        before = trade.txn_time < datetime.combine(EX_DATE, time())
+        held[key] = held.get(key, 0) + (trade.quantity if trade.txn_type == "BUY" else -trade.quantity) * before
+        fees[key] = fees.get(key, Decimal(0)) + Decimal(str(trade.fee))
+    return {key: (held[key] * DIVIDEND_PER_SHARE if key[1] == "MSFT" else Decimal(0), fees[key]) for key in held}
+
+
+def income_totals(income, investor_id=None):
+    """(dividend income, fees paid) summed over every position, or over one investor's."""
+    chosen = [value for (investor, _symbol), value in income.items() if investor_id in (None, investor)]
+    return sum(d for d, _ in chosen), sum(f for _, f in chosen)
+
+
+@pytest.mark.parametrize("method", ["wac", "fifo"])
+def test_dividend_income_and_fees_paid_in_the_summary_and_the_dashboard(seeded_engine, database_url, tmp_path,
+                                                                         capsys, headless, method):
+    """The summary and the dashboard show the dividend income and the fees paid over every investor, to the cent,
+    as an independent computation gives them, and the cost method."""
+    engine = build_income_database(seeded_engine, method)
+    dividends, fees = income_totals(expected_income(engine))
+    assert (dividends, fees) == (Decimal("3.745"), Decimal("3.175"))  # the half cents: see INCOME_RECORDS
+    expected = f"Dividend income {dividends:,.2f}; fees paid {fees:,.2f}; cost method {method}"
+    assert expected == f"Dividend income 3.74; fees paid 3.18; cost method {method}"
+
+    assert analyze.main(["--database-url", database_url, "--reports", str(tmp_path / "r")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Investors with positions: 3; open positions: 4 of 4"
+    assert lines[3] == expected
+    assert (tmp_path / "r" / "dashboard.png").read_bytes().startswith(PNG_MAGIC)
+    figure = analyze.draw_dashboard(analyze.read_dashboard_data(engine))
+    assert [text.get_text() for text in figure.texts if text.get_gid() == "income"] == [expected]
+
+
+@pytest.mark.parametrize("method", ["wac", "fifo"])
+def test_dividend_income_and_fees_paid_on_the_investor_card(seeded_engine, database_url, tmp_path, capsys,
+                                                            headless, method):
+    """The card shows the investor's dividend income and fees paid, in all and per position, to the cent as an
+    independent computation gives them, and the cost method; printed and in the PNG's text panel."""
+    engine = build_income_database(seeded_engine, method)
+    income = expected_income(engine)
+    assert income[(1001, "MSFT")] == (Decimal("2.675"), Decimal("2.175"))
+    assert income_totals(income, 1001) == (Decimal("2.675"), Decimal("2.425"))
+
+    assert analyze.main(["--database-url", database_url, "--reports", str(tmp_path / "r"), "--investor", "1001"]) == 0
+    printed = capsys.readouterr().out
+    assert "  dividend income 2.68, fees paid 2.42, cost method " + method in printed.splitlines()
+    data = analyze.read_dashboard_data(engine)
+    for investor_id in (1001, 1002, 1003):
+        card = analyze.investor_card_text(data, investor_id).splitlines()
+        dividends, fees = income_totals(income, investor_id)
+        assert card[1] == f"  dividend income {dividends:,.2f}, fees paid {fees:,.2f}, cost method {method}"
+        shown = {line.split()[0]: following.split() for line, following in zip(card, card[1:])
+                 if following.lstrip().startswith("dividends")}
+        assert shown == {symbol: ["dividends", f"{dividend:,.2f}", "fees", f"{fee:,.2f}"]
+                         for (investor, symbol), (dividend, fee) in income.items() if investor == investor_id}
+    card = analyze.investor_card_text(data, 1001)
+    assert card in printed
+    (panel,) = [text.get_text() for ax in analyze.draw_investor_card(data, 1001).axes for text in ax.texts
+                if text.get_text().startswith("Investor 1001")]
+    assert panel == analyze.fit_card_text(card)
+    assert f" dividend income 2.68, fees paid 2.42, cost method {method}" in panel.splitlines()
+    assert "MSFT 5 shares" in " ".join(panel.split()) and "dividends 2.68 fees 2.18" in " ".join(panel.split())
 
 
 def test_only_closed_positions(seeded_engine, database_url, tmp_path, capsys, headless):
@@ -232,23 +355,28 @@ SECTORS = [  # symbol, sector, market value: 11 sectors, 6 of them under 3% of 1
 
 
 def sample_data():
-    """read_dashboard_data's frames for two investors with positions in millions (matplotlib's '1e6' range)."""
+    """read_dashboard_data's frames for two investors with positions in millions (matplotlib's '1e6' range) and its
+    cost method."""
     total = sum(value for _, _, value in SECTORS)
     positions = pd.DataFrame([
         {"investor_id": 1001, "stock_symbol": symbol, "sector": sector, "quantity": 1000, "market_value": value,
          "cost_basis": value * 0.9, "realized_pnl": value * 0.3, "unrealized_pnl": -value * 0.2,
-         "weight": value / total, "risk_score": 30.0, "risk_level": "LOW"} for symbol, sector, value in SECTORS]
+         "dividend_income": Decimal("12.50"), "fees_paid": Decimal("4.95"), "weight": value / total,
+         "risk_score": 30.0, "risk_level": "LOW"} for symbol, sector, value in SECTORS]
         + [{"investor_id": 1002, "stock_symbol": "AAPL", "sector": "Technology", "quantity": 9000,
             "market_value": 3_600_000, "cost_basis": 3_000_000, "realized_pnl": 0.0, "unrealized_pnl": 600_000,
-            "weight": 1.0, "risk_score": 80.0, "risk_level": "CRITICAL"}])
+            "dividend_income": Decimal("0"), "fees_paid": Decimal("9.90"), "weight": 1.0, "risk_score": 80.0,
+            "risk_level": "CRITICAL"}])
     investors = pd.DataFrame([
         {"investor_id": 1001, "name": "Alice Johnson", "total_market_value": total, "total_cost_basis": total * 0.9,
-         "realized_pnl": total * 0.3, "unrealized_pnl": -total * 0.2, "open_positions": len(SECTORS),
+         "realized_pnl": total * 0.3, "unrealized_pnl": -total * 0.2, "dividend_income": Decimal("137.50"),
+         "fees_paid": Decimal("54.45"), "open_positions": len(SECTORS),
          "top_position_weight": 4_000_000 / total, "hhi": 0.25, "top_sector_weight": 4_000_000 / total,
          "risk_score": 45.0, "risk_level": "MEDIUM", "portfolio_volatility": 0.18, "var_95_1d": 1_400_000,
          "expected_shortfall_95_1d": 1_900_000, "max_drawdown": 0.22},
         {"investor_id": 1002, "name": "Bob Smith", "total_market_value": 3_600_000, "total_cost_basis": 3_000_000,
-         "realized_pnl": 0.0, "unrealized_pnl": 600_000, "open_positions": 1, "top_position_weight": 1.0,
+         "realized_pnl": 0.0, "unrealized_pnl": 600_000, "dividend_income": Decimal("0"),
+         "fees_paid": Decimal("9.90"), "open_positions": 1, "top_position_weight": 1.0,
          "hhi": 1.0, "top_sector_weight": 1.0, "risk_score": 80.0, "risk_level": "CRITICAL",
          "portfolio_volatility": 0.35, "var_95_1d": 2_600_000, "expected_shortfall_95_1d": 3_100_000,
          "max_drawdown": 0.41}])
@@ -256,7 +384,7 @@ def sample_data():
         {"rule": "CONCENTRATION", "severity": "HIGH", "investor_id": 1002, "stock_symbol": "AAPL", "txn_ref": None,
          "details": "AAPL is 100.0%", "detected_at": "2026-12-03 03:00:00",
          "alert_time": pd.Timestamp("2026-02-12 10:00:00")}])
-    return {"positions": positions, "investors": investors, "alerts": alert_rows}
+    return {"positions": positions, "investors": investors, "alerts": alert_rows, "cost_method": "fifo"}
 
 
 @pytest.mark.parametrize("value, text", [

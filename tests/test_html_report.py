@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from html.parser import HTMLParser
 
@@ -22,7 +22,8 @@ import html_report
 import load_transactions
 import report_refresh
 import update_portfolio
-from schema import alerts, investor_risk, investors, load_batches, rejected_transactions
+from schema import alerts, corporate_actions, investor_risk, investors, load_batches, rejected_transactions, stocks
+from test_analyze import TODAY, build_income_database, expected_income, income_totals
 
 matplotlib.use("Agg")
 
@@ -211,7 +212,65 @@ def test_empty_database_page(engine, tmp_path, capsys):
                          engine.url.render_as_string(hide_password=False)]) == 0
     page = parse((reports / "index.html").read_text(encoding="utf-8"))
     assert "No portfolios yet" in page.texts["charts"] and page.tables == {}
+    assert "No portfolios yet" in page.texts["totals"]
+    assert "no corporate actions applied" in page.texts["actions"]
     assert "no batches" in page.texts["batches"]
+
+
+HOSTILE_SYMBOL = "<i>K</i>"
+# (stock_symbol, ex_date, action, value, the value as the page shows it): symbols nobody holds, besides MSFT's
+# dividend of build_income_database (ex_date 2025-02-20, 0.535); GS's comes after TODAY, so it is not applied yet.
+ACTIONS = [
+    ("KO", date(2025, 3, 3), "DIVIDEND", "0.123456", "0.123456"),
+    (HOSTILE_SYMBOL, date(2025, 3, 1), "DIVIDEND", "0.5", "0.50"),
+    ("NVDA", date(2025, 2, 28), "SPLIT", "4", "4.00"),
+    ("NVDA", date(2025, 2, 28), "DIVIDEND", "0.01", "0.01"),
+    ("TSLA", date(2025, 2, 27), "SPLIT", "1.5", "1.50"),
+    ("AMD", date(2025, 2, 26), "SPLIT", "0.1", "0.10"),
+    ("JPM", date(2025, 2, 25), "DIVIDEND", "1234.5", "1,234.50"),
+    ("PG", date(2025, 2, 24), "DIVIDEND", "1.0075", "1.0075"),
+    ("XOM", date(2025, 2, 21), "DIVIDEND", "0.99", "0.99"),
+    ("CVX", date(2025, 2, 19), "DIVIDEND", "1.63", "1.63"),
+    ("WMT", date(2025, 1, 10), "DIVIDEND", "0.2", "0.20"),
+    ("GS", date(2025, 3, 10), "DIVIDEND", "3", "3.00"),
+]
+SHOWN_VALUES = {(symbol, ex_date, action): shown for symbol, ex_date, action, _value, shown in ACTIONS} | {
+    ("MSFT", date(2025, 2, 20), "DIVIDEND"): "0.535"}
+
+
+def test_totals_and_the_corporate_actions_applied(seeded_engine, tmp_path):
+    """The page's totals of dividend income and fees paid equal an independent computation to the cent, with the
+    cost method; the 10 corporate actions applied with the latest ex_dates are listed, escaped, the count of all
+    applied in the note, an action not yet due left out."""
+    with seeded_engine.begin() as connection:
+        connection.execute(stocks.insert(), {"stock_symbol": HOSTILE_SYMBOL, "company_name": "K", "sector": "Energy"})
+    engine = build_income_database(seeded_engine, "fifo", actions=[
+        {"stock_symbol": symbol, "ex_date": ex_date, "action": action, "value": Decimal(value)}
+        for symbol, ex_date, action, value, _shown in ACTIONS])
+    path = tmp_path / "r" / "index.html"
+    html_report.write_html_report(engine, str(path), {}, refresh_seconds=0)
+    page = parse(path.read_text(encoding="utf-8"))
+
+    dividends, fees = income_totals(expected_income(engine))
+    assert page.rows("totals-table") == [{"investors": "3", "dividend income": f"{dividends:,.2f}",
+                                          "fees paid": f"{fees:,.2f}", "cost method": "fifo"}]
+    assert (f"{dividends:,.2f}", f"{fees:,.2f}") == ("3.74", "3.18")  # 3.745 and 3.175, half to even
+
+    with engine.connect() as connection:
+        applied = connection.execute(select(corporate_actions.c.stock_symbol, corporate_actions.c.ex_date,
+                                            corporate_actions.c.action)
+                                     .where(corporate_actions.c.applied_at.is_not(None))).all()
+    assert len(applied) == 12 and all(ex_date <= TODAY for _symbol, ex_date, _action in applied)
+    latest = sorted(applied, key=lambda row: (-row.ex_date.toordinal(), row.stock_symbol, row.action))[:10]
+    shown = [(row["symbol"], row["ex_date"], row["action"], row["value"]) for row in page.rows("action-table")]
+    assert shown == [(symbol, ex_date.isoformat(), action, SHOWN_VALUES[(symbol, ex_date, action)])
+                     for symbol, ex_date, action in latest]
+    assert shown[:4] == [("KO", "2025-03-03", "DIVIDEND", "0.123456"),
+                         (HOSTILE_SYMBOL, "2025-03-01", "DIVIDEND", "0.50"),
+                         ("NVDA", "2025-02-28", "DIVIDEND", "0.01"), ("NVDA", "2025-02-28", "SPLIT", "4.00")]
+    assert ("MSFT", "2025-02-20", "DIVIDEND", "0.535") in shown and "GS" not in [row[0] for row in shown]
+    assert "10 of 12 corporate actions applied" in page.texts["actions"]
+    assert page.tags.get("i", 0) == 0  # the hostile symbol stayed text
 
 
 def test_page_is_replaced_atomically(engine, tmp_path, monkeypatch):
