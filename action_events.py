@@ -1,16 +1,17 @@
 """Corporate actions as the events the ledger applies (ledger.Split, ledger.Dividend): the stored actions with
 ex_date up to a day, each split with the price a fraction of a new share is paid out at (cash in lieu,
-docs/portfolio-math.md#corporate-actions).
+docs/portfolio-math.md#corporate-actions), fixed in corporate_actions.lieu_price when first needed.
 """
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import and_, bindparam, select, text, update
 
 import closes
 import corporate_actions
 import ledger
 from ledger import PRICE_STEP, to_decimal
+from schema import corporate_actions as corporate_actions_table
 from schema import market_prices, transactions
 
 LAST_CLOSE_BEFORE_SQL = text("""
@@ -26,16 +27,44 @@ ORDER BY txn_time DESC, txn_id DESC LIMIT 1
 
 
 def read_rules(connection, horizon, method):
-    """ledger.Rules: the corporate actions with ex_date up to horizon, and the cost method of new positions."""
+    """ledger.Rules: the corporate actions with ex_date up to horizon, and the cost method of new positions. A
+    split's cash-in-lieu price is computed the first time it is needed and stored with the action, so that
+    every later apply, replay and --full uses the same price."""
     actions = corporate_actions.read_actions(connection, last_day=horizon)
     splits = {}
     for action in actions:
         if action.action == "SPLIT":
             splits.setdefault(action.stock_symbol, []).append((action.ex_date, action.value))
-    events = [ledger.Dividend(a.stock_symbol, a.ex_date, a.value) if a.action == "DIVIDEND" else
-              ledger.Split(a.stock_symbol, a.ex_date, a.value, lieu_price(connection, a, splits))
-              for a in actions]
+    stored = stored_lieu_prices(connection, horizon)
+    events = []
+    for action in actions:
+        if action.action == "DIVIDEND":
+            events.append(ledger.Dividend(action.stock_symbol, action.ex_date, action.value))
+            continue
+        price = stored.get((action.stock_symbol, action.ex_date))
+        if price is None:
+            price = lieu_price(connection, action, splits)
+            store_lieu_price(connection, action, price)
+        events.append(ledger.Split(action.stock_symbol, action.ex_date, action.value, price))
     return ledger.rules_for(events, method)
+
+
+def stored_lieu_prices(connection, horizon):
+    """{(stock_symbol, ex_date): lieu_price} of the splits up to horizon whose price is fixed already."""
+    table = corporate_actions_table
+    rows = connection.execute(select(table.c.stock_symbol, table.c.ex_date, table.c.lieu_price).where(and_(
+        table.c.action == "SPLIT", table.c.ex_date <= horizon, table.c.lieu_price.is_not(None))))
+    return {(symbol, corporate_actions.as_date(ex_date)): to_decimal(price) for symbol, ex_date, price in rows}
+
+
+def store_lieu_price(connection, split, price):
+    """Fix a split's cash-in-lieu price (unless another process fixed it first); None stays unfixed."""
+    if price is None:
+        return
+    table = corporate_actions_table
+    connection.execute(update(table).where(and_(
+        table.c.stock_symbol == split.stock_symbol, table.c.ex_date == split.ex_date, table.c.action == "SPLIT",
+        table.c.lieu_price.is_(None))).values(lieu_price=price))
 
 
 def split_events(splits):

@@ -23,11 +23,13 @@ from typing import NamedTuple
 from sqlalchemy import and_, bindparam, delete, func, or_, select, text
 
 import dialects
+from cli import InputError
 from schema import position_checkpoints
 
 ZERO = Decimal(0)
 MONEY_STEP = Decimal("0.000001")  # state is kept at 6 decimals after every event, so incremental == full exactly
 PRICE_STEP = Decimal("0.0001")
+MAX_QUANTITY = 2**63 - 1  # portfolios.quantity is a BIGINT
 LOT_STEP = Decimal("0.000000000001")  # a FIFO lot's quantity after a split, 12 decimals (position_lots.quantity)
 FETCH_ROWS = 50_000
 ID_SLICE = 500  # values per IN (...) list
@@ -35,6 +37,10 @@ ID_SLICE = 500  # values per IN (...) list
 
 class UnknownEvent(ValueError):
     """An event the ledger cannot apply (an unknown record class or trade type)."""
+
+
+class PositionLimit(InputError):
+    """An event would give a position more shares than a BIGINT column holds (exit 2: the data needs fixing)."""
 
 
 class Trade(NamedTuple):
@@ -235,6 +241,11 @@ class Position:
     def _split(self, split):
         scaled = self.quantity * split.value
         whole = int(scaled)  # floor: scaled > 0
+        if whole > MAX_QUANTITY:
+            raise PositionLimit(
+                f"SPLIT of {split.stock_symbol} on {split.ex_date} (value {split.value.normalize():f}) would make investor "
+                f"{self.investor_id}'s position {whole:,} shares, more than a position can hold ({MAX_QUANTITY:,}): "
+                "correct the action (docs/corporate-actions.md, Correcting an action)")
         fraction = scaled - whole
         if self.last_trade_price is not None:
             self.last_trade_price = (self.last_trade_price / split.value).quantize(PRICE_STEP, ROUND_HALF_EVEN)

@@ -83,8 +83,9 @@ class LoadSummary:
 
 # ---------------------------------------------------------------------------------------------- reading files
 
-def read_layout(path):
-    """The layout of a file from its header; InputError for a missing, unreadable or wrong file."""
+def read_layout(path, warn=True):
+    """The layout of a file from its header; InputError for a missing, unreadable or wrong file. warn: log a
+    column that looks like a fee under another name."""
     try:
         with open(path, "rb") as handle:
             first = handle.readline()
@@ -99,9 +100,24 @@ def read_layout(path):
     if not header.strip():
         raise cli.InputError(f"{path}: " + ("is empty" if not first else "line 1: the header is blank"))
     try:
-        return validation.detect_layout(header, path)
+        layout = validation.detect_layout(header, path)
     except ValueError as error:
         raise cli.InputError(str(error)) from None
+    if warn:
+        _warn_of_unread_fees(path, header, layout)
+    return layout
+
+
+FEE_LIKE_COLUMNS = {"fees", "commission", "commissions", "fee_amount"}
+
+
+def _warn_of_unread_fees(path, header, layout):
+    """A trade file with a column that looks like a fee under another name: its values are not read."""
+    names = {name.strip().lower() for name in header.split(layout.delimiter)}
+    unread = sorted(names & FEE_LIKE_COLUMNS)
+    if layout.kind in ("canonical", "legacy") and "fee" not in layout.names and unread:
+        logger.warning("%s: column(s) %s are not read: the fee column must be named fee (these trades load with "
+                       "fee 0)", path, ", ".join(unread))
 
 
 @dataclass
@@ -776,7 +792,7 @@ def plan_files(paths):
     then the given files."""
     planned = []
     for path in paths:
-        wanted = os.path.basename(path) not in BESIDE_FILE_NAMES and os.path.exists(path)  # not for a missing file
+        wanted = os.path.basename(path) not in BESIDE_FILE_NAMES and _is_trade_file(path)
         for name in BESIDE_FILE_NAMES:
             beside = os.path.join(os.path.dirname(path), name)
             if wanted and os.path.exists(beside) and beside not in planned:
@@ -784,6 +800,17 @@ def plan_files(paths):
         if path not in planned:
             planned.append(path)
     return planned
+
+
+def _is_trade_file(path):
+    """Is this an existing file whose header is not that of a prices or corporate actions file? (A file that
+    cannot be read is left to its load, which says why.)"""
+    if not os.path.exists(path):
+        return False
+    try:
+        return read_layout(path, warn=False).kind not in ("prices", "actions")
+    except cli.InputError:
+        return True
 
 
 def load_paths(engine, paths, progress=False, again=False):

@@ -33,11 +33,19 @@ def stage_seed(engine, args):
 
 
 def stage_load(engine, args):
-    lines = []
+    """Load the input file and the files beside it; a file refused (InputError) does not stop the others, and
+    fails the stage (exit 2) once they are loaded, as load_transactions.py does."""
+    lines, refused = [], []
     for path in load_transactions.plan_files([args.input]):
-        summary = load_transactions.load_path(engine, path, progress=cli.progress_enabled(args))
+        try:
+            summary = load_transactions.load_path(engine, path, progress=cli.progress_enabled(args))
+        except cli.InputError as error:
+            refused.append(str(error))
+            continue
         load_transactions.log_rejects(summary)
         lines.append(summary.line())
+    if refused:
+        raise cli.InputError("; ".join(refused) + (f" (loaded: {'; '.join(lines)})" if lines else ""))
     return "; ".join(lines)
 
 
@@ -113,6 +121,7 @@ def main(argv=None):
     matplotlib.use("Agg")
 
     def work():
+        cost_method.requested_method(args.cost_method)  # a bad COST_METHOD stops the run before any stage
         engine = db_config.get_engine(args.database_url)
         run_stages(engine, args)
         return cli.EXIT_OK

@@ -2,10 +2,11 @@
 
 Fourth stage of the chain (after load_transactions.py, before surveillance and analyze.py). It works in two
 steps, each costing what changed since the last run:
-- apply: the trades of load batches not applied yet are applied to their positions by the ledger (ledger.py,
-  weighted average cost as docs/portfolio-math.md describes; an oversold SELL changes nothing and raises one
-  OVERSELL alert). A late trade (one that sorts before what its position already applied) makes that position
-  be replayed from its last weekly checkpoint before the trade.
+- apply: the corporate actions whose ex_date has come (corporate_actions.csv: splits, dividends) and the trades
+  of load batches not applied yet are applied to their positions by the ledger (ledger.py, as
+  docs/portfolio-math.md describes: fees, weighted average cost or FIFO lots by --cost-method, an oversold SELL
+  changes nothing and raises one OVERSELL alert). A late trade or action (one that sorts before what its
+  position already applied) makes that position be replayed from its last weekly checkpoint before it.
 - revalue and score: the positions and risk scores (docs/risk-scores.md, in SQL) of the investors whose
   positions changed, and of the holders of symbols whose closes changed since the last run.
 `--full` replays every trade, rebuilds the checkpoints, and revalues and scores every investor. Everything one
@@ -65,7 +66,8 @@ class UpdateSummary:
     def line(self, seconds=True):
         mode = "full replay" if self.full else "incremental"
         return (f"update_portfolio ({mode}): {self.trades_applied} trades from {self.batches_applied} batch(es) "
-                f"applied to {self.positions_changed} positions ({self.positions_replayed} replayed for late trades), "
+                f"applied to {self.positions_changed} positions "
+                f"({self.positions_replayed} replayed for late trades or actions), "
                 f"{self.oversells} oversells skipped, {self.investors_scored} investors scored, "
                 f"{self.alerts_raised} new alerts"
                 + (f", {self.alerts_withdrawn} OVERSELL alerts withdrawn (no longer oversold)"

@@ -439,3 +439,26 @@ def test_a_file_of_another_kind_is_refused_by_the_loader_of_actions(seeded_engin
         corporate_actions.load_actions_file(seeded_engine, path)
 
     assert str(refused.value) == f"{path}: header is not stock_symbol,ex_date,action,value"
+
+
+def test_an_actions_file_named_on_the_command_line_loads_alone(seeded_engine, database_url, tmp_path, capsys):
+    """The files beside are loaded with a trade file only: a named actions file does not pull in the prices."""
+    write_csv(tmp_path, "market_prices.csv", ["stock_symbol,price_date,close_price", "AAPL,2020-08-28,499.23"])
+    path = write_csv(tmp_path, "x_actions.csv", [HEADER, "AAPL,2020-08-31,SPLIT,4"])
+    assert load_transactions.plan_files([path]) == [path]
+
+    assert load_transactions.main(["--database-url", database_url, path]) == 0
+
+    assert capsys.readouterr().out == "x_actions.csv: 1 actions read, 1 new, 0 already loaded, 0 rejected\n"
+    with seeded_engine.connect() as connection:
+        assert connection.execute(select(market_prices)).all() == []
+
+
+def test_a_fee_column_under_another_name_is_named_in_a_warning(seeded_engine, database_url, tmp_path, capsys):
+    path = write_csv(tmp_path, "t.csv", ["txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time,commission",
+                                         "C1,1001,AAPL,BUY,1,100,2024-06-03 10:00:00,4.95"])
+    assert load_transactions.main(["--database-url", database_url, path]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "are not read" in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        f"WARNING load_transactions: {path}: column(s) commission are not read: the fee column must be named fee "
+        "(these trades load with fee 0)")

@@ -435,3 +435,38 @@ def test_fifo_checkpoints_keep_thousands_of_lots_and_a_late_trade_replays_from_t
     incremental = snapshot(engine)
     update_portfolio.update_portfolios(engine, today=TODAY, full=True)
     assert snapshot(engine) == incremental
+
+
+def test_the_cash_in_lieu_price_is_fixed_when_the_split_is_first_applied(seeded_engine):
+    """A close before the ex_date loaded later, then a late trade that replays the position, change nothing:
+    the lieu price is stored with the split (incremental and --full agree)."""
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 3, Fraction(100), Fraction(0), 0)],
+          [DrawnAction(DAYS[5], "SPLIT", Fraction(1, 2))], [(DAYS[0], Fraction(150))])
+    update_portfolio.update_portfolios(engine, today=TODAY)
+    rows, _ = stored_positions(engine)
+    assert (rows[(1001, "AAPL")].quantity, fraction(rows[(1001, "AAPL")].realized_pnl)) == (1, 50)  # 0.5·(300 − 200)
+    store(engine, [DrawnTrade(2, 1001, "BUY", 1, Fraction(100), Fraction(0), 1),
+                   DrawnTrade(3, 1001, "SELL", 1, Fraction(100), Fraction(0), 2)], [], [(DAYS[4], Fraction(120))])
+    summary = update_portfolio.update_portfolios(engine, today=TODAY)
+    assert summary.positions_replayed == 1
+    rows, _ = stored_positions(engine)
+    assert fraction(rows[(1001, "AAPL")].realized_pnl) == 50
+    with engine.connect() as connection:
+        assert fraction(connection.execute(select(corporate_actions.c.lieu_price)).scalar()) == 300
+    update_portfolio.update_portfolios(engine, today=TODAY, full=True)
+    rows, _ = stored_positions(engine)
+    assert fraction(rows[(1001, "AAPL")].realized_pnl) == 50
+
+
+def test_a_split_beyond_what_a_position_can_hold_is_one_line_and_exit_2(seeded_engine, capsys):
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 2_147_483_647, Fraction(1, 10_000), Fraction(0), 0)],
+          [DrawnAction(DAYS[3], "SPLIT", Fraction(1_000_000)), DrawnAction(DAYS[4], "SPLIT", Fraction(1_000_000))],
+          [(DAYS[0], Fraction(1, 10_000))])
+    url = engine.url.render_as_string(hide_password=False)
+    assert update_portfolio.main(["--database-url", url]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"error: update_portfolio: SPLIT of AAPL on {DAYS[4]} (value 1000000) would make investor 1001's position "
+        "2,147,483,647,000,000,000,000 shares, more than a position can hold (9,223,372,036,854,775,807): correct "
+        "the action (docs/corporate-actions.md, Correcting an action)\n")

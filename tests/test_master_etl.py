@@ -247,3 +247,32 @@ def test_a_generated_file_with_a_users_rows_appended_is_not_overwritten(sqlite_u
     assert master_etl.main(["--database-url", sqlite_url, "--input", str(mine), "--no-plots"]) == 2
 
     assert mine.read_bytes() == before and not (mine.parent / "market_prices.csv").exists()
+
+
+def test_a_refused_actions_file_beside_the_input_does_not_stop_its_trades(database_url, tmp_path, capsys):
+    """As load_transactions.py does: the trades load, then the stage fails (exit 2) naming the refused file."""
+    (tmp_path / "corporate_actions.csv").write_text("stock_symbol,ex_date,action,value\nAAPL,2020-08-31,SPLIT,4\n")
+    master_etl.main(["--no-generate", "--no-plots", "--database-url", database_url, "--input",
+                     str(tmp_path / "corporate_actions.csv"), "--reports", str(tmp_path / "r")])
+    (tmp_path / "corporate_actions.csv").write_text("stock_symbol,ex_date,action,value\nAAPL,2020-08-31,SPLIT,5\n")
+    trades = tmp_path / "t.csv"
+    trades.write_text("txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time,fee\n"
+                      "S1,1001,AAPL,BUY,1,100,2024-06-03 10:00:00,1.5\n")
+    capsys.readouterr()
+    code = master_etl.main(["--no-generate", "--no-plots", "--database-url", database_url, "--input", str(trades),
+                            "--reports", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: master_etl: stage 2/5 'load' failed: {tmp_path / 'corporate_actions.csv'}: line 2: "
+                          "AAPL 2020-08-31 SPLIT is stored with value 4, the file gives 5")
+    assert err.rstrip().endswith("(loaded: t.csv: 1 read, 1 loaded, 0 duplicates, 0 rejected (batch 1))")
+    assert counts(database_url)["transactions"] == 1
+
+
+def test_a_bad_cost_method_stops_master_etl_before_any_stage(database_url, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COST_METHOD", "lifo")
+    code = master_etl.main(["--no-generate", "--database-url", database_url, "--input", str(tmp_path / "t.csv")])
+    captured = capsys.readouterr()
+    assert (code, captured.out) == (2, "")
+    assert captured.err == ("error: master_etl: COST_METHOD: 'lifo' is not a cost method: use wac (weighted average "
+                            "cost) or fifo\n")
