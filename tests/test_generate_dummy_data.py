@@ -115,16 +115,16 @@ def test_same_seed_gives_identical_files_and_another_seed_different_ones(tmp_pat
 
 
 def test_shipped_files_are_the_output_of_rows_10000_seed_42(tmp_path, capsys):
-    # the shipped files are in the format of before issue 14: no fee column, no corporate actions
-    trades, prices = run_generator(tmp_path, "--rows", "10000", "--seed", "42", *LEGACY)
+    # the shipped files: fees, splits and dividends (README: python generate_dummy_data.py --rows 10000 --seed 42)
+    trades, prices = run_generator(tmp_path, "--rows", "10000", "--seed", "42")
 
-    with open(os.path.join(PROJECT_DIR, "transactions.csv"), "rb") as handle:
-        assert trades == handle.read()
-    with open(os.path.join(PROJECT_DIR, "market_prices.csv"), "rb") as handle:
-        assert prices == handle.read()
+    for name, generated in (("transactions.csv", trades), ("market_prices.csv", prices),
+                            ("corporate_actions.csv", (tmp_path / "corporate_actions.csv").read_bytes())):
+        with open(os.path.join(PROJECT_DIR, name), "rb") as handle:
+            assert generated == handle.read(), name
     out = capsys.readouterr().out
     assert out.startswith(f"{tmp_path / 'transactions.csv'}: 10000 trades written; "
-                          f"{tmp_path / 'market_prices.csv'}: 6525 daily closes (")
+                          f"{tmp_path / 'market_prices.csv'}: 6525 daily closes; ")
     assert out.endswith(" s, seed 42)\n")
 
 
