@@ -3,7 +3,8 @@ ex_date up to a day, each split with the price a fraction of a new share is paid
 docs/portfolio-math.md#corporate-actions), fixed in corporate_actions.lieu_price when first needed.
 """
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_EVEN
+from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 
 from sqlalchemy import and_, bindparam, select, text, update
 
@@ -86,4 +87,5 @@ def lieu_price(connection, split, splits):
         return None
     day_before = split.ex_date - timedelta(days=1)
     price = closes.adjusted_price(row[1], closes.split_factor(splits, split.stock_symbol, row[0], day_before))
-    return (to_decimal(price) / split.value).quantize(PRICE_STEP, ROUND_HALF_EVEN)
+    exact = Fraction(to_decimal(price)) / Fraction(split.value)
+    return (Decimal(exact.numerator) / Decimal(exact.denominator)).quantize(PRICE_STEP, ROUND_HALF_EVEN)

@@ -14,6 +14,7 @@ import hashlib
 import math
 from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -53,7 +54,7 @@ GROUP BY stock_symbol
 ORDER BY stock_symbol
 """
 EARLIEST_DAY = date(1, 1, 1)
-NO_SPLIT = Decimal(1)
+NO_SPLIT = Fraction(1)
 
 
 class Mark(NamedTuple):
@@ -83,8 +84,8 @@ def read_closes(connection, last_day=None, first_day=None):
     factors = close_split_factors(symbols, days, read_splits(connection, last_day), last_day)
     return pd.DataFrame({"stock_symbol": pd.Series(symbols, dtype=object),
                          "day": np.array(days, dtype="datetime64[D]"),
-                         "close_price": np.array([float(price / factor) for price, factor in zip(traded, factors)],
-                                                 dtype=float),
+                         "close_price": np.array([float(price if factor == NO_SPLIT else Fraction(price) / factor)
+                                                  for price, factor in zip(traded, factors)], dtype=float),
                          "close_exact": pd.Series([adjusted_price(price, factor)
                                                    for price, factor in zip(traded, factors)], dtype=object),
                          "close_as_traded": pd.Series(traded, dtype=object)})
@@ -139,7 +140,7 @@ def split_factor(splits, symbol, from_day, to_day):
     factor = NO_SPLIT
     for ex_date, value in splits.get(symbol, ()):
         if from_day < ex_date <= to_day:
-            factor *= value
+            factor *= Fraction(value)
     return factor
 
 
@@ -147,7 +148,10 @@ def adjusted_price(price, factor):
     """A price (Decimal, or a float as a driver returns it) divided by a split factor, rounded half-even to 4
     decimals; the price itself (as Decimal) when the factor is 1."""
     price = to_decimal(price)
-    return price if factor == NO_SPLIT else (price / factor).quantize(PRICE_STEP, ROUND_HALF_EVEN)
+    if factor == NO_SPLIT:
+        return price
+    exact = Fraction(price) / Fraction(factor)
+    return (Decimal(exact.numerator) / Decimal(exact.denominator)).quantize(PRICE_STEP, ROUND_HALF_EVEN)
 
 
 def _as_day(value):

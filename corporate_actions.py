@@ -10,7 +10,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 from typing import NamedTuple
 
 from sqlalchemy import select
@@ -30,6 +31,8 @@ LOGGED_REJECTS = 10  # rejects shown in the log per file; they are not stored an
 EARLIEST_EX_DATE = date(1900, 1, 1)  # as for trades: every database's DATE holds it
 MIN_SPLIT, MAX_SPLIT = Decimal("0.000001"), Decimal(1_000_000)  # new shares per old share
 PLAIN_VALUE = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]{0,6})?|\.[0-9]{1,6})")  # ASCII digits, at most 6 decimals
+RATIO = re.compile(r"([0-9]{1,7}):([0-9]{1,7})")  # a SPLIT as 'new:old' shares, exact: 1:3 is a 1-for-3
+VALUE_STEP = Decimal("0.000001")
 PLAIN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 MAX_SHOWN_CHARS = 100  # a value quoted in a reason is cut after this many characters
 
@@ -152,17 +155,32 @@ def _parse_ex_date(text):
 
 
 def _parse_value(text, action):
-    """(the value as Decimal, None), or (None, the reason it is bad for this action)."""
+    """(the value, None), or (None, the reason it is bad for this action). A SPLIT's value is an exact Fraction
+    (from a decimal or a 'new:old' ratio), a DIVIDEND's a Decimal."""
+    ratio = RATIO.fullmatch(text) if action == "SPLIT" else None
+    if ratio:
+        new, old = (int(number) for number in ratio.groups())
+        if not (0 < new <= MAX_SPLIT and 0 < old <= MAX_SPLIT):
+            return None, f"value: {_shown(text)} is not a ratio new:old of whole numbers from 1 to {MAX_SPLIT:,}"
+        return _split_value(text, Fraction(new, old))
     if not PLAIN_VALUE.fullmatch(text) or not Decimal(text) > 0:
-        return None, f"value: {_shown(text)} is not a plain decimal > 0 with at most 6 decimals"
+        return None, f"value: {_shown(text)} is not a plain decimal > 0 with at most 6 decimals" + (
+            " (or a ratio new:old such as 1:3)" if action == "SPLIT" else "")
+    if action == "SPLIT":
+        return _split_value(text, Fraction(Decimal(text)))
     amount = Decimal(text)
-    if action == "SPLIT" and not MIN_SPLIT <= amount <= MAX_SPLIT:
-        return None, (f"value: {_shown(text)} is not a split ratio between {MIN_SPLIT} and {MAX_SPLIT:,} "
-                      "(new shares per old share)")
-    if action == "SPLIT" and amount == 1:
-        return None, f"value: {_shown(text)} is a split of 1 new share per old share, which changes nothing"
     if action == "DIVIDEND" and amount >= validation.MAX_PRICE:
         return None, f"value: {_shown(text)} is not below {validation.MAX_PRICE:,} (a dividend per share)"
+    return amount, None
+
+
+def _split_value(text, amount):
+    """(a split's value as a Fraction, None), or (None, why it is out of range)."""
+    if not MIN_SPLIT <= amount <= MAX_SPLIT:
+        return None, (f"value: {_shown(text)} is not a split ratio between {MIN_SPLIT} and {MAX_SPLIT:,} "
+                      "(new shares per old share)")
+    if amount == 1:
+        return None, f"value: {_shown(text)} is a split of 1 new share per old share, which changes nothing"
     return amount, None
 
 
@@ -174,9 +192,27 @@ def _shown(text):
 
 
 def value_text(value):
-    """A value as messages show it: plain decimal notation without trailing zeros (4.000000 -> 4)."""
+    """A value as messages show it: plain decimal notation without trailing zeros (4.000000 -> 4), or a split
+    ratio that no 6-decimal number is as new:old (1:3)."""
+    if isinstance(value, Fraction):
+        if value != Fraction(stored_value(value)):
+            return f"{value.numerator}:{value.denominator}"
+        value = stored_value(value)
     text = format(value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def stored_value(value):
+    """What the value column keeps: the value rounded to 6 decimals (a split's exact ratio goes in ratio)."""
+    if isinstance(value, Fraction):
+        return (Decimal(value.numerator) / Decimal(value.denominator)).quantize(VALUE_STEP, ROUND_HALF_EVEN)
+    return value
+
+
+def stored_ratio(value):
+    """The ratio column of a value: 'new:old' for a split no 6-decimal number is, else None."""
+    exact = isinstance(value, Fraction) and value != Fraction(stored_value(value))
+    return f"{value.numerator}:{value.denominator}" if exact else None
 
 
 def action_key(action):
@@ -208,7 +244,8 @@ def store_actions(connection, path, offered):
         # Insert-if-absent in one atomic statement: where another loader stored the key meanwhile, the "update"
         # sets a key column to the value it already has, and the check below compares the values.
         connection.execute(dialects.upsert(connection, corporate_actions, ["action"]), [
-            {**action._asdict(), "loaded_at": loaded_at, "applied_at": None} for action in new])
+            {**action._asdict(), "value": stored_value(action.value), "ratio": stored_ratio(action.value),
+             "loaded_at": loaded_at, "applied_at": None} for action in new])
         refuse_changes(path, offered, stored_values(connection))
     return new
 
@@ -244,14 +281,25 @@ def read_actions(connection, last_day=None, action=None):
     """The stored corporate actions with ex_date up to last_day (default: all), of one kind when `action` is given,
     as CorporateAction records sorted by stock_symbol, ex_date and action."""
     table = corporate_actions
-    query = select(table.c.stock_symbol, table.c.ex_date, table.c.action, table.c.value).order_by(
+    query = select(table.c.stock_symbol, table.c.ex_date, table.c.action, table.c.value, table.c.ratio).order_by(
         table.c.stock_symbol, table.c.ex_date, table.c.action)
     if last_day is not None:
         query = query.where(table.c.ex_date <= last_day)
     if action is not None:
         query = query.where(table.c.action == action)
-    return [CorporateAction(symbol, as_date(ex_date), kind, to_decimal(value))
-            for symbol, ex_date, kind, value in connection.execute(query)]
+    return [CorporateAction(symbol, as_date(ex_date), kind, exact_value(kind, value, ratio))
+            for symbol, ex_date, kind, value, ratio in connection.execute(query)]
+
+
+def exact_value(action, value, ratio):
+    """A stored action's value: a SPLIT's as an exact Fraction (its ratio when it has one), a DIVIDEND's as
+    Decimal."""
+    if action != "SPLIT":
+        return to_decimal(value)
+    if ratio:
+        new, old = ratio.split(":")
+        return Fraction(int(new), int(old))
+    return Fraction(to_decimal(value))
 
 
 def as_date(value):

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS corporate_actions (
 	ex_date DATE NOT NULL, 
 	action VARCHAR(10) NOT NULL, 
 	value NUMERIC(18, 6) NOT NULL, 
+	ratio VARCHAR(20), 
 	lieu_price NUMERIC(18, 4), 
 	loaded_at DATETIME NOT NULL, 
 	applied_at DATETIME, 

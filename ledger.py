@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 from typing import NamedTuple
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, text
@@ -61,7 +62,7 @@ class CorporateAction(NamedTuple):
     stock_symbol: str
     ex_date: date
     action: str  # 'SPLIT' or 'DIVIDEND'
-    value: Decimal
+    value: object  # SPLIT: new shares per old share, an exact Fraction; DIVIDEND: Decimal per share
 
 
 class Checkpoint(NamedTuple):
@@ -96,7 +97,7 @@ class Split(NamedTuple):
     price before it ÷ value; None when the symbol had neither)."""
     stock_symbol: str
     ex_date: date
-    value: Decimal
+    value: Fraction  # exact (a Decimal is taken as its exact Fraction)
     lieu_price: Decimal = None
 
 
@@ -136,6 +137,19 @@ def week_start(day_text):
 
 def _money(value):
     return value.quantize(MONEY_STEP, ROUND_HALF_EVEN)
+
+
+def _decimal(fraction):
+    """A Fraction as Decimal, to the context's precision (40 digits in an update)."""
+    return Decimal(fraction.numerator) / Decimal(fraction.denominator)
+
+
+def _ratio_text(value):
+    """A split value as text: 4, 0.1, or 1:3 when no short decimal is it."""
+    as_decimal = _decimal(value)
+    if Fraction(as_decimal) == value:
+        return format(as_decimal.normalize(), "f")
+    return f"{value.numerator}:{value.denominator}"
 
 
 def _lot_quantity(value):
@@ -239,30 +253,52 @@ class Position:
         return True
 
     def _split(self, split):
-        scaled = self.quantity * split.value
+        value = Fraction(split.value)
+        scaled = self.quantity * value
         whole = int(scaled)  # floor: scaled > 0
         if whole > MAX_QUANTITY:
             raise PositionLimit(
-                f"SPLIT of {split.stock_symbol} on {split.ex_date} (value {split.value.normalize():f}) would make investor "
+                f"SPLIT of {split.stock_symbol} on {split.ex_date} (value {_ratio_text(value)}) would make investor "
                 f"{self.investor_id}'s position {whole:,} shares, more than a position can hold ({MAX_QUANTITY:,}): "
                 "correct the action (docs/corporate-actions.md, Correcting an action)")
         fraction = scaled - whole
         if self.last_trade_price is not None:
-            self.last_trade_price = (self.last_trade_price / split.value).quantize(PRICE_STEP, ROUND_HALF_EVEN)
-        lieu_price = split.lieu_price if split.lieu_price is not None else self.last_trade_price
+            self.last_trade_price = _decimal(Fraction(self.last_trade_price) / value).quantize(
+                PRICE_STEP, ROUND_HALF_EVEN)
+        lieu_price = Fraction(split.lieu_price if split.lieu_price is not None else self.last_trade_price)
         if self.lots is None:
             if fraction:
-                avg_cost = self.cost_basis / scaled
-                self.realized_pnl = _money(self.realized_pnl + fraction * (lieu_price - avg_cost))
-                self.cost_basis = ZERO if whole == 0 else _money(self.cost_basis - fraction * avg_cost)
+                avg_cost = Fraction(self.cost_basis) / scaled
+                self.realized_pnl = _money(_decimal(Fraction(self.realized_pnl) + fraction * (lieu_price - avg_cost)))
+                self.cost_basis = ZERO if whole == 0 else _money(_decimal(Fraction(self.cost_basis)
+                                                                          - fraction * avg_cost))
         else:
-            for lot in self.lots:
-                lot.quantity = _lot_quantity(lot.quantity * split.value)
-            left_over = sum(lot.quantity for lot in self.lots) - whole
-            if left_over > 0:
-                cost = self._take_lots(left_over, oldest_first=False)
-                self.realized_pnl = _money(self.realized_pnl + left_over * lieu_price - cost)
+            cost = self._split_lots(value, fraction, whole)
+            self.realized_pnl = _money(self.realized_pnl + _decimal(fraction * lieu_price) - cost)
         self.quantity = whole
+
+    def _split_lots(self, value, fraction, whole):
+        """Scale every lot by value, take the fraction of a share (exact) off the newest lots at their own cost,
+        and round the lots' quantities to LOT_STEP, the newest taking the rounding so that they add up to whole;
+        return the cost taken."""
+        scaled = [Fraction(lot.quantity) * value for lot in self.lots]
+        taken, remaining = ZERO, fraction
+        for index in reversed(range(len(scaled))):
+            if remaining == 0:
+                break
+            share, lot = min(remaining, scaled[index]), self.lots[index]
+            cost = lot.cost_basis if share == scaled[index] else _money(
+                _decimal(Fraction(lot.cost_basis) * share / scaled[index]))
+            lot.cost_basis, scaled[index] = lot.cost_basis - cost, scaled[index] - share
+            remaining, taken = remaining - share, taken + cost
+        kept = [(lot, exact) for lot, exact in zip(self.lots, scaled) if exact > 0]
+        for lot, exact in kept:
+            lot.quantity = max(_lot_quantity(_decimal(exact)), LOT_STEP)
+        self.lots = deque(lot for lot, _ in kept)
+        if self.lots:
+            self.lots[-1].quantity += whole - sum(lot.quantity for lot in self.lots)
+        self.cost_basis = ZERO if not self.lots else self.cost_basis - taken
+        return taken
 
     def follows(self, event):
         """Does this event sort after everything applied so far, so that it can simply be applied next?"""

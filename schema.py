@@ -199,6 +199,7 @@ corporate_actions = Table(
     Column("ex_date", Date, primary_key=True),
     Column("action", String(10), primary_key=True),
     Column("value", ActionValue, nullable=False),  # SPLIT: new shares per old share; DIVIDEND: cash per share
+    Column("ratio", String(20)),  # SPLIT given as 'new:old' whose value is no 6-decimal number ('1:3'); else NULL
     Column("lieu_price", Price),  # SPLIT: the cash-in-lieu price, fixed when the split is first applied
     Column("loaded_at", Timestamp, nullable=False),
     Column("applied_at", Timestamp),  # when update_portfolio applied it to positions; NULL = not yet

@@ -7,6 +7,7 @@ import logging
 import threading
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from sqlalchemy import select
@@ -22,6 +23,7 @@ from schema import corporate_actions as actions_table, market_prices, transactio
 HEADER = "stock_symbol,ex_date,action,value"
 TRADE_HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
 VALUE_PROBLEM = "is not a plain decimal > 0 with at most 6 decimals"
+SPLIT_VALUE_PROBLEM = VALUE_PROBLEM + " (or a ratio new:old such as 1:3)"
 DATE_PROBLEM = "is not a real date YYYY-MM-DD"
 CHANGES_NOTHING = "is a split of 1 new share per old share, which changes nothing"
 REFUSAL = ("an action already stored cannot be changed because positions may have been built on it "
@@ -122,16 +124,16 @@ REJECT_CASES = [
     ("AAPL,1899-12-31,DIVIDEND,1", "ex_date: '1899-12-31' is before 1900"),
     ("AAPL,2025-06-02,MERGER,2", "action: 'MERGER' is not SPLIT or DIVIDEND"),
     ("AAPL,2025-06-02,SPLITS,2", "action: 'SPLITS' is not SPLIT or DIVIDEND"),
-    ("AAPL,2025-06-03,SPLIT,0", f"value: '0' {VALUE_PROBLEM}"),
-    ("AAPL,2025-06-04,SPLIT,-2", f"value: '-2' {VALUE_PROBLEM}"),
-    ("AAPL,2025-06-05,SPLIT,abc", f"value: 'abc' {VALUE_PROBLEM}"),
-    ("AAPL,2025-06-06,SPLIT,", f"value: '' {VALUE_PROBLEM}"),
-    ("AAPL,2025-06-07,SPLIT,1e3", f"value: '1e3' {VALUE_PROBLEM}"),
-    ("AAPL,2025-06-08,SPLIT,NaN", f"value: 'NaN' {VALUE_PROBLEM}"),
+    ("AAPL,2025-06-03,SPLIT,0", f"value: '0' {SPLIT_VALUE_PROBLEM}"),
+    ("AAPL,2025-06-04,SPLIT,-2", f"value: '-2' {SPLIT_VALUE_PROBLEM}"),
+    ("AAPL,2025-06-05,SPLIT,abc", f"value: 'abc' {SPLIT_VALUE_PROBLEM}"),
+    ("AAPL,2025-06-06,SPLIT,", f"value: '' {SPLIT_VALUE_PROBLEM}"),
+    ("AAPL,2025-06-07,SPLIT,1e3", f"value: '1e3' {SPLIT_VALUE_PROBLEM}"),
+    ("AAPL,2025-06-08,SPLIT,NaN", f"value: 'NaN' {SPLIT_VALUE_PROBLEM}"),
     ('AAPL,2025-06-09,DIVIDEND,"1,000.00"', f"value: '1,000.00' {VALUE_PROBLEM}"),
-    ("AAPL,2025-06-10,SPLIT,0.0000001", f"value: '0.0000001' {VALUE_PROBLEM}"),
+    ("AAPL,2025-06-10,SPLIT,0.0000001", f"value: '0.0000001' {SPLIT_VALUE_PROBLEM}"),
     ("AAPL,2025-06-11,DIVIDEND,0.1234567", f"value: '0.1234567' {VALUE_PROBLEM}"),
-    ("AAPL,2025-06-12,SPLIT,１０", f"value: '１０' {VALUE_PROBLEM}"),
+    ("AAPL,2025-06-12,SPLIT,１０", f"value: '１０' {SPLIT_VALUE_PROBLEM}"),
     ("AAPL,2025-06-13,SPLIT,1000000.000001",
      "value: '1000000.000001' is not a split ratio between 0.000001 and 1,000,000 (new shares per old share)"),
     ("AAPL,2025-06-14,SPLIT,1", f"value: '1' {CHANGES_NOTHING}"),
@@ -142,7 +144,12 @@ REJECT_CASES = [
     ("ZZZ,never,HOLD,x",
      f"stock_symbol: 'ZZZ' is not a known stock; ex_date: 'never' {DATE_PROBLEM}; "
      f"action: 'HOLD' is not SPLIT or DIVIDEND; value: 'x' {VALUE_PROBLEM}"),
+    ("AAPL,2025-06-20,SPLIT,0:3", "value: '0:3' is not a ratio new:old of whole numbers from 1 to 1,000,000"),
+    ("AAPL,2025-06-21,SPLIT,3:3", f"value: '3:3' {CHANGES_NOTHING}"),
+    ("AAPL,2025-06-23,DIVIDEND,1:3", f"value: '1:3' {VALUE_PROBLEM}"),
+    ("AAPL,2025-06-24,SPLIT,1:3:4", f"value: '1:3:4' {SPLIT_VALUE_PROBLEM}"),
     ("AAPL,2025-06-19,SPLIT,3", None),
+    ("AAPL,2025-06-22,SPLIT,1:3", None),
     ("AAPL,2025-06-19,DIVIDEND,0.25", None),
 ]
 
@@ -154,11 +161,12 @@ def test_each_rule_rejects_with_field_and_value_and_the_good_rows_load(seeded_en
 
     expected = [(number, reason) for number, (_, reason) in enumerate(REJECT_CASES, start=2) if reason is not None]
     assert summary.rejects == expected
-    assert summary.line() == (f"corporate_actions.csv: {len(REJECT_CASES)} actions read, 2 new, 0 already loaded, "
+    assert summary.line() == (f"corporate_actions.csv: {len(REJECT_CASES)} actions read, 3 new, 0 already loaded, "
                               f"{len(expected)} rejected")
     assert [row[:4] for row in stored_actions(seeded_engine)] == [
         ("AAPL", date(2025, 6, 19), "DIVIDEND", Decimal("0.25")),
         ("AAPL", date(2025, 6, 19), "SPLIT", Decimal("3")),
+        ("AAPL", date(2025, 6, 22), "SPLIT", Decimal("0.333333")),
     ]
 
 
@@ -167,7 +175,7 @@ def test_a_long_value_is_cut_in_its_reason(seeded_engine, tmp_path):
 
     summary = load(seeded_engine, path)
 
-    assert summary.rejects == [(2, f"value: {'9' * 100!r}… (151 characters) {VALUE_PROBLEM}")]
+    assert summary.rejects == [(2, f"value: {'9' * 100!r}… (151 characters) {SPLIT_VALUE_PROBLEM}")]
 
 
 def test_rejects_are_logged_with_file_and_line_and_a_note_past_ten(seeded_engine, database_url, tmp_path, capsys):
@@ -462,3 +470,21 @@ def test_a_fee_column_under_another_name_is_named_in_a_warning(seeded_engine, da
     assert len(warnings) == 1 and warnings[0].endswith(
         f"WARNING load_transactions: {path}: column(s) commission are not read: the fee column must be named fee "
         "(these trades load with fee 0)")
+
+
+def test_a_split_given_as_a_ratio_is_exact_and_loads_again_as_the_same_action(seeded_engine, database_url, tmp_path,
+                                                                              capsys):
+    path = write_csv(tmp_path, "corporate_actions.csv", [HEADER, "AAPL,2020-08-31,SPLIT,2:6", "MSFT,2020-09-01,SPLIT,1:4"])
+    load(seeded_engine, path)
+    with seeded_engine.connect() as connection:
+        assert [action.value for action in corporate_actions.read_actions(connection)] == [
+            Fraction(1, 3), Fraction(1, 4)]
+        stored = connection.execute(select(actions_table.c.value, actions_table.c.ratio).order_by(
+            actions_table.c.stock_symbol)).all()
+    assert [(Decimal(str(value)), ratio) for value, ratio in stored] == [
+        (Decimal("0.333333"), "1:3"), (Decimal("0.25"), None)]
+    again = write_csv(tmp_path, "again.csv", [HEADER, "AAPL,2020-08-31,SPLIT,1:3", "MSFT,2020-09-01,SPLIT,0.25"])
+    assert load(seeded_engine, again).line() == "again.csv: 2 actions read, 0 new, 2 already loaded, 0 rejected"
+    changed = write_csv(tmp_path, "changed.csv", [HEADER, "AAPL,2020-08-31,SPLIT,0.333333"])
+    assert load_transactions.main(["--database-url", database_url, changed]) == 2
+    assert "AAPL 2020-08-31 SPLIT is stored with value 1:3, the file gives 0.333333;" in capsys.readouterr().err

@@ -9,15 +9,16 @@ import csv
 import os
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, select, text
+from sqlalchemy import select, text
 
 import cli
+import corporate_actions as corporate_actions_module
 import load_transactions
 import update_portfolio
 from schema import corporate_actions, ledger_settings, market_prices, portfolios, position_lots
@@ -26,9 +27,10 @@ from test_update_portfolio import fraction, fresh_engine
 HALF_CENT = Fraction(1, 200)  # "to the cent": an absolute difference below half a cent
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "legacy_wac")
 FIRST_DAY = date(2026, 1, 5)  # a Monday
-DAYS = [FIRST_DAY + timedelta(days=offset) for offset in range(40) if (FIRST_DAY + timedelta(days=offset)).weekday() < 5]
+DAYS = [FIRST_DAY + timedelta(days=offset) for offset in range(40)
+        if (FIRST_DAY + timedelta(days=offset)).weekday() < 5]
 TODAY = DAYS[-1] + timedelta(days=3)
-SPLIT_VALUES = ["4", "2", "3", "1.5", "2.5", "0.5", "0.25", "0.1", "0.3", "0.125"]
+SPLIT_VALUES = ["4", "2", "3", "1.5", "2.5", "0.5", "0.25", "0.1", "0.3", "0.125", "1:3", "2:3", "1:7", "7:3"]
 
 
 # ---------------------------------------------------------------------------------------------- the reference
@@ -166,6 +168,14 @@ class DrawnAction:
     value: Fraction
 
 
+def split_value(text):
+    """A split value as an exact Fraction: '1:3' or '0.25'."""
+    if ":" in text:
+        new, old = text.split(":")
+        return Fraction(int(new), int(old))
+    return Fraction(Decimal(text))
+
+
 @st.composite
 def histories(draw):
     """Trades of two investors in AAPL over DAYS, corporate actions among them, daily closes, and which trades
@@ -186,7 +196,7 @@ def histories(draw):
         if kind in ("DIVIDEND", "BOTH"):
             actions.append(DrawnAction(DAYS[day_index], "DIVIDEND", Fraction(draw(st.integers(1, 300)), 100)))
         if kind in ("SPLIT", "BOTH"):
-            actions.append(DrawnAction(DAYS[day_index], "SPLIT", Fraction(Decimal(draw(st.sampled_from(SPLIT_VALUES))))))
+            actions.append(DrawnAction(DAYS[day_index], "SPLIT", split_value(draw(st.sampled_from(SPLIT_VALUES)))))
     closes = [(day, Fraction(draw(st.integers(100, 5_000_000)), 10_000)) for day in DAYS]
     first_trades = draw(st.sets(st.sampled_from([t.number for t in trades])))
     first_actions = draw(st.sets(st.integers(0, max(len(actions) - 1, 0)), max_size=len(actions)))
@@ -204,8 +214,10 @@ def store(engine, trades, actions, closes=()):
                 for day, close in closes])
         if actions:
             connection.execute(corporate_actions.insert(), [
-                {"stock_symbol": "AAPL", "ex_date": a.ex_date, "action": a.action,
-                 "value": Decimal(a.value.numerator) / a.value.denominator, "loaded_at": datetime.now()}
+                {"stock_symbol": "AAPL", "ex_date": a.ex_date, "action": a.action, "loaded_at": datetime.now(),
+                 "value": corporate_actions_module.stored_value(a.value if a.action == "SPLIT" else Decimal(
+                     a.value.numerator) / a.value.denominator),
+                 "ratio": corporate_actions_module.stored_ratio(a.value) if a.action == "SPLIT" else None}
                 for a in actions])
 
 
@@ -470,3 +482,19 @@ def test_a_split_beyond_what_a_position_can_hold_is_one_line_and_exit_2(seeded_e
         f"error: update_portfolio: SPLIT of AAPL on {DAYS[4]} (value 1000000) would make investor 1001's position "
         "2,147,483,647,000,000,000,000 shares, more than a position can hold (9,223,372,036,854,775,807): correct "
         "the action (docs/corporate-actions.md, Correcting an action)\n")
+
+
+@pytest.mark.parametrize("method", ["wac", "fifo"])
+def test_a_one_for_three_split_given_as_a_ratio_is_exact(seeded_engine, method):
+    """300 shares in three lots, a 1:3 split: exactly 100 shares, nothing paid in lieu, the cost basis kept."""
+    engine = seeded_engine
+    store(engine, [DrawnTrade(number, 1001, "BUY", 100, Fraction(10 * number), Fraction(0), number)
+                   for number in (1, 2, 3)], [DrawnAction(DAYS[5], "SPLIT", Fraction(1, 3))], [(DAYS[4], Fraction(25))])
+    update_portfolio.update_portfolios(engine, today=TODAY, requested_method=method)
+    rows, lots = stored_positions(engine)
+    row = rows[(1001, "AAPL")]
+    assert (row.quantity, fraction(row.cost_basis), fraction(row.realized_pnl), fraction(row.avg_cost)) == (
+        100, 6000, 0, 60)
+    if method == "fifo":
+        assert sum(fraction(lot.quantity) for lot in lots) == 100
+        assert sorted(fraction(lot.cost_per_share) for lot in lots) == [30, 60, 90]
