@@ -87,7 +87,7 @@ SELECT COALESCE(SUM(dividend_income), 0) AS dividend_income,  -- cash dividends 
 FROM investor_risk
 """
 RECENT_ACTIONS_SQL = """
-SELECT stock_symbol, ex_date, action, value, applied_at
+SELECT stock_symbol, ex_date, action, value, ratio, applied_at
 FROM corporate_actions
 WHERE applied_at IS NOT NULL
 ORDER BY ex_date DESC, stock_symbol, action
@@ -219,7 +219,8 @@ ALERT_COLUMNS = (
 )
 ACTION_COLUMNS = (
     Column("symbol", "stock_symbol"), Column("ex_date", "ex_date", day, "time"), Column("action", "action"),
-    Column("value", "value", action_value, "number"), Column("applied", "applied_at", timestamp, "time"),
+    Column("value", "value", action_value, "number"), Column("ratio", "ratio"),
+    Column("applied", "applied_at", timestamp, "time"),
 )
 BATCH_COLUMNS = (
     Column("batch", "batch_id", css="number"), Column("source", "source"), Column("status", "status"),
