@@ -217,7 +217,7 @@ def apply_due_actions(connection, now, rules, horizon):
     applied.late.update({key: earliest[key[1]] for key in set(positions) - set(following)})
     replay_starts = replay_late_positions(connection, applied, positions, rules)
     result = write_applied(connection, applied, positions, replay_starts, now)
-    stamp_actions(connection, horizon, now)
+    stamp_actions(connection, due, now)
     logger.info("%d corporate actions came due: %d positions took them, %d were replayed", len(due),
                 len(result.changed - result.replayed), len(result.replayed))
     return result, len(due)
@@ -758,7 +758,7 @@ def _update_portfolios(engine, full, today, requested_method):
         batch_ids = pending_batches(connection)
         applied = apply_new_trades(connection, batch_ids, full, now, rules)
         if full:
-            summary.actions_applied = stamp_actions(connection, params["today"], now)
+            summary.actions_applied = stamp_actions(connection, rules_actions(rules), now)
         summary.alerts_raised = applied.alerts_raised + due.alerts_raised
         summary.alerts_withdrawn = applied.alerts_withdrawn + due.alerts_withdrawn
         batches.stamp_batches(connection, batch_ids, "applied_at", now)
@@ -774,12 +774,24 @@ def _update_portfolios(engine, full, today, requested_method):
     return summary
 
 
-def stamp_actions(connection, horizon, now):
-    """Mark the corporate actions with ex_date up to horizon applied (a full replay applied them all); return
-    how many were not marked before."""
+def stamp_actions(connection, keys, now):
+    """Mark these corporate actions ((stock_symbol, ex_date, action), the ones this run read and applied)
+    applied, never one that a loader committed meanwhile; return how many were not marked before."""
     table = corporate_actions_table
-    return connection.execute(update(table).where(and_(table.c.applied_at.is_(None), table.c.ex_date <= horizon))
-                              .values(applied_at=now)).rowcount
+    horizon = max((day for _, day, _ in keys), default=None)
+    pending = sorted(set(keys) & set(due_actions(connection, horizon))) if keys else []
+    if pending:
+        connection.execute(update(table).where(and_(
+            table.c.stock_symbol == bindparam("symbol"), table.c.ex_date == bindparam("day"),
+            table.c.action == bindparam("kind"))).values(applied_at=now),
+            [{"symbol": symbol, "day": day, "kind": kind} for symbol, day, kind in pending])
+    return len(pending)
+
+
+def rules_actions(rules):
+    """(stock_symbol, ex_date, action) of every corporate action in ledger.Rules."""
+    return [(symbol, event.ex_date, "SPLIT" if isinstance(event, ledger.Split) else "DIVIDEND")
+            for symbol, events in rules.actions.items() for _, event in events]
 
 
 def built_by_earlier_version(connection):

@@ -498,3 +498,30 @@ def test_a_one_for_three_split_given_as_a_ratio_is_exact(seeded_engine, method):
     if method == "fifo":
         assert sum(fraction(lot.quantity) for lot in lots) == 100
         assert sorted(fraction(lot.cost_per_share) for lot in lots) == [30, 60, 90]
+
+
+def test_an_action_committed_while_an_update_runs_is_left_for_the_next_update(mariadb_url, monkeypatch):
+    """MariaDB: an UPDATE sees rows committed after the update read its actions; only the actions read are
+    stamped applied, so one loaded meanwhile is applied by the next update (SQLite serializes the two writers)."""
+    with fresh_engine(mariadb_url) as engine:
+        store(engine, [DrawnTrade(1, 1001, "BUY", 10, Fraction(100), Fraction(0), 0)],
+              [DrawnAction(DAYS[2], "DIVIDEND", Fraction(1))], [(DAYS[0], Fraction(100))])
+        original, calls = update_portfolio.write_applied, []
+
+        def load_an_action_meanwhile(*args, **kwargs):  # after the due actions were read, before their stamp
+            if not calls:
+                store(engine, [], [DrawnAction(DAYS[3], "DIVIDEND", Fraction(2))])  # its own transaction
+            calls.append(1)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(update_portfolio, "write_applied", load_an_action_meanwhile)
+        first = update_portfolio.update_portfolios(engine, today=TODAY)
+        monkeypatch.setattr(update_portfolio, "write_applied", original)
+        assert first.actions_applied == 1
+        with engine.connect() as connection:
+            assert connection.execute(select(corporate_actions.c.applied_at).where(
+                corporate_actions.c.ex_date == DAYS[3])).scalar() is None
+        second = update_portfolio.update_portfolios(engine, today=TODAY)
+        assert second.actions_applied == 1
+        rows, _ = stored_positions(engine)
+        assert fraction(rows[(1001, "AAPL")].dividend_income) == 30
