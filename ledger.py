@@ -324,7 +324,14 @@ def pack_lots(lots):
     """FIFO lots as the text a checkpoint keeps ('txn_id,acquired_at,quantity,cost_basis;...'), None for WAC."""
     if lots is None:
         return None
-    return ";".join(f"{lot.txn_id},{lot.acquired_at},{lot.quantity},{lot.cost_basis}" for lot in lots)
+    return ";".join(f"{lot.txn_id},{lot.acquired_at},{_plain(lot.quantity)},{_plain(lot.cost_basis)}"
+                    for lot in lots)
+
+
+def _plain(value):
+    """A Decimal as the shortest plain text of its value (29, not 29.000000000000): the same state, the same text."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def unpack_lots(text):
@@ -568,7 +575,7 @@ def last_checkpoints_before(connection, weeks):
     """{key: the position's last checkpoint of a week before weeks[key] (a Monday)} for the keys that have one."""
     keys, found, table = sorted(weeks), {}, position_checkpoints
     for first in range(0, len(keys), REPLAY_SLICE):
-        found.update(_latest_checkpoints(connection, or_(*(
+        found.update(latest_checkpoints(connection, or_(*(
             and_(table.c.investor_id == key[0], table.c.stock_symbol == key[1], table.c.week_start < weeks[key])
             for key in keys[first:first + REPLAY_SLICE]))))
     return found
@@ -582,12 +589,12 @@ def checkpoints_before(connection, investor_ids, week_by_investor):
         by_week.setdefault(week_by_investor[investor_id], []).append(investor_id)
     for week, ids in sorted(by_week.items()):
         for start in range(0, len(ids), ID_SLICE):
-            found.update(_latest_checkpoints(connection, and_(
+            found.update(latest_checkpoints(connection, and_(
                 table.c.investor_id.in_(ids[start:start + ID_SLICE]), table.c.week_start < week)))
     return found
 
 
-def _latest_checkpoints(connection, condition):
+def latest_checkpoints(connection, condition):
     """{key: Checkpoint}: per position, the latest of its checkpoints that meet `condition`."""
     table = position_checkpoints
     latest = select(table.c.investor_id, table.c.stock_symbol, func.max(table.c.week_start).label("week_start")

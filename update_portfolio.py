@@ -114,25 +114,23 @@ POSITION_COLUMNS = ("investor_id", "stock_symbol", "quantity", "cost_basis", "re
 
 def load_positions(connection, investor_ids=None, keys=None, symbols=None, method=cost_method.DEFAULT):
     """The stored positions of these investors, with these keys, or in these symbols (every position with
-    none of them), by (investor_id, stock_symbol); with method 'fifo' their open lots too."""
+    none of them), by (investor_id, stock_symbol); with method 'fifo' their open lots too, exactly as their
+    latest checkpoint keeps them (position_lots is for readers: SQLite would hand back its decimals as floats)."""
+    query = select(*(portfolios.c[column] for column in POSITION_COLUMNS))
     rows = []
-    for table, columns in ((portfolios, POSITION_COLUMNS), (position_lots, LOT_COLUMNS)):
-        if table is position_lots and method != "fifo":
-            break
-        query = select(*(table.c[column] for column in columns))
-        found = []
-        if investor_ids is None and keys is None and symbols is None:
-            found = connection.execute(query).all()
-        for condition in _position_conditions(table, investor_ids, keys, symbols):
-            found += connection.execute(query.where(condition))
-        rows.append(found)
-    positions = {(row[0], row[1]): _stored_position(row, method) for row in rows[0]}
-    for investor_id, symbol, *lot in sorted(rows[1] if method == "fifo" else [], key=lambda row: (row[3], row[2])):
-        positions[(investor_id, symbol)].lots.append(_stored_lot(*lot))
+    if investor_ids is None and keys is None and symbols is None:
+        rows = connection.execute(query).all()
+    for condition in _position_conditions(portfolios, investor_ids, keys, symbols):
+        rows += connection.execute(query.where(condition))
+    positions = {(row[0], row[1]): _stored_position(row, method) for row in rows}
+    if method == "fifo" and positions:
+        conditions = list(_position_conditions(position_checkpoints, investor_ids, keys, symbols)) or [
+            position_checkpoints.c.investor_id.is_not(None)]
+        for condition in conditions:
+            for key, checkpoint in ledger.latest_checkpoints(connection, condition).items():
+                if key in positions:
+                    positions[key].lots = ledger.unpack_lots(checkpoint.lots) or deque()
     return positions
-
-
-LOT_COLUMNS = ("investor_id", "stock_symbol", "txn_id", "acquired_at", "quantity", "cost_basis")
 
 
 def _position_conditions(table, investor_ids, keys, symbols):
@@ -150,10 +148,6 @@ def _stored_position(row, method):
     return ledger.Position(investor_id, symbol, quantity, to_decimal(cost), to_decimal(pnl),
                            ledger.normalize_time(last_time), last_id, count, to_decimal(last_price),
                            to_decimal(dividends), to_decimal(fees), deque() if method == "fifo" else None)
-
-
-def _stored_lot(txn_id, acquired_at, quantity, cost_basis):
-    return ledger.Lot(txn_id, ledger.normalize_time(acquired_at), to_decimal(quantity), to_decimal(cost_basis))
 
 
 # ---------------------------------------------------------------------------------------------- apply

@@ -21,7 +21,7 @@ import cli
 import corporate_actions as corporate_actions_module
 import load_transactions
 import update_portfolio
-from schema import corporate_actions, ledger_settings, market_prices, portfolios, position_lots
+from schema import corporate_actions, ledger_settings, market_prices, portfolios, position_checkpoints, position_lots
 from test_update_portfolio import fraction, fresh_engine
 
 HALF_CENT = Fraction(1, 200)  # "to the cent": an absolute difference below half a cent
@@ -259,9 +259,12 @@ def clear(engine):
 
 
 def snapshot(engine):
+    """portfolios (without updated_at), the checkpoints and the FIFO lots, as sorted rows."""
     columns = [c for c in portfolios.columns if c.name != "updated_at"]
     with engine.connect() as connection:
-        return sorted(tuple(row) for row in connection.execute(select(*columns)))
+        return (sorted(tuple(row) for row in connection.execute(select(*columns))),
+                sorted(tuple(row) for row in connection.execute(select(position_checkpoints))),
+                sorted(tuple(row) for row in connection.execute(select(position_lots))))
 
 
 @pytest.mark.parametrize("method", ["wac", "fifo"])
@@ -525,3 +528,45 @@ def test_an_action_committed_while_an_update_runs_is_left_for_the_next_update(ma
         assert second.actions_applied == 1
         rows, _ = stored_positions(engine)
         assert fraction(rows[(1001, "AAPL")].dividend_income) == 30
+
+
+
+def test_fifo_lots_after_inexact_splits_add_up_and_a_later_sell_of_everything_applies(seeded_engine):
+    """Lots of 18, 17 and 11 shares through splits of 0.333333, 0.142857 and 2.5 (each lot rounded to 12
+    decimals): the lots still add up to the position, so selling all of it, incrementally, is no error."""
+    engine = seeded_engine
+    store(engine, [DrawnTrade(number, 1001, "BUY", quantity, Fraction(10), Fraction(0), 0)
+                   for number, quantity in ((1, 18), (2, 17), (3, 11))],
+          [DrawnAction(DAYS[2], "SPLIT", Fraction("0.333333")), DrawnAction(DAYS[3], "SPLIT", Fraction("0.142857")),
+           DrawnAction(DAYS[4], "SPLIT", Fraction("2.5"))], [(DAYS[0], Fraction(10))])
+    update_portfolio.update_portfolios(engine, today=TODAY, requested_method="fifo")
+    rows, lots = stored_positions(engine)
+    held = rows[(1001, "AAPL")].quantity
+    assert held == 5 and sum(fraction(lot.quantity) for lot in lots) == held
+    store(engine, [DrawnTrade(4, 1001, "SELL", held, Fraction(10), Fraction(1), 8)], [])
+    update_portfolio.update_portfolios(engine, today=TODAY)
+    rows, lots = stored_positions(engine)
+    assert (rows[(1001, "AAPL")].quantity, lots) == (0, [])
+    incremental = snapshot(engine)
+    update_portfolio.update_portfolios(engine, today=TODAY, full=True)
+    assert snapshot(engine) == incremental
+
+
+def test_fifo_lots_with_many_digits_survive_between_updates_on_every_database(seeded_engine):
+    """47618.999999952381 shares have more digits than SQLite's floats keep: the lots an update continues from
+    are the exact ones of the checkpoint, so selling them all is no error."""
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 1_000_001, Fraction(1), Fraction(0), 0),
+                   DrawnTrade(2, 1001, "BUY", 7, Fraction(1), Fraction(0), 0)],
+          [DrawnAction(DAYS[2], "SPLIT", Fraction("0.333333")), DrawnAction(DAYS[3], "SPLIT", Fraction("0.142857"))],
+          [(DAYS[0], Fraction(1))])
+    update_portfolio.update_portfolios(engine, today=TODAY, requested_method="fifo")
+    rows, _ = stored_positions(engine)
+    held = rows[(1001, "AAPL")].quantity
+    store(engine, [DrawnTrade(3, 1001, "SELL", held, Fraction(21), Fraction(0), 9)], [])
+    update_portfolio.update_portfolios(engine, today=TODAY)
+    rows, lots = stored_positions(engine)
+    assert (rows[(1001, "AAPL")].quantity, lots) == (0, [])
+    incremental = snapshot(engine)
+    update_portfolio.update_portfolios(engine, today=TODAY, full=True)
+    assert snapshot(engine) == incremental
