@@ -215,10 +215,20 @@ def _create_missing_tables(engine):
         present = existing_columns(connection)
     if not set(schema.metadata.tables) <= set(present):
         schema.metadata.create_all(engine)
+        if "portfolios" not in present:  # a new database: no position was built by an earlier version
+            _record_ledger_version(engine)
     missing = [(table, column) for table in schema.metadata.sorted_tables if table.name in present
                for column in table.columns if column.name not in present[table.name]]
     for table, column in missing:
         _add_column(engine, table, column)
+
+
+def _record_ledger_version(engine):
+    """Record that this database's positions follow the current rules (schema.LEDGER_VERSION)."""
+    table = schema.ledger_settings
+    with engine.begin() as connection:
+        connection.execute(dialects.upsert(connection, table, ["value"]),
+                           [{"name": "ledger_version", "value": schema.LEDGER_VERSION}])
 
 
 def existing_columns(connection):

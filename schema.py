@@ -208,8 +208,12 @@ corporate_actions = Table(
     Index("ix_corporate_actions_pending", "applied_at", "ex_date"),
 )
 
+# The rules positions are built by: a database whose positions an earlier version built (fees, corporate actions
+# and the state they need did not exist) records none, and its next update replays every trade once.
+LEDGER_VERSION = "2"
+
 ledger_settings = Table(
-    "ledger_settings", metadata,  # how positions were built: cost_method = 'wac' or 'fifo'
+    "ledger_settings", metadata,  # how positions were built: cost_method ('wac', 'fifo'), ledger_version
     Column("name", String(50), primary_key=True),
     Column("value", String(200), nullable=False),
 )

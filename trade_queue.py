@@ -32,6 +32,7 @@ import db_retry
 import live_apply
 import live_worker
 import report_refresh
+import update_portfolio
 import validation
 from schema import investors, stocks
 
@@ -244,6 +245,7 @@ def consume(engine, settings):
     url = settings.database_url or engine.url.render_as_string(hide_password=False)
     broker = broker_parameters()  # a URL that cannot work stops here (exit 2)
     require_reference_data(engine)
+    require_current_positions(engine)
     logger.info("consuming %s at %s", settings.queue(), safe_amqp_url(amqp_url()))
     applier = live_apply.LiveApplier(engine, f"{batches.LIVE_SOURCE_PREFIX}{settings.queue()}")
     totals, outage = ConsumerTotals(), Outage(f"queue {settings.queue()}", f"{broker.host}:{broker.port}")
@@ -276,6 +278,16 @@ def require_reference_data(engine):
     if missing:
         raise cli.InputError(f"the database has no {' and no '.join(missing)}; run seed_investors.py first "
                              "(no message was taken)")
+
+
+def require_current_positions(engine):
+    """Refuse to start on positions an earlier version built: the one full replay they need is
+    update_portfolio.py's (a live batch applies only its own positions)."""
+    with engine.connect() as connection:
+        earlier = update_portfolio.built_by_earlier_version(connection)
+    if earlier:
+        raise cli.InputError("the positions were built by an earlier version of stock-etl; run update_portfolio.py "
+                             "once first (it replays every trade by the current rules; no message was taken)")
 
 
 FATAL_REPLY_CODES = {403: "access refused", 404: "not found", 406: "declared differently"}  # AMQP channel replies

@@ -35,8 +35,8 @@ import dialects
 import ledger
 import risk_metrics
 from ledger import MONEY_STEP, PRICE_STEP, ZERO, to_decimal
-from schema import (alerts, investor_risk, load_batches, portfolios, position_checkpoints,
-                    position_lots, symbol_last_trades, symbol_marks, transactions)
+from schema import (LEDGER_VERSION, alerts, investor_risk, ledger_settings, load_batches, portfolios,
+                    position_checkpoints, position_lots, symbol_last_trades, symbol_marks, transactions)
 from schema import corporate_actions as corporate_actions_table
 
 logger = logging.getLogger(__name__)
@@ -753,6 +753,7 @@ def _update_portfolios(engine, full, today, requested_method):
         applied = apply_new_trades(connection, batch_ids, full, now, rules)
         if full:
             summary.actions_applied = stamp_actions(connection, rules_actions(rules), now)
+            record_ledger_version(connection)
         summary.alerts_raised = applied.alerts_raised + due.alerts_raised
         summary.alerts_withdrawn = applied.alerts_withdrawn + due.alerts_withdrawn
         batches.stamp_batches(connection, batch_ids, "applied_at", now)
@@ -790,15 +791,27 @@ def rules_actions(rules):
 
 def built_by_earlier_version(connection):
     """Does the database hold positions built by an earlier version of this program (without checkpoints, or
-    without a recorded cost method)? Then this update replays everything once to rebuild them."""
+    by earlier rules: no current ledger_version)? Then this update replays everything once to rebuild them."""
     positions = connection.execute(select(portfolios.c.investor_id).limit(1)).first() is not None
     earlier = positions and (
         connection.execute(select(position_checkpoints.c.investor_id).limit(1)).first() is None
-        or cost_method.recorded_method(connection) is None)
+        or recorded_ledger_version(connection) != LEDGER_VERSION)
     if earlier:
-        logger.warning("positions built by an earlier version (without checkpoints or a recorded cost method): "
+        logger.warning("positions built by an earlier version (without checkpoints, fees or corporate actions): "
                        "replaying every trade once to rebuild them")
     return earlier
+
+
+def recorded_ledger_version(connection):
+    """The rules the positions were built by (schema.LEDGER_VERSION), or None: an earlier version built them."""
+    return connection.execute(select(ledger_settings.c.value).where(
+        ledger_settings.c.name == "ledger_version")).scalar()
+
+
+def record_ledger_version(connection):
+    """Record that the positions are now built by the current rules (after a full replay)."""
+    connection.execute(dialects.upsert(connection, ledger_settings, ["value"]),
+                       [{"name": "ledger_version", "value": LEDGER_VERSION}])
 
 
 def revalue_and_score(connection, params, now, changed_investors, full, summary):

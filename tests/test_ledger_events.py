@@ -6,6 +6,7 @@ result, under weighted average cost and FIFO, on SQLite and MariaDB. Also: files
 exactly the portfolios of the version before fees existed.
 """
 import csv
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -15,7 +16,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 
 import cli
 import corporate_actions as corporate_actions_module
@@ -342,7 +343,8 @@ def test_switching_the_cost_method_needs_a_full_replay(seeded_engine, capsys):
         "update_portfolio.py --full --cost-method fifo")
     assert update_portfolio.main(["--database-url", url, "--cost-method", "fifo", "--full"]) == cli.EXIT_OK
     with engine.connect() as connection:
-        assert connection.execute(select(ledger_settings.c.value)).scalar() == "fifo"
+        assert connection.execute(select(ledger_settings.c.value).where(
+            ledger_settings.c.name == "cost_method")).scalar() == "fifo"
         assert connection.execute(select(position_lots.c.quantity)).scalars().all() == [10]
     assert update_portfolio.main(["--database-url", url]) == cli.EXIT_OK  # asks nothing: the recorded method
     assert update_portfolio.main(["--database-url", url, "--cost-method", "wac", "--full"]) == cli.EXIT_OK
@@ -570,3 +572,21 @@ def test_fifo_lots_with_many_digits_survive_between_updates_on_every_database(se
     incremental = snapshot(engine)
     update_portfolio.update_portfolios(engine, today=TODAY, full=True)
     assert snapshot(engine) == incremental
+
+
+
+def test_a_database_whose_positions_an_earlier_version_built_is_replayed_once(seeded_engine, caplog):
+    """Positions without the current ledger_version (an earlier version built them, whatever recorded a cost
+    method since, a live consumer included) are replayed once by the next update, which records it."""
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 10, Fraction(100), Fraction(0), 0)], [], [])
+    update_portfolio.update_portfolios(engine, today=TODAY)
+    with engine.begin() as connection:
+        connection.execute(delete(ledger_settings).where(ledger_settings.c.name == "ledger_version"))
+        connection.execute(text("UPDATE portfolios SET last_trade_price = NULL"))
+    with caplog.at_level(logging.WARNING):
+        assert update_portfolio.update_portfolios(engine, today=TODAY).full
+    assert "replaying every trade once" in caplog.text
+    rows, _ = stored_positions(engine)
+    assert fraction(rows[(1001, "AAPL")].last_trade_price) == 100
+    assert not update_portfolio.update_portfolios(engine, today=TODAY).full

@@ -442,6 +442,19 @@ def test_a_consumer_on_a_database_without_investors_takes_no_message(engine, dat
         capsys.readouterr().err
 
 
+def test_a_consumer_on_positions_an_earlier_version_built_takes_no_message(seeded_engine, database_url, capsys):
+    load_transactions.load_records(seeded_engine, [{"txn_ref": "E1", "investor_id": 1001, "stock_symbol": "AAPL",
+                                                   "txn_type": "BUY", "quantity": 1, "price": "100",
+                                                   "txn_time": "2024-06-03 10:00:00"}])
+    update_portfolio.update_portfolios(seeded_engine)
+    with seeded_engine.begin() as connection:
+        connection.execute(text("DELETE FROM ledger_settings WHERE name = 'ledger_version'"))
+    assert load_transactions.main(["--queue", "--database-url", database_url]) == 2
+    assert capsys.readouterr().err.endswith(
+        "the positions were built by an earlier version of stock-etl; run update_portfolio.py once first (it "
+        "replays every trade by the current rules; no message was taken)\n")
+
+
 def trade_json(**changes):
     whole = {"txn_ref": "A", "investor_id": 1001, "stock_symbol": "AAPL", "txn_type": "BUY", "quantity": 3,
              "price": "12.5", "txn_time": "2026-01-05 10:00:00"}
