@@ -31,6 +31,7 @@ ZERO = Decimal(0)
 MONEY_STEP = Decimal("0.000001")  # state is kept at 6 decimals after every event, so incremental == full exactly
 PRICE_STEP = Decimal("0.0001")
 MAX_QUANTITY = 2**63 - 1  # portfolios.quantity is a BIGINT
+PRICE_LIMIT = Decimal(10) ** 14  # a DECIMAL(18,4) price column holds less
 LOT_STEP = Decimal("0.000000000001")  # a FIFO lot's quantity after a split, 12 decimals (position_lots.quantity)
 FETCH_ROWS = 50_000
 ID_SLICE = 500  # values per IN (...) list
@@ -276,7 +277,16 @@ class Position:
             cost = self._split_lots(value, fraction, whole)
             self.realized_pnl = _money(self.realized_pnl + _decimal(fraction * lieu_price) - cost)
         self.quantity = whole
+        self._check_prices(split, value)
 
+    def _check_prices(self, split, value):
+        """A split that takes a price the position keeps beyond a price column is a data error (exit 2)."""
+        prices = [self.last_trade_price or ZERO] + [lot.cost_basis / lot.quantity for lot in self.lots or ()]
+        if max(prices) >= PRICE_LIMIT:
+            raise PositionLimit(
+                f"SPLIT of {split.stock_symbol} on {split.ex_date} (value {_ratio_text(value)}) would make a price "
+                f"of investor {self.investor_id}'s position {max(prices):,.4f}, more than a price column holds "
+                f"({PRICE_LIMIT:,.0f}): correct the action (docs/corporate-actions.md, Correcting an action)")
     def _split_lots(self, value, fraction, whole):
         """Scale every lot by value, take the fraction of a share (exact) off the newest lots at their own cost,
         and round the lots' quantities to LOT_STEP, the newest taking the rounding so that they add up to whole;

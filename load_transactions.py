@@ -88,11 +88,14 @@ def read_layout(path, warn=True):
     column that looks like a fee under another name."""
     try:
         with open(path, "rb") as handle:
-            first = handle.readline()
+            first = handle.readline(MAX_LINE_BYTES + 1)  # a file without line breaks is not read whole
     except FileNotFoundError:
         raise cli.InputError(f"{path}: no such file") from None
     except OSError as error:
         raise cli.InputError(f"{path}: cannot read: {error.strerror}") from None
+    if len(first) > MAX_LINE_BYTES:
+        raise cli.InputError(f"{path}: line 1: the header is longer than {MAX_LINE_BYTES:,} bytes (is this a CSV "
+                             "file?)")
     try:
         header = first.decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError:

@@ -408,7 +408,14 @@ def repriced_symbols(connection, params, full):
 
 
 def write_marks(connection, marks, symbols, now):
-    """Store the marks of these symbols."""
+    """Store the marks of these symbols; InputError (exit 2) for a split-adjusted last price that a price
+    column cannot hold (0 at 4 decimals, or 10^14 and more)."""
+    for symbol in symbols:
+        price = marks[symbol].last_price
+        if price is not None and not 0 < price < ledger.PRICE_LIMIT:
+            raise cli.InputError(
+                f"{symbol}: its last price, split-adjusted, is {price:,.4f}, which a price column cannot hold "
+                "(0.0001 up to 10^14): correct the split (docs/corporate-actions.md, Correcting an action)")
     rows = [{**marks[symbol]._asdict(), "updated_at": now} for symbol in symbols]
     if rows:
         connection.execute(dialects.upsert(connection, symbol_marks, ["last_price", "annual_volatility",

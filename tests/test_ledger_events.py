@@ -590,3 +590,26 @@ def test_a_database_whose_positions_an_earlier_version_built_is_replayed_once(se
     rows, _ = stored_positions(engine)
     assert fraction(rows[(1001, "AAPL")].last_trade_price) == 100
     assert not update_portfolio.update_portfolios(engine, today=TODAY).full
+
+
+def test_a_split_that_prices_a_position_beyond_a_price_column_is_one_line_and_exit_2(seeded_engine, capsys):
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 1, Fraction(999_999_999), Fraction(0), 0),
+                   DrawnTrade(2, 1001, "BUY", 999_999, Fraction(1), Fraction(0), 0)],
+          [DrawnAction(DAYS[3], "SPLIT", Fraction(1, 1_000_000))], [(DAYS[0], Fraction(1))])
+    url = engine.url.render_as_string(hide_password=False)
+    assert update_portfolio.main(["--database-url", url, "--cost-method", "fifo"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: update_portfolio: SPLIT of AAPL on {DAYS[3]} (value 0.000001) would make a price "
+                          "of investor 1001's position 999,999,999,000,000.0000, more than a price column holds")
+
+
+def test_a_split_adjusted_last_price_of_0_is_one_line_and_exit_2(seeded_engine, capsys):
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 1000, Fraction(1, 2), Fraction(0), 0)],
+          [DrawnAction(DAYS[3], "SPLIT", Fraction(100_000))], [(DAYS[0], Fraction(1, 2))])
+    url = engine.url.render_as_string(hide_password=False)
+    assert update_portfolio.main(["--database-url", url]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "error: update_portfolio: AAPL: its last price, split-adjusted, is 0.0000, which a price column cannot hold "
+        "(0.0001 up to 10^14): correct the split (docs/corporate-actions.md, Correcting an action)\n")

@@ -401,3 +401,14 @@ def test_a_typo_close_far_from_the_others_keeps_the_update_working_on_postgresql
     seed_investors.seed_reference_data(engine)
     assert float(absurd_close_then_update(engine, tmp_path)) > 10_000
     engine.dispose()
+
+
+def test_a_file_without_line_breaks_is_refused_by_its_header_without_reading_it_whole(sqlite_url, tmp_path, capsys):
+    path = tmp_path / "no_breaks.csv"
+    with open(path, "wb") as handle:
+        for _ in range(64):
+            handle.write(b"x" * (1 << 20))  # 64 MiB of one line: read whole, this was 64 MiB and more in memory
+    code = load_transactions.main(["--database-url", sqlite_url, str(path)])
+    assert code == 2
+    assert capsys.readouterr().err == (f"error: load_transactions: {path}: line 1: the header is longer than "
+                                       "1,048,576 bytes (is this a CSV file?)\n")
