@@ -6,6 +6,10 @@ Usage (from the project folder):
     python bench/bench_ledger.py --rows 50000 --databases sqlite   # quick
     python bench/bench_ledger.py --json bench/results-ledger.json
 
+With --before COMMIT (default: the commit before fees existed), that version of the project is checked out into a
+temporary work tree, builds its own database from the plain files, and its update_portfolio.py --full is timed in
+the same rounds: the ledger as it was, beside the ledger now.
+
 The generator writes, with one seed, the plain files (`--no-fees --no-corporate-actions`: the trades of earlier
 versions) and the full ones (a fee per trade, a few splits, quarterly dividends; after a split, prices and
 quantities are in post-split terms). For each database two fresh databases are built (seed, prices, corporate
@@ -20,8 +24,10 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from decimal import Decimal
 
 from sqlalchemy import text
@@ -35,9 +41,10 @@ import generate_dummy_data  # noqa: E402
 import load_transactions  # noqa: E402
 import seed_investors  # noqa: E402
 from bench_pipeline import fresh_database  # noqa: E402
-from bench_update import run_process  # noqa: E402
+from bench_update import STAGE_SECONDS, Run, run_process  # noqa: E402
 
-VARIANTS = (("plain", "wac"), ("ledger", "wac"), ("ledger", "fifo"))
+VARIANTS = (("before", "wac"), ("plain", "wac"), ("ledger", "wac"), ("ledger", "fifo"))
+BEFORE_FEES = "fda2597480d13f25ac071bbe61c18aab187d1f8c"  # the last commit before issue 14's fees and actions
 
 
 def write_files(rows, workdir, plain):
@@ -50,6 +57,28 @@ def write_files(rows, workdir, plain):
     if code:
         raise SystemExit(f"generate_dummy_data exited {code}")
     return out
+
+
+def build_before(url, trades_path, tree):
+    """Seed, load and update with the earlier version in `tree` (its own processes, not timed)."""
+    for arguments in (["seed_investors.py"], ["load_transactions.py", trades_path], ["update_portfolio.py"]):
+        done = subprocess.run([sys.executable, *arguments, "--database-url", url], cwd=tree, capture_output=True,
+                              text=True, check=False)
+        if done.returncode:
+            raise SystemExit(f"{arguments[0]} (before) exited {done.returncode}: {done.stderr}")
+    return None
+
+
+def run_in(tree, arguments, url):
+    """run_process, in another work tree."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, *arguments], cwd=tree, env=os.environ | {"DATABASE_URL": url},
+                          capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"{arguments[0]} exited {done.returncode}: {done.stdout}{done.stderr}")
+    own = STAGE_SECONDS.search(done.stdout)
+    return Run(seconds, float(own.group(1)) if own else float("nan"))
 
 
 def build(url, trades_path):
@@ -111,12 +140,19 @@ def bench_database(kind, paths, args, workdir):
         drops.append(drop)
         print(f"{kind}: building the {name} history", flush=True)
         urls[name] = (url, build(url, path))
+    url, drop = fresh_database(kind, workdir, args.mariadb_url)
+    drops.append(drop)
+    print(f"{kind}: building the plain history with the version before fees", flush=True)
+    urls["before"] = (url, build_before(url, paths["plain"], args.tree))
     runs = {variant: [] for variant in VARIANTS}
     lots = 0
     try:
         for round_number in range(args.repeats):
             for history, method in VARIANTS:
                 url, incremental = urls[history]
+                if history == "before":
+                    runs[(history, method)].append(run_in(args.tree, ["update_portfolio.py", "--full"], url))
+                    continue
                 arguments = ["update_portfolio.py", "--database-url", url, "--full", "--cost-method", method]
                 runs[(history, method)].append(run_process(arguments, url))
                 if method == "wac" and portfolio_rows(url) != incremental:
@@ -140,23 +176,32 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mariadb-url", default=os.environ.get("BENCH_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306"))
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--before", default=BEFORE_FEES, help="the earlier version to time beside (a commit)")
     args = parser.parse_args(argv)
-    results = {"rows": args.rows, "databases": {}}
+    results = {"rows": args.rows, "before": args.before, "databases": {}}
     with tempfile.TemporaryDirectory(prefix="bench_ledger_") as workdir:
+        args.tree = os.path.join(workdir, "before")
+        subprocess.run(["git", "-C", PROJECT, "worktree", "add", "--detach", args.tree, args.before], check=True,
+                       capture_output=True)
         paths = {"plain": write_files(args.rows, workdir, plain=True),
                  "ledger": write_files(args.rows, workdir, plain=False)}
-        for kind in args.databases.split(","):
-            results["databases"][kind] = bench_database(kind, paths, args, workdir)
+        try:
+            for kind in args.databases.split(","):
+                results["databases"][kind] = bench_database(kind, paths, args, workdir)
+        finally:
+            subprocess.run(["git", "-C", PROJECT, "worktree", "remove", "--force", args.tree], check=False)
     print(f"\nupdate_portfolio.py --full on {args.rows:,} trades (medians of {args.repeats}; own = the stage's time)")
-    print("| database | plain WAC (no fees or actions) | fees + actions, WAC | ratio | fees + actions, FIFO | ratio | open lots |")
-    print("|---|---|---|---|---|---|---|")
+    print("ratio: the time over that of the version before fees (WAC only, plain history) in the same run")
+    print("| database | before fees: WAC, plain | now: WAC, plain | ratio | now: fees + actions, WAC | ratio | "
+          "now: fees + actions, FIFO | ratio | open lots |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for kind, figures in results["databases"].items():
-        plain = figures["plain_wac"]
-        cells = [f"{plain['seconds']:.2f} s (own {plain['own']:.2f})"]
-        for variant in ("ledger_wac", "ledger_fifo"):
+        before = figures["before_wac"]
+        cells = [f"{before['seconds']:.2f} s (own {before['own']:.2f})"]
+        for variant in ("plain_wac", "ledger_wac", "ledger_fifo"):
             measured = figures[variant]
             cells += [f"{measured['seconds']:.2f} s (own {measured['own']:.2f})",
-                      f"{measured['seconds'] / plain['seconds']:.2f}"]
+                      f"{measured['seconds'] / before['seconds']:.2f}"]
         print(f"| {kind} | {' | '.join(cells)} | {figures['open_lots']:,} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
