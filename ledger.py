@@ -204,10 +204,12 @@ class Position:
         return applied
 
     def _buy(self, trade):
-        cost = trade.quantity * trade.price + trade.fee
+        cost = trade.quantity * trade.price
+        if trade.fee:
+            cost += trade.fee
+            self.fees_paid += trade.fee
         self.quantity += trade.quantity
         self.cost_basis = _money(self.cost_basis + cost)
-        self.fees_paid += trade.fee
         if self.lots is not None:
             self.lots.append(Lot(trade.txn_id, trade.txn_time, Decimal(trade.quantity), _money(cost)))
         return True
@@ -217,14 +219,16 @@ class Position:
             return False
         if self.lots is None:
             avg_cost = self.cost_basis / self.quantity
-            self.realized_pnl = _money(self.realized_pnl + trade.quantity * (trade.price - avg_cost) - trade.fee)
+            gain = trade.quantity * (trade.price - avg_cost)
+            self.realized_pnl = _money(self.realized_pnl + (gain - trade.fee if trade.fee else gain))
             self.quantity -= trade.quantity
             self.cost_basis = ZERO if self.quantity == 0 else _money(self.cost_basis - trade.quantity * avg_cost)
         else:
             cost = self._take_lots(Decimal(trade.quantity), oldest_first=True)
             self.realized_pnl = _money(self.realized_pnl + trade.quantity * trade.price - trade.fee - cost)
             self.quantity -= trade.quantity
-        self.fees_paid += trade.fee
+        if trade.fee:
+            self.fees_paid += trade.fee
         return True
 
     def _take_lots(self, quantity, oldest_first):
@@ -408,9 +412,12 @@ class _Walk:
 
     def apply(self, event):
         position = self.position
-        if not isinstance(event, Trade) and position.quantity == 0:
+        if type(event) is Trade:
+            event_week = week_start(event.txn_time[:10])
+        elif position.quantity == 0:
             return  # a corporate action changes nothing without shares
-        event_week = week_start(event_key(event)[0][:10])
+        else:
+            event_week = week_start(event.ex_date.isoformat())
         if self.week is not None and event_week != self.week:
             self.applied.checkpoints.append(position.checkpoint())
         self.week = event_week
@@ -418,15 +425,15 @@ class _Walk:
         if not position.apply(event):
             self.applied.oversells.append(Oversell(event.investor_id, event.stock_symbol, event.txn_id,
                                                    event.quantity, held))
-        self.applied.changed.add((position.investor_id, position.stock_symbol))
 
     def finish(self, rules):
         """Apply the corporate actions after the last event, then emit the last week's state."""
         if self.has_actions:
             for action in rules.actions_between(self.position.stock_symbol, self._cursor()):
                 self.apply(action)
-        if self.week is not None:
+        if self.week is not None:  # an event changed the position
             self.applied.checkpoints.append(self.position.checkpoint())
+            self.applied.changed.add((self.position.investor_id, self.position.stock_symbol))
 
     def catch_up(self, rules, event):
         """Apply the corporate actions after the last event up to this one."""
@@ -534,6 +541,8 @@ def _fee_of(text_value):
 
 def _fee(value):
     """A stored fee as Decimal; zero is the one ZERO (most trades of a file without fees)."""
+    if not value:
+        return ZERO
     return _fee_of(value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value))
 
 
