@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from decimal import Decimal
 
 from sqlalchemy import text
@@ -41,7 +40,7 @@ import generate_dummy_data  # noqa: E402
 import load_transactions  # noqa: E402
 import seed_investors  # noqa: E402
 from bench_pipeline import fresh_database  # noqa: E402
-from bench_update import STAGE_SECONDS, Run, run_process  # noqa: E402
+from bench_update import run_process  # noqa: E402
 
 VARIANTS = (("before", "wac"), ("plain", "wac"), ("ledger", "wac"), ("ledger", "fifo"))
 BEFORE_FEES = "fda2597480d13f25ac071bbe61c18aab187d1f8c"  # the last commit before issue 14's fees and actions
@@ -67,18 +66,6 @@ def build_before(url, trades_path, tree):
         if done.returncode:
             raise SystemExit(f"{arguments[0]} (before) exited {done.returncode}: {done.stderr}")
     return None
-
-
-def run_in(tree, arguments, url):
-    """run_process, in another work tree."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, *arguments], cwd=tree, env=os.environ | {"DATABASE_URL": url},
-                          capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(f"{arguments[0]} exited {done.returncode}: {done.stdout}{done.stderr}")
-    own = STAGE_SECONDS.search(done.stdout)
-    return Run(seconds, float(own.group(1)) if own else float("nan"))
 
 
 def build(url, trades_path):
@@ -151,7 +138,7 @@ def bench_database(kind, paths, args, workdir):
             for history, method in VARIANTS:
                 url, incremental = urls[history]
                 if history == "before":
-                    runs[(history, method)].append(run_in(args.tree, ["update_portfolio.py", "--full"], url))
+                    runs[(history, method)].append(run_process(["update_portfolio.py", "--full"], url, args.tree))
                     continue
                 arguments = ["update_portfolio.py", "--database-url", url, "--full", "--cost-method", method]
                 runs[(history, method)].append(run_process(arguments, url))

@@ -140,10 +140,11 @@ class Run(NamedTuple):
 STAGE_SECONDS = re.compile(r"\((\d+\.\d+) s\)\s*$")
 
 
-def run_process(arguments, url):
-    """One `python arguments...` in the project folder with DATABASE_URL=url; exits if it fails."""
+def run_process(arguments, url, folder=PROJECT):
+    """One `python arguments...` in the project folder (or another work tree) with DATABASE_URL=url; exits if it
+    fails."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, *arguments], cwd=PROJECT, env=os.environ | {"DATABASE_URL": url},
+    done = subprocess.run([sys.executable, *arguments], cwd=folder, env=os.environ | {"DATABASE_URL": url},
                           capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     if done.returncode:
