@@ -65,8 +65,8 @@ class ActionsSummary:
         return self.rejects[:LOGGED_REJECTS]
 
     def where_rejects_are(self):
-        return (f"only the first {LOGGED_REJECTS} are shown: corporate actions are not a trade batch, their rejects "
-                "are not stored")
+        return (f"only the first {LOGGED_REJECTS} are shown (--verbose shows all): corporate actions are not a trade "
+                "batch, their rejects are not stored")
 
     def line(self):
         return (f"{os.path.basename(self.source)}: {self.rows_read} actions read, {self.rows_new} new, "

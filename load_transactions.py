@@ -703,7 +703,8 @@ class PricesSummary:
         return self.rejects[:LOGGED_REJECTS]
 
     def where_rejects_are(self):
-        return f"only the first {LOGGED_REJECTS} are shown: prices are not a trade batch, their rejects are not stored"
+        return (f"only the first {LOGGED_REJECTS} are shown (--verbose shows all): prices are not a trade batch, "
+                "their rejects are not stored")
 
     def line(self):
         return (f"{os.path.basename(self.source)}: {self.rows_read} daily closes read, {self.rows_new} new, "
@@ -834,12 +835,15 @@ def load_paths(engine, paths, progress=False, again=False):
 
 
 def log_rejects(summary):
-    """Log the first rejects of a load with file and line, and where the rest are."""
+    """Log the first rejects of a load with file and line, and where the rest are; the rejects of a file that
+    does not store them (prices, corporate actions) all, with --verbose."""
     for line_number, reason in summary.sample_rejects:
         logger.warning("%s:%s: %s", summary.source, line_number, reason)
     if summary.rows_rejected > len(summary.sample_rejects):
         logger.warning("%s: %d rejected rows in all; %s", summary.source, summary.rows_rejected,
                        summary.where_rejects_are())
+        for line_number, reason in getattr(summary, "rejects", [])[len(summary.sample_rejects):]:
+            logger.debug("%s:%s: %s", summary.source, line_number, reason)
 
 
 def report(summary):

@@ -188,8 +188,16 @@ def test_rejects_are_logged_with_file_and_line_and_a_note_past_ten(seeded_engine
     assert out.splitlines() == ["corporate_actions.csv: 12 actions read, 0 new, 0 already loaded, 12 rejected"]
     warnings = [line.split(" WARNING load_transactions: ")[1] for line in err.splitlines()]
     assert warnings == [f"{path}:{line}: value: '1' {CHANGES_NOTHING}" for line in range(2, 12)] + [
-        f"{path}: 12 rejected rows in all; only the first 10 are shown: corporate actions are not a trade batch, "
-        "their rejects are not stored"]
+        f"{path}: 12 rejected rows in all; only the first 10 are shown (--verbose shows all): corporate actions are "
+        "not a trade batch, their rejects are not stored"]
+
+
+def test_verbose_shows_every_reject_of_an_actions_file(seeded_engine, database_url, tmp_path, capsys):
+    path = write_csv(tmp_path, "corporate_actions.csv", [HEADER] + [f"AAPL,2025-06-{day:02d},SPLIT,1"
+                                                                    for day in range(1, 13)])
+    assert load_transactions.main(["--database-url", database_url, "--verbose", path]) == 0
+    shown = [line for line in capsys.readouterr().err.splitlines() if f"{path}:" in line and CHANGES_NOTHING in line]
+    assert [line.split(f"{path}:")[1].split(":")[0] for line in shown] == [str(line) for line in range(2, 14)]
 
 
 # ---------------------------------------------------------------------------------------------- repeats in a file

@@ -269,8 +269,8 @@ def test_prices_rejects_warning_says_where_they_are_and_are_not(seeded_engine, t
 
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 11 and messages[0] == f"{path}:2: stock_symbol: 'NOPE' is not a known stock"
-    assert messages[-1] == (f"{path}: 12 rejected rows in all; only the first 10 are shown: prices are not a "
-                            "trade batch, their rejects are not stored")
+    assert messages[-1] == (f"{path}: 12 rejected rows in all; only the first 10 are shown (--verbose shows all): "
+                            "prices are not a trade batch, their rejects are not stored")
     assert "rejected_transactions" not in messages[-1]
 
 
