@@ -266,13 +266,21 @@ def refuse_changes(path, offered, stored):
                 "may have been built on it (nothing from this file was loaded)")
 
 
+FAR_AHEAD_DAYS = 366  # an ex_date further ahead than this is most likely a typo (9999-12-31, 2062 for 2026)
+
+
 def log_due(path, new):
-    """Log how many new actions are due: ex_date on or before today."""
+    """Log how many new actions are due (ex_date on or before today), and warn of those far ahead."""
     if not new:
         return
     due = sum(action.ex_date <= date.today() for action in new)
     logger.info("%s: %d of %d new actions have an ex_date on or before today; the next update_portfolio.py applies "
                 "them, replaying the positions that traded after them", path, due, len(new))
+    far = sorted(action.ex_date for action in new if (action.ex_date - date.today()).days > FAR_AHEAD_DAYS)
+    if far:
+        logger.warning("%s: %d new actions have an ex_date more than a year ahead (the first %s): they wait until "
+                       "that day; if a date is a typo, see docs/corporate-actions.md, Correcting an action", path,
+                       len(far), far[0])
 
 
 # ------------------------------------------------------------------------------------------------ reading

@@ -482,7 +482,8 @@ def test_a_fee_column_under_another_name_is_named_in_a_warning(seeded_engine, da
 
 def test_a_split_given_as_a_ratio_is_exact_and_loads_again_as_the_same_action(seeded_engine, database_url, tmp_path,
                                                                               capsys):
-    path = write_csv(tmp_path, "corporate_actions.csv", [HEADER, "AAPL,2020-08-31,SPLIT,2:6", "MSFT,2020-09-01,SPLIT,1:4"])
+    path = write_csv(tmp_path, "corporate_actions.csv",
+                     [HEADER, "AAPL,2020-08-31,SPLIT,2:6", "MSFT,2020-09-01,SPLIT,1:4"])
     load(seeded_engine, path)
     with seeded_engine.connect() as connection:
         assert [action.value for action in corporate_actions.read_actions(connection)] == [
@@ -496,3 +497,12 @@ def test_a_split_given_as_a_ratio_is_exact_and_loads_again_as_the_same_action(se
     changed = write_csv(tmp_path, "changed.csv", [HEADER, "AAPL,2020-08-31,SPLIT,0.333333"])
     assert load_transactions.main(["--database-url", database_url, changed]) == 2
     assert "AAPL 2020-08-31 SPLIT is stored with value 1:3, the file gives 0.333333;" in capsys.readouterr().err
+
+
+def test_an_ex_date_more_than_a_year_ahead_is_stored_with_a_warning(seeded_engine, database_url, tmp_path, capsys):
+    path = write_csv(tmp_path, "corporate_actions.csv", [HEADER, "AAPL,9999-12-31,SPLIT,2", "MSFT,2020-01-06,SPLIT,2"])
+    assert load_transactions.main(["--database-url", database_url, path]) == 0
+    err = capsys.readouterr().err
+    assert (f"{path}: 1 new actions have an ex_date more than a year ahead (the first 9999-12-31): they wait until "
+            "that day; if a date is a typo, see docs/corporate-actions.md, Correcting an action") in err
+    assert len(stored_actions(seeded_engine)) == 2
