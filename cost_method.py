@@ -6,7 +6,6 @@ records in ledger_settings the method its positions were built with: a run that 
 run that asks for the other method must replay everything (`update_portfolio.py --full`), which records the new
 one.
 """
-import logging
 import os
 
 from sqlalchemy import select
@@ -14,8 +13,6 @@ from sqlalchemy import select
 import cli
 import dialects
 from schema import COST_METHODS, ledger_settings
-
-logger = logging.getLogger(__name__)
 
 SETTING = "cost_method"
 DEFAULT = "wac"

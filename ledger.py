@@ -117,7 +117,12 @@ def event_key(event):
     its ex_date, before every trade of the day, a DIVIDEND before a SPLIT."""
     if isinstance(event, Trade):
         return event.txn_time, event.txn_id
-    return f"{event.ex_date.isoformat()} 00:00:00", ACTION_ORDER["SPLIT" if isinstance(event, Split) else "DIVIDEND"]
+    return f"{event.ex_date.isoformat()} 00:00:00", ACTION_ORDER[action_kind(event)]
+
+
+def action_kind(event):
+    """'SPLIT' or 'DIVIDEND': the corporate_actions.action of a Split or Dividend."""
+    return "SPLIT" if isinstance(event, Split) else "DIVIDEND"
 
 
 @dataclass
@@ -224,24 +229,24 @@ class Position:
             self.quantity -= trade.quantity
             self.cost_basis = ZERO if self.quantity == 0 else _money(self.cost_basis - trade.quantity * avg_cost)
         else:
-            cost = self._take_lots(Decimal(trade.quantity), oldest_first=True)
+            cost = self._take_oldest_lots(Decimal(trade.quantity))
             self.realized_pnl = _money(self.realized_pnl + trade.quantity * trade.price - trade.fee - cost)
             self.quantity -= trade.quantity
         if trade.fee:
             self.fees_paid += trade.fee
         return True
 
-    def _take_lots(self, quantity, oldest_first):
-        """Take `quantity` shares off the lots (oldest or newest first), each lot's cost pro rata; return the
-        cost taken, which leaves cost_basis."""
+    def _take_oldest_lots(self, quantity):
+        """Take `quantity` shares off the lots, oldest first, each lot's cost pro rata; return the cost taken,
+        which leaves cost_basis."""
         taken = ZERO
         while quantity > 0:
-            lot = self.lots[0 if oldest_first else -1]
+            lot = self.lots[0]
             share = min(quantity, lot.quantity)
             cost = lot.cost_basis if share == lot.quantity else _money(lot.cost_basis * share / lot.quantity)
             lot.quantity, lot.cost_basis = lot.quantity - share, lot.cost_basis - cost
             if lot.quantity == 0:
-                self.lots.popleft() if oldest_first else self.lots.pop()
+                self.lots.popleft()
             quantity, taken = quantity - share, taken + cost
         self.cost_basis = ZERO if not self.lots else self.cost_basis - taken
         return taken

@@ -201,10 +201,11 @@ def apply_due_actions(connection, now, rules, horizon):
     due = due_actions(connection, horizon)
     if not due:
         return ApplyResult(set(), set(), [], {}, 0), 0
-    earliest = {}  # stock_symbol: its earliest due action
-    for symbol, ex_date, action in sorted(due, key=lambda row: row[1]):
-        key = (f"{ex_date.isoformat()} 00:00:00", ledger.ACTION_ORDER[action])
-        earliest.setdefault(symbol, next(event for event_key, event in rules.actions[symbol] if event_key == key))
+    pending, earliest = set(due), {}  # earliest: stock_symbol -> its first due action (rules keep them in order)
+    for symbol, events in rules.actions.items():
+        due_events = [event for _, event in events if (symbol, event.ex_date, ledger.action_kind(event)) in pending]
+        if due_events:
+            earliest[symbol] = due_events[0]
     positions = load_positions(connection, symbols=sorted(earliest), method=rules.method)
     following = [key for key, position in positions.items() if position.follows(earliest[key[1]])]
     applied = ledger.apply_trades([], positions, rules, others=following)
@@ -792,7 +793,7 @@ def stamp_actions(connection, keys, now):
 
 def rules_actions(rules):
     """(stock_symbol, ex_date, action) of every corporate action in ledger.Rules."""
-    return [(symbol, event.ex_date, "SPLIT" if isinstance(event, ledger.Split) else "DIVIDEND")
+    return [(symbol, event.ex_date, ledger.action_kind(event))
             for symbol, events in rules.actions.items() for _, event in events]
 
 
