@@ -59,8 +59,13 @@ CREATE TABLE IF NOT EXISTS alerts (
 	metric NUMERIC(24, 6), 
 	threshold NUMERIC(24, 6), 
 	details VARCHAR(1000) NOT NULL, 
+	status VARCHAR(10) NOT NULL DEFAULT 'OPEN', 
+	resolved_at DATETIME, 
+	resolved_by VARCHAR(100), 
+	resolution_note VARCHAR(1000), 
 	PRIMARY KEY (alert_id), 
 	CONSTRAINT ck_alerts_severity CHECK (severity IN ('LOW', 'MEDIUM', 'HIGH')), 
+	CONSTRAINT ck_alerts_status CHECK (status IN ('OPEN', 'RESOLVED')), 
 	UNIQUE (alert_key), 
 	FOREIGN KEY(investor_id) REFERENCES investors (investor_id),
 	INDEX ix_alerts_investor (investor_id, stock_symbol)
@@ -82,6 +87,36 @@ CREATE TABLE IF NOT EXISTS corporate_actions (
 	INDEX ix_corporate_actions_pending (applied_at, ex_date)
 ) ENGINE=InnoDB;
 
+CREATE TABLE IF NOT EXISTS investor_daily (
+	investor_id INTEGER NOT NULL, 
+	value_date DATE NOT NULL, 
+	market_value NUMERIC(38, 6) NOT NULL, 
+	cost_basis NUMERIC(38, 6) NOT NULL, 
+	realized_pnl NUMERIC(38, 6) NOT NULL, 
+	dividend_income NUMERIC(38, 6) NOT NULL, 
+	fees_paid NUMERIC(38, 6) NOT NULL, 
+	inflow NUMERIC(38, 6) NOT NULL, 
+	outflow NUMERIC(38, 6) NOT NULL, 
+	net_flow NUMERIC(38, 6) NOT NULL, 
+	PRIMARY KEY (investor_id, value_date), 
+	FOREIGN KEY(investor_id) REFERENCES investors (investor_id)
+) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS investor_returns (
+	investor_id INTEGER NOT NULL, 
+	period VARCHAR(3) NOT NULL, 
+	start_date DATE, 
+	end_date DATE, 
+	start_value NUMERIC(38, 6), 
+	end_value NUMERIC(38, 6), 
+	twr NUMERIC(30, 10), 
+	irr NUMERIC(30, 10), 
+	updated_at DATETIME NOT NULL, 
+	PRIMARY KEY (investor_id, period), 
+	CONSTRAINT ck_investor_returns_period CHECK (period IN ('1M', '3M', 'YTD', '1Y', 'ALL')), 
+	FOREIGN KEY(investor_id) REFERENCES investors (investor_id)
+) ENGINE=InnoDB;
+
 CREATE TABLE IF NOT EXISTS investor_risk (
 	investor_id INTEGER NOT NULL, 
 	total_market_value NUMERIC(38, 6) NOT NULL, 
@@ -98,6 +133,7 @@ CREATE TABLE IF NOT EXISTS investor_risk (
 	portfolio_volatility NUMERIC(24, 8), 
 	var_95_1d NUMERIC(38, 6), 
 	expected_shortfall_95_1d NUMERIC(38, 6), 
+	parametric_var_95_1d NUMERIC(38, 6), 
 	max_drawdown NUMERIC(12, 8), 
 	risk_score NUMERIC(6, 2) NOT NULL, 
 	risk_level VARCHAR(10) NOT NULL, 

@@ -36,11 +36,14 @@ Amount = Numeric(38, 6)  # currency units: a BIGINT holding at the largest price
 Ratio = Numeric(12, 8)  # a share between 0 and 1
 Volatility = Numeric(24, 8)  # annualized, a fraction: closes anywhere in the accepted range (0.0001 to 10**9) fit
 Score = Numeric(6, 2)  # 0..100
+Return = Numeric(30, 10)  # a rate of return, a fraction (0.05 = +5%): wide, as a tiny starting value makes it large
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")  # MySQL's TEXT stops at 64 KB
 
 RISK_PROFILES = ("conservative", "balanced", "aggressive")
 RISK_LEVELS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 ALERT_SEVERITIES = ("LOW", "MEDIUM", "HIGH")
+ALERT_STATUSES = ("OPEN", "RESOLVED")
+RETURN_PERIODS = ("1M", "3M", "YTD", "1Y", "ALL")
 BATCH_STATUSES = ("running", "loaded", "failed")
 CORPORATE_ACTIONS = ("SPLIT", "DIVIDEND")
 COST_METHODS = ("wac", "fifo")
@@ -245,6 +248,7 @@ investor_risk = Table(
     Column("portfolio_volatility", Volatility),  # annualized standard deviation of the daily returns
     Column("var_95_1d", Amount),  # 1-day 95% Value at Risk, currency units (a loss, positive)
     Column("expected_shortfall_95_1d", Amount),  # mean loss on the days at or beyond the VaR, currency units
+    Column("parametric_var_95_1d", Amount),  # variance-covariance VaR of the same daily P&L, currency units
     Column("max_drawdown", Ratio),  # largest fall from a running peak of the value, as a share of that peak
     Column("risk_score", Score, nullable=False),
     Column("risk_level", String(10), nullable=False),
@@ -265,8 +269,41 @@ alerts = Table(
     Column("metric", Numeric(24, 6)),
     Column("threshold", Numeric(24, 6)),
     Column("details", String(1000), nullable=False),
+    Column("status", String(10), nullable=False, server_default="OPEN"),  # OPEN or RESOLVED (alerts.py)
+    Column("resolved_at", Timestamp),
+    Column("resolved_by", String(100)),  # the login of the person, or 'update_portfolio' for a cleared condition
+    Column("resolution_note", String(1000)),
     _one_of("severity", ALERT_SEVERITIES),
+    _one_of("status", ALERT_STATUSES),
     Index("ix_alerts_investor", "investor_id", "stock_symbol"),
+)
+
+investor_daily = Table(
+    "investor_daily", metadata,  # one row per investor and weekday from its first trade on (performance.py)
+    Column("investor_id", Integer, ForeignKey("investors.investor_id"), primary_key=True),
+    Column("value_date", Date, primary_key=True),
+    Column("market_value", Amount, nullable=False),  # holdings at that day's closes, currency units
+    Column("cost_basis", Amount, nullable=False),
+    Column("realized_pnl", Amount, nullable=False),  # cumulative, as in portfolios
+    Column("dividend_income", Amount, nullable=False),  # cumulative
+    Column("fees_paid", Amount, nullable=False),  # cumulative
+    Column("inflow", Amount, nullable=False),  # that day: buy notionals and their fees
+    Column("outflow", Amount, nullable=False),  # that day: sell proceeds net of fees, and dividends received
+    Column("net_flow", Amount, nullable=False),  # inflow - outflow
+)
+
+investor_returns = Table(
+    "investor_returns", metadata,  # time- and money-weighted returns per investor and period (performance.py)
+    Column("investor_id", Integer, ForeignKey("investors.investor_id"), primary_key=True),
+    Column("period", String(3), primary_key=True),
+    Column("start_date", Date),  # the day whose close starts the period (its value is the period's start value)
+    Column("end_date", Date),
+    Column("start_value", Amount),
+    Column("end_value", Amount),
+    Column("twr", Return),  # time-weighted return, a fraction; NULL where the period has no value
+    Column("irr", Return),  # money-weighted return, annualized only for periods longer than a year
+    Column("updated_at", Timestamp, nullable=False),
+    _one_of("period", RETURN_PERIODS),
 )
 
 def mysql_ddl(database="stock_investments"):
