@@ -362,9 +362,13 @@ def test_an_unknown_cost_method_in_the_environment_is_one_line_and_exit_2(seeded
 
 # ---------------------------------------------------------------------------------------------- unchanged results
 
+REDEFINED_SINCE_GOLDEN = {"var_95_1d", "expected_shortfall_95_1d"}
+
+
 def test_files_without_fees_or_actions_give_the_portfolios_of_the_version_before_fees(seeded_engine):
     """tests/data/legacy_wac holds a file without fees or corporate actions and the portfolios and investor_risk
-    that the version before fees computed from it (update on 2026-10-30): every value is the same."""
+    that the version before fees computed from it (update on 2026-10-30): every value is the same, except VaR and
+    ES, which issue 15 redefined on purpose (historical simulation of today's holdings: test_risk_metrics)."""
     engine = seeded_engine
     load_transactions.load_paths(engine, [os.path.join(GOLDEN, "transactions.csv")])
     for full in (False, True):
@@ -379,7 +383,7 @@ def test_files_without_fees_or_actions_give_the_portfolios_of_the_version_before
             assert len(stored) == len(golden) - 1
             for want, row in zip(golden[1:], stored):
                 for name, expected, value in zip(header, want, row):
-                    assert same_value(expected, value), (table, want[:key_columns], name, expected, value)
+                    assert name in REDEFINED_SINCE_GOLDEN or same_value(expected, value), (table, want[:key_columns], name, expected, value)
 
 
 def same_value(text_value, value):
