@@ -637,7 +637,7 @@ INVESTOR_RISK_COLUMNS = ("total_market_value", "total_cost_basis", "realized_pnl
                          "top_position_weight", "hhi", "top_sector_weight", "weighted_volatility", "risk_score",
                          "risk_level", *risk_metrics.RiskMetrics._fields, "dividend_income", "fees_paid")
 INVESTOR_RISK_STEPS = (MONEY_STEP, MONEY_STEP, MONEY_STEP, MONEY_STEP, None) + (RATIO_STEP,) * 4
-METRIC_STEPS = (RATIO_STEP, MONEY_STEP, MONEY_STEP, RATIO_STEP)
+METRIC_STEPS = (RATIO_STEP, MONEY_STEP, MONEY_STEP, MONEY_STEP, RATIO_STEP)  # risk_metrics.RiskMetrics
 HOLDINGS_SQL = ("SELECT investor_id, stock_symbol, quantity FROM portfolios "
                 "WHERE quantity > 0 AND investor_id IN :investor_ids ORDER BY investor_id, stock_symbol")
 
@@ -691,7 +691,8 @@ def _investor_values(row, metrics):
     score = _rounded(row[10], SCORE_STEP)
     values = tuple(int(v) if step is None else _rounded(v, step) for v, step in zip(row[1:10], INVESTOR_RISK_STEPS))
     return values + (score, risk_level(score)) + (
-        tuple(_rounded(v, step) for v, step in zip(metrics, METRIC_STEPS)) if metrics else (None,) * len(METRIC_STEPS)
+        tuple(None if v is None else _rounded(v, step) for v, step in zip(metrics, METRIC_STEPS)) if metrics
+        else (None,) * len(METRIC_STEPS)
     ) + (_rounded(row[11], MONEY_STEP), _rounded(row[12], MONEY_STEP))
 
 

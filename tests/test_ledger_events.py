@@ -383,7 +383,8 @@ def test_files_without_fees_or_actions_give_the_portfolios_of_the_version_before
             assert len(stored) == len(golden) - 1
             for want, row in zip(golden[1:], stored):
                 for name, expected, value in zip(header, want, row):
-                    assert name in REDEFINED_SINCE_GOLDEN or same_value(expected, value), (table, want[:key_columns], name, expected, value)
+                    assert name in REDEFINED_SINCE_GOLDEN or same_value(expected, value), (
+                        table, want[:key_columns], name, expected, value)
 
 
 def same_value(text_value, value):
