@@ -227,10 +227,9 @@ class Valuation:
         with db_config.read_transaction_on(connection):
             now = batches.now()
             scores = update_portfolio.investor_scores(connection, params, now, investor_ids, table)
-            concentration = update_portfolio.concentration_alerts(connection, now, investor_ids)
         with db_config.write_transaction_on(connection):
             update_portfolio.write_investor_scores(connection, scores)
-            update_portfolio.insert_alerts(connection, concentration)
+            update_portfolio.sync_concentration_alerts(connection, now, investor_ids)
 
     def close_table_for(self, connection, params, marks):
         """The close table of today's marks, read again only when they changed."""

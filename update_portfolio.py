@@ -24,6 +24,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from sqlalchemy import and_, bindparam, delete, select, text, tuple_, update
 
 import action_events
+import alerts as alerts_lifecycle
 import batches
 import cli
 import closes
@@ -33,6 +34,7 @@ import cost_method
 import db_config
 import dialects
 import ledger
+import performance
 import risk_metrics
 from ledger import MONEY_STEP, PRICE_STEP, ZERO, to_decimal
 from schema import (LEDGER_VERSION, alerts, investor_risk, ledger_settings, load_batches, portfolios,
@@ -313,27 +315,30 @@ def write_latest_trades(connection, latest):
                                                     ("txn_time", "txn_id", "price")), rows)
 
 
+STAGE_NAME = "update_portfolio"  # who resolves an alert whose condition this stage sees clear
+OVERSELL_CLEARED = "withdrawn: replayed after a late trade or action, the SELL no longer oversells"
 STORED_OVERSELLS_SQL = text("""
-SELECT a.alert_key, a.investor_id, a.stock_symbol, t.txn_time, t.txn_id
+SELECT a.alert_id, a.alert_key, a.status, a.severity, a.details, a.investor_id, a.stock_symbol, t.txn_time,
+       t.txn_id
 FROM alerts a
 JOIN transactions t ON t.txn_ref = a.txn_ref
-WHERE a.rule = 'OVERSELL' AND a.investor_id IN :ids
+WHERE a.rule = 'OVERSELL' AND a.investor_id IN :ids AND a.alert_key NOT LIKE '%#%'  -- not retired (alerts.py)
 """).bindparams(bindparam("ids", expanding=True))
 
 
 def sync_oversell_alerts(connection, oversells, replay_starts, now):
     """Raise one OVERSELL alert per oversold trade not alerted yet, correct the quantity held of those alerted
-    already (a late trade before them changes it), and drop the alerts of replayed positions whose trade,
-    replayed again, no longer oversells. replay_starts: {key: the checkpoint a position was replayed from, None
-    for its first trade}. Returns (new alerts, alerts withdrawn)."""
+    already (a late trade before them changes it), and withdraw the alerts of replayed positions whose trade,
+    replayed again, no longer oversells (resolved and retired, alerts.py). replay_starts: {key: the checkpoint a
+    position was replayed from, None for its first trade}. Returns (new alerts, alerts withdrawn)."""
     refs = txn_refs(connection, [o.txn_id for o in oversells])
     wanted = {f"OVERSELL:{refs[o.txn_id]}": oversell_alert(o, refs[o.txn_id], now) for o in oversells}
     stored = dict(_stored_alert_values(connection, list(wanted)))
-    stale = [key for key in _replayed_oversell_alerts(connection, replay_starts) if key not in wanted]
-    for start in range(0, len(stale), ID_SLICE):
-        connection.execute(delete(alerts).where(alerts.c.alert_key.in_(stale[start:start + ID_SLICE])))
+    stale = [alert for alert in _replayed_oversell_alerts(connection, replay_starts) if alert.alert_key not in wanted]
+    alerts_lifecycle.retire_alerts(connection, stale, now, STAGE_NAME, OVERSELL_CLEARED)
     if stale:
-        logger.info("withdrew %d OVERSELL alerts whose SELL no longer oversells: %s", len(stale), ", ".join(stale))
+        logger.info("withdrew %d OVERSELL alerts whose SELL no longer oversells: %s", len(stale),
+                    ", ".join(alert.alert_key for alert in stale))
     changed = [{"key": key, "threshold": alert["threshold"], "details": alert["details"]}
                for key, alert in wanted.items() if key in stored and stored[key] != alert["details"]]
     if changed:
@@ -363,14 +368,15 @@ def _stored_alert_values(connection, keys):
 
 
 def _replayed_oversell_alerts(connection, replay_starts):
-    """Keys of the stored OVERSELL alerts whose trade a replay went over again."""
+    """The current OVERSELL alerts (alerts.CurrentAlert) whose trade a replay went over again."""
     investor_ids = sorted({investor_id for investor_id, _ in replay_starts})
     for start in range(0, len(investor_ids), ID_SLICE):
-        for key, investor_id, symbol, txn_time, txn_id in connection.execute(
-                STORED_OVERSELLS_SQL, {"ids": investor_ids[start:start + ID_SLICE]}):
-            position = (investor_id, symbol)
-            if position in replay_starts and _after(replay_starts[position], ledger.normalize_time(txn_time), txn_id):
-                yield key
+        for row in connection.execute(STORED_OVERSELLS_SQL, {"ids": investor_ids[start:start + ID_SLICE]}):
+            position = (row.investor_id, row.stock_symbol)
+            if position in replay_starts and _after(replay_starts[position], ledger.normalize_time(row.txn_time),
+                                                    row.txn_id):
+                yield alerts_lifecycle.CurrentAlert(row.alert_id, row.alert_key, row.status, row.severity,
+                                                    row.details)
 
 
 def _after(checkpoint, txn_time, txn_id):
@@ -700,27 +706,20 @@ CONCENTRATION_SQL = """
 SELECT p.investor_id, p.stock_symbol, p.weight
 FROM portfolios p
 WHERE p.quantity > 0 AND p.weight > :limit AND p.investor_id IN :investor_ids
-  AND NOT EXISTS (SELECT 1 FROM alerts a
-                  WHERE a.rule = 'CONCENTRATION' AND a.investor_id = p.investor_id AND a.stock_symbol = p.stock_symbol)
 """
+CONCENTRATION_CLEARED = "condition cleared: the position is no longer above the weight limit"
 
 
-def raise_concentration_alerts(connection, now, investor_ids):
-    """One CONCENTRATION alert per open position of these investors above the weight limit (kept once raised);
-    return new alerts."""
-    new = concentration_alerts(connection, now, investor_ids)
-    insert_alerts(connection, new)
-    return len(new)
-
-
-def insert_alerts(connection, rows):
-    """Insert alert rows (dicts of alerts' columns)."""
-    if rows:
-        connection.execute(alerts.insert(), rows)
+def sync_concentration_alerts(connection, now, investor_ids):
+    """One open CONCENTRATION alert per open position of these investors above the weight limit; the alert of a
+    position no longer above it is resolved and retired (alerts.py). Returns alerts.Synced."""
+    return alerts_lifecycle.sync_condition_alerts(
+        connection, "CONCENTRATION", concentration_alerts(connection, now, investor_ids), now, investor_ids,
+        resolver=STAGE_NAME, cleared_note=CONCENTRATION_CLEARED)
 
 
 def concentration_alerts(connection, now, investor_ids):
-    """The CONCENTRATION alerts these investors' positions call for and do not have yet; reads only."""
+    """The CONCENTRATION alert rows these investors' positions call for now; reads only."""
     limit = constants.CONCENTRATION_WEIGHT_LIMIT
     rows = []
     for ids in in_slices(investor_ids):
@@ -769,6 +768,7 @@ def _update_portfolios(engine, full, today, requested_method):
         changed = applied.changed | due.changed
         investors = revalue_and_score(connection, params, now, {investor_id for investor_id, _ in changed}, full,
                                       summary)
+        performance.update_performance(connection, params["today"], now, rules, full)  # investor_daily, returns
     summary.batches_applied, summary.trades_applied = len(batch_ids), applied.trades
     summary.positions_changed = len(changed)
     summary.positions_replayed = len(applied.replayed | due.replayed)
@@ -850,7 +850,7 @@ def value_investors(connection, params, now, investor_ids, close_table):
         return 0, 0
     revalue_positions(connection, params, now, investor_ids)
     scored, _ = score_investors(connection, params, now, investor_ids, close_table)
-    return scored, raise_concentration_alerts(connection, now, investor_ids)
+    return scored, sync_concentration_alerts(connection, now, investor_ids).raised
 
 
 def main(argv=None):

@@ -69,10 +69,11 @@ def position_rows(engine):
 
 
 def oversell_alerts(engine):
-    """(txn_ref, severity, investor_id, stock_symbol) of every OVERSELL alert."""
+    """(txn_ref, severity, investor_id, stock_symbol) of every open OVERSELL alert (a withdrawn one is resolved)."""
     with engine.connect() as connection:
         return sorted(connection.execute(select(alerts.c.txn_ref, alerts.c.severity, alerts.c.investor_id,
-                                                alerts.c.stock_symbol).where(alerts.c.rule == "OVERSELL")).all())
+                                                alerts.c.stock_symbol).where(alerts.c.rule == "OVERSELL",
+                                                                             alerts.c.status == "OPEN")).all())
 
 
 # ---------------------------------------------------------------------------------------------- the reference
@@ -392,7 +393,13 @@ def test_late_trade_replays_only_its_position(seeded_engine, tmp_path):
     aapl = position_rows(seeded_engine)[(1001, "AAPL")]
     # BUY 10 @ 100, BUY 5 @ 90 -> 15 held, cost 1450, avg 96.6667; SELL 15 @ 110 -> realized 1650 - 1450 = 200, flat
     assert (aapl["quantity"], fraction(aapl["cost_basis"]), fraction(aapl["realized_pnl"])) == (0, 0, 200)
-    assert oversell_alerts(seeded_engine) == []  # LT-2 is no longer an oversell: its alert is gone
+    assert oversell_alerts(seeded_engine) == []  # LT-2 is no longer an oversell: its alert is withdrawn
+    with seeded_engine.connect() as connection:
+        withdrawn = connection.execute(select(alerts.c.alert_key, alerts.c.alert_id, alerts.c.status,
+                                              alerts.c.resolved_by, alerts.c.resolution_note).where(
+            alerts.c.txn_ref == "LT-2")).one()
+    assert withdrawn.alert_key == f"OVERSELL:LT-2#{withdrawn.alert_id}" and withdrawn.status == "RESOLVED"
+    assert withdrawn.resolved_by == "update_portfolio" and "no longer oversells" in withdrawn.resolution_note
     assert position_rows(seeded_engine)[(1003, "TSLA")] == untouched_before  # not rewritten, updated_at included
 
     incremental = table_rows(seeded_engine, portfolios, exclude={"updated_at"})

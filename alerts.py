@@ -1,0 +1,272 @@
+"""List the alerts, and record a person's decision on one: the alert lifecycle (docs/alerts.md).
+
+`python alerts.py` lists the open alerts, most severe first, newest first within a severity; `--all` adds the
+resolved ones with who resolved them, when and why. `python alerts.py resolve ALERT_ID [ALERT_ID ...] --note TEXT`
+resolves open alerts by hand and keeps the note (all of them or, when one cannot be resolved, none).
+
+Every alert is raised OPEN. A person resolves any alert with this script. The stages resolve the alerts whose
+condition they see clear: update_portfolio.py a CONCENTRATION alert whose position is no longer above the weight
+limit and an OVERSELL alert whose SELL no longer oversells after a late trade; surveillance.py (and the live
+consumers) a SECTOR_CONCENTRATION alert whose sector is no longer above its limit. Such an alert is retired: its
+alert_key gets '#' and its alert_id appended, so that when the condition recurs a new OPEN alert is raised under
+the same key. An alert that a person resolved while its condition still holds stays resolved (no new alert) until
+the condition clears. Nothing deletes an alert: the table is the record of what was seen and decided.
+"""
+import getpass
+import logging
+import sys
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import bindparam, select, text, update
+
+import cli
+import db_config
+from schema import alerts
+
+logger = logging.getLogger(__name__)
+
+RETIRED_MARK = "#"  # alert_key + '#' + alert_id: an alert whose condition cleared
+SEVERITY_ORDER = ("HIGH", "MEDIUM", "LOW")
+DEFAULT_LIMIT = 100
+NOTE_MAX_LENGTH = 1000  # alerts.resolution_note is VARCHAR(1000)
+ID_SLICE = 500
+
+LIST_SQL = """
+SELECT alert_id, severity, rule, investor_id, stock_symbol, txn_ref, detected_at, status, resolved_at, resolved_by,
+       resolution_note, details
+FROM alerts
+WHERE {conditions}
+ORDER BY CASE severity WHEN 'HIGH' THEN 0 WHEN 'MEDIUM' THEN 1 ELSE 2 END, detected_at DESC, alert_id DESC
+"""
+COUNT_SQL = "SELECT severity, COUNT(*) FROM alerts WHERE {conditions} GROUP BY severity"
+
+
+class CurrentAlert(NamedTuple):
+    """A stored alert that is not retired."""
+    alert_id: int
+    alert_key: str
+    status: str
+    severity: str
+    details: str
+
+
+class Synced(NamedTuple):
+    """What sync_condition_alerts did."""
+    raised: int
+    resolved: int  # OPEN alerts resolved because their condition cleared
+
+
+# ---------------------------------------------------------------------------------------------- for the stages
+
+def current_alerts(connection, rule, investor_ids=None):
+    """The not-retired alerts of a rule (of these investors, when given)."""
+    query = select(alerts.c.alert_id, alerts.c.alert_key, alerts.c.status, alerts.c.severity, alerts.c.details).where(
+        alerts.c.rule == rule, alerts.c.alert_key.not_like(f"%{RETIRED_MARK}%"))
+    if investor_ids is None:
+        return [CurrentAlert(*row) for row in connection.execute(query)]
+    ids = sorted(investor_ids)
+    return [CurrentAlert(*row) for start in range(0, len(ids), ID_SLICE)
+            for row in connection.execute(query.where(alerts.c.investor_id.in_(ids[start:start + ID_SLICE])))]
+
+
+def sync_condition_alerts(connection, rule, wanted, now, investor_ids=None, resolver="", cleared_note=""):
+    """Make the rule's current alerts those of `wanted` (alert rows, dicts of alerts' columns, for the conditions
+    that hold now among these investors; None: all investors): raise the missing ones OPEN, refresh the severity,
+    metric and details of open ones, and retire those whose condition cleared (an OPEN one RESOLVED by
+    `resolver` with `cleared_note`)."""
+    stored = {alert.alert_key: alert for alert in current_alerts(connection, rule, investor_ids)}
+    wanted = {row["alert_key"]: row for row in wanted}
+    cleared = [alert for key, alert in stored.items() if key not in wanted]
+    retire_alerts(connection, cleared, now, resolver, cleared_note)
+    refresh_alerts(connection, [row for key, row in wanted.items() if key in stored and stored[key].status == "OPEN"
+                                and (stored[key].severity, stored[key].details) != (row["severity"], row["details"])])
+    new = [{**row, "status": "OPEN"} for key, row in wanted.items() if key not in stored]
+    if new:
+        connection.execute(alerts.insert(), new)
+    return Synced(len(new), sum(alert.status == "OPEN" for alert in cleared))
+
+
+def retire_alerts(connection, retired, now, resolver, note):
+    """Append '#alert_id' to the keys of these CurrentAlerts; resolve the OPEN ones with this note."""
+    open_ids = [{"id": alert.alert_id} for alert in retired if alert.status == "OPEN"]
+    if open_ids:
+        connection.execute(update(alerts).where(alerts.c.alert_id == bindparam("id")).values(
+            status="RESOLVED", resolved_at=now, resolved_by=resolver, resolution_note=note), open_ids)
+    if retired:
+        connection.execute(update(alerts).where(alerts.c.alert_id == bindparam("id")).values(
+            alert_key=bindparam("retired_key")),
+            [{"id": alert.alert_id, "retired_key": f"{alert.alert_key}{RETIRED_MARK}{alert.alert_id}"}
+             for alert in retired])
+
+
+def refresh_alerts(connection, rows):
+    """Update the severity, metric, threshold and details of open alerts (rows keyed by alert_key)."""
+    if rows:
+        connection.execute(update(alerts).where(alerts.c.alert_key == bindparam("key")).values(
+            severity=bindparam("severity"), metric=bindparam("metric"), threshold=bindparam("threshold"),
+            details=bindparam("details")),
+            [{"key": row["alert_key"], "severity": row["severity"], "metric": row["metric"],
+              "threshold": row["threshold"], "details": row["details"]} for row in rows])
+
+
+# ---------------------------------------------------------------------------------------------- listing
+
+class AlertFilter(NamedTuple):
+    """Which alerts to list."""
+    include_resolved: bool = False
+    rule: str = None
+    investor_id: int = None
+
+
+def _conditions(chosen):
+    """The WHERE text and its parameters for an AlertFilter."""
+    conditions, params = [], {}
+    if not chosen.include_resolved:
+        conditions.append("status = 'OPEN'")
+    if chosen.rule:
+        conditions.append("rule = :rule")
+        params["rule"] = chosen.rule.upper()
+    if chosen.investor_id is not None:
+        conditions.append("investor_id = :investor_id")
+        params["investor_id"] = chosen.investor_id
+    return " AND ".join(conditions) or "1 = 1", params
+
+
+def list_alerts(connection, chosen=AlertFilter(), limit=DEFAULT_LIMIT):
+    """(the alerts chosen, most severe and newest first, at most `limit` (0: all); {severity: count of all})."""
+    conditions, params = _conditions(chosen)
+    statement = text(LIST_SQL.format(conditions=conditions) + (" LIMIT :limit" if limit else ""))
+    rows = connection.execute(statement, {**params, "limit": limit}).all()
+    counts = dict(connection.execute(text(COUNT_SQL.format(conditions=conditions)), params).all())
+    return rows, counts
+
+
+def alert_lines(rows, include_resolved=False):
+    """The alerts as text lines: a header, one line per alert (and with include_resolved, a line with the
+    resolution of a resolved one)."""
+    status = f"{'status':<9}" if include_resolved else ""
+    lines = [f"{'alert':>7}  {'severity':<8}  {status}{'rule':<20}  {'investor':>8}  {'symbol':<6}  "
+             f"{'detected':<19}  details"]
+    for row in rows:
+        state = f"{row.status:<9}" if include_resolved else ""
+        lines.append(f"{row.alert_id:>7}  {row.severity:<8}  {state}{row.rule:<20}  {_text(row.investor_id):>8}  "
+                     f"{_text(row.stock_symbol):<6}  {_when(row.detected_at):<19}  {row.details}")
+        if include_resolved and row.status == "RESOLVED":
+            lines.append(f"{'':>7}  resolved {_when(row.resolved_at)} by {row.resolved_by or 'unknown'}: "
+                         f"{row.resolution_note or '(no note)'}")
+    return lines
+
+
+def summary_line(rows, counts, include_resolved=False):
+    """'12 open alerts: 3 HIGH, 5 MEDIUM, 4 LOW', with how many are shown when the list is cut."""
+    total = sum(counts.values())
+    kind = "alerts" if include_resolved else "open alerts"
+    if not total:
+        return f"no {kind}"
+    by_severity = ", ".join(f"{counts[s]} {s}" for s in SEVERITY_ORDER if counts.get(s))
+    shown = f" (showing the first {len(rows)}: --limit 0 shows all)" if len(rows) < total else ""
+    return f"{total:,} {kind}: {by_severity}{shown}"
+
+
+def _text(value):
+    return "" if value is None else str(value)
+
+
+def _when(value):
+    return "" if value is None else str(value)[:19]
+
+
+# ---------------------------------------------------------------------------------------------- resolving
+
+def resolve_alerts(connection, alert_ids, note, resolver, now):
+    """Resolve these open alerts with the note; raise cli.InputError (nothing changed) when one does not exist
+    or is not open. Returns how many were resolved."""
+    note = clean_note(note)
+    found = {row.alert_id: row for row in connection.execute(select(
+        alerts.c.alert_id, alerts.c.status, alerts.c.resolved_at, alerts.c.resolved_by, alerts.c.resolution_note
+    ).where(alerts.c.alert_id.in_(sorted(set(alert_ids)))))}
+    for alert_id in alert_ids:
+        if alert_id not in found:
+            raise cli.InputError(f"alert {alert_id} does not exist (python alerts.py --all lists them)")
+        if found[alert_id].status != "OPEN":
+            row = found[alert_id]
+            raise cli.InputError(f"alert {alert_id} is already resolved ({_when(row.resolved_at)} by "
+                                 f"{row.resolved_by or 'unknown'}: {row.resolution_note or 'no note'})")
+    result = connection.execute(update(alerts).where(alerts.c.alert_id.in_(sorted(set(alert_ids))),
+                                                     alerts.c.status == "OPEN").values(
+        status="RESOLVED", resolved_at=now, resolved_by=resolver, resolution_note=note))
+    if result.rowcount != len(set(alert_ids)):  # another person resolved one meanwhile
+        raise cli.InputError("an alert was resolved by someone else meanwhile: nothing changed, list them again")
+    return result.rowcount
+
+
+def clean_note(note):
+    """The note without surrounding spaces; cli.InputError when it is empty or too long."""
+    note = (note or "").strip()
+    if not note:
+        raise cli.InputError("--note TEXT is required: say what was decided and why")
+    if len(note) > NOTE_MAX_LENGTH:
+        raise cli.InputError(f"--note is {len(note)} characters long; at most {NOTE_MAX_LENGTH} are kept")
+    if any(ord(character) < 32 and character not in "\t\n" for character in note):
+        raise cli.InputError("--note holds a control character; write plain text")
+    return note
+
+
+def current_user():
+    """The login name of whoever runs the script, or 'unknown'."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment nor in the password database
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------- the script
+
+def parse_arguments(argv):
+    parser = cli.make_parser(__doc__)
+    parser.add_argument("command", nargs="?", choices=("list", "resolve"), default="list",
+                        help="list (the default) or resolve")
+    parser.add_argument("alert_ids", nargs="*", type=int, metavar="ALERT_ID", help="alerts to resolve")
+    parser.add_argument("--all", action="store_true", help="list resolved alerts too, with their resolution")
+    parser.add_argument("--rule", help="list only this rule's alerts (e.g. OVERSELL)")
+    parser.add_argument("--investor", type=int, help="list only this investor's alerts")
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                        help=f"list at most this many (default {DEFAULT_LIMIT}; 0: all)")
+    parser.add_argument("--note", help="resolve: what was decided and why (kept with the alert)")
+    parser.add_argument("--by", help="resolve: who decided (default: your login name)")
+    args = parser.parse_args(argv)
+    if args.command == "resolve" and not args.alert_ids:
+        parser.error("resolve needs at least one ALERT_ID")
+    if args.command == "list" and (args.alert_ids or args.note or args.by):
+        parser.error("ALERT_ID, --note and --by are for resolve: python alerts.py resolve ALERT_ID --note TEXT")
+    if args.limit < 0:
+        parser.error("--limit must be 0 (all) or more")
+    return args
+
+
+def main(argv=None):
+    args = parse_arguments(argv)
+    cli.setup_logging(args)
+
+    def work():
+        engine = db_config.get_engine(args.database_url)
+        if args.command == "resolve":
+            with engine.begin() as connection:
+                count = resolve_alerts(connection, args.alert_ids, args.note, args.by or current_user(),
+                                       datetime.now().replace(microsecond=0))
+            print(f"{count} alert{'s' if count != 1 else ''} resolved: {clean_note(args.note)}")
+            return cli.EXIT_OK
+        chosen = AlertFilter(args.all, args.rule, args.investor)
+        with engine.connect() as connection:
+            rows, counts = list_alerts(connection, chosen, args.limit)
+        if rows:
+            print("\n".join(alert_lines(rows, args.all)))
+        print(summary_line(rows, counts, args.all))
+        return cli.EXIT_OK
+
+    return cli.run(work, args, "alerts")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
