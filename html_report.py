@@ -41,14 +41,15 @@ LEVEL_CLASSES = {"LOW": "low", "MEDIUM": "medium", "HIGH": "high", "CRITICAL": "
 TOP_RISKS_SQL = """
 SELECT r.investor_id, i.name, r.risk_level, r.risk_score, r.total_market_value, r.realized_pnl, r.unrealized_pnl,
        r.open_positions, r.top_position_weight, r.top_sector_weight, r.portfolio_volatility, r.var_95_1d,
-       r.expected_shortfall_95_1d, r.max_drawdown
+       r.expected_shortfall_95_1d, r.parametric_var_95_1d, r.max_drawdown
 FROM investor_risk r
 JOIN investors i ON i.investor_id = r.investor_id
 ORDER BY r.risk_score DESC, r.total_market_value DESC, r.investor_id
 LIMIT :limit
 """
 LATEST_ALERTS_SQL = """
-SELECT alert_id, detected_at, rule, severity, investor_id, stock_symbol, txn_ref, details
+SELECT alert_id, detected_at, rule, severity, investor_id, stock_symbol, txn_ref, details, status, resolved_at,
+       resolved_by, resolution_note
 FROM alerts
 ORDER BY detected_at DESC, alert_id DESC
 LIMIT :limit
@@ -78,6 +79,7 @@ SELECT COUNT(*) FROM rejected_transactions r JOIN shown_batches b ON b.batch_id 
 COUNTS_SQL = """
 SELECT (SELECT COUNT(*) FROM investor_risk) AS investors,
        (SELECT COUNT(*) FROM alerts) AS alerts,
+       (SELECT COUNT(*) FROM alerts WHERE status = 'OPEN') AS open_alerts,
        (SELECT COUNT(*) FROM load_batches) AS batches,
        (SELECT COUNT(*) FROM corporate_actions WHERE applied_at IS NOT NULL) AS actions
 """
@@ -132,6 +134,7 @@ class ReportData(NamedTuple):
     latest_rejects: list
     investor_count: int
     alert_count: int
+    open_alert_count: int
     action_count: int  # corporate actions applied
     batch_count: int
     reject_count: int  # rejects of the batches shown
@@ -209,13 +212,16 @@ RISK_COLUMNS = (
     Column("volatility (year)", "portfolio_volatility", percent, "number"),
     Column("1-day 95% VaR", "var_95_1d", money, "number"),
     Column("expected shortfall", "expected_shortfall_95_1d", money, "number"),
+    Column("parametric VaR", "parametric_var_95_1d", money, "number"),
     Column("max drawdown", "max_drawdown", percent, "number"),
 )
 ALERT_COLUMNS = (
     Column("alert", "alert_id", css="number"), Column("created", "detected_at", timestamp, "time"),
     Column("rule", "rule"), Column("severity", "severity", css="level"),
     Column("investor", "investor_id", css="number"), Column("symbol", "stock_symbol"),
-    Column("txn_ref", "txn_ref"), Column("details", "details"),
+    Column("txn_ref", "txn_ref"), Column("details", "details"), Column("status", "status"),
+    Column("resolved", "resolved_at", timestamp, "time"), Column("by", "resolved_by"),
+    Column("decision", "resolution_note"),
 )
 ACTION_COLUMNS = (
     Column("symbol", "stock_symbol"), Column("ex_date", "ex_date", day, "time"), Column("action", "action"),
@@ -266,7 +272,8 @@ def read_report_data(engine):
             last_batches=rows(LAST_BATCHES_SQL, (load_batches,), limit=LAST_BATCHES),
             latest_rejects=rows(LATEST_REJECTS_SQL, (rejected_transactions,), batches=LAST_BATCHES,
                                 limit=LATEST_REJECTS),
-            investor_count=counts.investors, alert_count=counts.alerts, action_count=counts.actions,
+            investor_count=counts.investors, alert_count=counts.alerts, open_alert_count=counts.open_alerts,
+            action_count=counts.actions,
             batch_count=counts.batches,
             reject_count=connection.execute(text(REJECT_COUNT_SQL), {"batches": LAST_BATCHES}).scalar_one(),
         )
@@ -327,7 +334,9 @@ def table_sections(data):
         _section("top-risks", f"Investors by risk score, highest first: "
                  f"{_shown(data.top_risks, data.investor_count, 'investors')}. Money in currency units.",
                  html_table("risk-table", RISK_COLUMNS, data.top_risks)),
-        _section("alerts", f"Newest first: {_shown(data.latest_alerts, data.alert_count, 'alerts')}.",
+        _section("alerts", f"Newest first: {_shown(data.latest_alerts, data.alert_count, 'alerts')}, "
+                 f"{data.open_alert_count:,} of them open. A resolved alert shows when, by whom and why: a person's "
+                 "decision (python alerts.py resolve ID --note TEXT), or the stage that saw its condition clear.",
                  html_table("alert-table", ALERT_COLUMNS, data.latest_alerts)),
         _section("actions", f"Applied to positions, latest ex_date first: "
                  f"{_shown(data.recent_actions, data.action_count, 'corporate actions applied')}. Value: SPLIT new "

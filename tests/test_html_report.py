@@ -17,6 +17,7 @@ import matplotlib
 import pytest
 from sqlalchemy import func, select, update
 
+import alerts as alert_lifecycle
 import analyze
 import html_report
 import load_transactions
@@ -203,6 +204,24 @@ def test_alerts_are_cut_newest_first_and_counted(reported, tmp_path, monkeypatch
     assert "2 of 4 alerts" in page.texts["alerts"]
     assert not any(meta.get("http-equiv") == "refresh" for meta in page.metas)  # refresh 0: no reload
     assert page.tags.get("img", 0) == 0
+
+
+def test_a_persons_decision_is_shown_with_the_alert(reported, tmp_path):
+    """A resolved alert shows its status, when, by whom and the note, escaped like any other text."""
+    with reported.begin() as connection:
+        alert_id = connection.execute(select(alerts.c.alert_id).where(alerts.c.rule == "CONCENTRATION")
+                                      .order_by(alerts.c.alert_id).limit(1)).scalar_one()
+        alert_lifecycle.resolve_alerts(connection, [alert_id], "<b>ok</b> per desk", "ana <i>",
+                                       datetime(2030, 1, 2, 9, 30))
+    html_report.write_html_report(reported, str(tmp_path / "r" / "index.html"), {}, refresh_seconds=0)
+    page = parse((tmp_path / "r" / "index.html").read_text(encoding="utf-8"))
+
+    rows = {row["alert"]: row for row in page.rows("alert-table")}
+    assert {key: rows[str(alert_id)][key] for key in ("status", "resolved", "by", "decision")} == {
+        "status": "RESOLVED", "resolved": "2030-01-02 09:30:00", "by": "ana <i>", "decision": "<b>ok</b> per desk"}
+    assert sum(row["status"] == "OPEN" for row in rows.values()) == 3
+    assert "all 4 alerts, 3 of them open" in page.texts["alerts"]
+    assert page.tags.get("b", 0) == 0 and page.tags.get("i", 0) == 0
 
 
 def test_empty_database_page(engine, tmp_path, capsys):
