@@ -44,6 +44,7 @@ import update_portfolio
 from schema import load_batches, symbol_marks
 
 logger = logging.getLogger(__name__)
+LIVE_RESOLVER = "live"  # alerts.resolved_by of an alert whose condition a live consumer saw clear
 
 REPRICE_SECONDS = 60  # how often the worker looks for changed closes (update_portfolio.repriced_symbols)
 STOP_SECONDS = 60  # how long a stop waits for the follow-ups in hand
@@ -229,7 +230,7 @@ class Valuation:
             scores = update_portfolio.investor_scores(connection, params, now, investor_ids, table)
         with db_config.write_transaction_on(connection):
             update_portfolio.write_investor_scores(connection, scores)
-            update_portfolio.sync_concentration_alerts(connection, now, investor_ids)
+            update_portfolio.sync_concentration_alerts(connection, now, investor_ids, resolver=LIVE_RESOLVER)
 
     def close_table_for(self, connection, params, marks):
         """The close table of today's marks, read again only when they changed."""

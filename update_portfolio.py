@@ -1,6 +1,6 @@
 """Bring portfolios, investor_risk and position alerts up to date with the loaded trades.
 
-Fourth stage of the chain (after load_transactions.py, before surveillance and analyze.py). It works in two
+Fourth stage of the chain (after load_transactions.py, before surveillance and analyze.py). It works in three
 steps, each costing what changed since the last run:
 - apply: the corporate actions whose ex_date has come (corporate_actions.csv: splits, dividends) and the trades
   of load batches not applied yet are applied to their positions by the ledger (ledger.py, as
@@ -9,6 +9,8 @@ steps, each costing what changed since the last run:
   position already applied) makes that position be replayed from its last weekly checkpoint before it.
 - revalue and score: the positions and risk scores (docs/risk-scores.md, in SQL) of the investors whose
   positions changed, and of the holders of symbols whose closes changed since the last run.
+- performance history: investor_daily and investor_returns (performance.py, docs/performance.md), rebuilt from
+  the earliest day that changed for each investor, and new weekdays appended.
 `--full` replays every trade, rebuilds the checkpoints, and revalues and scores every investor. Everything one
 run writes is committed in one transaction.
 """
@@ -710,12 +712,12 @@ WHERE p.quantity > 0 AND p.weight > :limit AND p.investor_id IN :investor_ids
 CONCENTRATION_CLEARED = "condition cleared: the position is no longer above the weight limit"
 
 
-def sync_concentration_alerts(connection, now, investor_ids):
+def sync_concentration_alerts(connection, now, investor_ids, resolver=STAGE_NAME):
     """One open CONCENTRATION alert per open position of these investors above the weight limit; the alert of a
-    position no longer above it is resolved and retired (alerts.py). Returns alerts.Synced."""
+    position no longer above it is resolved (by `resolver`) and retired (alerts.py). Returns alerts.Synced."""
     return alerts_lifecycle.sync_condition_alerts(
         connection, "CONCENTRATION", concentration_alerts(connection, now, investor_ids), now, investor_ids,
-        resolver=STAGE_NAME, cleared_note=CONCENTRATION_CLEARED)
+        resolver=resolver, cleared_note=CONCENTRATION_CLEARED)
 
 
 def concentration_alerts(connection, now, investor_ids):
