@@ -10,7 +10,10 @@ FIFO lots when it has a list of lots. Adding an event kind is one record class a
 
 A checkpoint is a position's state at the end of a week (Monday to Sunday) in which an event changed it, kept in
 `position_checkpoints`. A late trade is replayed from the last checkpoint of an earlier week, not from the
-position's first trade; `update_portfolio.py --full` rebuilds them all.
+position's first trade; `update_portfolio.py --full` rebuilds them all. SQLite keeps DECIMAL columns as binary
+floats, which hold 6 decimals only below 10**9: there a stored state beyond that is never gone on from (it may
+have been rounded, and a full update would not round it), the position is replayed from its last checkpoint that
+a float holds exactly (mark_rounded).
 """
 import bisect
 import functools
@@ -21,7 +24,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 from typing import NamedTuple
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, text
+from sqlalchemy import and_, bindparam, delete, func, or_, select, text, true
 
 import dialects
 from cli import InputError
@@ -33,6 +36,9 @@ PRICE_STEP = Decimal("0.0001")
 MAX_QUANTITY = 2**63 - 1  # portfolios.quantity is a BIGINT
 PRICE_LIMIT = Decimal(10) ** 14  # a DECIMAL(18,4) price column holds less
 LOT_STEP = Decimal("0.000000000001")  # a FIFO lot's quantity after a split, 12 decimals (position_lots.quantity)
+FLOAT_EXACT_AMOUNT = 10**9  # a binary float (SQLite's DECIMAL) holds an amount's 6 decimals exactly below this ...
+FLOAT_EXACT_PRICE = 10**11  # ... and a price's 4 decimals below this: 15 significant digits
+AMOUNT_COLUMNS = ("cost_basis", "realized_pnl", "dividend_income", "fees_paid")
 FETCH_ROWS = 50_000
 ID_SLICE = 500  # values per IN (...) list
 
@@ -178,6 +184,7 @@ class Position:
     dividend_income: Decimal = ZERO
     fees_paid: Decimal = ZERO
     lots: deque = None  # of Lot, oldest first
+    rounded: bool = False  # read back from a database that may have rounded it (mark_rounded): replay, never go on
 
     @classmethod
     def empty(cls, key, method="wac"):
@@ -320,8 +327,16 @@ class Position:
         return taken
 
     def follows(self, event):
-        """Does this event sort after everything applied so far, so that it can simply be applied next?"""
-        return (self.last_txn_time, self.last_txn_id) < event_key(event)
+        """Does this event sort after everything applied so far, so that it can simply be applied next? Never on a
+        rounded state: going on from it would part from a full replay."""
+        return not self.rounded and (self.last_txn_time, self.last_txn_id) < event_key(event)
+
+    def fits_a_float(self):
+        """Does a binary float hold this state exactly: every amount below 10**9 (6 decimals), the last trade's price
+        below 10**11 (4 decimals)? FIFO lots are kept as text, exact anywhere."""
+        amounts = (self.cost_basis, self.realized_pnl, self.dividend_income, self.fees_paid)
+        return (max(map(abs, amounts)) < FLOAT_EXACT_AMOUNT
+                and abs(self.last_trade_price or ZERO) < FLOAT_EXACT_PRICE)
 
     def checkpoint(self):
         """The state now, as the checkpoint of the week of the last event applied."""
@@ -595,13 +610,36 @@ def _as_date(value):
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
+def rounds_decimals(connection):
+    """Does this database keep DECIMAL columns as binary floats, exact to 15 significant digits only (SQLite,
+    docs/data-model.md#decimals-on-sqlite)?"""
+    return connection.dialect.name == "sqlite"
+
+
+def mark_rounded(connection, positions):
+    """Mark the positions just read from this database whose state it may have rounded (rounds_decimals and not
+    fits_a_float): an update replays them from a checkpoint kept exactly, as a full update would compute them."""
+    if rounds_decimals(connection):
+        for position in positions:
+            position.rounded = not position.fits_a_float()
+
+
+def _kept_exactly(connection, table):
+    """The condition that a row of table holds the state the ledger wrote, not a float's rounding of it."""
+    if not rounds_decimals(connection):
+        return true()
+    return and_(*(func.abs(table.c[column]) < FLOAT_EXACT_AMOUNT for column in AMOUNT_COLUMNS),
+                table.c.last_trade_price < FLOAT_EXACT_PRICE)
+
+
 def last_checkpoints_before(connection, weeks):
-    """{key: the position's last checkpoint of a week before weeks[key] (a Monday)} for the keys that have one."""
+    """{key: the position's last checkpoint of a week before weeks[key] (a Monday)} for the keys that have one;
+    where the database rounds decimals, the last one it kept exactly (a replay starts from it)."""
     keys, found, table = sorted(weeks), {}, position_checkpoints
     for first in range(0, len(keys), REPLAY_SLICE):
-        found.update(latest_checkpoints(connection, or_(*(
+        found.update(latest_checkpoints(connection, and_(_kept_exactly(connection, table), or_(*(
             and_(table.c.investor_id == key[0], table.c.stock_symbol == key[1], table.c.week_start < weeks[key])
-            for key in keys[first:first + REPLAY_SLICE]))))
+            for key in keys[first:first + REPLAY_SLICE])))))
     return found
 
 

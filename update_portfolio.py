@@ -127,6 +127,7 @@ def load_positions(connection, investor_ids=None, keys=None, symbols=None, metho
     for condition in _position_conditions(portfolios, investor_ids, keys, symbols):
         rows += connection.execute(query.where(condition))
     positions = {(row[0], row[1]): _stored_position(row, method) for row in rows}
+    ledger.mark_rounded(connection, positions.values())  # SQLite may have rounded a state: it is replayed
     if method == "fifo" and positions:
         conditions = list(_position_conditions(position_checkpoints, investor_ids, keys, symbols)) or [
             position_checkpoints.c.investor_id.is_not(None)]

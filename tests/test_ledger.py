@@ -1,11 +1,20 @@
-"""ledger.py: the typed events, the one Position, and the weekly checkpoints apply_trades emits (no database)."""
+"""ledger.py: the typed events, the one Position, and the weekly checkpoints apply_trades emits (no database);
+and, on SQLite, that a stored state its floats may have rounded is replayed, never gone on from."""
 from datetime import date
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
+import db_config
 import ledger
+import load_transactions
+import seed_investors
+import update_portfolio
 from ledger import Position, Trade
+from schema import portfolios
+
+HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
 
 
 def trade(txn_id, txn_time, txn_type, quantity, price, fee="0", investor_id=1001, symbol="AAPL"):
@@ -85,3 +94,55 @@ def test_a_position_with_a_late_first_trade_is_left_for_a_replay_with_all_its_tr
                                    trade(9, "2024-06-06 10:00:00", "BUY", 1, "90")], positions)
     assert list(applied.late) == [(1001, "AAPL")] and applied.late[(1001, "AAPL")].txn_id == 8
     assert positions[(1001, "AAPL")] == before and applied.changed == set() and applied.checkpoints == []
+
+
+# ---------------------------------------------------------------------------------------------- SQLite's floats
+
+@pytest.fixture
+def sqlite_engine(sqlite_url):
+    engine = db_config.get_engine(sqlite_url)
+    seed_investors.seed_reference_data(engine)
+    yield engine
+    engine.dispose()
+
+
+def load_lines(engine, path, lines):
+    path.write_text("\n".join([HEADER, *lines]) + "\n", encoding="utf-8")
+    assert load_transactions.load_file(engine, str(path)).rows_rejected == 0
+
+
+def portfolio_rows(engine):
+    columns = [column for column in portfolios.columns if column.name != "updated_at"]
+    with engine.connect() as connection:
+        return connection.execute(select(*columns)).all()
+
+
+# After R-3 a cost basis with more digits than SQLite's float holds: BUY 500000 @ 100000 and BUY 1 @ 0.0001 cost
+# 50000000000.0001 for 500001 shares; SELL 1 @ 1 realizes 1 - 99999.8 = -99998.8 and leaves 500000 shares at
+# 50000000000.0001 · 500000/500001 = 49999900000.200100 (6 decimals), which SQLite hands back as 49999900000.200104.
+LARGE_POSITION = ["R-1,1001,AAPL,BUY,500000,100000.0000,2024-03-04 10:00:00",
+                  "R-2,1001,AAPL,BUY,1,0.0001,2024-03-04 10:01:00",
+                  "R-3,1001,AAPL,SELL,1,1.0000,2024-03-04 10:02:00"]
+
+
+@pytest.mark.parametrize("first, second, quantity, realized_pnl", [
+    # goes on from the stored state: realized (1 - avg) + (500000 - cost basis) = 500001 - 50000000000.0001
+    ([], ["R-4,1001,AAPL,SELL,500000,1.0000,2024-03-05 10:00:00"], 0, "-49999499999.0001"),
+    # a late BUY 7 @ 3 before R-5 in the week of 11 March, replayed (not from the week of 4 March's checkpoint,
+    # rounded too): -99998.8 + 500000 · (1 - (49999900000.2001 + 21) / 500007) = -49998800031.199646
+    (["R-5,1001,AAPL,SELL,500000,1.0000,2024-03-11 10:00:00"], ["R-4,1001,AAPL,BUY,7,3.0000,2024-03-11 09:00:00"],
+     7, "-49998800031.199646"),
+], ids=["continued", "late"])
+def test_sqlite_incremental_update_equals_full_above_what_a_float_holds(sqlite_engine, tmp_path, first, second,
+                                                                         quantity, realized_pnl):
+    """An update that went on from the state SQLite handed back (or replayed from such a checkpoint) gave a
+    realized P&L a few millionths off the full update's: the case a hypothesis test found, reduced."""
+    load_lines(sqlite_engine, tmp_path / "part0.csv", LARGE_POSITION + first)
+    update_portfolio.update_portfolios(sqlite_engine)
+    load_lines(sqlite_engine, tmp_path / "part1.csv", second)
+    update_portfolio.update_portfolios(sqlite_engine)
+    incremental = portfolio_rows(sqlite_engine)
+    update_portfolio.update_portfolios(sqlite_engine, full=True)
+    assert portfolio_rows(sqlite_engine) == incremental
+    assert incremental[0].quantity == quantity
+    assert abs(incremental[0].realized_pnl - Decimal(realized_pnl)) < Decimal("0.005")
