@@ -6,11 +6,12 @@ symbol, investor x sector concentration, risk levels, realized vs unrealized P&L
 symbol; dividend income, fees paid and the cost method under the title) and reports/risk.png (alerts by trade
 date and rule, VaR and expected shortfall, drawdown and volatility), and prints totals (dividend income and fees
 paid among them), the 10 riskiest investors and alert counts. `--investor ID` instead prints and draws only that
-investor's risk card, reports/investor_ID.png, with its dividend income and fees paid (in all and per position)
-and the cost method. `--html` also writes reports/index.html, one self-contained page (the two dashboards inline,
-the totals, the top risks, latest alerts, corporate actions applied, last load batches and their rejects) that
-reloads itself every --refresh seconds; with --no-plots it is the only file written. Headless by default (cron,
-ssh); --show also opens the windows.
+investor's risk card, reports/investor_ID.png, with its dividend income and fees paid (in all and per position),
+the cost method, its time- and money-weighted returns (investor_returns) and its market value per day with the
+drawdowns shaded (investor_daily). `--html` also writes reports/index.html, one self-contained page (the two
+dashboards inline, the totals, the top risks, latest alerts, corporate actions applied, last load batches and their
+rejects) that reloads itself every --refresh seconds; with --no-plots it is the only file written. Headless by
+default (cron, ssh); --show also opens the windows.
 """
 import functools
 import io
@@ -29,7 +30,7 @@ from sqlalchemy import text
 import cli
 import db_config
 import html_report
-from schema import Amount
+from schema import RETURN_PERIODS, Amount
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,18 @@ SELECT rule, severity, investor_id, stock_symbol, txn_ref, details, detected_at,
        COALESCE(txn_time, position_time, investor_time, detected_at) AS alert_time
 FROM dated_alerts
 """
+RETURNS_SQL = """
+SELECT investor_id, period, start_date, end_date, twr, irr
+FROM investor_returns
+"""
+DAILY_SQL = """
+SELECT value_date, market_value
+FROM investor_daily
+WHERE investor_id = :investor_id
+ORDER BY value_date
+"""
 TEXT_COLUMNS = ("name", "stock_symbol", "sector", "risk_level", "rule", "severity", "txn_ref", "details",
-                "detected_at", "alert_time")
+                "detected_at", "alert_time", "period", "start_date", "end_date", "value_date")
 EXACT_MONEY_COLUMNS = ("dividend_income", "fees_paid")  # kept as Decimals: only shown as text and summed
 
 
@@ -93,18 +104,22 @@ def _query(sql):
     return text(sql).columns(**{column: Amount for column in EXACT_MONEY_COLUMNS})
 
 
-def read_dashboard_data(engine):
-    """Positions, investor risk and alerts as DataFrames (money as float, for drawing, except EXACT_MONEY_COLUMNS:
-    Decimals, summed and shown to the cent) and the cost method the positions are kept by ('wac' or 'fifo')."""
+def read_dashboard_data(engine, investor_id=None):
+    """Positions, investor risk, alerts and returns as DataFrames (money as float, for drawing, except
+    EXACT_MONEY_COLUMNS: Decimals, summed and shown to the cent), the cost method the positions are kept by ('wac'
+    or 'fifo'), and "daily": the market value per day of investor_id (empty without one)."""
     with engine.connect() as connection:
         data = {name: pd.read_sql_query(_query(sql), connection, coerce_float=False) for name, sql in (
-            ("positions", POSITIONS_SQL), ("investors", INVESTOR_RISK_SQL), ("alerts", ALERTS_SQL))}
+            ("positions", POSITIONS_SQL), ("investors", INVESTOR_RISK_SQL), ("alerts", ALERTS_SQL),
+            ("returns", RETURNS_SQL))}
+        data["daily"] = pd.read_sql_query(text(DAILY_SQL), connection, params={"investor_id": investor_id})
         method = html_report.method_in_use(connection)
     for frame in data.values():
         for column in frame.columns:
             if column not in TEXT_COLUMNS + EXACT_MONEY_COLUMNS and not pd.api.types.is_numeric_dtype(frame[column]):
                 frame[column] = pd.to_numeric(frame[column])
     data["alerts"]["alert_time"] = pd.to_datetime(data["alerts"]["alert_time"])  # SQLite returns text
+    data["daily"]["value_date"] = pd.to_datetime(data["daily"]["value_date"])
     data["cost_method"] = method
     return data
 
@@ -376,6 +391,7 @@ def investor_card_text(data, investor_id):
         lines.append(f"  volatility {row['portfolio_volatility']:.1%}/year, 1-day 95% VaR {row['var_95_1d']:,.2f}, "
                      f"expected shortfall {row['expected_shortfall_95_1d']:,.2f}, "
                      f"max drawdown {row['max_drawdown']:.1%}")
+    lines += returns_lines(data["returns"][data["returns"]["investor_id"] == investor_id])
     held = data["positions"][data["positions"]["investor_id"] == investor_id].sort_values(
         "market_value", ascending=False)
     lines += position_lines(held)
@@ -383,6 +399,28 @@ def investor_card_text(data, investor_id):
     lines.append(f"  alerts: {len(alert_rows)}")
     lines += [f"    {a.rule} ({a.severity}): {a.details}" for a in alert_rows.head(20).itertuples()]
     return "\n".join(lines)
+
+
+PERIOD_WIDTH, RETURN_LABEL_WIDTH = 9, 24  # characters of a period column and of the returns table's labels
+
+
+def returns_lines(returns):
+    """The investor's returns as a small table: time-weighted and money-weighted, one column per period ('n/a' where
+    the period has no value), and what the IRR of a period longer than a year is."""
+    if returns.empty:
+        return ["  returns: none yet (update_portfolio.py computes them)"]
+    by_period = returns.set_index("period").reindex(list(RETURN_PERIODS))
+    title = f"returns to {str(by_period['end_date'].dropna().max())[:10]}"
+    lines = [f"  {title:<{RETURN_LABEL_WIDTH}}" + "".join(f"{period:>{PERIOD_WIDTH}}" for period in RETURN_PERIODS)]
+    for label, column in (("time-weighted (TWR)", "twr"), ("money-weighted (IRR)", "irr")):
+        lines.append(f"    {label:<{RETURN_LABEL_WIDTH - 2}}"
+                     + "".join(f"{_percent(value):>{PERIOD_WIDTH}}" for value in by_period[column]))
+    lines.append("    (IRR annualized beyond a year; n/a: the account is younger than the period, or held nothing)")
+    return lines
+
+
+def _percent(value):
+    return "n/a" if value is None or pd.isna(value) else f"{float(value):+.2%}"
 
 
 def position_lines(held):
@@ -398,20 +436,22 @@ def position_lines(held):
 
 
 def draw_investor_card(data, investor_id):
-    """One investor's risk card (holdings, P&L, sector weights; metrics, dividend income, fees paid and alerts in
-    the text panel) as a matplotlib Figure."""
+    """One investor's risk card (market value per day with its drawdowns, holdings, P&L, sector weights; metrics,
+    returns, dividend income, fees paid and alerts in the text panel) as a matplotlib Figure."""
     import matplotlib.pyplot as plt
 
     _set_theme()
     held = data["positions"][data["positions"]["investor_id"] == investor_id]
     open_positions = held[held["quantity"] > 0].sort_values("market_value")
-    figure, axes = plt.subplots(2, 2, figsize=(15, 10))
-    _holdings(axes[0, 0], open_positions)
-    _pnl_by_symbol(axes[0, 1], held)
-    _sector_pie(axes[1, 0], open_positions)
-    axes[1, 1].axis("off")
-    axes[1, 1].text(0, 1, fit_card_text(investor_card_text(data, investor_id)), va="top", family="monospace",
-                    fontsize=7)
+    figure = plt.figure(figsize=(15, 14))
+    grid = figure.add_gridspec(3, 2, height_ratios=(4, 5, 5))
+    _value_over_time(figure.add_subplot(grid[0, :]), data["daily"])
+    _holdings(figure.add_subplot(grid[1, 0]), open_positions)
+    _pnl_by_symbol(figure.add_subplot(grid[1, 1]), held)
+    _sector_pie(figure.add_subplot(grid[2, 0]), open_positions)
+    panel = figure.add_subplot(grid[2, 1])
+    panel.axis("off")
+    panel.text(0, 1, fit_card_text(investor_card_text(data, investor_id)), va="top", family="monospace", fontsize=7)
     figure.suptitle(f"Risk card: investor {investor_id}", fontsize=14)
     figure.tight_layout(rect=(0, 0, 1, 0.96))
     return figure
@@ -424,6 +464,29 @@ def fit_card_text(text, width=CARD_TEXT_WIDTH, lines=CARD_TEXT_LINES):
     if len(rows) > lines:
         rows = rows[:lines - 1] + [f"… {len(rows) - lines + 1} more lines: see the printed card"]
     return "\n".join(rows)
+
+
+def drawdown_spans(values):
+    """The running peak of a value series (a pandas Series) and where the value is below it (a boolean Series)."""
+    peak = values.cummax()
+    return peak, values < peak
+
+
+def _value_over_time(ax, daily):
+    ax.set(title="Market value per day (investor_daily), drawdowns from the running peak shaded", xlabel="",
+           ylabel="market value")
+    if daily.empty:
+        _no_data(ax, "no daily values yet: update_portfolio.py builds them")
+        return
+    values = daily["market_value"].astype(float)
+    peak, below = drawdown_spans(values)
+    ax.plot(daily["value_date"], values, color="#1976d2", linewidth=1.2, label="market value")
+    ax.fill_between(daily["value_date"], values, peak, where=below, color="#e53935", alpha=0.3, linewidth=0,
+                    label="drawdown (running peak to value)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper left")
+    _date_axis(ax.xaxis)
+    _money_axis(ax.yaxis)
 
 
 def _holdings(ax, open_positions):
@@ -512,7 +575,7 @@ def analyze(engine, report_dir="reports", plots=True, show=False, investor_id=No
 
     With `html` also write report_dir/index.html around the same drawings (drawn once, also when not `plots`).
     """
-    data = read_dashboard_data(engine)
+    data = read_dashboard_data(engine, investor_id)
     if investor_id is None:
         print(summary_text(data))
         drawings = {"dashboard.png": draw_dashboard, "risk.png": draw_risk_dashboard}

@@ -102,6 +102,17 @@ CREATE TABLE IF NOT EXISTS investor_daily (
 	FOREIGN KEY(investor_id) REFERENCES investors (investor_id)
 ) ENGINE=InnoDB;
 
+CREATE TABLE IF NOT EXISTS investor_daily_builds (
+	investor_id INTEGER NOT NULL, 
+	first_day DATE NOT NULL, 
+	built_through DATE NOT NULL, 
+	trade_count BIGINT NOT NULL, 
+	txn_id_through BIGINT NOT NULL, 
+	updated_at DATETIME NOT NULL, 
+	PRIMARY KEY (investor_id), 
+	FOREIGN KEY(investor_id) REFERENCES investors (investor_id)
+) ENGINE=InnoDB;
+
 CREATE TABLE IF NOT EXISTS investor_returns (
 	investor_id INTEGER NOT NULL, 
 	period VARCHAR(3) NOT NULL, 
@@ -149,6 +160,25 @@ CREATE TABLE IF NOT EXISTS market_prices (
 	close_price NUMERIC(18, 4) NOT NULL, 
 	PRIMARY KEY (stock_symbol, price_date), 
 	CONSTRAINT ck_market_prices_close_price_positive CHECK (close_price > 0), 
+	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol)
+) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS performance_actions (
+	stock_symbol VARCHAR(10) NOT NULL, 
+	ex_date DATE NOT NULL, 
+	action VARCHAR(10) NOT NULL, 
+	value VARCHAR(60) NOT NULL, 
+	lieu_price NUMERIC(18, 4), 
+	PRIMARY KEY (stock_symbol, ex_date, action), 
+	CONSTRAINT ck_performance_actions_action CHECK (action IN ('SPLIT', 'DIVIDEND')), 
+	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol)
+) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS performance_closes (
+	stock_symbol VARCHAR(10) NOT NULL, 
+	price_date DATE NOT NULL, 
+	close_price NUMERIC(18, 4) NOT NULL, 
+	PRIMARY KEY (stock_symbol, price_date), 
 	FOREIGN KEY(stock_symbol) REFERENCES stocks (stock_symbol)
 ) ENGINE=InnoDB;
 

@@ -288,7 +288,7 @@ investor_daily = Table(
     Column("dividend_income", Amount, nullable=False),  # cumulative
     Column("fees_paid", Amount, nullable=False),  # cumulative
     Column("inflow", Amount, nullable=False),  # that day: buy notionals and their fees
-    Column("outflow", Amount, nullable=False),  # that day: sell proceeds net of fees, and dividends received
+    Column("outflow", Amount, nullable=False),  # that day: sell proceeds net of fees, dividends, cash in lieu
     Column("net_flow", Amount, nullable=False),  # inflow - outflow
 )
 
@@ -305,6 +305,37 @@ investor_returns = Table(
     Column("updated_at", Timestamp, nullable=False),
     _one_of("period", RETURN_PERIODS),
 )
+
+# What investor_daily was built from (performance.py): an update compares it with what is stored now and rebuilds
+# an investor's days only from the earliest day that changed.
+investor_daily_builds = Table(
+    "investor_daily_builds", metadata,  # per investor: what its rows of investor_daily cover
+    Column("investor_id", Integer, ForeignKey("investors.investor_id"), primary_key=True),
+    Column("first_day", Date, nullable=False),  # its first row: the weekday of its first trade
+    Column("built_through", Date, nullable=False),  # its last row: the last weekday up to the update's day
+    Column("trade_count", BigInteger, nullable=False),  # its trades covered (the sum of its portfolios.trade_count)
+    Column("txn_id_through", Id, nullable=False),  # the highest txn_id stored when it was built
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+performance_closes = Table(
+    "performance_closes", metadata,  # the daily closes investor_daily was valued with, up to its last day
+    Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
+    Column("price_date", Date, primary_key=True),
+    Column("close_price", Price, nullable=False),  # as in market_prices when the days were built
+    sqlite_with_rowid=False,
+)
+
+performance_actions = Table(
+    "performance_actions", metadata,  # the corporate actions investor_daily applied
+    Column("stock_symbol", String(10), ForeignKey("stocks.stock_symbol"), primary_key=True),
+    Column("ex_date", Date, primary_key=True),
+    Column("action", String(10), primary_key=True),
+    Column("value", String(60), nullable=False),  # the exact value as a fraction, '3/2' (a 3-for-2 SPLIT)
+    Column("lieu_price", Price),  # SPLIT: the cash-in-lieu price applied
+    _one_of("action", CORPORATE_ACTIONS),
+)
+
 
 def mysql_ddl(database="stock_investments"):
     """Render the schema as MySQL/MariaDB DDL (the text of create_tables.sql)."""

@@ -17,7 +17,7 @@ from sqlalchemy import select
 import analyze
 import load_transactions
 import update_portfolio
-from schema import alerts, corporate_actions, load_batches, market_prices, transactions
+from schema import RETURN_PERIODS, alerts, corporate_actions, load_batches, market_prices, transactions
 
 matplotlib.use("Agg")
 
@@ -246,6 +246,80 @@ def test_dividend_income_and_fees_paid_on_the_investor_card(seeded_engine, datab
     assert "MSFT 5 shares" in " ".join(panel.split()) and "dividends 2.68 fees 2.18" in " ".join(panel.split())
 
 
+CARD_TRADES = [  # investor 1001: a buy before a fall (tests/test_performance.py works the same case by hand)
+    record("RC-1", 1001, "AAPL", "BUY", 100, "10", "2024-01-02 10:00:00", "0"),
+    record("RC-2", 1001, "AAPL", "BUY", 1000, "8", "2024-03-01 10:00:00", "0"),
+]
+CARD_CLOSES = {date(2024, 1, 2): 10, date(2024, 2, 1): 8, date(2024, 3, 1): 8, date(2024, 4, 1): 9}
+
+
+def reference_values(days):
+    """{weekday: market value} of CARD_TRADES computed here: shares held at the end of the day times the last
+    close on or before it."""
+    values = {}
+    for day in days:
+        shares = sum(row["quantity"] for row in CARD_TRADES if row["txn_time"][:10] <= day.isoformat())
+        values[day] = shares * CARD_CLOSES[max(close_day for close_day in CARD_CLOSES if close_day <= day)]
+    return values
+
+
+def reference_irr(flows, end_value, span):
+    """The period rate R with -sum(flow (1+R)^(-t/span)) + end_value / (1+R) = 0, by bisection over (-0.99, 10)."""
+    low, high = -0.99, 10.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        value = -sum(flow * (1 + middle) ** (-offset / span) for offset, flow in flows) + end_value / (1 + middle)
+        low, high = (middle, high) if value > 0 else (low, middle)
+    return low
+
+
+def test_the_investor_card_shows_the_returns_and_the_value_over_time_with_drawdowns(seeded_engine, database_url,
+                                                                                    tmp_path, capsys, headless):
+    """The card's returns table (printed and in the PNG's text panel) and its chart of the market value per day,
+    the drawdowns shaded, against values and returns computed here: TWR chains the daily values, IRR by a bisection
+    of its own."""
+    load_transactions.load_records(seeded_engine, CARD_TRADES)
+    with seeded_engine.begin() as connection:
+        connection.execute(market_prices.insert(), [
+            {"stock_symbol": "AAPL", "price_date": day, "close_price": Decimal(price)}
+            for day, price in CARD_CLOSES.items()])
+    update_portfolio.update_portfolios(seeded_engine, today=date(2024, 4, 1))
+    days = list(pd.bdate_range("2024-01-02", "2024-04-01").date)
+    values = reference_values(days)
+    twr = 1.0
+    for before, day in zip(days, days[1:]):
+        inflow = sum(row["quantity"] * float(row["price"]) for row in CARD_TRADES if row["txn_time"][:10] == str(day))
+        twr *= values[day] / (values[before] + inflow)
+    irr = reference_irr([(1, 1000.0), (60, 8000.0)], values[days[-1]], 91)
+    assert f"{twr - 1:+.2%}" == "-10.00%" and f"{irr:+.2%}" == "+25.64%"
+
+    assert analyze.main(["--database-url", database_url, "--reports", str(tmp_path / "r"), "--investor", "1001"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    (first,) = [number for number, line in enumerate(printed) if line.startswith("  returns to 2024-04-01")]
+    table = printed[first:first + 4]
+    assert table[0].split()[-5:] == list(RETURN_PERIODS) == ["1M", "3M", "YTD", "1Y", "ALL"]
+    # 1M: 8,800 on 2024-03-01 to 9,900, no flow: +12.50% both; 3M, YTD and 1Y start before the first trade
+    assert [line.split()[-5:] for line in table[1:3]] == [["+12.50%", "n/a", "n/a", "n/a", f"{twr - 1:+.2%}"],
+                                                         ["+12.50%", "n/a", "n/a", "n/a", f"{irr:+.2%}"]]
+    assert table[1].startswith("    time-weighted (TWR)") and table[2].startswith("    money-weighted (IRR)")
+
+    data = analyze.read_dashboard_data(seeded_engine, 1001)
+    figure = analyze.draw_investor_card(data, 1001)
+    ax = _axes_titled(figure, "Market value per day")
+    (line,) = ax.get_lines()
+    assert [mdates.num2date(x).date() for x in line.get_xdata(orig=False)] == days
+    assert list(line.get_ydata()) == [values[day] for day in days]
+    (shaded,) = ax.collections  # the drawdown: the value under its running peak of 1,000 in February
+    below = [day for day in days if values[day] < max(values[other] for other in days if other <= day)]
+    assert (below[0], below[-1]) == (date(2024, 2, 1), date(2024, 2, 29))
+    corners = shaded.get_paths()[0].vertices
+    assert {mdates.num2date(x).date() for x in corners[:, 0]} <= set(below)
+    assert (corners[:, 1].min(), corners[:, 1].max()) == (800, 1000)
+    (panel,) = [text.get_text() for ax in figure.axes for text in ax.texts if text.get_text().startswith("Investor")]
+    assert panel == analyze.fit_card_text(analyze.investor_card_text(data, 1001))
+    assert "+25.64%" in panel and "-10.00%" in panel
+
+
 def test_only_closed_positions(seeded_engine, database_url, tmp_path, capsys, headless):
     """An investor whose every position is closed: zero market value, LOW, no alerts, and still a dashboard."""
     path = tmp_path / "closed.csv"
@@ -355,8 +429,8 @@ SECTORS = [  # symbol, sector, market value: 11 sectors, 6 of them under 3% of 1
 
 
 def sample_data():
-    """read_dashboard_data's frames for two investors with positions in millions (matplotlib's '1e6' range) and its
-    cost method."""
+    """read_dashboard_data's frames for two investors with positions in millions (matplotlib's '1e6' range), its cost
+    method, investor 1001's returns and its market value per day."""
     total = sum(value for _, _, value in SECTORS)
     positions = pd.DataFrame([
         {"investor_id": 1001, "stock_symbol": symbol, "sector": sector, "quantity": 1000, "market_value": value,
@@ -384,7 +458,12 @@ def sample_data():
         {"rule": "CONCENTRATION", "severity": "HIGH", "investor_id": 1002, "stock_symbol": "AAPL", "txn_ref": None,
          "details": "AAPL is 100.0%", "detected_at": "2026-12-03 03:00:00",
          "alert_time": pd.Timestamp("2026-02-12 10:00:00")}])
-    return {"positions": positions, "investors": investors, "alerts": alert_rows, "cost_method": "fifo"}
+    returns = pd.DataFrame([{"investor_id": 1001, "period": period, "start_date": "2026-01-02",
+                             "end_date": "2026-12-03", "twr": 0.05, "irr": 0.07} for period in RETURN_PERIODS])
+    days = pd.bdate_range("2026-01-05", periods=60)
+    daily = pd.DataFrame({"value_date": days, "market_value": [8_000_000 + 40_000 * (n % 7) for n in range(60)]})
+    return {"positions": positions, "investors": investors, "alerts": alert_rows, "cost_method": "fifo",
+            "returns": returns, "daily": daily}
 
 
 @pytest.mark.parametrize("value, text", [
@@ -402,9 +481,10 @@ def test_money_axes_are_currency_without_offset():
     for figure in figures:
         figure.canvas.draw()
         money_axes += [ax.xaxis for ax in figure.axes if ax.get_xlabel() in ("market value", "P&L", "loss")]
-        money_axes += [ax.yaxis for ax in figure.axes if ax.get_ylabel() == "P&L"]
-    # dashboard: value by investor and symbol, P&L, value by symbol; risk: VaR; card: holdings, P&L by symbol
-    assert len(money_axes) == 6
+        money_axes += [ax.yaxis for ax in figure.axes if ax.get_ylabel() in ("P&L", "market value")]
+    # dashboard: value by investor and symbol, P&L, value by symbol; risk: VaR; card: holdings, P&L by symbol, the
+    # market value per day
+    assert len(money_axes) == 7
     for axis in money_axes:
         labels = [label.get_text() for label in axis.get_ticklabels() if label.get_text()]
         assert axis.get_offset_text().get_text() == ""
