@@ -33,14 +33,14 @@ def test_pipeline_runs_on_postgresql_and_a_second_run_loads_nothing(postgres_url
 
 
 def stored_results(engine):
-    """portfolios and investor_risk rows (without updated_at) and the OVERSELL alerts, as sorted tuples."""
+    """portfolios and investor_risk rows (without updated_at) and the open OVERSELL alerts, as sorted tuples."""
     def rows(table):
         columns = [column for column in table.columns if column.name != "updated_at"]
         return sorted(tuple(row) for row in connection.execute(select(*columns)))
 
     with engine.connect() as connection:
         oversells = sorted(connection.execute(select(alerts.c.txn_ref, alerts.c.investor_id, alerts.c.stock_symbol)
-                                              .where(alerts.c.rule == "OVERSELL")).all())
+                                              .where(alerts.c.rule == "OVERSELL", alerts.c.status == "OPEN")).all())
         return rows(portfolios), rows(investor_risk), oversells
 
 
