@@ -58,7 +58,8 @@ JOIN stocks s ON s.stock_symbol = p.stock_symbol
 INVESTOR_RISK_SQL = """
 SELECT r.investor_id, i.name, r.total_market_value, r.total_cost_basis, r.realized_pnl, r.unrealized_pnl,
        r.dividend_income, r.fees_paid, r.open_positions, r.top_position_weight, r.hhi, r.top_sector_weight,
-       r.risk_score, r.risk_level, r.portfolio_volatility, r.var_95_1d, r.expected_shortfall_95_1d, r.max_drawdown
+       r.risk_score, r.risk_level, r.portfolio_volatility, r.var_95_1d, r.expected_shortfall_95_1d,
+       r.parametric_var_95_1d, r.max_drawdown
 FROM investor_risk r
 JOIN investors i ON i.investor_id = r.investor_id
 """
@@ -375,6 +376,16 @@ def _scatter_legends(ax):
               fontsize=7, title_fontsize=8, labelspacing=1.2, borderpad=0.8)
 
 
+RISK_METRIC_TEXTS = (("portfolio_volatility", "volatility {:.1%}/year"), ("var_95_1d", "1-day 95% VaR {:,.2f}"),
+                     ("expected_shortfall_95_1d", "expected shortfall {:,.2f}"),
+                     ("parametric_var_95_1d", "parametric VaR {:,.2f}"), ("max_drawdown", "max drawdown {:.1%}"))
+
+
+def risk_metric_texts(row):
+    """The investor's risk metrics as texts, those it has (each is NULL without enough history)."""
+    return [template.format(row[name]) for name, template in RISK_METRIC_TEXTS if pd.notna(row.get(name))]
+
+
 def investor_card_text(data, investor_id):
     """One investor's holdings, P&L, dividend income, fees paid, weights, risk metrics and alerts, and the cost
     method, as plain text."""
@@ -387,10 +398,9 @@ def investor_card_text(data, investor_id):
              f"unrealized P&L {row['unrealized_pnl']:,.2f}",
              f"  dividend income {row['dividend_income']:,.2f}, fees paid {row['fees_paid']:,.2f}, "
              f"cost method {data['cost_method']}"]
-    if pd.notna(row["var_95_1d"]):
-        lines.append(f"  volatility {row['portfolio_volatility']:.1%}/year, 1-day 95% VaR {row['var_95_1d']:,.2f}, "
-                     f"expected shortfall {row['expected_shortfall_95_1d']:,.2f}, "
-                     f"max drawdown {row['max_drawdown']:.1%}")
+    metrics = risk_metric_texts(row)
+    if metrics:
+        lines.append("  " + ", ".join(metrics))
     lines += returns_lines(data["returns"][data["returns"]["investor_id"] == investor_id])
     held = data["positions"][data["positions"]["investor_id"] == investor_id].sort_values(
         "market_value", ascending=False)

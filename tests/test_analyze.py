@@ -543,3 +543,12 @@ def test_default_reports_folder_is_in_the_project_folder_whatever_the_working_di
 
     assert [path.name for path in (project / "reports").iterdir()] == ["investor_1002.png"]
     assert list(elsewhere.iterdir()) == []
+
+
+def test_card_risk_metrics_show_what_the_investor_has():
+    """Each metric is NULL without enough history: the card shows those present, the parametric VaR among them."""
+    row = pd.Series({"portfolio_volatility": None, "var_95_1d": 1234.5, "expected_shortfall_95_1d": 1500.0,
+                     "parametric_var_95_1d": 1100.256, "max_drawdown": float("nan")})
+    assert analyze.risk_metric_texts(row) == ["1-day 95% VaR 1,234.50", "expected shortfall 1,500.00",
+                                              "parametric VaR 1,100.26"]
+    assert analyze.risk_metric_texts(pd.Series({name: None for name, _ in analyze.RISK_METRIC_TEXTS})) == []
