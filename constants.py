@@ -93,8 +93,10 @@ RISK_LEVEL_FLOORS = (("CRITICAL", 75), ("HIGH", 50), ("MEDIUM", 25))  # below 25
 # Alerts
 CONCENTRATION_WEIGHT_LIMIT = 0.40  # a position above 40% of the investor's market value
 
-# Surveillance (surveillance.py; README.md explains each rule). Windows are in wall-clock time.
+# Surveillance (surveillance.py; docs/surveillance.md explains each rule). Windows are in wall-clock time.
 SURVEILLANCE_CONTEXT_MINUTES = 25 * 60  # history read before the first new trade: its whole day and the hold before
+SURVEILLANCE_BASELINE_TRADES = 200  # an investor's previous trades that their usual activity is measured over
+SURVEILLANCE_BASELINE_MIN_TRADES = 20  # fewer (outside the window being judged): no usual yet, the floors apply
 LARGE_TRADE_LOOKBACK_TRADES = 50  # the investor's previous trades that make their "own history"
 LARGE_TRADE_MIN_HISTORY = 30  # fewer previous trades: no z-score and no portfolio test (a new account)
 LARGE_TRADE_Z = 5.0  # robust z of ln(notional) against that history: (x - median) / (1.4826 * MAD)
@@ -102,12 +104,17 @@ LARGE_TRADE_MIN_SCALE = 0.25  # floor of 1.4826 * MAD (ln units): an investor wh
 LARGE_TRADE_PORTFOLIO_SHARE = 10.0  # or notional above 10x the investor's portfolio value just before it
 OFF_MARKET_PRICE_THRESHOLD = 0.05  # |price / that day's close - 1| above 5%
 OFF_MARKET_PRICE_HIGH = 0.10  # above 10%: HIGH
-WASH_TRADE_WINDOW_MINUTES = 5  # a BUY and a SELL of the same quantity at most 5 minutes apart
-WASH_TRADE_PRICE_TOLERANCE = 0.0002  # prices within 0.02% of each other, or within one cent:
+WASH_TRADE_WINDOW_MINUTES = 3  # a BUY and a SELL of the same quantity at most 3 minutes apart
+WASH_TRADE_MOVE_SHARE = 0.5  # prices within 0.5 x the symbol's expected random move over the gap, or one cent:
 WASH_TRADE_PRICE_TICK = 0.01  # currency units
+WASH_TRADE_DEFAULT_VOLATILITY = 0.30  # annual, for a symbol with fewer than WASH_TRADE_MIN_CLOSES closes
+WASH_TRADE_MIN_CLOSES = 20  # closes in the year before the trade's day that its volatility is estimated from
+TRADING_SECONDS_PER_DAY = 6.5 * 3600  # the expected move over a gap: daily volatility x sqrt(gap / this)
 ROUND_TRIP_MAX_HOLD_MINUTES = 15  # a position opened from flat and closed to flat within 15 minutes
-ROUND_TRIP_MIN_COUNT = 3  # the 3rd such round trip in one position on one trading day raises the alert
+ROUND_TRIP_MIN_COUNT = 3  # the 3rd such round trip in one position on one trading day raises the alert (floor)
+ROUND_TRIP_USUAL_MULTIPLE = 5.0  # and at least 5 x the round trips the investor's usual rate expects there
 BURST_WINDOW_MINUTES = 5
-BURST_MAX_TRADES = 10  # more than 10 trades by one investor within 5 minutes
+BURST_MAX_TRADES = 10  # more than 10 trades by one investor within 5 minutes (floor) ...
+BURST_USUAL_MULTIPLE = 4.0  # ... and more than 4 x the investor's usual count in 5 minutes
 SECTOR_CONCENTRATION_LIMIT = 0.60  # one sector above 60% of the investor's market value
 SECTOR_CONCENTRATION_HIGH = 0.90  # at or above 90%: HIGH

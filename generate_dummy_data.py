@@ -337,17 +337,19 @@ PLANT_STREAM = 7_919  # second word of the planting stream's seed: never the cle
 PLANTED_RULES = ("ROUND_TRIP", "WASH_TRADE", "BURST", "OFF_MARKET_PRICE", "LARGE_TRADE")  # planting order
 PLANT_MIN_HISTORY = constants.LARGE_TRADE_LOOKBACK_TRADES  # earlier trades of an investor given a LARGE_TRADE
 PLANT_ATTEMPTS = 200  # anchors tried per planted event
-LARGE_TRADE_SIGMAS = (6.0, 8.0)  # ln(notional): this many robust standard deviations above the investor's median
-LARGE_TRADE_FACTORS = (100.0, 1_000_000.0)  # and from 100 to 1,000,000 times the median notional
+LARGE_TRADE_SIGMAS = (5.5, 8.0)  # ln(notional): this many robust standard deviations above the investor's median
+LARGE_TRADE_FACTORS = (20.0, 1_000_000.0)  # and from 20 to 1,000,000 times the median notional
 LARGE_TRADE_MAX_QUANTITY = 1_000_000_000  # shares: a quantity is an INT
 OFF_MARKET_DEVIATIONS = (0.07, 0.25)  # price this far from the day's close, either side
-WASH_TRADE_GAP_SECONDS = (20, 4 * 60)  # the SELL this long after the BUY of the same quantity
-WASH_TRADE_PRICE_CENTS = (-1, 2)  # the SELL's price -1, 0 or +1 cent from the BUY's
-ROUND_TRIP_EXTRA = (0, 2)  # ROUND_TRIP_MIN_COUNT + 0..1 round trips in one day
-ROUND_TRIP_HOLD_SECONDS = (60, 12 * 60)  # each opened from flat and closed to flat after this long
+WASH_TRADE_GAP_SECONDS = (3, 3 * 60 + 1)  # the SELL 3 s to 3 min after the BUY of the same quantity
+WASH_TRADE_MAX_PRICE_GAP = 0.0005  # the SELL's price at most 0.05% from the BUY's ...
+WASH_TRADE_MOVE_SHARE = 0.5  # ... and at most half the symbol's expected random move over the gap (or one cent;
+# the rule's constants.WASH_TRADE_MOVE_SHARE is its own: tuning the rule does not change what is planted)
+ROUND_TRIP_EXTRA = (0, 4)  # ROUND_TRIP_MIN_COUNT + 0..3 round trips in one day
+ROUND_TRIP_HOLD_SECONDS = (30, 15 * 60 + 1)  # each opened from flat and closed to flat after 30 s to 15 min
 ROUND_TRIP_PRICE_MOVE = (0.003, 0.008)  # the closing SELL this far from the opening BUY: not a wash trade
-BURST_EXTRA = (1, 7)  # BURST_MAX_TRADES + 1..6 trades
-BURST_SPAN_SECONDS = 150  # all within 2.5 minutes
+BURST_TRADES = (11, 61)  # 11 to 60 trades ...
+BURST_SPAN_SECONDS = (30, 4 * 60 + 1)  # ... within 30 s to 4 minutes (and at least one second apart)
 QUIET_SECONDS = 15 * 60  # no clean trade of the investor this close to a planted wash trade or burst
 SECONDS_PER_DAY = 86_400
 
@@ -431,27 +433,39 @@ def plant_off_market_price(rng, market, history, anchor, symbol):
 
 
 def plant_wash_trade(rng, market, history, anchor, symbol):
-    """A BUY then a SELL of the same quantity minutes apart at nearly the same price, in a quiet moment."""
+    """A BUY then a SELL of the same quantity 3 s to 3 min apart at no real price change (wash_price_gap), in a
+    quiet moment."""
     investor, day = market.draws["investor"][anchor], market.draws["day"][anchor]
     gap = int(rng.integers(*WASH_TRADE_GAP_SECONDS))
     start = _start_key(rng, day, gap)
     if not _quiet(history, investor, start, start + gap):
         return None
     quantity = _normal_quantity(rng, market, investor, day, symbol)
-    price = round(_normal_price(rng, market, day, symbol), 2)
-    return [_planted("WASH_TRADE", start, investor, symbol, "BUY", quantity, price),
-            _planted("WASH_TRADE", start + gap, investor, symbol, "SELL", quantity,
-                     price + int(rng.integers(*WASH_TRADE_PRICE_CENTS)) / 100)]
+    cents = int(round(_normal_price(rng, market, day, symbol) * 100))
+    difference = wash_price_gap(rng, cents, constants.STOCKS[symbol].annual_volatility, gap)
+    return [_planted("WASH_TRADE", start, investor, symbol, "BUY", quantity, cents / 100),
+            _planted("WASH_TRADE", start + gap, investor, symbol, "SELL", quantity, (cents + difference) / 100)]
+
+
+def wash_price_gap(rng, cents, annual_volatility, gap):
+    """The SELL's price minus the BUY's, in whole cents, either sign: up to the smaller of WASH_TRADE_MAX_PRICE_GAP
+    and WASH_TRADE_MOVE_SHARE x the expected random move over `gap` seconds (daily volatility x sqrt(gap /
+    TRADING_SECONDS_PER_DAY)) of the BUY's price, rounded down; 0 or 1 cent where that is under a cent."""
+    move = annual_volatility / np.sqrt(constants.TRADING_DAYS_PER_YEAR) * np.sqrt(
+        gap / constants.TRADING_SECONDS_PER_DAY)
+    largest = int(cents * min(WASH_TRADE_MAX_PRICE_GAP, WASH_TRADE_MOVE_SHARE * move))
+    return int(rng.integers(0, max(1, largest) + 1)) * int(rng.choice((-1, 1)))
 
 
 def plant_burst(rng, market, history, anchor, symbol):
-    """More than BURST_MAX_TRADES BUYs by one investor within BURST_SPAN_SECONDS, in a quiet moment."""
+    """BURST_TRADES BUYs by one investor, at most one a second, within BURST_SPAN_SECONDS, in a quiet moment."""
     investor, day = market.draws["investor"][anchor], market.draws["day"][anchor]
-    count = constants.BURST_MAX_TRADES + int(rng.integers(*BURST_EXTRA))
-    start = _start_key(rng, day, BURST_SPAN_SECONDS)
-    if not _quiet(history, investor, start, start + BURST_SPAN_SECONDS):
+    count = int(rng.integers(*BURST_TRADES))
+    span = int(rng.integers(max(count, BURST_SPAN_SECONDS[0]), BURST_SPAN_SECONDS[1]))
+    start = _start_key(rng, day, span)
+    if not _quiet(history, investor, start, start + span):
         return None
-    offsets = np.sort(rng.choice(BURST_SPAN_SECONDS, count, replace=False))
+    offsets = np.sort(rng.choice(span, count, replace=False))
     return [_planted("BURST", start + offset, investor, symbol, "BUY",
                      _normal_quantity(rng, market, investor, day, symbol), _normal_price(rng, market, day, symbol))
             for offset in offsets]

@@ -3,14 +3,17 @@
 Fifth stage of the chain (after update_portfolio.py, before analyze.py). It checks the trades of loaded batches
 that update_portfolio has applied and surveillance has not checked yet (`--full`: every trade) against the
 trade-level rules LARGE_TRADE, OFF_MARKET_PRICE, WASH_TRADE, ROUND_TRIP and BURST, reading only the history they
-need: per investor with new trades, the last LARGE_TRADE_LOOKBACK_TRADES trades and the last
-SURVEILLANCE_CONTEXT_MINUTES before the first new one, and the earlier trades of that history's first week; each
-position starts that week from the ledger's checkpoint (position_checkpoints) and is replayed with
-ledger.Position. Prices are compared in the same terms: a trade with that day's close as traded, and the legs of a
-WASH_TRADE on either side of a split's ex_date in the later leg's terms (the earlier price divided by the split's
-value, its quantity multiplied by it; closes.py reads the splits). Then SECTOR_CONCENTRATION compares each
-investor's sector weights (portfolios, as update_portfolio left them) with the limit. Thresholds are in
-constants.py and explained in README.md (Surveillance). A trade-level alert is keyed by rule and txn_ref, a sector
+need: per investor with new trades, the last trades before the first new one (LARGE_TRADE's own history, and the
+SURVEILLANCE_BASELINE_TRADES that BURST and ROUND_TRIP measure the investor's usual activity over) and the last
+SURVEILLANCE_CONTEXT_MINUTES before it, and the earlier trades of that history's first week; each position starts
+that week from the ledger's checkpoint (position_checkpoints) and is replayed with ledger.Position. A baseline is
+taken from a trade's own previous trades only, so an incremental run and a --full run judge every trade alike.
+WASH_TRADE's price tolerance follows the symbol's volatility in the year before the trade (closes.py reads the
+split-adjusted closes). Prices are compared in the same terms: a trade with that day's close as traded, and the
+legs of a WASH_TRADE on either side of a split's ex_date in the later leg's terms (the earlier price divided by
+the split's value, its quantity multiplied by it). Then SECTOR_CONCENTRATION compares each investor's sector
+weights (portfolios, as update_portfolio left them) with the limit. Thresholds are in constants.py and explained
+in docs/surveillance.md. A trade-level alert is keyed by rule and txn_ref, a sector
 alert by rule, investor and sector, so re-running never duplicates one. Alerts and the batches' surveilled_at
 commit in one transaction.
 """
@@ -43,7 +46,8 @@ RULES = TRADE_RULES + ("SECTOR_CONCENTRATION",)
 ID_SLICE = 500  # values per IN (...) list
 GROUP_STRIDE = 10**11  # seconds: keeps each group's time keys apart when windows are counted over all groups
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
-CHUNK_ROWS = 100_000  # rows per block of the rolling median: bounds memory at 1,000,000 trades
+CHUNK_CELLS = 5_000_000  # values per block of a rolling median: bounds memory at 1,000,000 trades
+VOLATILITY_CALENDAR_DAYS = np.timedelta64(366, "D")  # a trade's symbol volatility: the closes of the year before
 MIN_PORTFOLIO_VALUE = 0.01  # currency units: below this the portfolio is empty (float sums leave dust)
 ALERT_COLUMNS = ["rule", "severity", "investor_id", "stock_symbol", "txn_ref", "metric", "threshold", "details"]
 
@@ -180,8 +184,14 @@ def read_pending(connection, state):
 
 
 def _history_params(since):
-    lookback = constants.LARGE_TRADE_LOOKBACK_TRADES
+    lookback = history_trades()
     return {"lookback_trades": lookback, "lookback_offset": lookback - 1, "since": since}
+
+
+def history_trades():
+    """How many of an investor's trades before its first new one the rules need: LARGE_TRADE's own history and
+    the trades the usual activity is measured over."""
+    return max(constants.LARGE_TRADE_LOOKBACK_TRADES, constants.SURVEILLANCE_BASELINE_TRADES)
 
 
 def read_trades(connection, statement, params=None):
@@ -271,6 +281,20 @@ def group_starts(group_codes):
     return starts
 
 
+def first_rows(group_codes):
+    """Each row's index of the first row of its group (rows sorted by group)."""
+    return np.maximum.accumulate(np.where(group_starts(group_codes), np.arange(len(group_codes)), 0))
+
+
+def previous_sums(values, group_codes, lookback):
+    """For rows sorted by group: the sum of integer `values` over each row's previous `lookback` rows of its
+    group (itself excluded), and how many rows that is (exact: integer sums)."""
+    cumulative = np.concatenate([[0], np.cumsum(values.astype(np.int64))])
+    rows = np.arange(len(values))
+    first = np.maximum(first_rows(group_codes), rows - lookback)
+    return cumulative[rows] - cumulative[first], rows - first
+
+
 def position_states(trades, opening, rules=None):
     """Each trade's position before and after it, replayed with ledger.Position from the position's opening
     checkpoint (none: nothing held), an oversold SELL changing nothing, through the splits of `rules`
@@ -278,8 +302,9 @@ def position_states(trades, opening, rules=None):
 
     Returns the trades sorted by position in replay order with holding_before, holding_after, applied,
     last_price (the price the position last traded at before the trade; for a position's first trade without a
-    checkpoint, its own price) and position_code."""
-    by_position = trades.sort_values(["investor_id", "stock_symbol", "seconds", "txn_id"], ignore_index=True)
+    checkpoint, its own price), position_code and row (the trade's row in `trades`)."""
+    by_position = trades.assign(row=np.arange(len(trades))).sort_values(
+        ["investor_id", "stock_symbol", "seconds", "txn_id"], ignore_index=True)
     before, after, applied, last_price = replay_positions(ledger_trades(by_position), opening, rules)
     code = by_position.groupby(["investor_id", "stock_symbol"], sort=False).ngroup().to_numpy()
     return by_position.assign(holding_before=before, holding_after=after, applied=applied, last_price=last_price,
@@ -333,19 +358,26 @@ def rolling_robust_z(values, group_codes, rows, lookback, min_history):
     (value - median) / max(1.4826 * MAD, LARGE_TRADE_MIN_SCALE).
 
     Returns (z, history counts); z is NaN with fewer than min_history previous values."""
-    group_start = np.maximum.accumulate(np.where(group_starts(group_codes), np.arange(len(values)), 0))
+    first = np.maximum(first_rows(group_codes)[rows], rows - lookback)
     z = np.full(len(rows), np.nan)
-    counts = np.minimum(rows - group_start[rows], lookback)
-    for begin in range(0, len(rows), CHUNK_ROWS):
-        block = rows[begin:begin + CHUNK_ROWS]
-        index = block[:, None] - lookback + np.arange(lookback)
-        window = np.where(index >= group_start[block][:, None], values[np.maximum(index, 0)], np.nan)
+    for begin, window in previous_windows(values, first, rows, lookback):
         median = _sorted_median(window)
         scale = np.maximum(MAD_TO_SIGMA * _sorted_median(np.abs(window - median[:, None])),
                            constants.LARGE_TRADE_MIN_SCALE)
-        z[begin:begin + len(block)] = (values[block] - median) / scale
+        z[begin:begin + len(window)] = (values[rows[begin:begin + len(window)]] - median) / scale
+    counts = rows - first
     z[counts < min_history] = np.nan
     return z, counts
+
+
+def previous_windows(values, first, end, lookback):
+    """Yield (offset, window): for blocks of rows, values[first:end] of each row (end - first <= lookback) as a
+    row of `lookback` cells, NaN-padded on the left; blocks of CHUNK_CELLS cells bound the memory."""
+    block_rows = max(1, CHUNK_CELLS // lookback)
+    for begin in range(0, len(end), block_rows):
+        stop = end[begin:begin + block_rows]
+        index = stop[:, None] - lookback + np.arange(lookback)
+        yield begin, np.where(index >= first[begin:begin + block_rows, None], values[np.maximum(index, 0)], np.nan)
 
 
 def _sorted_median(window):
@@ -447,26 +479,91 @@ def off_market_price_alerts(trades, closes):
                    details)
 
 
-def wash_trade_alerts(trades, splits=None):
+def wash_trade_alerts(trades, activity, year_closes, splits=None):
     """WASH_TRADE: a trade that, with an earlier opposite trade of the same investor, symbol and quantity at most
-    WASH_TRADE_WINDOW_MINUTES before, buys and sells at nearly the same price: within WASH_TRADE_PRICE_TOLERANCE
-    of each other, or within WASH_TRADE_PRICE_TICK. Across a split (splits: closes.read_splits) the earlier leg's
-    quantity and price are taken in the later leg's terms."""
+    WASH_TRADE_WINDOW_MINUTES before, buys and sells at no real price change: prices within the wash tolerance
+    (wash_tolerances; year_closes: a function returning the closes it needs) of each other. Across a split
+    (splits: closes.read_splits) the earlier leg's quantity and price are taken in the later leg's terms. One alert
+    per later leg: its nearest pair (difference / tolerance)."""
     pairs = reversing_pairs(trades, constants.WASH_TRADE_WINDOW_MINUTES * 60, splits)
+    if pairs.empty:
+        return pd.DataFrame(columns=ALERT_COLUMNS)
     other_price = (pairs["other_price"] * pairs["split_factor"] / pairs["other_split_factor"]).to_numpy()
     difference = np.abs(pairs["price"].to_numpy() - other_price)
-    spread = difference / other_price
-    near = (spread <= constants.WASH_TRADE_PRICE_TOLERANCE) | (difference <= constants.WASH_TRADE_PRICE_TICK + 1e-9)
-    flagged, spread = pairs.loc[near], spread[near]
-    others = [_other_leg_price(row, splits) for row in flagged.itertuples()]
-    details = [f"{_trade_text(row)} reverses {row.other_txn_ref} at {money(row.other_price)}"
-               f"{_split_adjusted_text(row.other_price, other)}, "
-               f"{(row.seconds - row.other_seconds) / 60:.0f} min earlier: same quantity, prices "
-               f"{money(abs(ledger.to_decimal(row.price) - other))} ({d:.4%}) apart "
-               f"(within {constants.WASH_TRADE_PRICE_TOLERANCE:.2%} or {money(constants.WASH_TRADE_PRICE_TICK)}, "
-               f"and {constants.WASH_TRADE_WINDOW_MINUTES} min)"
-               for row, d, other in zip(flagged.itertuples(), spread, others)]
-    return _alerts("WASH_TRADE", flagged, "HIGH", spread, constants.WASH_TRADE_PRICE_TOLERANCE, details)
+    pairs = pairs.assign(spread=difference / other_price, **wash_tolerances(pairs, activity, year_closes(),
+                                                                            other_price))
+    near = pairs.loc[difference <= pairs["tolerance"].to_numpy() * other_price + 1e-9]
+    nearest = near.assign(ratio=near["spread"] / near["tolerance"]).sort_values(
+        ["txn_id", "ratio", "other_txn_id"]).drop_duplicates("txn_id")
+    details = [_wash_trade_details(row, _other_leg_price(row, splits)) for row in nearest.itertuples()]
+    return _alerts("WASH_TRADE", nearest, "HIGH", nearest["spread"], nearest["tolerance"], details)
+
+
+def wash_tolerances(pairs, activity, daily_closes, other_price):
+    """Per pair of reversing_pairs: the symbol's annual volatility in the year before the later leg's day (NaN:
+    too few closes, WASH_TRADE_DEFAULT_VOLATILITY is used), its expected random move over the gap between the legs
+    (a fraction: daily volatility x sqrt(gap / TRADING_SECONDS_PER_DAY)), the investor's other trades in the
+    BURST window up to the later leg (at least 1: the earlier leg), and the tolerance (a fraction of the earlier
+    leg's price): the larger of WASH_TRADE_PRICE_TICK and WASH_TRADE_MOVE_SHARE x the expected move / those other
+    trades, since each of them is a chance of a coincidental match."""
+    volatility = symbol_volatilities(daily_closes, pairs["stock_symbol"], pairs["day"])
+    gap = (pairs["seconds"] - pairs["other_seconds"]).to_numpy()
+    daily = np.where(np.isnan(volatility), constants.WASH_TRADE_DEFAULT_VOLATILITY, volatility) / np.sqrt(
+        constants.TRADING_DAYS_PER_YEAR)
+    move = daily * np.sqrt(gap / constants.TRADING_SECONDS_PER_DAY)
+    others = np.maximum(1, activity.count[pairs["row"].to_numpy()] - 1)
+    band = constants.WASH_TRADE_MOVE_SHARE * move / others
+    return {"volatility": volatility, "gap": gap, "move": move, "others": others, "band": band,
+            "tolerance": np.maximum(band, constants.WASH_TRADE_PRICE_TICK / other_price)}
+
+
+def symbol_volatilities(daily_closes, symbols, days):
+    """Per (symbol, day): closes.annual_volatility of the symbol's closes in the VOLATILITY_CALENDAR_DAYS before
+    the day, NaN with fewer than WASH_TRADE_MIN_CLOSES of them (the same for a trade whatever else a run read)."""
+    keys = pd.DataFrame({"stock_symbol": np.asarray(symbols), "day": np.asarray(days).astype("datetime64[D]")})
+    unique = keys.drop_duplicates(ignore_index=True)
+    series = {symbol: (group["day"].to_numpy().astype("datetime64[D]"), group["close_price"].to_numpy(dtype=float))
+              for symbol, group in daily_closes.groupby("stock_symbol")}
+    unique["volatility"] = [_volatility_before(series.get(symbol), day)
+                            for symbol, day in zip(unique["stock_symbol"], unique["day"].to_numpy())]
+    return keys.merge(unique, how="left", on=["stock_symbol", "day"])["volatility"].to_numpy(dtype=float)
+
+
+def _volatility_before(series, day):
+    if series is None:
+        return np.nan
+    days, prices = series
+    window = prices[np.searchsorted(days, day - VOLATILITY_CALENDAR_DAYS):np.searchsorted(days, day)]
+    return closes.annual_volatility(window) if len(window) >= constants.WASH_TRADE_MIN_CLOSES else np.nan
+
+
+def _wash_trade_details(row, other):
+    return (f"{_trade_text(row)} reverses {row.other_txn_ref} at {money(row.other_price)}"
+            f"{_split_adjusted_text(row.other_price, other)}, {_duration_text(row.gap)} earlier: same quantity, "
+            f"prices {money(abs(ledger.to_decimal(row.price) - other))} ({row.spread:.4%}) apart, within "
+            f"{_wash_tolerance_text(row)}")
+
+
+def _wash_tolerance_text(row):
+    """Why the tolerance is what it is: the expected move it comes from, or the one-cent floor."""
+    others = (f" / {row.others}, the investor's other trades in the {constants.BURST_WINDOW_MINUTES} min up to it"
+              if row.others > 1 else "")
+    volatility = (f"annual volatility {row.volatility:.0%}" if not np.isnan(row.volatility) else
+                  f"default annual volatility {constants.WASH_TRADE_DEFAULT_VOLATILITY:.0%}: fewer than "
+                  f"{constants.WASH_TRADE_MIN_CLOSES} closes in the year before")
+    band = (f"{constants.WASH_TRADE_MOVE_SHARE:g} × the {row.move:.3%} expected move of {row.stock_symbol} over "
+            f"{_duration_text(row.gap)}{others} ({volatility})")
+    if row.band >= row.tolerance:
+        return f"{row.band:.3%} = {band}"
+    return f"one cent ({money(constants.WASH_TRADE_PRICE_TICK)}), more than {row.band:.3%} = {band}"
+
+
+def _duration_text(seconds):
+    """40 s, 2 min, 2 min 5 s."""
+    minutes, rest = divmod(int(seconds), 60)
+    if not minutes:
+        return f"{rest} s"
+    return f"{minutes} min" + (f" {rest} s" if rest else "")
 
 
 def _other_leg_price(row, splits):
@@ -495,67 +592,187 @@ def split_factors(trades, splits):
 
 
 def reversing_pairs(trades, window_seconds, splits=None):
-    """Each checked trade with the latest earlier opposite trade (BUY for a SELL, SELL for a BUY) of the same
+    """Each checked trade with every earlier opposite trade (BUY for a SELL, SELL for a BUY) of the same
     investor, symbol and quantity (in the same terms across a split: `lot`) at most window_seconds before it;
-    that trade's columns are prefixed other_. split_factor: see split_factors."""
-    ordered = trades.sort_values(["seconds", "txn_id"], ignore_index=True)
-    factors = split_factors(ordered, splits)
-    lots = ordered["quantity"] if (factors == 1).all() else np.round(ordered["quantity"] * factors, 6)
-    ordered = ordered.assign(split_factor=factors, lot=lots)
-    legs = ordered[["seconds", "txn_id", "txn_ref", "investor_id", "stock_symbol", "lot", "price", "split_factor",
-                    "txn_type"]]
-    pairs = []
-    for side, other in (("SELL", "BUY"), ("BUY", "SELL")):
-        later = ordered.loc[ordered["checked"] & (ordered["txn_type"] == side)]
-        earlier = legs.loc[legs["txn_type"] == other].drop(columns="txn_type").rename(
-            columns=lambda c: c if c in ("investor_id", "stock_symbol", "lot") else f"other_{c}")
-        pairs.append(pd.merge_asof(later, earlier.assign(seconds=earlier["other_seconds"]), on="seconds",
-                                   by=["investor_id", "stock_symbol", "lot"], tolerance=window_seconds,
-                                   direction="backward"))
-    pairs = pd.concat(pairs, ignore_index=True).dropna(subset=["other_txn_id"])
-    return pairs.loc[(pairs["other_seconds"] < pairs["seconds"]) | (pairs["other_txn_id"] < pairs["txn_id"])]
+    that trade's columns are prefixed other_. row: the later trade's row in `trades`; split_factor: see
+    split_factors."""
+    factors = split_factors(trades, splits)
+    lots = trades["quantity"] if (factors == 1).all() else np.round(trades["quantity"] * factors, 6)
+    legs = trades.assign(row=np.arange(len(trades)), split_factor=factors, lot=lots).sort_values(
+        ["investor_id", "stock_symbol", "lot", "seconds", "txn_id"], ignore_index=True)
+    groups = legs.groupby(["investor_id", "stock_symbol", "lot"], sort=False).ngroup().to_numpy()
+    later, earlier = earlier_rows_within(groups, legs["seconds"].to_numpy(), window_seconds)
+    sides = legs["txn_type"].to_numpy()
+    keep = legs["checked"].to_numpy()[later] & (sides[later] != sides[earlier])
+    other = legs.iloc[earlier[keep]][["seconds", "txn_id", "txn_ref", "price", "split_factor"]]
+    return pd.concat([legs.iloc[later[keep]].reset_index(drop=True),
+                      other.add_prefix("other_").reset_index(drop=True)], axis=1)
 
 
-def round_trip_alerts(by_position):
-    """ROUND_TRIP: the close of a position opened from flat at most ROUND_TRIP_MAX_HOLD_MINUTES before, when it is
-    the ROUND_TRIP_MIN_COUNT-th or a later such round trip in that position on that trading day."""
-    opened = by_position["applied"] & (by_position["holding_before"] == 0) & (by_position["holding_after"] > 0)
-    closed = by_position["applied"] & (by_position["holding_before"] > 0) & (by_position["holding_after"] == 0)
-    open_time = by_position["seconds"].where(opened).groupby(by_position["position_code"]).ffill()
-    hold = by_position["seconds"] - open_time
-    quick = by_position.assign(hold=hold).loc[closed & (hold <= constants.ROUND_TRIP_MAX_HOLD_MINUTES * 60)]
-    count = quick.groupby(["position_code", "day"]).cumcount().to_numpy() + 1
-    hit = (count >= constants.ROUND_TRIP_MIN_COUNT) & quick["checked"].to_numpy()
-    flagged = quick.loc[hit]
-    details = [f"{_trade_text(row)} closes a position opened {row.hold / 60:.0f} min earlier: round trip "
-               f"number {n} in {row.stock_symbol} of at most {constants.ROUND_TRIP_MAX_HOLD_MINUTES} min on "
-               f"{pd.Timestamp(row.day):%Y-%m-%d} (threshold {constants.ROUND_TRIP_MIN_COUNT})"
-               for row, n in zip(flagged.itertuples(), count[hit])]
-    return _alerts("ROUND_TRIP", flagged, "MEDIUM", count[hit], constants.ROUND_TRIP_MIN_COUNT, details)
+def earlier_rows_within(group_codes, seconds, window_seconds):
+    """For rows sorted by (group, time): every (later row, earlier row) pair of one group at most window_seconds
+    apart, as two index arrays (memory: one entry per pair)."""
+    key = group_codes.astype(np.int64) * GROUP_STRIDE + seconds
+    rows = np.arange(len(key))
+    counts = rows - np.searchsorted(key, key - window_seconds, side="left")
+    later = np.repeat(rows, counts)
+    back = np.arange(len(later)) - np.repeat(np.cumsum(counts) - counts, counts) + 1  # 1 .. count per later row
+    return later, later - back
 
 
-def burst_alerts(trades):
-    """BURST: the trade that makes more than BURST_MAX_TRADES trades of the investor within BURST_WINDOW_MINUTES
-    (one alert per burst: only when the trade before was not already over the limit)."""
+def round_trip_alerts(trades, by_position):
+    """ROUND_TRIP: the close of a position opened from flat at most ROUND_TRIP_MAX_HOLD_MINUTES before, when the
+    quick round trips in that position on that trading day so far reach the limit: the larger of
+    ROUND_TRIP_MIN_COUNT and ROUND_TRIP_USUAL_MULTIPLE x the number the investor's usual rate expects (the share of
+    its previous trades that closed a quick round trip x the position's trades that day so far)."""
+    quick, hold = quick_round_trips(by_position)
+    position_days = by_position.groupby(["position_code", "day"], sort=False).ngroup().to_numpy()
+    count = pd.Series(quick).groupby(position_days).cumsum().to_numpy()
+    trades_that_day = pd.Series(quick).groupby(position_days).cumcount().to_numpy() + 1
+    rate = usual_round_trip_rate(trades, by_position, quick, position_days)
+    limit = np.fmax(constants.ROUND_TRIP_MIN_COUNT, constants.ROUND_TRIP_USUAL_MULTIPLE * rate * trades_that_day)
+    hit = quick & (count >= limit) & by_position["checked"].to_numpy()
+    flagged = by_position.loc[hit].assign(hold=hold[hit], round_trips=count[hit], limit=limit[hit], rate=rate[hit],
+                                          trades_that_day=trades_that_day[hit])
+    details = [_round_trip_details(row) for row in flagged.itertuples()]
+    return _alerts("ROUND_TRIP", flagged, "MEDIUM", flagged["round_trips"], flagged["limit"], details)
+
+
+def quick_round_trips(by_position):
+    """Per row of position_states: does it close to flat a position opened from flat at most
+    ROUND_TRIP_MAX_HOLD_MINUTES before, and the seconds since that opening (NaN: no opening seen)."""
+    applied, before, after = (by_position[column] for column in ("applied", "holding_before", "holding_after"))
+    opened = applied & (before == 0) & (after > 0)
+    closed = applied & (before > 0) & (after == 0)
+    hold = (by_position["seconds"] - by_position["seconds"].where(opened).groupby(
+        by_position["position_code"]).ffill()).to_numpy()
+    return (closed.to_numpy() & (hold <= constants.ROUND_TRIP_MAX_HOLD_MINUTES * 60)), hold
+
+
+def usual_round_trip_rate(trades, by_position, quick, position_days):
+    """Per row of position_states: the share of the investor's previous SURVEILLANCE_BASELINE_TRADES trades
+    (`trades` in replay order) that closed a quick round trip, leaving out those of the row's own position and day
+    (a day of round trips never raises its own baseline); NaN with fewer than SURVEILLANCE_BASELINE_MIN_TRADES
+    left."""
+    rows = by_position["row"].to_numpy()
+    in_replay_order = np.zeros(len(rows), dtype=np.int64)
+    in_replay_order[rows] = quick
+    sums, counts = previous_sums(in_replay_order, trades["investor_id"].to_numpy(),
+                                 constants.SURVEILLANCE_BASELINE_TRADES)
+    same_sums, same_counts = same_day_predecessors(rows, quick, position_days, rows - counts[rows])
+    left = counts[rows] - same_counts
+    return np.where(left >= constants.SURVEILLANCE_BASELINE_MIN_TRADES,
+                    (sums[rows] - same_sums) / np.maximum(left, 1), np.nan)
+
+
+def same_day_predecessors(rows, quick, position_days, first):
+    """Per row of position_states (replay rows `rows`, position-day codes ascending): how many of its
+    position-day's earlier trades have a replay row >= first, and how many of those are `quick`."""
+    stride = len(rows) + 1
+    key = position_days.astype(np.int64) * stride + rows
+    low = np.searchsorted(key, position_days.astype(np.int64) * stride + first, side="left")
+    cumulative = np.concatenate([[0], np.cumsum(quick.astype(np.int64))])
+    here = np.arange(len(rows))
+    return cumulative[here] - cumulative[low], here - low
+
+
+def _round_trip_details(row):
+    return (f"{_trade_text(row)} closes a position opened {row.hold / 60:.0f} min earlier: round trip number "
+            f"{row.round_trips} in {row.stock_symbol} of at most {constants.ROUND_TRIP_MAX_HOLD_MINUTES} min on "
+            f"{pd.Timestamp(row.day):%Y-%m-%d} ({_round_trip_limit_text(row)})")
+
+
+def _round_trip_limit_text(row):
+    if np.isnan(row.rate):
+        return (f"limit {constants.ROUND_TRIP_MIN_COUNT}, the floor: fewer than "
+                f"{constants.SURVEILLANCE_BASELINE_MIN_TRADES} earlier trades to know the investor's usual rate")
+    expected = (f"the {row.rate * row.trades_that_day:.2f} that the investor's usual rate ({row.rate:.1%} of its "
+                f"trades close a quick round trip) expects in its {row.trades_that_day} {row.stock_symbol} trades "
+                f"that day")
+    if row.limit > constants.ROUND_TRIP_MIN_COUNT:
+        return f"limit {row.limit:.2f} = {constants.ROUND_TRIP_USUAL_MULTIPLE:g} × {expected}"
+    return f"limit {constants.ROUND_TRIP_MIN_COUNT}, the floor; {constants.ROUND_TRIP_USUAL_MULTIPLE:g} × {expected}"
+
+
+class Activity(NamedTuple):
+    """Per trade (trades in replay order): its investor's trades in the BURST window ending at it, itself
+    included, and the row of the investor's first trade."""
+    count: np.ndarray
+    first: np.ndarray
+
+
+def investor_activity(trades):
+    """The Activity of trades in replay order."""
     codes = trades["investor_id"].to_numpy()
-    count = trailing_counts(codes, trades["seconds"].to_numpy(), constants.BURST_WINDOW_MINUTES * 60)
-    rising = (count > constants.BURST_MAX_TRADES) & (previous_in_group(count, codes) <= constants.BURST_MAX_TRADES)
-    hit = rising & trades["checked"].to_numpy()
-    flagged = trades.loc[hit]
-    details = [f"{_trade_text(row)} is investor {row.investor_id}'s {n}th trade within "
-               f"{constants.BURST_WINDOW_MINUTES} min (more than {constants.BURST_MAX_TRADES})"
-               for row, n in zip(flagged.itertuples(), count[hit])]
-    return _alerts("BURST", flagged, "LOW", count[hit], constants.BURST_MAX_TRADES, details)
+    return Activity(trailing_counts(codes, trades["seconds"].to_numpy(), constants.BURST_WINDOW_MINUTES * 60),
+                    first_rows(codes))
 
 
-def detect_trade_alerts(trades, opening, closes, splits=None):
-    """Every trade-level alert for the checked trades, as a DataFrame of ALERT_COLUMNS (pure: no database); closes:
-    read_closes' frame, splits: read_splits' (none: no split)."""
+def usual_counts(activity, rows):
+    """The investor's usual count in a BURST window before each of `rows`: the median count of its previous
+    SURVEILLANCE_BASELINE_TRADES trades that are outside the row's own window (so a burst never raises its own
+    baseline); NaN with fewer than SURVEILLANCE_BASELINE_MIN_TRADES of them."""
+    lookback = constants.SURVEILLANCE_BASELINE_TRADES
+    first = np.maximum(activity.first[rows], rows - lookback)
+    end = np.maximum(rows - activity.count[rows] + 1, first)  # the first row of the row's own window
+    usual = np.full(len(rows), np.nan)
+    for begin, window in previous_windows(activity.count.astype(float), first, end, lookback):
+        usual[begin:begin + len(window)] = _sorted_median(window)
+    usual[end - first < constants.SURVEILLANCE_BASELINE_MIN_TRADES] = np.nan
+    return usual
+
+
+def burst_alerts(trades, activity):
+    """BURST: the trade that takes its investor's trades within BURST_WINDOW_MINUTES over the limit: the larger of
+    BURST_MAX_TRADES and BURST_USUAL_MULTIPLE x the investor's usual count in such a window (usual_counts). One
+    alert per burst: only when the trade before was not over its own limit."""
+    limit, usual = burst_limits(activity)
+    over = activity.count > limit
+    hit = over & ~previous_in_group(over, trades["investor_id"].to_numpy(), False) & trades["checked"].to_numpy()
+    flagged = trades.loc[hit].assign(trades_in_window=activity.count[hit], limit=limit[hit], usual=usual[hit])
+    details = [f"{_trade_text(row)} is investor {row.investor_id}'s {_ordinal(row.trades_in_window)} trade within "
+               f"{constants.BURST_WINDOW_MINUTES} min ({_burst_limit_text(row)})" for row in flagged.itertuples()]
+    return _alerts("BURST", flagged, "LOW", flagged["trades_in_window"], flagged["limit"], details)
+
+
+def burst_limits(activity):
+    """Per trade: the BURST limit, and the investor's usual count where the floor alone is exceeded (else NaN)."""
+    limit = np.full(len(activity.count), float(constants.BURST_MAX_TRADES))
+    usual = np.full(len(activity.count), np.nan)
+    rows = np.flatnonzero(activity.count > constants.BURST_MAX_TRADES)
+    usual[rows] = usual_counts(activity, rows)
+    limit[rows] = np.fmax(limit[rows], constants.BURST_USUAL_MULTIPLE * usual[rows])
+    return limit, usual
+
+
+def _burst_limit_text(row):
+    if np.isnan(row.usual):
+        return (f"more than {constants.BURST_MAX_TRADES}, the floor: fewer than "
+                f"{constants.SURVEILLANCE_BASELINE_MIN_TRADES} earlier trades to know the investor's usual count")
+    usual = f"the investor's usual {row.usual:g} in {constants.BURST_WINDOW_MINUTES} min"
+    if row.limit > constants.BURST_MAX_TRADES:
+        return f"more than {row.limit:g} = {constants.BURST_USUAL_MULTIPLE:g} × {usual}"
+    return f"more than {constants.BURST_MAX_TRADES}, the floor; {constants.BURST_USUAL_MULTIPLE:g} × {usual}"
+
+
+def _ordinal(number):
+    """1st, 2nd, 3rd, 11th, 21st."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def detect_trade_alerts(trades, opening, closes, splits=None, year_closes=None):
+    """Every trade-level alert for the checked trades (in replay order), as a DataFrame of ALERT_COLUMNS (pure: no
+    database); closes: read_closes' frame of the checked days at least, splits: read_splits' (none: no split),
+    year_closes: a function that returns read_closes' frame from VOLATILITY_CALENDAR_DAYS before the first checked
+    day, called only when a WASH_TRADE pair needs a volatility (none: `closes` holds that year)."""
     if trades.empty:
         return pd.DataFrame(columns=ALERT_COLUMNS)
     by_position = position_states(trades, opening, action_events.split_events(splits or {}))
+    activity = investor_activity(trades)
     found = [large_trade_alerts(trades, by_position, opening), off_market_price_alerts(trades, closes),
-             wash_trade_alerts(trades, splits), round_trip_alerts(by_position), burst_alerts(trades)]
+             wash_trade_alerts(trades, activity, year_closes or (lambda: closes), splits),
+             round_trip_alerts(trades, by_position), burst_alerts(trades, activity)]
     return pd.concat([frame for frame in found if not frame.empty] or [found[0]], ignore_index=True)
 
 
@@ -679,18 +896,20 @@ def read_trades_to_check(connection, everything, first_new):
     return read_context(connection, first_new)
 
 
-def read_checked_closes(connection, trades):
-    """The daily closes from the first to the last day of the checked trades."""
-    days = trades.loc[trades["checked"], "day"]
+def read_checked_closes(connection, trades, days_before=np.timedelta64(0, "D")):
+    """The daily closes from `days_before` the first day of the checked trades to their last."""
+    days = trades.loc[trades["checked"], "day"].to_numpy().astype("datetime64[D]")
     return closes.read_closes(connection, last_day=pd.Timestamp(days.max()).date(),
-                              first_day=pd.Timestamp(days.min()).date())
+                              first_day=pd.Timestamp(days.min() - days_before).date())
 
 
 def checked_trade_alerts(connection, trades, opening):
-    """Trade alert candidates (alert_key and ALERT_COLUMNS) of the checked trades, with the closes of their days
-    and the splits up to the last trade's day."""
+    """Trade alert candidates (alert_key and ALERT_COLUMNS) of the checked trades, with the closes of their days,
+    those of the year before when a WASH_TRADE pair needs a volatility (a year of closes for every symbol is a
+    read a live batch seldom needs), and the splits up to the last trade's day."""
     splits = closes.read_splits(connection, pd.Timestamp(trades["day"].max()).date())
-    found = detect_trade_alerts(trades, opening, read_checked_closes(connection, trades), splits)
+    found = detect_trade_alerts(trades, opening, read_checked_closes(connection, trades), splits,
+                                lambda: read_checked_closes(connection, trades, VOLATILITY_CALENDAR_DAYS))
     found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
     return found
 

@@ -2,27 +2,32 @@
 
 Usage (from the project root, with the project's virtualenv):
     python bench/bench_surveillance.py --quick                       # 20,000 / 100,000 trades, SQLite only
-    python bench/bench_surveillance.py --databases sqlite,mariadb    # the figures in README.md (Surveillance)
+    python bench/bench_surveillance.py --databases sqlite,mariadb    # quality at 100,000 (seed 42) and timings
+    python bench/bench_surveillance.py --seeds 42,7,2026 --sizes 100000,1000000 --no-timing
+                                                                     # the quality table of docs/surveillance.md
 
-What one run measures (generate_dummy_data in-process, --seed 42 unless --seed):
-1. quality (SQLite): --rows Q (100,000) trades with --anomalies RATE (0.002: RATE * Q planted anomalies of each
-   trade-level rule, as extra trades); load, update_portfolio, one surveillance run over everything; then
-   surveillance.evaluate_alerts against the generator's ground truth (<out stem>_anomalies.csv). An anomaly is
-   detected when an alert of its rule names one of its trades; an alert is true when its trade is part of an
-   anomaly of its rule.
-2. clean (SQLite): the same Q trades without anomalies; alerts per 1,000 trades, of every rule in `alerts`
-   (update_portfolio's CONCENTRATION included) and of this stage alone.
-3. scale (each of --databases; MariaDB in a fresh database, created and dropped here): --scale-rows S
-   (1,000,000) trades with anomalies at RATE, split into all but the last --tail (10,000) trades and the tail.
-   Load + update the first part, then time surveillance (every trade new); load + update the tail, time
-   surveillance (only the tail new, the rest is history); time `--full` (re-check of everything); time a re-run
-   with nothing new. Recall and precision at that scale are shown for information.
+What one run measures (generate_dummy_data in-process):
+1. quality (SQLite), for every size of --sizes (default: --rows, 100,000) and seed of --seeds (default: --seed,
+   42): that many trades with --anomalies RATE (0.002: RATE * size planted anomalies of each trade-level rule, as
+   extra trades); load, update_portfolio, one surveillance run over everything; then surveillance.evaluate_alerts
+   against the generator's ground truth (<out stem>_anomalies.csv). An anomaly is detected when an alert of its
+   rule names one of its trades; an alert is true when its trade is part of an anomaly of its rule.
+2. clean (SQLite), for the same sizes and seeds: the trades without anomalies; alerts per 1,000 trades, of every
+   rule in `alerts` (update_portfolio's CONCENTRATION included) and of this stage alone.
+3. scale (each of --databases, unless --no-timing; MariaDB in a fresh database, created and dropped here):
+   --scale-rows S (1,000,000) trades of --seed with anomalies at RATE, split into all but the last --tail (10,000)
+   trades and the tail. Load + update the first part, then time surveillance (every trade new); load + update the
+   tail, time surveillance (only the tail new, the rest is history); time `--full` (re-check of everything); time a
+   re-run with nothing new. Recall and precision at that scale are shown for information.
 
-The report goes to stdout, progress to stderr. The machine may be shared: the load average before and after
-each timing and the stage's CPU seconds are printed beside the wall-clock seconds. Exit code 0 when every run
-finished and the quality figures meet the targets (recall >= 0.95, precision >= 0.9, clean < 1 per 1,000).
+The report goes to stdout and to RESULTS.txt, the figures to RESULTS.json (--results, default
+bench/results-surveillance; none with --quick unless given); progress to stderr. The machine may be shared: the
+load average before and after each timing and the stage's CPU seconds are printed beside the wall-clock seconds.
+Exit code 0 when every run finished and every quality figure meets its target (recall >= 0.95 and precision >=
+0.95 for every rule, size and seed; fewer than 1 alert per 1,000 clean trades), 1 otherwise.
 """
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -51,7 +56,8 @@ import surveillance  # noqa: E402
 import update_portfolio  # noqa: E402
 
 DATABASES = ("sqlite", "mariadb")
-TARGET_RECALL, TARGET_PRECISION, TARGET_CLEAN_PER_1000 = 0.95, 0.9, 1.0
+TARGET_RECALL, TARGET_PRECISION, TARGET_CLEAN_PER_1000 = 0.95, 0.95, 1.0
+RESULTS = os.path.join(ROOT, "bench", "results-surveillance")
 
 
 def log(message):
@@ -61,26 +67,46 @@ def log(message):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000, help="trades of the quality runs (default: %(default)s)")
+    parser.add_argument("--sizes", help="comma-separated trades of the quality runs, e.g. 100000,1000000 "
+                                        "(default: --rows)")
+    parser.add_argument("--seeds", help="comma-separated generator seeds of the quality runs, e.g. 42,7,2026 "
+                                        "(default: --seed)")
     parser.add_argument("--scale-rows", type=int, default=1_000_000,
                         help="trades of the timed runs (default: %(default)s)")
     parser.add_argument("--tail", type=int, default=10_000, help="trades of the incremental run (default: %(default)s)")
     parser.add_argument("--rate", type=float, default=0.002, help="--anomalies of the generator (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="20,000 quality trades, 100,000 timed, SQLite only")
+    parser.add_argument("--no-timing", action="store_true", help="the quality runs only")
     parser.add_argument("--databases", default="sqlite", help="for the timed runs, from: sqlite, mariadb "
                                                               "(default: %(default)s)")
     parser.add_argument("--mariadb-url", default="mysql+pymysql://root:@127.0.0.1:3306",
                         help="server URL without a database (default: %(default)s)")
+    parser.add_argument("--results", help="write the report to RESULTS.txt and the figures to RESULTS.json "
+                                          "(default: bench/results-surveillance; none with --quick)")
     parser.add_argument("--workdir", help="where files go (default: a temporary directory, removed at the end)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.scale_rows, args.databases = 20_000, 100_000, "sqlite"
+    args.results = args.results or (None if args.quick else RESULTS)
+    args.sizes = numbers(parser, "--sizes", args.sizes) or [args.rows]
+    args.seeds = numbers(parser, "--seeds", args.seeds) or [args.seed]
     args.databases = [name.strip() for name in args.databases.split(",") if name.strip()]
     if not args.databases or any(name not in DATABASES for name in args.databases):
         parser.error(f"--databases: choose from {', '.join(DATABASES)}")
     if args.tail >= args.scale_rows:
         parser.error("--tail must be smaller than --scale-rows")
     return args
+
+
+def numbers(parser, option, text):
+    """A comma-separated list of whole numbers (None: none given); parser.error names the option otherwise."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        parser.error(f"{option} {text}: give comma-separated whole numbers, e.g. 42,7,2026")
 
 
 # ------------------------------------------------------------------------------------------------ databases
@@ -143,27 +169,45 @@ def alert_frame(engine):
         return pd.read_sql_query(text("SELECT rule, txn_ref FROM alerts"), connection)
 
 
-def quality_run(databases, workdir, args):
-    """Recall/precision table on Q trades with anomalies, and the alerts of the clean Q trades."""
+def quality_run(databases, workdir, rows, seed, rate):
+    """Recall and precision per rule on `rows` trades of `seed` with anomalies planted at `rate`: a dict."""
     out = os.path.join(workdir, "quality", "trades.csv")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    generate_dummy_data.write_anomalous_data(out, args.rows, args.seed, args.rate)
+    generate_dummy_data.write_anomalous_data(out, rows, seed, rate)
     engine = databases.fresh("sqlite", "quality")
     loaded = load_and_update(engine, out, os.path.join(os.path.dirname(out), "market_prices.csv"))
     surveillance.run_surveillance(engine)
     truth = pd.read_csv(generate_dummy_data.anomalies_path_for(out))
     table = surveillance.evaluate_alerts(alert_frame(engine), truth)
     engine.dispose()
+    return {"size": rows, "seed": seed, "loaded": loaded, "planted_trades": len(truth),
+            "rules": table.to_dict("records")}
 
-    clean_out = os.path.join(workdir, "clean", "trades.csv")
-    os.makedirs(os.path.dirname(clean_out), exist_ok=True)
-    generate_dummy_data.write_dummy_data(clean_out, args.rows, args.seed)
+
+def clean_run(databases, workdir, rows, seed):
+    """Alerts by rule on `rows` trades of `seed` without anomalies: a dict."""
+    out = os.path.join(workdir, "clean", "trades.csv")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    generate_dummy_data.write_dummy_data(out, rows, seed)
     engine = databases.fresh("sqlite", "clean")
-    clean_loaded = load_and_update(engine, clean_out, os.path.join(os.path.dirname(clean_out), "market_prices.csv"))
+    loaded = load_and_update(engine, out, os.path.join(os.path.dirname(out), "market_prices.csv"))
     surveillance.run_surveillance(engine)
-    clean_alerts = alert_frame(engine)["rule"].value_counts()
+    alerts = alert_frame(engine)["rule"].value_counts()
     engine.dispose()
-    return table, loaded, len(truth), clean_alerts, clean_loaded
+    return {"size": rows, "seed": seed, "loaded": loaded, "alerts": {rule: int(count) for rule, count in
+                                                                      alerts.sort_index().items()}}
+
+
+def quality_runs(databases, workdir, args):
+    """quality_run and clean_run for every size and seed."""
+    quality, clean = [], []
+    for rows in args.sizes:
+        for seed in args.seeds:
+            log(f"quality: {rows:,} trades, seed {seed}")
+            quality.append(quality_run(databases, workdir, rows, seed, args.rate))
+            log(f"clean: {rows:,} trades, seed {seed}")
+            clean.append(clean_run(databases, workdir, rows, seed))
+    return quality, clean
 
 
 def timed(work):
@@ -207,26 +251,39 @@ def scale_run(databases, kind, paths):
 
 # ------------------------------------------------------------------------------------------------ report
 
-def quality_lines(table, loaded, planted, args):
-    lines = [f"Recall and precision: {args.rows:,} generated trades + {planted:,} planted ({loaded:,} loaded), "
-             f"seed {args.seed}, --anomalies {args.rate:g}, SQLite, one surveillance run",
-             f"{'rule':<18}{'anomalies':>10}{'detected':>10}{'recall':>8}{'alerts':>8}{'true':>7}{'precision':>11}",
-             "-" * 72]
-    for row in table.itertuples():
-        lines.append(f"{row.rule:<18}{row.anomalies:>10,}{row.detected:>10,}{row.recall:>8.3f}{row.alerts:>8,}"
-                     f"{row.true_alerts:>7,}{row.precision:>11.3f}")
+def quality_lines(quality, args):
+    """The table rule x size x seed, rules in TRADE_RULES order."""
+    lines = [f"Recall and precision: generated trades + planted (--anomalies {args.rate:g}), SQLite, one "
+             f"surveillance run each",
+             f"{'rule':<18}{'size':>11}{'seed':>6}{'anomalies':>11}{'detected':>10}{'recall':>8}{'alerts':>8}"
+             f"{'true':>7}{'precision':>11}",
+             "-" * 90]
+    for rule in surveillance.TRADE_RULES:
+        for case in quality:
+            row = next(row for row in case["rules"] if row["rule"] == rule)
+            lines.append(f"{rule:<18}{case['size']:>11,}{case['seed']:>6}{row['anomalies']:>11,}"
+                         f"{row['detected']:>10,}{row['recall']:>8.3f}{row['alerts']:>8,}{row['true_alerts']:>7,}"
+                         f"{row['precision']:>11.3f}")
     return lines
 
 
-def clean_lines(clean_alerts, clean_loaded):
-    stage = int(clean_alerts.reindex(list(surveillance.RULES)).fillna(0).sum())
-    trade_level = int(clean_alerts.reindex(list(surveillance.TRADE_RULES)).fillna(0).sum())
-    by_rule = ", ".join(f"{rule} {count}" for rule, count in clean_alerts.sort_index().items()) or "none"
-    total = int(clean_alerts.sum())
-    return [f"Clean data: {clean_loaded:,} generated trades, no anomalies, SQLite",
-            f"  every alert in the table: {total} = {1000 * total / clean_loaded:.2f} per 1,000 trades ({by_rule})",
-            f"  this stage's alerts:      {stage} = {1000 * stage / clean_loaded:.2f} per 1,000 trades",
-            f"  trade-level alerts:       {trade_level} = {1000 * trade_level / clean_loaded:.2f} per 1,000 trades"]
+def clean_lines(clean):
+    """Alerts per 1,000 clean trades, per size and seed."""
+    lines = ["Clean data (no anomalies), SQLite: alerts per 1,000 trades",
+             f"{'size':>11}{'seed':>6}{'every alert':>13}{'per 1,000':>11}{'trade-level':>13}{'per 1,000':>11}"
+             "  by rule", "-" * 90]
+    for case in clean:
+        total, trade_level = clean_counts(case)
+        by_rule = ", ".join(f"{rule} {count}" for rule, count in case["alerts"].items()) or "none"
+        lines.append(f"{case['size']:>11,}{case['seed']:>6}{total:>13,}{1000 * total / case['loaded']:>11.2f}"
+                     f"{trade_level:>13,}{1000 * trade_level / case['loaded']:>11.2f}  {by_rule}")
+    return lines
+
+
+def clean_counts(case):
+    """(every alert, the trade-level alerts) of a clean run."""
+    counts = case["alerts"]
+    return sum(counts.values()), sum(counts.get(rule, 0) for rule in surveillance.TRADE_RULES)
 
 
 def timing_lines(rows, args, total):
@@ -242,47 +299,94 @@ def timing_lines(rows, args, total):
     return lines
 
 
+def scale_quality_lines(scale_table, args, total):
+    lines = [f"At {total:,} trades, seed {args.seed} (information only)",
+             f"{'rule':<18}{'anomalies':>10}{'detected':>10}{'recall':>8}{'alerts':>8}{'true':>7}{'precision':>11}"]
+    return lines + [f"{row.rule:<18}{row.anomalies:>10,}{row.detected:>10,}{row.recall:>8.3f}{row.alerts:>8,}"
+                    f"{row.true_alerts:>7,}{row.precision:>11.3f}" for row in scale_table.itertuples()]
+
+
+def timing_runs(databases, workdir, args):
+    """The timed runs on each database: (timing rows, recall/precision at that scale, trades generated)."""
+    log(f"generating {args.scale_rows:,} trades")
+    paths, total = scale_files(workdir, args)
+    timings, scale_table = [], None
+    for kind in args.databases:
+        rows, found = scale_run(databases, kind, paths)
+        timings += rows
+        if scale_table is None:
+            scale_table = surveillance.evaluate_alerts(found, pd.read_csv(paths["truth"]))
+    return timings, scale_table, total
+
+
+def missed_targets(quality, clean):
+    """Each quality figure that misses its target, as text."""
+    missed = [f"{row['rule']} {row[name]:.3f} {name} at {case['size']:,} trades, seed {case['seed']}"
+              for case in quality for row in case["rules"]
+              for name, target in (("recall", TARGET_RECALL), ("precision", TARGET_PRECISION))
+              if not row[name] >= target]
+    missed += [f"{clean_counts(case)[0]} alerts on {case['loaded']:,} clean trades, seed {case['seed']}"
+               for case in clean if clean_counts(case)[0] >= case["loaded"] * TARGET_CLEAN_PER_1000 / 1000]
+    return missed
+
+
+def write_results(prefix, report, figures):
+    with open(f"{prefix}.txt", "w", encoding="utf-8") as handle:
+        handle.write("\n".join(report) + "\n")
+    with open(f"{prefix}.json", "w", encoding="utf-8") as handle:
+        json.dump(figures, handle, indent=1)
+        handle.write("\n")
+
+
+def timing_figures(timings):
+    return [{"database": kind, "run": label, "trades_checked": summary.trades_checked,
+             "history": summary.context_trades, "seconds": round(wall, 3), "cpu_seconds": round(cpu, 2),
+             "new_alerts": sum(summary.new_alerts.values()), "load_average": [before, after]}
+            for kind, label, summary, wall, cpu, before, after in timings]
+
+
 def main(argv=None):
     args = parse_args(argv)
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_surveillance_")
     os.makedirs(workdir, exist_ok=True)
     databases = Databases(workdir, args.mariadb_url)
     started = datetime.now()
+    timings, scale_table, total = [], None, 0
     try:
-        log(f"quality runs on {args.rows:,} trades")
-        table, loaded, planted, clean_alerts, clean_loaded = quality_run(databases, workdir, args)
-        log(f"generating {args.scale_rows:,} trades")
-        paths, total = scale_files(workdir, args)
-        timings, scale_table = [], None
-        for kind in args.databases:
-            rows, found = scale_run(databases, kind, paths)
-            timings += rows
-            scale_table = scale_table if scale_table is not None else surveillance.evaluate_alerts(
-                found, pd.read_csv(paths["truth"]))
+        quality, clean = quality_runs(databases, workdir, args)
+        if not args.no_timing:
+            timings, scale_table, total = timing_runs(databases, workdir, args)
     finally:
         databases.drop_all()
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    report = [f"stock-etl surveillance benchmark, {started:%Y-%m-%dT%H:%M:%S}",
-              f"command: {sys.executable} {' '.join(sys.argv) if argv is None else ' '.join(argv)}",
-              versions(args), thresholds_line(), ""]
-    report += quality_lines(table, loaded, planted, args) + [""] + clean_lines(clean_alerts, clean_loaded) + [""]
-    report += timing_lines(timings, args, total) + [""]
-    report += [f"At {total:,} trades (information only: coincidental patterns grow with the busiest investors' "
-               f"trading density)"] + quality_lines(scale_table, total, total - args.scale_rows, args)[1:]
+    command = f"{sys.executable} {' '.join(sys.argv) if argv is None else ' '.join(argv)}"
+    report = [f"stock-etl surveillance benchmark, {started:%Y-%m-%dT%H:%M:%S}", f"command: {command}", versions(args),
+              thresholds_line(), ""] + quality_lines(quality, args) + [""] + clean_lines(clean) + [""]
+    if timings:
+        report += timing_lines(timings, args, total) + [""] + scale_quality_lines(scale_table, args, total) + [""]
+    missed = missed_targets(quality, clean)
+    report.append("targets met" if not missed else "targets missed: " + "; ".join(missed))
     print("\n".join(report))
-    met = ((table["recall"] >= TARGET_RECALL) & (table["precision"] >= TARGET_PRECISION)).all()
-    return 0 if met and clean_alerts.sum() < clean_loaded * TARGET_CLEAN_PER_1000 / 1000 else 1
+    if args.results:
+        write_results(args.results, report, {
+            "started": f"{started:%Y-%m-%dT%H:%M:%S}", "command": command, "rate": args.rate,
+            "targets": {"recall": TARGET_RECALL, "precision": TARGET_PRECISION,
+                        "clean_per_1000": TARGET_CLEAN_PER_1000},
+            "quality": quality, "clean": clean, "timing": timing_figures(timings), "missed": missed})
+    return 1 if missed else 0
 
 
 def thresholds_line():
     return (f"thresholds: LARGE_TRADE z >= {constants.LARGE_TRADE_Z:g} over {constants.LARGE_TRADE_LOOKBACK_TRADES} "
             f"trades (min {constants.LARGE_TRADE_MIN_HISTORY}) or > {constants.LARGE_TRADE_PORTFOLIO_SHARE:g}x "
             f"portfolio; OFF_MARKET_PRICE > {constants.OFF_MARKET_PRICE_THRESHOLD:.0%}; WASH_TRADE "
-            f"{constants.WASH_TRADE_WINDOW_MINUTES} min, {constants.WASH_TRADE_PRICE_TOLERANCE:.2%} or "
-            f"{constants.WASH_TRADE_PRICE_TICK}; ROUND_TRIP {constants.ROUND_TRIP_MIN_COUNT} x <= "
-            f"{constants.ROUND_TRIP_MAX_HOLD_MINUTES} min a day; BURST > {constants.BURST_MAX_TRADES} in "
-            f"{constants.BURST_WINDOW_MINUTES} min; SECTOR_CONCENTRATION > {constants.SECTOR_CONCENTRATION_LIMIT:.0%}")
+            f"{constants.WASH_TRADE_WINDOW_MINUTES} min, {constants.WASH_TRADE_MOVE_SHARE:g} x the expected move or "
+            f"{constants.WASH_TRADE_PRICE_TICK}; ROUND_TRIP max({constants.ROUND_TRIP_MIN_COUNT}, "
+            f"{constants.ROUND_TRIP_USUAL_MULTIPLE:g} x expected) x <= {constants.ROUND_TRIP_MAX_HOLD_MINUTES} min a "
+            f"day; BURST > max({constants.BURST_MAX_TRADES}, {constants.BURST_USUAL_MULTIPLE:g} x usual) in "
+            f"{constants.BURST_WINDOW_MINUTES} min; baselines over {constants.SURVEILLANCE_BASELINE_TRADES} trades; "
+            f"SECTOR_CONCENTRATION > {constants.SECTOR_CONCENTRATION_LIMIT:.0%}")
 
 
 if __name__ == "__main__":

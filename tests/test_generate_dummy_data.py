@@ -11,6 +11,7 @@ from collections import defaultdict
 from datetime import date, datetime, time as clock_time, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -480,3 +481,86 @@ def test_help_describes_fees_splits_and_dividends(capsys):
     for words in ("fee = max(1.00, 0.05% of quantity x price)", "corporate_actions.csv", "floor(holding x value)",
                   "Cash dividends", "--no-fees", "--no-corporate-actions", "--actions-out", "byte for byte"):
         assert words in text, words
+
+
+# ------------------------------------------------------------------------------- planted surveillance patterns
+
+def as_seconds(txn_time):
+    return datetime.strptime(txn_time, "%Y-%m-%d %H:%M:%S").timestamp()
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """20,000 trades of seed 11 with --anomalies 0.01 (200 anomalies of each rule): (every trade as a dict, in
+    file order, and {rule: [the trades of one anomaly, in file order]})."""
+    lines, _, truth = generate_dummy_data.generate_with_anomalies(20000, 11, 0.01)
+    trades = [dict(zip(TRADE_HEADER, line.split(","))) for line in lines]
+    by_ref = {trade["txn_ref"]: trade for trade in trades}
+    anomalies = defaultdict(lambda: defaultdict(list))
+    for line in truth:
+        ref, rule, anomaly_id = line.split(",")
+        anomalies[rule][anomaly_id].append(by_ref[ref])
+    return trades, {rule: list(groups.values()) for rule, groups in anomalies.items()}
+
+
+def test_planted_wash_trades_span_gaps_up_to_3_minutes_and_prices_up_to_5_basis_points(planted):
+    _, anomalies = planted
+    gaps, spreads = [], []
+    for buy, sell in anomalies["WASH_TRADE"]:
+        assert (buy["txn_type"], sell["txn_type"]) == ("BUY", "SELL")
+        assert (buy["investor_id"], buy["stock_symbol"], buy["quantity"]) == (
+            sell["investor_id"], sell["stock_symbol"], sell["quantity"])
+        gaps.append(as_seconds(sell["txn_time"]) - as_seconds(buy["txn_time"]))
+        difference = abs(Decimal(sell["price"]) - Decimal(buy["price"]))
+        assert difference <= max(CENT, Decimal(buy["price"]) * Decimal("0.0005")), (buy, sell)
+        spreads.append(difference / Decimal(buy["price"]))
+
+    assert len(gaps) == 200 and 3 <= min(gaps) < 15 and 165 < max(gaps) <= 180
+    assert max(spreads) > Decimal("0.0004")  # up to 0.05%, far beyond the old rule's 0.02%
+    assert sum(spread > Decimal("0.0002") for spread in spreads) > 20 and sum(s == 0 for s in spreads) > 5
+
+
+def test_planted_bursts_have_11_to_60_trades_within_4_minutes(planted):
+    _, anomalies = planted
+    sizes = []
+    for burst in anomalies["BURST"]:
+        times = [as_seconds(trade["txn_time"]) for trade in burst]
+        assert {(trade["investor_id"], trade["txn_type"]) for trade in burst} == {(burst[0]["investor_id"], "BUY")}
+        assert len(set(times)) == len(times) and max(times) - min(times) < 4 * 60
+        sizes.append(len(burst))
+
+    assert len(sizes) == 200 and min(sizes) == 11 and max(sizes) == 60
+    assert sum(size <= 20 for size in sizes) > 20 and sum(size >= 50 for size in sizes) > 20
+
+
+def test_planted_large_trades_are_at_least_20_times_the_investors_median(planted):
+    trades, anomalies = planted
+    planted_refs = {trade["txn_ref"] for groups in anomalies.values() for group in groups for trade in group}
+    earlier = defaultdict(list)  # each investor's clean notionals so far, in time order
+    factors = []
+    large = {group[0]["txn_ref"] for group in anomalies["LARGE_TRADE"]}
+    for _, trade in sorted(enumerate(trades), key=lambda item: (item[1]["txn_time"], item[0])):
+        notional = int(trade["quantity"]) * float(trade["price"])
+        if trade["txn_ref"] in large:
+            factors.append(notional / np.median(earlier[trade["investor_id"]][-50:]))
+        elif trade["txn_ref"] not in planted_refs:
+            earlier[trade["investor_id"]].append(notional)
+
+    assert len(factors) == 200 and min(factors) >= 20
+    assert min(factors) < 1000 < max(factors)  # from a few hundred times the median to far beyond
+
+
+def test_planted_round_trips_are_3_to_6_quick_trips_in_a_flat_position(planted):
+    _, anomalies = planted
+    counts, holds, moves = [], [], []
+    for trips in anomalies["ROUND_TRIP"]:
+        assert len({(trade["investor_id"], trade["stock_symbol"], trade["txn_time"][:10]) for trade in trips}) == 1
+        counts.append(len(trips) // 2)
+        for buy, sell in zip(trips[::2], trips[1::2]):
+            assert (buy["txn_type"], sell["txn_type"], buy["quantity"]) == ("BUY", "SELL", sell["quantity"])
+            holds.append(as_seconds(sell["txn_time"]) - as_seconds(buy["txn_time"]))
+            moves.append(abs(float(sell["price"]) / float(buy["price"]) - 1))
+
+    assert set(counts) == {3, 4, 5, 6}
+    assert 30 <= min(holds) < 90 and 14 * 60 < max(holds) <= 15 * 60
+    assert 0.0028 < min(moves) and max(moves) < 0.0082  # 0.3% to 0.8%, then both prices rounded to the cent
