@@ -181,14 +181,13 @@ def follow_up(engine, valuation, lines, first_new):
     with db_config.valuation_session(engine) as connection, localcontext(prec=update_portfolio.DECIMAL_DIGITS):
         if investor_ids:
             valuation.value(connection, investor_ids, {symbol for _, symbol in positions})
-            with db_config.read_transaction_on(connection):
-                sectors = surveillance.sector_concentration_alerts(connection, investor_ids)
             with db_config.write_transaction_on(connection):
-                new = surveillance.write_alerts(connection, pd.concat(
-                    [frame for frame in (found, sectors) if not frame.empty] or [found], ignore_index=True),
-                    batches.now())
-            if new:
-                logger.info("live batch %d: new alerts %s", lines["batch_id"], dict(new))
+                now = batches.now()
+                new = surveillance.write_alerts(connection, found, now) if found is not None else {}
+                sectors = surveillance.sync_sector_alerts(connection, now, investor_ids, resolver=LIVE_RESOLVER)
+            if new or sectors.raised or sectors.resolved:
+                logger.info("live batch %d: new alerts %s, %d sector alerts raised, %d resolved", lines["batch_id"],
+                            dict(new), sectors.raised, sectors.resolved)
         with db_config.write_transaction_on(connection):  # its own: the consumer's inserts lock the batch row
             stamp(connection, lines["batch_id"], lines["through_line"])
 

@@ -30,6 +30,7 @@ import pandas as pd
 from sqlalchemy import bindparam, select, text
 
 import action_events
+import alerts as alerts_lifecycle
 import batches
 import cli
 import closes
@@ -49,6 +50,8 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard
 CHUNK_CELLS = 5_000_000  # values per block of a rolling median: bounds memory at 1,000,000 trades
 VOLATILITY_CALENDAR_DAYS = np.timedelta64(366, "D")  # a trade's symbol volatility: the closes of the year before
 MIN_PORTFOLIO_VALUE = 0.01  # currency units: below this the portfolio is empty (float sums leave dust)
+STAGE_NAME = "surveillance"  # who resolves a sector alert whose condition this stage sees clear
+SECTOR_CLEARED = "condition cleared: the sector is no longer above the limit"
 ALERT_COLUMNS = ["rule", "severity", "investor_id", "stock_symbol", "txn_ref", "metric", "threshold", "details"]
 
 
@@ -61,13 +64,15 @@ class SurveillanceSummary:
     context_trades: int = 0  # history read before each investor's first new trade, not checked itself
     investors: int = 0
     new_alerts: dict = field(default_factory=dict)  # rule: alerts raised by this run
+    alerts_resolved: int = 0  # SECTOR_CONCENTRATION alerts whose condition cleared (alerts.py)
     seconds: float = 0.0
     full: bool = False
 
     def line(self, seconds=True):
         """The summary line; seconds=False leaves out the time (master_etl prints its own)."""
         by_rule = ", ".join(f"{rule} {count}" for rule, count in self.new_alerts.items() if count) or "none"
-        alerts_text = f"{sum(self.new_alerts.values())} new alerts ({by_rule})"
+        alerts_text = f"{sum(self.new_alerts.values())} new alerts ({by_rule})" + (
+            f", {self.alerts_resolved} sector alerts resolved (condition cleared)" if self.alerts_resolved else "")
         timing = f" ({self.seconds:.2f} s)" if seconds else ""
         if self.full:
             return (f"surveillance (full re-check): {self.trades_checked} trades of {self.investors} investors "
@@ -839,20 +844,32 @@ def sector_concentration_alerts(connection, investor_ids=None):
 # ---------------------------------------------------------------------------------------------- writing
 
 def write_alerts(connection, candidates, now):
-    """Insert the candidates whose alert_key is not stored yet; return new alerts by rule."""
+    """Insert the trade alert candidates whose alert_key is not stored yet; return new alerts by rule."""
     keys = candidates["alert_key"].tolist()
     stored = set()
     for start in range(0, len(keys), ID_SLICE):
         stored.update(connection.execute(select(alerts.c.alert_key).where(
             alerts.c.alert_key.in_(keys[start:start + ID_SLICE]))).scalars())
     new = candidates.loc[~candidates["alert_key"].isin(stored)].drop_duplicates("alert_key")
-    records = [
-        {**record, "investor_id": int(record["investor_id"]), "detected_at": now,
-         "metric": _decimal(record["metric"]), "threshold": _decimal(record["threshold"])}
-        for record in new.to_dict("records")]
+    records = alert_records(new, now)
     if records:
         connection.execute(alerts.insert(), records)
     return new["rule"].value_counts().to_dict()
+
+
+def alert_records(candidates, now):
+    """Alert candidates (a DataFrame) as rows of alerts, detected now."""
+    return [{**record, "investor_id": int(record["investor_id"]), "detected_at": now,
+             "metric": _decimal(record["metric"]), "threshold": _decimal(record["threshold"])}
+            for record in candidates.to_dict("records")]
+
+
+def sync_sector_alerts(connection, now, investor_ids=None, resolver=STAGE_NAME):
+    """One open SECTOR_CONCENTRATION alert per sector above the limit (of these investors, when given); the alert
+    of a sector no longer above it is resolved (by `resolver`) and retired (alerts.py). Returns alerts.Synced."""
+    wanted = alert_records(sector_concentration_alerts(connection, investor_ids), now)
+    return alerts_lifecycle.sync_condition_alerts(connection, "SECTOR_CONCENTRATION", wanted, now, investor_ids,
+                                                  resolver=resolver, cleared_note=SECTOR_CLEARED)
 
 
 def _decimal(value):
@@ -953,15 +970,14 @@ def run_surveillance(engine, full=False):
         now = datetime.now().replace(microsecond=0)
         state = read_batch_state(connection, full)
         check = check_trades(connection, state, full)
-        candidates = pd.concat([frame for frame in (check.found, sector_concentration_alerts(connection))
-                                if not frame.empty] or [check.found], ignore_index=True)
-        new = write_alerts(connection, candidates, now)
+        new = write_alerts(connection, check.found, now)
+        sectors = sync_sector_alerts(connection, now)
         batches.stamp_batches(connection, state.pending, "surveilled_at", now)
     return SurveillanceSummary(
         batches=len(state.pending), new_trades=check.new_trades, trades_checked=check.trades_checked,
         context_trades=check.context_trades, investors=check.investors,
-        new_alerts={rule: int(new.get(rule, 0)) for rule in RULES}, seconds=time.perf_counter() - started,
-        full=full)
+        new_alerts={**{rule: int(new.get(rule, 0)) for rule in TRADE_RULES}, "SECTOR_CONCENTRATION": sectors.raised},
+        alerts_resolved=sectors.resolved, seconds=time.perf_counter() - started, full=full)
 
 
 def main(argv=None):

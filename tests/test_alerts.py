@@ -172,3 +172,30 @@ def test_resolve_several_at_once(seeded_engine, tmp_path):
     with seeded_engine.connect() as connection:
         assert connection.execute(text("SELECT status, COUNT(*) FROM alerts GROUP BY status")).all() == [
             ("RESOLVED", 2)]
+
+
+def test_sector_concentration_resolves_itself_and_opens_again(seeded_engine, tmp_path):
+    """1001 holds only Technology (AAPL, MSFT): above 60%. KO and JNJ bring it to 50%: cleared. Selling them again:
+    a new open alert. Surveillance, incremental or --full, never raises a second one while it holds."""
+    import surveillance
+    load_and_update(seeded_engine, tmp_path, "a.csv", ["s1,1001,AAPL,BUY,10,100,2025-01-06 10:00:00",
+                                                       "s2,1001,MSFT,BUY,10,100,2025-01-06 10:01:00"])
+    surveillance.run_surveillance(seeded_engine)
+    [first] = stored_alerts(seeded_engine, "SECTOR_CONCENTRATION")
+    assert (first.alert_key, first.status) == ("SECTOR_CONCENTRATION:1001:Technology", "OPEN")
+
+    load_and_update(seeded_engine, tmp_path, "b.csv", ["s3,1001,KO,BUY,10,100,2025-01-07 10:00:00",
+                                                       "s4,1001,JNJ,BUY,10,100,2025-01-07 10:01:00"])
+    summary = surveillance.run_surveillance(seeded_engine)
+    [cleared] = stored_alerts(seeded_engine, "SECTOR_CONCENTRATION")
+    assert (cleared.alert_key, cleared.status, cleared.resolved_by) == (
+        f"SECTOR_CONCENTRATION:1001:Technology#{first.alert_id}", "RESOLVED", "surveillance")
+    assert cleared.resolution_note.startswith("condition cleared") and summary.alerts_resolved == 1
+
+    load_and_update(seeded_engine, tmp_path, "c.csv", ["s5,1001,KO,SELL,10,100,2025-01-08 10:00:00",
+                                                       "s6,1001,JNJ,SELL,10,100,2025-01-08 10:01:00"])
+    surveillance.run_surveillance(seeded_engine)
+    surveillance.run_surveillance(seeded_engine, full=True)
+    old, new = stored_alerts(seeded_engine, "SECTOR_CONCENTRATION")
+    assert old.alert_id == first.alert_id and old.status == "RESOLVED"
+    assert (new.alert_key, new.status) == ("SECTOR_CONCENTRATION:1001:Technology", "OPEN")
