@@ -8,13 +8,15 @@ Every alert is raised OPEN. A person resolves any alert with this script. The st
 condition they see clear: update_portfolio.py a CONCENTRATION alert whose position is no longer above the weight
 limit and an OVERSELL alert whose SELL no longer oversells after a late trade; surveillance.py (and the live
 consumers) a SECTOR_CONCENTRATION alert whose sector is no longer above its limit. Such an alert is retired: its
-alert_key gets '#' and its alert_id appended, so that when the condition recurs a new OPEN alert is raised under
-the same key. An alert that a person resolved while its condition still holds stays resolved (no new alert) until
-the condition clears. Nothing deletes an alert: the table is the record of what was seen and decided.
+alert_key gets its alert_id and '#' in front (a current key starts with its rule's name), so that when the
+condition recurs a new OPEN alert is raised under the same key. An alert that a person resolved while its
+condition still holds stays resolved (no new alert) until the condition clears. Nothing deletes an alert: the
+table is the record of what was seen and decided.
 """
 import getpass
 import logging
 import sys
+import unicodedata
 from datetime import datetime
 from typing import NamedTuple
 
@@ -26,10 +28,13 @@ from schema import alerts
 
 logger = logging.getLogger(__name__)
 
-RETIRED_MARK = "#"  # alert_key + '#' + alert_id: an alert whose condition cleared
+ALERT_RULES = ("OVERSELL", "CONCENTRATION", "LARGE_TRADE", "OFF_MARKET_PRICE", "WASH_TRADE", "ROUND_TRIP", "BURST",
+               "SECTOR_CONCENTRATION")
+RETIRED_MARK = "#"  # alert_id + '#' + alert_key: an alert whose condition cleared
 SEVERITY_ORDER = ("HIGH", "MEDIUM", "LOW")
 DEFAULT_LIMIT = 100
 NOTE_MAX_LENGTH = 1000  # alerts.resolution_note is VARCHAR(1000)
+RESOLVER_MAX_LENGTH = 100  # alerts.resolved_by is VARCHAR(100)
 ID_SLICE = 500
 
 LIST_SQL = """
@@ -39,7 +44,7 @@ FROM alerts
 WHERE {conditions}
 ORDER BY CASE severity WHEN 'HIGH' THEN 0 WHEN 'MEDIUM' THEN 1 ELSE 2 END, detected_at DESC, alert_id DESC
 """
-COUNT_SQL = "SELECT severity, COUNT(*) FROM alerts WHERE {conditions} GROUP BY severity"
+COUNT_SQL = "SELECT severity, status, COUNT(*) FROM alerts WHERE {conditions} GROUP BY severity, status"
 
 
 class CurrentAlert(NamedTuple):
@@ -62,12 +67,20 @@ class Synced(NamedTuple):
 def current_alerts(connection, rule, investor_ids=None):
     """The not-retired alerts of a rule (of these investors, when given)."""
     query = select(alerts.c.alert_id, alerts.c.alert_key, alerts.c.status, alerts.c.severity, alerts.c.details).where(
-        alerts.c.rule == rule, alerts.c.alert_key.not_like(f"%{RETIRED_MARK}%"))
+        alerts.c.rule == rule)
     if investor_ids is None:
-        return [CurrentAlert(*row) for row in connection.execute(query)]
-    ids = sorted(investor_ids)
-    return [CurrentAlert(*row) for start in range(0, len(ids), ID_SLICE)
-            for row in connection.execute(query.where(alerts.c.investor_id.in_(ids[start:start + ID_SLICE])))]
+        rows = connection.execute(query).all()
+    else:
+        ids = sorted(investor_ids)
+        rows = [row for start in range(0, len(ids), ID_SLICE)
+                for row in connection.execute(query.where(alerts.c.investor_id.in_(ids[start:start + ID_SLICE])))]
+    return [CurrentAlert(*row) for row in rows if not is_retired(row.alert_key, row.alert_id)]
+
+
+def is_retired(alert_key, alert_id):
+    """Was this alert retired (its key starts with its own id and '#')? A current key starts with its rule's
+    name, so a '#' in a sector or txn_ref is no mark."""
+    return alert_key.startswith(f"{alert_id}{RETIRED_MARK}")
 
 
 def sync_condition_alerts(connection, rule, wanted, now, investor_ids=None, resolver="", cleared_note=""):
@@ -88,22 +101,23 @@ def sync_condition_alerts(connection, rule, wanted, now, investor_ids=None, reso
 
 
 def retire_alerts(connection, retired, now, resolver, note):
-    """Append '#alert_id' to the keys of these CurrentAlerts; resolve the OPEN ones with this note."""
+    """Put 'alert_id#' in front of the keys of these CurrentAlerts; resolve the OPEN ones with this note."""
     open_ids = [{"id": alert.alert_id} for alert in retired if alert.status == "OPEN"]
-    if open_ids:
-        connection.execute(update(alerts).where(alerts.c.alert_id == bindparam("id")).values(
+    if open_ids:  # still OPEN when written: a person who resolved it meanwhile keeps their decision
+        connection.execute(update(alerts).where(alerts.c.alert_id == bindparam("id"), alerts.c.status == "OPEN").values(
             status="RESOLVED", resolved_at=now, resolved_by=resolver, resolution_note=note), open_ids)
     if retired:
         connection.execute(update(alerts).where(alerts.c.alert_id == bindparam("id")).values(
             alert_key=bindparam("retired_key")),
-            [{"id": alert.alert_id, "retired_key": f"{alert.alert_key}{RETIRED_MARK}{alert.alert_id}"}
+            [{"id": alert.alert_id, "retired_key": f"{alert.alert_id}{RETIRED_MARK}{alert.alert_key}"}
              for alert in retired])
 
 
 def refresh_alerts(connection, rows):
     """Update the severity, metric, threshold and details of open alerts (rows keyed by alert_key)."""
     if rows:
-        connection.execute(update(alerts).where(alerts.c.alert_key == bindparam("key")).values(
+        still_open = (alerts.c.alert_key == bindparam("key"), alerts.c.status == "OPEN")
+        connection.execute(update(alerts).where(*still_open).values(
             severity=bindparam("severity"), metric=bindparam("metric"), threshold=bindparam("threshold"),
             details=bindparam("details")),
             [{"key": row["alert_key"], "severity": row["severity"], "metric": row["metric"],
@@ -133,13 +147,22 @@ def _conditions(chosen):
     return " AND ".join(conditions) or "1 = 1", params
 
 
+class AlertCounts(NamedTuple):
+    """How many alerts a filter chose in all."""
+    by_severity: dict
+    open: int
+
+
 def list_alerts(connection, chosen=AlertFilter(), limit=DEFAULT_LIMIT):
-    """(the alerts chosen, most severe and newest first, at most `limit` (0: all); {severity: count of all})."""
+    """(the alerts chosen, most severe and newest first, at most `limit` (0: all); AlertCounts of all of them)."""
     conditions, params = _conditions(chosen)
     statement = text(LIST_SQL.format(conditions=conditions) + (" LIMIT :limit" if limit else ""))
     rows = connection.execute(statement, {**params, "limit": limit}).all()
-    counts = dict(connection.execute(text(COUNT_SQL.format(conditions=conditions)), params).all())
-    return rows, counts
+    by_severity, open_count = {}, 0
+    for severity, status, count in connection.execute(text(COUNT_SQL.format(conditions=conditions)), params):
+        by_severity[severity] = by_severity.get(severity, 0) + count
+        open_count += count if status == "OPEN" else 0
+    return rows, AlertCounts(by_severity, open_count)
 
 
 def alert_lines(rows, include_resolved=False):
@@ -159,14 +182,16 @@ def alert_lines(rows, include_resolved=False):
 
 
 def summary_line(rows, counts, include_resolved=False):
-    """'12 open alerts: 3 HIGH, 5 MEDIUM, 4 LOW', with how many are shown when the list is cut."""
-    total = sum(counts.values())
+    """'12 open alerts: 3 HIGH, 5 MEDIUM, 4 LOW' ('20 alerts, 12 open: ...' with the resolved ones), with how many
+    are shown when the list is cut."""
+    total = sum(counts.by_severity.values())
+    open_part = f", {counts.open:,} open" if include_resolved else ""
     kind = "alerts" if include_resolved else "open alerts"
     if not total:
         return f"no {kind}"
-    by_severity = ", ".join(f"{counts[s]} {s}" for s in SEVERITY_ORDER if counts.get(s))
+    by_severity = ", ".join(f"{counts.by_severity[s]:,} {s}" for s in SEVERITY_ORDER if counts.by_severity.get(s))
     shown = f" (showing the first {len(rows)}: --limit 0 shows all)" if len(rows) < total else ""
-    return f"{total:,} {kind}: {by_severity}{shown}"
+    return f"{total:,} {kind}{open_part}: {by_severity}{shown}"
 
 
 def _text(value):
@@ -202,15 +227,22 @@ def resolve_alerts(connection, alert_ids, note, resolver, now):
 
 
 def clean_note(note):
-    """The note without surrounding spaces; cli.InputError when it is empty or too long."""
-    note = (note or "").strip()
-    if not note:
-        raise cli.InputError("--note TEXT is required: say what was decided and why")
-    if len(note) > NOTE_MAX_LENGTH:
-        raise cli.InputError(f"--note is {len(note)} characters long; at most {NOTE_MAX_LENGTH} are kept")
-    if any(ord(character) < 32 and character not in "\t\n" for character in note):
-        raise cli.InputError("--note holds a control character; write plain text")
-    return note
+    """The note without surrounding spaces; cli.InputError when it is empty, too long or not one line of text."""
+    return clean_text(note, "--note", NOTE_MAX_LENGTH, "--note TEXT is required: say what was decided and why")
+
+
+def clean_text(value, option, max_length, missing):
+    """A person's text without surrounding spaces; cli.InputError (`missing` when empty) unless it is one line
+    of at most max_length printable characters (no control, format or bidirectional-override character)."""
+    value = (value or "").strip()
+    if not value:
+        raise cli.InputError(missing)
+    if len(value) > max_length:
+        raise cli.InputError(f"{option} is {len(value)} characters long; at most {max_length} are kept")
+    if any(unicodedata.category(character) in ("Cc", "Cf") for character in value):
+        raise cli.InputError(f"{option} holds a line break or another control character; write one line of plain "
+                             "text")
+    return value
 
 
 def current_user():
@@ -223,15 +255,21 @@ def current_user():
 
 # ---------------------------------------------------------------------------------------------- the script
 
+def list_limit(text):
+    """argparse type of --limit: 0 (all) or a whole number of alerts up to cli.MAX_ID."""
+    return 0 if text.strip() == "0" else cli.database_id(text)
+
+
 def parse_arguments(argv):
     parser = cli.make_parser(__doc__)
     parser.add_argument("command", nargs="?", choices=("list", "resolve"), default="list",
                         help="list (the default) or resolve")
-    parser.add_argument("alert_ids", nargs="*", type=int, metavar="ALERT_ID", help="alerts to resolve")
+    parser.add_argument("alert_ids", nargs="*", type=cli.database_id, metavar="ALERT_ID", help="alerts to resolve")
     parser.add_argument("--all", action="store_true", help="list resolved alerts too, with their resolution")
-    parser.add_argument("--rule", help="list only this rule's alerts (e.g. OVERSELL)")
-    parser.add_argument("--investor", type=int, help="list only this investor's alerts")
-    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+    parser.add_argument("--rule", type=str.upper, choices=ALERT_RULES, metavar="RULE",
+                        help=f"list only this rule's alerts: {', '.join(ALERT_RULES)}")
+    parser.add_argument("--investor", type=cli.database_id, help="list only this investor's alerts")
+    parser.add_argument("--limit", type=list_limit, default=DEFAULT_LIMIT, metavar="N",
                         help=f"list at most this many (default {DEFAULT_LIMIT}; 0: all)")
     parser.add_argument("--note", help="resolve: what was decided and why (kept with the alert)")
     parser.add_argument("--by", help="resolve: who decided (default: your login name)")
@@ -240,8 +278,6 @@ def parse_arguments(argv):
         parser.error("resolve needs at least one ALERT_ID")
     if args.command == "list" and (args.alert_ids or args.note or args.by):
         parser.error("ALERT_ID, --note and --by are for resolve: python alerts.py resolve ALERT_ID --note TEXT")
-    if args.limit < 0:
-        parser.error("--limit must be 0 (all) or more")
     return args
 
 
@@ -252,8 +288,10 @@ def main(argv=None):
     def work():
         engine = db_config.get_engine(args.database_url)
         if args.command == "resolve":
-            with engine.begin() as connection:
-                count = resolve_alerts(connection, args.alert_ids, args.note, args.by or current_user(),
+            resolver = current_user() if args.by is None else clean_text(
+                args.by, "--by", RESOLVER_MAX_LENGTH, "--by NAME must name someone (leave it out for your login)")
+            with engine.connect() as connection, db_config.write_transaction_on(connection):
+                count = resolve_alerts(connection, args.alert_ids, args.note, resolver,
                                        datetime.now().replace(microsecond=0))
             print(f"{count} alert{'s' if count != 1 else ''} resolved: {clean_note(args.note)}")
             return cli.EXIT_OK

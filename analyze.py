@@ -500,6 +500,8 @@ def _value_over_time(ax, daily):
 
 
 def _holdings(ax, open_positions):
+    if open_positions.empty:
+        return _no_data(ax, "no open position")
     open_positions.plot.barh(x="stock_symbol", y="market_value", ax=ax, legend=False, color="#5c6bc0")
     ax.set(title="Market value by holding", xlabel="market value", ylabel="")
     _money_axis(ax.xaxis)
@@ -611,7 +613,7 @@ def main(argv=None):
                         help="folder for the PNG files and the page (default: reports/ in the project folder)")
     parser.add_argument("--no-plots", action="store_true",
                         help="write no PNG files (the summary only; with --html only the page)")
-    parser.add_argument("--investor", type=int, metavar="ID",
+    parser.add_argument("--investor", type=cli.database_id, metavar="ID",
                         help="print and draw only this investor's risk card (no summary, no dashboards)")
     parser.add_argument("--html", action="store_true",
                         help="also write index.html in the reports folder: the dashboards, top risks, latest alerts, "

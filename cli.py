@@ -10,6 +10,7 @@ import csv
 import gc
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -45,6 +46,20 @@ def make_parser(description):
     return parser
 
 
+MAX_ID = 2**63 - 1  # the largest BIGINT: an id beyond it cannot exist in any table
+
+
+def database_id(text):
+    """argparse type of an id (alert, investor): a whole number from 1 to MAX_ID."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (1 to {MAX_ID})")
+    return value
+
+
 def setup_logging(args):
     """Log to stderr: INFO on a terminal, WARNING when not (cron) or with --quiet, DEBUG with --verbose."""
     if args.verbose:
@@ -78,6 +93,9 @@ def run(work, args, name):
         return work()
     except KeyboardInterrupt:
         return _fail(f"{name}: interrupted", EXIT_FAILURE, args)
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except Exception as error:
         code, message = describe_error(error) or (
             EXIT_FAILURE, f"unexpected error (a bug; --verbose shows where): {type(error).__name__}: "

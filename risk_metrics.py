@@ -9,7 +9,7 @@ neither a value series nor a return.
   of its real closes, is applied to today's value of the position in it (quantity times its last close), and
   summed per day: the P&L that today's holdings would have made on each of the last VAR_WINDOW_DAYS days. VaR is
   the loss at its 5th percentile, ES the mean loss at or beyond it, and the parametric (variance-covariance) VaR
-  is 1.645 standard deviations of the same P&L (a zero mean, as usual for one day).
+  is 1.6449 standard deviations of the same P&L (a zero mean, as usual for one day).
 Used by update_portfolio.py, written to investor_risk.
 """
 import math
@@ -25,6 +25,7 @@ VAR_WINDOW_DAYS = 500  # the last 500 daily returns (about two years of trading 
 NORMAL_QUANTILE_95 = NormalDist().inv_cdf(0.95)  # 1.6449: the one-sided 95% quantile of a standard normal
 MIN_VALUE_DAYS = 3  # fewer days give no volatility or drawdown (NULL)
 MIN_SCENARIOS = 2  # fewer daily P&L give no VaR or ES (NULL)
+DEFINITION_VERSION = "risk-metrics-2"  # in the valuation digest: a new definition rescores every investor once
 
 
 class RiskMetrics(NamedTuple):
@@ -66,7 +67,7 @@ def value_metrics(values):
 def loss_metrics(pnl):
     """LossMetrics of the daily P&L scenarios (currency), or None with fewer than MIN_SCENARIOS: VaR is minus the
     5th percentile (numpy's linear interpolation), ES minus the mean of the P&L at or below minus the VaR, the
-    parametric VaR 1.645 sample standard deviations."""
+    parametric VaR 1.6449 (the 95% normal quantile) sample standard deviations."""
     pnl = np.asarray(pnl, dtype=float)
     if len(pnl) < MIN_SCENARIOS:
         return None

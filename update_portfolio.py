@@ -325,7 +325,7 @@ SELECT a.alert_id, a.alert_key, a.status, a.severity, a.details, a.investor_id, 
        t.txn_id
 FROM alerts a
 JOIN transactions t ON t.txn_ref = a.txn_ref
-WHERE a.rule = 'OVERSELL' AND a.investor_id IN :ids AND a.alert_key NOT LIKE '%#%'  -- not retired (alerts.py)
+WHERE a.rule = 'OVERSELL' AND a.investor_id IN :ids
 """).bindparams(bindparam("ids", expanding=True))
 
 
@@ -376,6 +376,8 @@ def _replayed_oversell_alerts(connection, replay_starts):
     for start in range(0, len(investor_ids), ID_SLICE):
         for row in connection.execute(STORED_OVERSELLS_SQL, {"ids": investor_ids[start:start + ID_SLICE]}):
             position = (row.investor_id, row.stock_symbol)
+            if alerts_lifecycle.is_retired(row.alert_key, row.alert_id):
+                continue
             if position in replay_starts and _after(replay_starts[position], ledger.normalize_time(row.txn_time),
                                                     row.txn_id):
                 yield alerts_lifecycle.CurrentAlert(row.alert_id, row.alert_key, row.status, row.severity,
@@ -435,7 +437,7 @@ def write_marks(connection, marks, symbols, now):
 def valuation_fingerprint(params):
     """The scoring parameters as text (today aside: the closes read already stop at today)."""
     return repr(sorted((name, value) for name, value in params.items() if name != "today")) + \
-        repr(constants.RISK_LEVEL_FLOORS)
+        repr(constants.RISK_LEVEL_FLOORS) + risk_metrics.DEFINITION_VERSION
 
 
 def holders(connection, symbols):

@@ -1,5 +1,5 @@
 """The alert lifecycle: OPEN and RESOLVED, position alerts that clear and recur, and alerts.py's list and resolve."""
-from datetime import date
+from datetime import date, datetime
 
 import pytest
 from sqlalchemy import select, text
@@ -45,7 +45,7 @@ def test_concentration_alert_resolves_itself_and_opens_again_when_it_recurs(seed
     load_and_update(seeded_engine, tmp_path, "b.csv", SPREAD)
     [cleared] = stored_alerts(seeded_engine, "CONCENTRATION")
     assert cleared.alert_id == first.alert_id and cleared.status == "RESOLVED"
-    assert cleared.alert_key == f"CONCENTRATION:1001:AAPL#{first.alert_id}" and cleared.resolved_at is not None
+    assert cleared.alert_key == f"{first.alert_id}#CONCENTRATION:1001:AAPL" and cleared.resolved_at is not None
     assert cleared.resolved_by == "update_portfolio" and cleared.resolution_note.startswith("condition cleared")
 
     load_and_update(seeded_engine, tmp_path, "c.csv", CONCENTRATED_AGAIN)
@@ -74,7 +74,7 @@ def test_a_person_resolves_an_alert_and_it_stays_resolved_while_the_condition_ho
     load_and_update(seeded_engine, tmp_path, "c.csv", CONCENTRATED_AGAIN)  # recurs: a new open alert
     old, new = stored_alerts(seeded_engine, "CONCENTRATION")
     assert (old.alert_key, old.resolved_by, old.resolution_note) == (
-        f"CONCENTRATION:1001:AAPL#{alert.alert_id}", "ana", "client holds it on purpose")
+        f"{alert.alert_id}#CONCENTRATION:1001:AAPL", "ana", "client holds it on purpose")
     assert (new.alert_key, new.status) == ("CONCENTRATION:1001:AAPL", "OPEN")
 
 
@@ -109,7 +109,7 @@ def test_list_shows_open_alerts_most_severe_first(seeded_engine, tmp_path, capsy
     out = capsys.readouterr().out.splitlines()
     assert out[1].split()[:4] == [str(alert_id), "HIGH", "RESOLVED", "OVERSELL"]
     assert out[2].strip().startswith("resolved ") and out[2].endswith(": booking error, corrected")
-    assert out[-1] == "1 alerts: 1 HIGH"
+    assert out[-1] == "1 alerts, 0 open: 1 HIGH"
     assert alerts.main(["--investor", "1003", "--database-url", url_of(seeded_engine)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 open alerts: 1 MEDIUM"
 
@@ -123,7 +123,18 @@ def test_no_alerts(seeded_engine, capsys):
     (["resolve", "999", "--note", "x"], "error: alerts: alert 999 does not exist (python alerts.py --all lists them)"),
     (["resolve", "ALERT", "--note", "   "], "error: alerts: --note TEXT is required: say what was decided and why"),
     (["resolve", "ALERT"], "error: alerts: --note TEXT is required: say what was decided and why"),
-    (["resolve", "ALERT", "--note", "a\x00b"], "error: alerts: --note holds a control character; write plain text"),
+    (["resolve", "ALERT", "--note", "a\x00b"],
+     "error: alerts: --note holds a line break or another control character; write one line of plain text"),
+    (["resolve", "ALERT", "--note", "x", "--by", "  "],
+     "error: alerts: --by NAME must name someone (leave it out for your login)"),
+    (["resolve", "ALERT", "--note", "x", "--by", "evil\x1b[31m"],
+     "error: alerts: --by holds a line break or another control character; write one line of plain text"),
+    (["resolve", "ALERT", "--note", "x", "--by", "x" * 101],
+     "error: alerts: --by is 101 characters long; at most 100 are kept"),
+    (["resolve", "ALERT", "--note", "abc\u202edef"],
+     "error: alerts: --note holds a line break or another control character; write one line of plain text"),
+    (["resolve", "ALERT", "--note", "line1\nline2"],
+     "error: alerts: --note holds a line break or another control character; write one line of plain text"),
     (["resolve", "ALERT", "999", "--note", "both"],
      "error: alerts: alert 999 does not exist (python alerts.py --all lists them)"),
 ])
@@ -151,7 +162,10 @@ def test_resolving_twice_says_who_resolved_it(seeded_engine, tmp_path, capsys):
     assert err.startswith(f"error: alerts: alert {alert.alert_id} is already resolved (") and "by ana: seen)" in err
 
 
-@pytest.mark.parametrize("argv", [["resolve"], ["7"], ["--note", "x"], ["--limit", "-1"], ["close", "7"]])
+@pytest.mark.parametrize("argv", [["resolve"], ["7"], ["--note", "x"], ["--limit", "-1"], ["close", "7"],
+                                  ["--rule", "BOGUS"], ["resolve", "99999999999999999999999", "--note", "x"],
+                                  ["--investor", "99999999999999999999999"], ["resolve", "0", "--note", "x"],
+                                  ["--limit", "99999999999999999999999"]])
 def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         alerts.main(argv)
@@ -189,7 +203,7 @@ def test_sector_concentration_resolves_itself_and_opens_again(seeded_engine, tmp
     summary = surveillance.run_surveillance(seeded_engine)
     [cleared] = stored_alerts(seeded_engine, "SECTOR_CONCENTRATION")
     assert (cleared.alert_key, cleared.status, cleared.resolved_by) == (
-        f"SECTOR_CONCENTRATION:1001:Technology#{first.alert_id}", "RESOLVED", "surveillance")
+        f"{first.alert_id}#SECTOR_CONCENTRATION:1001:Technology", "RESOLVED", "surveillance")
     assert cleared.resolution_note.startswith("condition cleared") and summary.alerts_resolved == 1
 
     load_and_update(seeded_engine, tmp_path, "c.csv", ["s5,1001,KO,SELL,10,100,2025-01-08 10:00:00",
@@ -199,3 +213,32 @@ def test_sector_concentration_resolves_itself_and_opens_again(seeded_engine, tmp
     old, new = stored_alerts(seeded_engine, "SECTOR_CONCENTRATION")
     assert old.alert_id == first.alert_id and old.status == "RESOLVED"
     assert (new.alert_key, new.status) == ("SECTOR_CONCENTRATION:1001:Technology", "OPEN")
+
+
+def test_a_hash_in_a_sector_name_is_no_retired_mark(seeded_engine, tmp_path):
+    """A sector 'Tech #2' (users add their own stocks): its alert stays current, re-runs raise no second one."""
+    import surveillance
+    with seeded_engine.begin() as connection:
+        connection.execute(text("INSERT INTO stocks (stock_symbol, company_name, sector) VALUES ('SAP', 'SAP SE', "
+                                "'Tech #2')"))
+    load_and_update(seeded_engine, tmp_path, "a.csv", ["h1,1001,SAP,BUY,10,200,2025-01-06 10:00:00"])
+    surveillance.run_surveillance(seeded_engine)
+    load_and_update(seeded_engine, tmp_path, "b.csv", ["h2,1001,SAP,BUY,1,200,2025-01-07 10:00:00"])
+    surveillance.run_surveillance(seeded_engine)
+    surveillance.run_surveillance(seeded_engine, full=True)
+    [alert] = stored_alerts(seeded_engine, "SECTOR_CONCENTRATION")
+    assert (alert.alert_key, alert.status) == ("SECTOR_CONCENTRATION:1001:Tech #2", "OPEN")
+
+
+def test_a_stage_never_overwrites_a_persons_decision(seeded_engine, tmp_path):
+    """The stage read the alert OPEN, a person resolved it meanwhile: retiring it keeps the person's decision."""
+    load_and_update(seeded_engine, tmp_path, "a.csv", CONCENTRATED)
+    [alert] = stored_alerts(seeded_engine, "CONCENTRATION")
+    seen_open = alerts.CurrentAlert(alert.alert_id, alert.alert_key, "OPEN", alert.severity, alert.details)
+    with seeded_engine.begin() as connection:
+        alerts.resolve_alerts(connection, [alert.alert_id], "person note", "ana", datetime(2030, 1, 1))
+    with seeded_engine.begin() as connection:
+        alerts.retire_alerts(connection, [seen_open], datetime(2030, 1, 2), "update_portfolio", "cleared")
+    [kept] = stored_alerts(seeded_engine, "CONCENTRATION")
+    assert (kept.status, kept.resolved_by, kept.resolution_note) == ("RESOLVED", "ana", "person note")
+    assert kept.alert_key == f"{alert.alert_id}#CONCENTRATION:1001:AAPL"

@@ -398,7 +398,7 @@ def test_late_trade_replays_only_its_position(seeded_engine, tmp_path):
         withdrawn = connection.execute(select(alerts.c.alert_key, alerts.c.alert_id, alerts.c.status,
                                               alerts.c.resolved_by, alerts.c.resolution_note).where(
             alerts.c.txn_ref == "LT-2")).one()
-    assert withdrawn.alert_key == f"OVERSELL:LT-2#{withdrawn.alert_id}" and withdrawn.status == "RESOLVED"
+    assert withdrawn.alert_key == f"{withdrawn.alert_id}#OVERSELL:LT-2" and withdrawn.status == "RESOLVED"
     assert withdrawn.resolved_by == "update_portfolio" and "no longer oversells" in withdrawn.resolution_note
     assert position_rows(seeded_engine)[(1003, "TSLA")] == untouched_before  # not rewritten, updated_at included
 
