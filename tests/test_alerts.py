@@ -242,3 +242,26 @@ def test_a_stage_never_overwrites_a_persons_decision(seeded_engine, tmp_path):
     [kept] = stored_alerts(seeded_engine, "CONCENTRATION")
     assert (kept.status, kept.resolved_by, kept.resolution_note) == ("RESOLVED", "ana", "person note")
     assert kept.alert_key == f"{alert.alert_id}#CONCENTRATION:1001:AAPL"
+
+
+def test_a_broken_pipe_ends_quietly(monkeypatch, capsys):
+    """`alerts.py | head`: the reader went away; no error line, exit 1, stdout sent nowhere from then on."""
+    redirected = []
+    monkeypatch.setattr(alerts.cli.os, "dup2", lambda source, target: redirected.append(target))
+    monkeypatch.setattr(alerts.cli.sys, "stdout", type("Stdout", (), {"fileno": lambda self: 99})())
+
+    def work():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert alerts.cli.run(work, alerts.parse_arguments([]), "alerts") == 1
+    assert capsys.readouterr().err == "" and redirected == [99]
+
+
+def test_a_new_risk_definition_rescores_every_investor_once(seeded_engine, tmp_path, monkeypatch):
+    """A database scored by an earlier definition (the upgrade case) gets every investor rescored by the next
+    update, so that a new metric (the parametric VaR) is not left NULL until the investor trades again."""
+    load_and_update(seeded_engine, tmp_path, "a.csv", CONCENTRATED + ["r1,1002,KO,BUY,1,50,2025-01-06 10:00:00"])
+    assert update_portfolio.update_portfolios(seeded_engine, today=TODAY).investors_scored == 0  # nothing new
+    monkeypatch.setattr(update_portfolio.risk_metrics, "DEFINITION_VERSION", "risk-metrics-next")
+    assert update_portfolio.update_portfolios(seeded_engine, today=TODAY).investors_scored == 2
+    assert update_portfolio.update_portfolios(seeded_engine, today=TODAY).investors_scored == 0

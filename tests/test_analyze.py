@@ -552,3 +552,14 @@ def test_card_risk_metrics_show_what_the_investor_has():
     assert analyze.risk_metric_texts(row) == ["1-day 95% VaR 1,234.50", "expected shortfall 1,500.00",
                                               "parametric VaR 1,100.26"]
     assert analyze.risk_metric_texts(pd.Series({name: None for name, _ in analyze.RISK_METRIC_TEXTS})) == []
+
+
+def test_card_of_an_investor_with_every_position_closed(seeded_engine, database_url, tmp_path, headless):
+    """No open position: the card still draws (the holdings panel says so) instead of failing."""
+    load_transactions.load_records(seeded_engine, [
+        record("CL-1", 1006, "KO", "BUY", 5, "60", "2024-01-02 10:00:00", "0"),
+        record("CL-2", 1006, "KO", "SELL", 5, "61", "2024-01-03 10:00:00", "0")])
+    update_portfolio.update_portfolios(seeded_engine, today=date(2024, 1, 5))
+    reports = tmp_path / "r"
+    assert analyze.main(["--database-url", database_url, "--reports", str(reports), "--investor", "1006"]) == 0
+    assert (reports / "investor_1006.png").stat().st_size > 0
