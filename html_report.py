@@ -29,13 +29,14 @@ PAGE_NAME = "index.html"
 DEFAULT_REFRESH_SECONDS = 5
 TOP_RISKS = 20  # rows per table: enough to act on, small enough to read at a glance
 LATEST_ALERTS = 50
+RECENT_DECISIONS = 20  # resolved alerts, the latest resolution first
 LAST_BATCHES = 20
 LATEST_REJECTS = 50  # of the batches shown
 RECENT_ACTIONS = 10  # corporate actions applied, the latest ex_dates
 RAW_RECORD_CHARS = 500  # a raw record is stored up to 10,000 characters; the page shows its start
 SECTIONS = {  # id: title, in page order
     "charts": "Dashboards", "totals": "Totals", "top-risks": "Top risks", "alerts": "Latest alerts",
-    "actions": "Corporate actions", "batches": "Load batches", "rejects": "Rejected rows"}
+    "decisions": "Recent decisions", "actions": "Corporate actions", "batches": "Load batches", "rejects": "Rejected rows"}
 LEVEL_CLASSES = {"LOW": "low", "MEDIUM": "medium", "HIGH": "high", "CRITICAL": "critical"}
 
 TOP_RISKS_SQL = """
@@ -52,6 +53,13 @@ SELECT alert_id, detected_at, rule, severity, investor_id, stock_symbol, txn_ref
        resolved_by, resolution_note
 FROM alerts
 ORDER BY detected_at DESC, alert_id DESC
+LIMIT :limit
+"""
+RECENT_DECISIONS_SQL = """
+SELECT alert_id, resolved_at, resolved_by, resolution_note, rule, severity, investor_id, stock_symbol, details
+FROM alerts
+WHERE status = 'RESOLVED'
+ORDER BY resolved_at DESC, alert_id DESC
 LIMIT :limit
 """
 LAST_BATCHES_SQL = """
@@ -129,6 +137,7 @@ class ReportData(NamedTuple):
     totals: Totals
     top_risks: list
     latest_alerts: list
+    recent_decisions: list
     recent_actions: list
     last_batches: list
     latest_rejects: list
@@ -223,6 +232,12 @@ ALERT_COLUMNS = (
     Column("resolved", "resolved_at", timestamp, "time"), Column("by", "resolved_by"),
     Column("decision", "resolution_note"),
 )
+DECISION_COLUMNS = (
+    Column("alert", "alert_id", css="number"), Column("resolved", "resolved_at", timestamp, "time"),
+    Column("by", "resolved_by"), Column("decision", "resolution_note"), Column("rule", "rule"),
+    Column("severity", "severity", css="level"), Column("investor", "investor_id", css="number"),
+    Column("symbol", "stock_symbol"), Column("details", "details"),
+)
 ACTION_COLUMNS = (
     Column("symbol", "stock_symbol"), Column("ex_date", "ex_date", day, "time"), Column("action", "action"),
     Column("value", "value", action_value, "number"), Column("ratio", "ratio"),
@@ -268,6 +283,7 @@ def read_report_data(engine):
             totals=Totals(counts.investors, sums.dividend_income, sums.fees_paid, method_in_use(connection)),
             top_risks=rows(TOP_RISKS_SQL, (investors, investor_risk), limit=TOP_RISKS),
             latest_alerts=rows(LATEST_ALERTS_SQL, (alerts,), limit=LATEST_ALERTS),
+            recent_decisions=rows(RECENT_DECISIONS_SQL, (alerts,), limit=RECENT_DECISIONS),
             recent_actions=rows(RECENT_ACTIONS_SQL, (corporate_actions,), limit=RECENT_ACTIONS),
             last_batches=rows(LAST_BATCHES_SQL, (load_batches,), limit=LAST_BATCHES),
             latest_rejects=rows(LATEST_REJECTS_SQL, (rejected_transactions,), batches=LAST_BATCHES,
@@ -338,6 +354,10 @@ def table_sections(data):
                  f"{data.open_alert_count:,} of them open. A resolved alert shows when, by whom and why: a person's "
                  "decision (python alerts.py resolve ID --note TEXT), or the stage that saw its condition clear.",
                  html_table("alert-table", ALERT_COLUMNS, data.latest_alerts)),
+        _section("decisions", f"Resolved alerts, the latest resolution first: "
+                 f"{_shown(data.recent_decisions, data.alert_count - data.open_alert_count, 'resolved alerts')}; "
+                 "python alerts.py --all lists every one.",
+                 html_table("decision-table", DECISION_COLUMNS, data.recent_decisions)),
         _section("actions", f"Applied to positions, latest ex_date first: "
                  f"{_shown(data.recent_actions, data.action_count, 'corporate actions applied')}. Value: SPLIT new "
                  "shares per old share, DIVIDEND cash per share in currency units.",

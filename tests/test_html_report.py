@@ -221,6 +221,9 @@ def test_a_persons_decision_is_shown_with_the_alert(reported, tmp_path):
         "status": "RESOLVED", "resolved": "2030-01-02 09:30:00", "by": "ana <i>", "decision": "<b>ok</b> per desk"}
     assert sum(row["status"] == "OPEN" for row in rows.values()) == 3
     assert "all 4 alerts, 3 of them open" in page.texts["alerts"]
+    assert [{key: row[key] for key in ("alert", "by", "decision")} for row in page.rows("decision-table")] == [
+        {"alert": str(alert_id), "by": "ana <i>", "decision": "<b>ok</b> per desk"}]
+    assert "all 1 resolved alerts" in page.texts["decisions"]
     assert page.tags.get("b", 0) == 0 and page.tags.get("i", 0) == 0
 
 
