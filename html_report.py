@@ -36,7 +36,8 @@ RECENT_ACTIONS = 10  # corporate actions applied, the latest ex_dates
 RAW_RECORD_CHARS = 500  # a raw record is stored up to 10,000 characters; the page shows its start
 SECTIONS = {  # id: title, in page order
     "charts": "Dashboards", "totals": "Totals", "top-risks": "Top risks", "alerts": "Latest alerts",
-    "decisions": "Recent decisions", "actions": "Corporate actions", "batches": "Load batches", "rejects": "Rejected rows"}
+    "decisions": "Recent decisions", "actions": "Corporate actions", "batches": "Load batches",
+    "rejects": "Rejected rows"}
 LEVEL_CLASSES = {"LOW": "low", "MEDIUM": "medium", "HIGH": "high", "CRITICAL": "critical"}
 
 TOP_RISKS_SQL = """
