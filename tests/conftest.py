@@ -1,8 +1,9 @@
-"""Fixtures: a fresh database per test on SQLite (a file in tmp_path) and on real MariaDB (a new database).
+"""Fixtures: a fresh database per test on SQLite (a file in tmp_path), on real MariaDB and on real PostgreSQL
+(a new database each); `database_url` runs a test on all three.
 
-MariaDB comes from TEST_MARIADB_URL (default mysql+pymysql://root:@127.0.0.1:3306). When it is unreachable the
-MariaDB tests skip on a developer machine and fail when CI is set, so CI never passes without them.
-PostgreSQL (TEST_POSTGRES_URL) is used the same way by the tests that ask for `postgres_engine`.
+MariaDB comes from TEST_MARIADB_URL (default mysql+pymysql://root:@127.0.0.1:3306), PostgreSQL from
+TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres). When one is unreachable its
+tests skip on a developer machine and fail when CI is set, so CI never passes without them.
 """
 import logging
 import os
@@ -45,6 +46,16 @@ def _server_database(server_url, name, create, drop):
         server.dispose()
 
     return make_url(server_url).set(database=name).render_as_string(hide_password=False), finalize
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects
+def pytest_collection_modifyitems(items):
+    """A test marked slow_on_servers runs on SQLite by default; on MariaDB and PostgreSQL only with -m slow."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if item.get_closest_marker("slow_on_servers") and callspec and callspec.params.get("database_url") not in (
+                None, "sqlite"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -92,9 +103,9 @@ def postgres_url():
     finalize()
 
 
-@pytest.fixture(params=["sqlite", "mariadb"])
+@pytest.fixture(params=["sqlite", "mariadb", "postgres"])
 def database_url(request):
-    """A URL of a fresh, empty database: once on SQLite, once on MariaDB."""
+    """A URL of a fresh, empty database: once on SQLite, once on MariaDB, once on PostgreSQL."""
     return request.getfixturevalue(f"{request.param}_url")
 
 

@@ -707,6 +707,7 @@ def generated_database(engine, directory, rows, seed, rate):
     return found, truth, summary.rows_loaded
 
 
+@pytest.mark.slow_on_servers
 def test_recall_and_precision_on_100000_generated_trades_with_anomalies(seeded_engine, tmp_path):
     found, truth, loaded = generated_database(seeded_engine, tmp_path, 100_000, 42, RATE)
 
@@ -718,6 +719,7 @@ def test_recall_and_precision_on_100000_generated_trades_with_anomalies(seeded_e
     assert (table["precision"] >= 0.95).all(), table
 
 
+@pytest.mark.slow_on_servers
 def test_clean_generated_data_raises_fewer_than_one_alert_per_1000_trades(seeded_engine, tmp_path):
     found, _, loaded = generated_database(seeded_engine, tmp_path, 100_000, 42, 0)
 

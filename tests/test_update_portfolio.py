@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 import closes
 import db_config
+import dialects
 import ledger
 import load_transactions
 import seed_investors
@@ -152,14 +153,16 @@ def fresh_engine(database_url):
         cleanup = lambda: shutil.rmtree(directory, ignore_errors=True)  # noqa: E731
     else:
         name = f"etl_hyp_{uuid.uuid4().hex[:10]}"
-        server = create_engine(url.set(database="information_schema"), isolation_level="AUTOCOMMIT")
+        maintenance_database, create = dialects.database_creation(url.get_backend_name())
+        server = create_engine(url.set(database=maintenance_database), isolation_level="AUTOCOMMIT")
         with server.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+            connection.execute(text(create.format(name=name)))
         engine = db_config.get_engine(url.set(database=name).render_as_string(hide_password=False))
 
         def cleanup():
+            force = " WITH (FORCE)" if url.get_backend_name() == "postgresql" else ""
             with server.connect() as connection:
-                connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+                connection.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
             server.dispose()
     try:
         seed_investors.seed_reference_data(engine, investor_count=5)
