@@ -23,6 +23,7 @@ import db_config
 from db_config import DatabaseUnavailable, DatabaseUrlError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+OWNER_ONLY = 0o077  # umask: what a script creates (SQLite file, reports, logs, CSVs) may hold client data
 DRIVER_ERRORS = ("sqlite3.Error", "pymysql.Error", "psycopg.Error")  # where a stage uses a driver's API directly
 QUEUE_ERRORS = ("pika.exceptions.AMQPError",)  # the feed's message queue, when pika is installed
 INPUT_FORMAT_ERRORS = (csv.Error, pandas.errors.ParserError, pandas.errors.EmptyDataError)
@@ -85,9 +86,11 @@ def run(work, args, name):
     """Call work(), turning every error into one stderr line and the exit code of docs/command-line.md.
 
     SIGTERM (a service manager, `kill`) ends the work like Ctrl+C: what is in progress is rolled back and
-    recorded as failed. An exception no rule describes is a bug: exit 1, its traceback with --verbose.
+    recorded as failed. Everything the work creates is readable by its owner only (OWNER_ONLY).
+    An exception no rule describes is a bug: exit 1, its traceback with --verbose.
     """
     previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
+    os.umask(OWNER_ONLY)  # files 0600, folders 0700, whatever the caller's umask
     gc.freeze()  # the imports' objects live as long as the process: collections need not scan them (40 ms)
     try:
         return work()

@@ -4,6 +4,7 @@
 # Usage: cron/run_stage.sh SCRIPT.py [ARGS...]     PYTHON overrides the interpreter (default .venv/bin/python),
 # LOG_DIR the folder of etl.log and the lock files (default logs/).
 set -uo pipefail
+umask 077  # logs/etl.log and the lock files may name clients: readable by their owner only
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root" || exit 1
 logs="${LOG_DIR:-$root/logs}"

@@ -1,0 +1,155 @@
+"""create_etl_role.py: the pipeline and the live consumer run as a role that may only read and write the
+pipeline's tables (MariaDB and PostgreSQL), and the files the scripts create are readable by their owner only."""
+import os
+import stat
+import subprocess
+import sys
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+import create_etl_role
+import db_config
+import master_etl
+from schema import load_batches, portfolios, transactions
+from test_trade_queue import live_trades, publish, queue_totals, start_consumer, stop, wait_until
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PASSWORD = "p'a%\"\\x y"  # quotes, a percent sign, a backslash and a space survive the quoting
+
+
+@pytest.fixture
+def queue_name(broker):
+    _, created = broker
+    name = f"test-role-{uuid.uuid4().hex[:8]}"
+    created += [name, f"{name}.rejected"]
+    return name
+
+
+@pytest.fixture(params=["mariadb", "postgres"])
+def admin_url(request):
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def etl_url(admin_url, monkeypatch):
+    """The URL of a new least-privileged role on the admin URL's database; the role is dropped afterwards."""
+    role = f"etl_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(create_etl_role.PASSWORD_VARIABLE, PASSWORD)
+    assert create_etl_role.main(["--database-url", admin_url, "--role", role, "--quiet"]) == 0
+    yield make_url(admin_url).set(username=role, password=PASSWORD).render_as_string(hide_password=False)
+    drop_role(admin_url, role)
+
+
+def drop_role(admin_url, role):
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        if connection.dialect.name == "mysql":
+            connection.execute(text(f"DROP USER IF EXISTS '{role}'@'%'"))
+        else:
+            connection.execute(text(f"DROP OWNED BY {role}"))
+            connection.execute(text(f"DROP ROLE IF EXISTS {role}"))
+    engine.dispose()
+
+
+def test_the_pipeline_and_the_live_consumer_run_as_the_role(etl_url, broker, queue_name, tmp_path):
+    arguments = ["--database-url", etl_url, "--rows", "2000", "--input", str(tmp_path / "t.csv"),
+                 "--reports", str(tmp_path / "reports"), "--no-plots", "--quiet"]
+    assert master_etl.main(arguments) == 0
+
+    channel, _ = broker
+    trades = live_trades(12, prefix="ROLE")
+    publish(channel, queue_name, trades)
+    consumer = start_consumer(etl_url, queue_name)
+    wait_until(lambda: queue_totals(etl_url)[0] == 12 and queue_totals(etl_url)[4] == 0, "12 messages")
+    code, _, err = stop(consumer)
+    assert code == 0, err
+    assert queue_totals(etl_url) == (12, 12, 0, 0, 0)
+
+    engine = db_config.get_engine(etl_url)
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(transactions)).scalar() == 2012
+        assert connection.execute(select(func.count()).where(load_batches.c.status == "running")).scalar() == 0
+        assert connection.execute(select(func.sum(portfolios.c.trade_count))).scalar() == 2012
+    engine.dispose()
+
+
+def test_the_role_cannot_change_the_schema(etl_url):
+    engine = create_engine(etl_url)
+    with engine.connect() as connection:
+        for statement in ("CREATE TABLE intruder (id INTEGER PRIMARY KEY)", "DROP TABLE transactions",
+                          "ALTER TABLE transactions ADD COLUMN intruder INTEGER"):
+            with pytest.raises(DBAPIError, match="denied|must be owner|permission"):
+                connection.execute(text(statement))
+            connection.rollback()
+    engine.dispose()
+
+
+def test_running_it_again_keeps_the_role_working(etl_url, admin_url, monkeypatch):
+    role = make_url(etl_url).username
+    monkeypatch.setenv(create_etl_role.PASSWORD_VARIABLE, PASSWORD)
+    assert create_etl_role.main(["--database-url", admin_url, "--role", role, "--quiet"]) == 0
+    engine = db_config.get_engine(etl_url)
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(transactions)).scalar() == 0
+    engine.dispose()
+
+
+def test_the_password_is_never_printed(admin_url, monkeypatch, capsys):
+    role = f"etl_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(create_etl_role.PASSWORD_VARIABLE, PASSWORD)
+    try:
+        assert create_etl_role.main(["--database-url", admin_url, "--role", role, "--verbose"]) == 0
+    finally:
+        drop_role(admin_url, role)
+    out, err = capsys.readouterr()
+    assert f"role {role} may use database" in out
+    assert PASSWORD not in out + err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--role", "etl; DROP TABLE x"], "--role 'etl; DROP TABLE x': use letters, digits and underscores"),
+    (["--host", "a' OR '1"], "--host \"a' OR '1\": use a host name, an address or a pattern with %"),
+])
+def test_a_role_or_host_that_is_not_a_name_is_refused(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        create_etl_role.main(arguments)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_without_a_password_it_ends_with_one_line(mariadb_url, monkeypatch, capsys):
+    monkeypatch.delenv(create_etl_role.PASSWORD_VARIABLE, raising=False)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    assert create_etl_role.main(["--database-url", mariadb_url]) == 2
+    assert capsys.readouterr().err == ("error: create_etl_role: no password: set ETL_PASSWORD, or run on a "
+                                       "terminal to be asked for one\n")
+
+
+def test_sqlite_has_no_roles(sqlite_url, monkeypatch, capsys):
+    monkeypatch.setenv(create_etl_role.PASSWORD_VARIABLE, PASSWORD)
+    assert create_etl_role.main(["--database-url", sqlite_url]) == 2
+    assert capsys.readouterr().err == ("error: create_etl_role: a SQLite file has no roles: it is protected by its "
+                                       "file permissions (owner only)\n")
+
+
+def test_files_the_pipeline_creates_are_readable_by_their_owner_only(tmp_path):
+    """Under a permissive umask (022), the SQLite file, its journal, the reports and the generated files are 0600
+    and new folders 0700: they may hold client data."""
+    command = [sys.executable, os.path.join(PROJECT, "master_etl.py"), "--rows", "500",
+               "--database-url", f"sqlite:///{tmp_path / 'data' / 'etl.db'}",
+               "--input", str(tmp_path / "in" / "t.csv"), "--reports", str(tmp_path / "reports")]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "in").mkdir()
+    completed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                               preexec_fn=lambda: os.umask(0o022))
+    assert completed.returncode == 0, completed.stderr
+    created = [path for path in tmp_path.rglob("*") if path.parent != tmp_path]
+    assert {path.name for path in created} >= {"etl.db", "t.csv", "market_prices.csv", "dashboard.png", "risk.png"}
+    for path in created:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+    assert stat.S_IMODE((tmp_path / "reports").stat().st_mode) == 0o700
