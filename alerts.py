@@ -182,10 +182,10 @@ def alert_lines(rows, include_resolved=False):
 
 
 def summary_line(rows, counts, include_resolved=False):
-    """'12 open alerts: 3 HIGH, 5 MEDIUM, 4 LOW' ('20 alerts, 12 open: ...' with the resolved ones), with how many
-    are shown when the list is cut."""
+    """'12 open alerts: 3 HIGH, 5 MEDIUM, 4 LOW' ('20 alerts (12 open, 8 resolved): ...' with the resolved ones, the
+    severities then of all 20), with how many are shown when the list is cut."""
     total = sum(counts.by_severity.values())
-    open_part = f", {counts.open:,} open" if include_resolved else ""
+    open_part = f" ({counts.open:,} open, {total - counts.open:,} resolved)" if include_resolved else ""
     kind = "alerts" if include_resolved else "open alerts"
     if not total:
         return f"no {kind}"

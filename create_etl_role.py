@@ -2,18 +2,19 @@
 
 Run it once as an administrator (a user who may create users and tables), and again after each upgrade of
 stock-etl: it creates the database and every table the pipeline uses (or adds what an upgrade brings), then
-creates the role (default `etl`) if it does not exist, sets its password, and grants it only what the stages
-need on that one database:
+creates the role (default `etl`), sets its password, and grants it only what the stages do on that database:
 
-  MariaDB/MySQL  SELECT, INSERT, UPDATE, DELETE on the database's tables. LOAD DATA LOCAL INFILE (the bulk
-                 load) needs only INSERT; the named locks (GET_LOCK) need no grant.
-  PostgreSQL     CONNECT and TEMPORARY on the database (the load's COPY goes through a temporary staging
-                 table), USAGE on schema public, SELECT, INSERT, UPDATE, DELETE on its tables and USAGE, SELECT
-                 on its sequences (the ids).
+  SELECT, INSERT  on every table
+  UPDATE          on all but the record of trades and rejects (transactions, rejected_transactions)
+  DELETE          only on the tables rebuilt from the trades (positions, lots, checkpoints, risk, history)
 
-No CREATE, ALTER, DROP, FILE, GRANT or access to another database: the role cannot change the schema, so a
-stage run as it against a database that an upgrade has not been applied to ends with one line naming the
-missing column (run this script again as the administrator). It grants and never revokes.
+  PostgreSQL also: CONNECT and TEMPORARY on the database (the load's COPY goes through a temporary table),
+  USAGE on schema public and USAGE, SELECT on its sequences (the ids); PUBLIC's CREATE on schema public of
+  this database is revoked (already so from PostgreSQL 15).
+
+No CREATE, ALTER, DROP, FILE or GRANT: the role cannot change the schema, rewrite a trade or delete an alert.
+An existing role is only given a new password and the grants when it has no other privileges (a role this
+script made); an administrator's account, a superuser or a reserved name is refused.
 
 The password comes from the environment variable ETL_PASSWORD, else is asked for on a terminal; it is never
 printed. Then run the stages with DATABASE_URL=mysql+pymysql://etl:PASSWORD@HOST:3306/DATABASE (or
@@ -23,16 +24,23 @@ import getpass
 import os
 import re
 import sys
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from sqlalchemy import literal, text
 
 import cli
 import db_config
+import schema
 
 ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")  # pasted into CREATE USER: letters, digits, underscore
+RESERVED_ROLES = {"root", "postgres", "public", "mysql", "none", "current_user", "session_user"}  # any case
 MYSQL_HOST = re.compile(r"[A-Za-z0-9_.%:-]{1,255}")  # a MariaDB account's host part: a name, an address or '%'
 PASSWORD_VARIABLE = "ETL_PASSWORD"
+RECORD_TABLES = ("transactions", "rejected_transactions")  # written once, never updated or deleted
+REBUILT_TABLES = ("portfolios", "position_lots", "position_checkpoints", "symbol_last_trades", "investor_risk",
+                  "investor_daily", "investor_daily_builds", "investor_returns", "performance_closes",
+                  "performance_actions")  # the only tables the stages delete rows from: rebuilt from the trades
+ROLE_PRIVILEGES = {"USAGE", "SELECT", "INSERT", "UPDATE", "DELETE"}  # what an existing role may already hold
 
 
 class Role(NamedTuple):
@@ -41,28 +49,46 @@ class Role(NamedTuple):
     host: str  # MariaDB/MySQL only: where the role may connect from
 
 
+class Quoted(NamedTuple):
+    """A role's parts as SQL literals and identifiers, quoted by the connection's dialect."""
+    name: str
+    password: str
+    host: str
+    database: str
+
+
 def main(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("--role", default="etl", help="name of the role to create (default: %(default)s)")
     parser.add_argument("--host", default="%", help="MariaDB/MySQL only: the host the role may connect from "
-                                                    "(default: %(default)s, any; e.g. 10.0.0.% or localhost)")
+                                                    "(default: any, %%; e.g. 10.0.0.%% or localhost)")
     args = parser.parse_args(argv)
     cli.setup_logging(args)
     if not ROLE_NAME.fullmatch(args.role):
         parser.error(f"--role {args.role!r}: use letters, digits and underscores (at most 32, not a digit first)")
+    if args.role.lower() in RESERVED_ROLES or args.role.lower().startswith("pg_"):
+        parser.error(f"--role {args.role}: a name the server reserves or an administrator's; choose another")
     if not MYSQL_HOST.fullmatch(args.host):
         parser.error(f"--host {args.host!r}: use a host name, an address or a pattern with %")
 
     def work():
-        engine = db_config.get_engine(args.database_url)
+        url = db_config.parse_url(db_config.database_url(args.database_url))
+        if url.get_backend_name() == "sqlite":
+            raise cli.InputError("a SQLite file has no roles: it is protected by its file permissions (owner only)")
+        engine = db_config.get_engine(url.render_as_string(hide_password=False))
         try:
-            granted = create_role(engine, Role(args.role, role_password(), args.host))
+            created = create_role(engine, Role(args.role, role_password(), args.host))
         finally:
             engine.dispose()
-        print(f"role {args.role} may use database {engine.url.database}: {granted}")
+        print(f"role {args.role} {'created' if created else 'updated'}: {GRANTS_SUMMARY} on database "
+              f"{url.database}")
         return cli.EXIT_OK
 
     return cli.run(work, args, "create_etl_role")
+
+
+GRANTS_SUMMARY = (f"SELECT, INSERT on every table, UPDATE on all but {' and '.join(RECORD_TABLES)}, DELETE only on "
+                  f"the {len(REBUILT_TABLES)} tables rebuilt from the trades")
 
 
 def role_password():
@@ -76,23 +102,15 @@ def role_password():
 
 
 def create_role(engine, role):
-    """Create `role` (or set its password) and grant it the pipeline's privileges; return what was granted."""
-    backend = engine.dialect.name
-    if backend == "sqlite":
-        raise cli.InputError("a SQLite file has no roles: it is protected by its file permissions (owner only)")
-    statements = mysql_statements if backend == "mysql" else postgresql_statements
+    """Create `role` (or give an existing one of its kind the password), grant it the pipeline's privileges;
+    return whether it was created. InputError for an existing role that holds more."""
+    backend = MYSQL if engine.dialect.name == "mysql" else POSTGRESQL
     with engine.begin() as connection:
-        for statement in statements(connection, quoted(connection, role)):
+        names = quoted(connection, role)
+        existed = backend.existing(connection, role, names)
+        for statement in backend.statements(names, existed):
             connection.execution_options(no_parameters=True).exec_driver_sql(statement)
-    return MYSQL_GRANTS if backend == "mysql" else POSTGRESQL_GRANTS
-
-
-class Quoted(NamedTuple):
-    """A role's parts as SQL literals and identifiers, quoted by the connection's dialect."""
-    name: str
-    password: str
-    host: str
-    database: str
+    return not existed
 
 
 def quoted(connection, role):
@@ -109,29 +127,70 @@ def sql_literal(connection, value):
     return str(compiled).replace("%%", "%")
 
 
-MYSQL_GRANTS = "SELECT, INSERT, UPDATE, DELETE"
+def table_grants(database, grantee, qualify):
+    """GRANT statements of the three privilege levels; qualify(database, table) names a table."""
+    tables = [table.name for table in schema.metadata.sorted_tables]
+    updated = [name for name in tables if name not in RECORD_TABLES]
+    return [f"GRANT SELECT, INSERT ON {qualify(database, '*')} TO {grantee}",
+            *(f"GRANT UPDATE ON {qualify(database, name)} TO {grantee}" for name in updated),
+            *(f"GRANT DELETE ON {qualify(database, name)} TO {grantee}" for name in REBUILT_TABLES)]
 
 
-def mysql_statements(_connection, role):
-    account = f"{role.name}@{role.host}"
-    return [f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {role.password}",
-            f"ALTER USER {account} IDENTIFIED BY {role.password}",
-            f"GRANT {MYSQL_GRANTS} ON {role.database}.* TO {account}"]
+def refuse(role, what):
+    raise cli.InputError(f"role {role.name} already exists and {what}: it is not a role this script made; choose "
+                         "another --role")
 
 
-POSTGRESQL_GRANTS = ("CONNECT, TEMPORARY on the database; USAGE on schema public; SELECT, INSERT, UPDATE, DELETE "
-                     "on its tables; USAGE, SELECT on its sequences")
+class Backend(NamedTuple):
+    existing: Callable  # (connection, role, quoted) -> bool; refuses a role that holds more than the pipeline's
+    statements: Callable  # (quoted, existed) -> [SQL]
 
 
-def postgresql_statements(connection, role):
-    exists = connection.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :name"),
-                                {"name": role.name.strip('"')}).first()
-    create = "ALTER ROLE" if exists else "CREATE ROLE"
-    return [f"{create} {role.name} LOGIN PASSWORD {role.password}",
-            f"GRANT CONNECT, TEMPORARY ON DATABASE {role.database} TO {role.name}",
-            f"GRANT USAGE ON SCHEMA public TO {role.name}",
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role.name}",
-            f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role.name}"]
+def mysql_existing(connection, role, names):
+    if not connection.execute(text("SELECT 1 FROM mysql.user WHERE User = :name AND Host = :host"),
+                              {"name": role.name, "host": role.host}).first():
+        return False
+    for (grant,) in connection.execute(text(f"SHOW GRANTS FOR {names.name}@{names.host}")):
+        privileges, _, target = grant.partition(" ON ")
+        held = {privilege.strip() for privilege in privileges.removeprefix("GRANT ").split(",")}
+        if not held <= ROLE_PRIVILEGES or "WITH GRANT OPTION" in grant or (
+                target.startswith("*.*") and held != {"USAGE"}):
+            refuse(role, f"holds more than the pipeline needs ({grant.split(' IDENTIFIED')[0]})")
+    return True
+
+
+def mysql_statements(names, existed):
+    account = f"{names.name}@{names.host}"
+    create = [] if existed else [f"CREATE USER {account} IDENTIFIED BY {names.password}"]
+    return [*create, f"ALTER USER {account} IDENTIFIED BY {names.password}",
+            *table_grants(names.database, account, lambda database, table: f"{database}.{table}")]
+
+
+def postgresql_existing(connection, role, _names):
+    found = connection.execute(text(
+        "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls OR NOT rolcanlogin "
+        "AS special, EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) AS member "
+        "FROM pg_roles r WHERE rolname = :name"), {"name": role.name}).first()
+    if found and found.special:
+        refuse(role, "is a superuser, may create roles or databases, or cannot log in")
+    if found and found.member:
+        refuse(role, "is a member of other roles")
+    return found is not None
+
+
+def postgresql_statements(names, existed):
+    role = names.name
+    return [f"{'ALTER' if existed else 'CREATE'} ROLE {role} LOGIN PASSWORD {names.password}",
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+            f"GRANT CONNECT, TEMPORARY ON DATABASE {names.database} TO {role}",
+            f"GRANT USAGE ON SCHEMA public TO {role}",
+            *table_grants(names.database, role,
+                          lambda _database, table: "ALL TABLES IN SCHEMA public" if table == "*" else table),
+            f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"]
+
+
+MYSQL = Backend(mysql_existing, mysql_statements)
+POSTGRESQL = Backend(postgresql_existing, postgresql_statements)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import html
 import logging
 import os
 import re
+import shutil
 from contextlib import suppress
 from datetime import datetime
 from decimal import Decimal
@@ -390,13 +391,16 @@ def render_page(data, charts, generated_at, refresh_seconds=DEFAULT_REFRESH_SECO
 
 
 def replace_file(path, content):
-    """Write text to a temporary file beside `path`, then rename it over `path` (atomic on one file system)."""
+    """Write text to a temporary file beside `path`, then rename it over `path` (atomic on one file system),
+    keeping the permissions a person gave the file it replaces."""
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # one writer per process at a time
     try:
         with open(temporary, "w", encoding="utf-8") as file:
             file.write(content)
+        with suppress(FileNotFoundError):
+            shutil.copymode(path, temporary)
         os.replace(temporary, path)
     finally:
         with suppress(FileNotFoundError):  # gone after os.replace; left only by a failed write

@@ -109,7 +109,7 @@ def test_list_shows_open_alerts_most_severe_first(seeded_engine, tmp_path, capsy
     out = capsys.readouterr().out.splitlines()
     assert out[1].split()[:4] == [str(alert_id), "HIGH", "RESOLVED", "OVERSELL"]
     assert out[2].strip().startswith("resolved ") and out[2].endswith(": booking error, corrected")
-    assert out[-1] == "1 alerts, 0 open: 1 HIGH"
+    assert out[-1] == "1 alerts (0 open, 1 resolved): 1 HIGH"
     assert alerts.main(["--investor", "1003", "--database-url", url_of(seeded_engine)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 open alerts: 1 MEDIUM"
 

@@ -446,3 +446,12 @@ def test_a_record_cut_when_stored_shows_its_original_length():
     stored = load_transactions.stored_raw_record("x" * 10_214)
     assert html_report.raw_record(stored).endswith("… [10,214 characters in all]")
     assert html_report.raw_record("y" * 800).endswith("… [800 characters in all]")
+
+
+def test_a_rewritten_page_keeps_the_permissions_a_person_gave_it(tmp_path):
+    page = tmp_path / "index.html"
+    html_report.replace_file(str(page), "first")
+    page.chmod(0o640)  # shared with a group by hand
+    html_report.replace_file(str(page), "second")
+    assert page.read_text() == "second"
+    assert page.stat().st_mode & 0o777 == 0o640

@@ -11,10 +11,14 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+import alerts as alerts_script
+import analyze
 import create_etl_role
 import db_config
 import master_etl
-from schema import load_batches, portfolios, transactions
+import surveillance
+import update_portfolio
+from schema import alerts, load_batches, portfolios, transactions
 from test_trade_queue import live_trades, publish, queue_totals, start_consumer, stop, wait_until
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +59,7 @@ def drop_role(admin_url, role):
     engine.dispose()
 
 
-def test_the_pipeline_and_the_live_consumer_run_as_the_role(etl_url, broker, queue_name, tmp_path):
+def test_the_pipeline_and_the_live_consumer_run_as_the_role(etl_url, broker, queue_name, tmp_path, capsys):
     arguments = ["--database-url", etl_url, "--rows", "2000", "--input", str(tmp_path / "t.csv"),
                  "--reports", str(tmp_path / "reports"), "--no-plots", "--quiet"]
     assert master_etl.main(arguments) == 0
@@ -69,22 +73,30 @@ def test_the_pipeline_and_the_live_consumer_run_as_the_role(etl_url, broker, que
     assert code == 0, err
     assert queue_totals(etl_url) == (12, 12, 0, 0, 0)
 
+    database = ["--database-url", etl_url, "--quiet"]
+    assert update_portfolio.main([*database, "--full"]) == 0
+    assert surveillance.main([*database, "--full"]) == 0
+    assert analyze.main([*database, "--html", "--reports", str(tmp_path / "reports")]) == 0
     engine = db_config.get_engine(etl_url)
     with engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(transactions)).scalar() == 2012
         assert connection.execute(select(func.count()).where(load_batches.c.status == "running")).scalar() == 0
         assert connection.execute(select(func.sum(portfolios.c.trade_count))).scalar() == 2012
+        alert_id = connection.execute(select(func.min(alerts.c.alert_id))).scalar()
     engine.dispose()
+    assert alerts_script.main([*database, "resolve", str(alert_id), "--note", "checked"]) == 0
 
 
-def test_the_role_cannot_change_the_schema(etl_url):
+@pytest.mark.parametrize("statement", [
+    "CREATE TABLE intruder (id INTEGER PRIMARY KEY)", "DROP TABLE transactions",
+    "ALTER TABLE transactions ADD COLUMN intruder INTEGER", "DELETE FROM alerts", "DELETE FROM transactions",
+    "DELETE FROM load_batches", "UPDATE transactions SET quantity = 1", "UPDATE rejected_transactions SET reason = ''",
+])
+def test_the_role_cannot_change_the_schema_the_trades_or_the_alerts(etl_url, statement):
     engine = create_engine(etl_url)
     with engine.connect() as connection:
-        for statement in ("CREATE TABLE intruder (id INTEGER PRIMARY KEY)", "DROP TABLE transactions",
-                          "ALTER TABLE transactions ADD COLUMN intruder INTEGER"):
-            with pytest.raises(DBAPIError, match="denied|must be owner|permission"):
-                connection.execute(text(statement))
-            connection.rollback()
+        with pytest.raises(DBAPIError, match="denied|must be owner|permission"):
+            connection.execute(text(statement))
     engine.dispose()
 
 
@@ -106,19 +118,46 @@ def test_the_password_is_never_printed(admin_url, monkeypatch, capsys):
     finally:
         drop_role(admin_url, role)
     out, err = capsys.readouterr()
-    assert f"role {role} may use database" in out
+    assert out.startswith(f"role {role} created: SELECT, INSERT on every table, UPDATE on all but transactions and "
+                          "rejected_transactions, DELETE only on the 10 tables rebuilt from the trades on database ")
     assert PASSWORD not in out + err
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--role", "etl; DROP TABLE x"], "--role 'etl; DROP TABLE x': use letters, digits and underscores"),
-    (["--host", "a' OR '1"], "--host \"a' OR '1\": use a host name, an address or a pattern with %"),
-])
-def test_a_role_or_host_that_is_not_a_name_is_refused(arguments, message, capsys):
+@pytest.mark.parametrize("power", ["superuser", "member"])
+def test_an_existing_role_with_more_privileges_is_refused_and_left_alone(admin_url, power, monkeypatch, capsys):
+    role = f"etl_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        database = connection.engine.url.database
+        if connection.dialect.name == "mysql":
+            connection.execute(text(f"CREATE USER '{role}'@'%' IDENTIFIED BY 'original'"))
+            target = "*.*" if power == "superuser" else f"{database}.*"
+            connection.execute(text(f"GRANT {'ALL PRIVILEGES' if power == 'superuser' else 'DROP'} ON {target} "
+                                    f"TO '{role}'@'%'"))
+        else:
+            connection.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'original'"
+                                    f"{' CREATEDB' if power == 'superuser' else ''}"))
+            if power == "member":
+                connection.execute(text(f"GRANT pg_read_all_data TO {role}"))
+    engine.dispose()
+    monkeypatch.setenv(create_etl_role.PASSWORD_VARIABLE, PASSWORD)
+    try:
+        assert create_etl_role.main(["--database-url", admin_url, "--role", role]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: create_etl_role: role {role} already exists and "), err
+        assert err.endswith("it is not a role this script made; choose another --role\n"), err
+        original = make_url(admin_url).set(username=role, password="original")
+        with create_engine(original).connect() as connection:  # its password is unchanged
+            connection.execute(text("SELECT 1"))
+    finally:
+        drop_role(admin_url, role)
+
+
+def test_help_exits_0(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        create_etl_role.main(arguments)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+        create_etl_role.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "e.g. 10.0.0.% or localhost" in capsys.readouterr().out
 
 
 def test_without_a_password_it_ends_with_one_line(mariadb_url, monkeypatch, capsys):
@@ -129,11 +168,12 @@ def test_without_a_password_it_ends_with_one_line(mariadb_url, monkeypatch, caps
                                        "terminal to be asked for one\n")
 
 
-def test_sqlite_has_no_roles(sqlite_url, monkeypatch, capsys):
+def test_sqlite_has_no_roles_and_no_file_is_created(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(create_etl_role.PASSWORD_VARIABLE, PASSWORD)
-    assert create_etl_role.main(["--database-url", sqlite_url]) == 2
+    assert create_etl_role.main(["--database-url", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
     assert capsys.readouterr().err == ("error: create_etl_role: a SQLite file has no roles: it is protected by its "
                                        "file permissions (owner only)\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_files_the_pipeline_creates_are_readable_by_their_owner_only(tmp_path):
