@@ -109,6 +109,12 @@ def database_url(request):
     return request.getfixturevalue(f"{request.param}_url")
 
 
+@pytest.fixture(params=["mariadb", "postgres"])
+def server_url(request):
+    """A URL of a fresh, empty database on a server: once on MariaDB, once on PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
 @pytest.fixture
 def engine(database_url):
     """An engine on a fresh database with the schema created."""

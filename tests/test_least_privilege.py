@@ -33,9 +33,9 @@ def queue_name(broker):
     return name
 
 
-@pytest.fixture(params=["mariadb", "postgres"])
-def admin_url(request):
-    return request.getfixturevalue(f"{request.param}_url")
+@pytest.fixture
+def admin_url(server_url):
+    return server_url
 
 
 @pytest.fixture

@@ -510,10 +510,11 @@ def test_a_one_for_three_split_given_as_a_ratio_is_exact(seeded_engine, method):
         assert sorted(fraction(lot.cost_per_share) for lot in lots) == [30, 60, 90]
 
 
-def test_an_action_committed_while_an_update_runs_is_left_for_the_next_update(mariadb_url, monkeypatch):
+def test_an_action_committed_while_an_update_runs_is_left_for_the_next_update(server_url, monkeypatch):
     """MariaDB: an UPDATE sees rows committed after the update read its actions; only the actions read are
-    stamped applied, so one loaded meanwhile is applied by the next update (SQLite serializes the two writers)."""
-    with fresh_engine(mariadb_url) as engine:
+    stamped applied, so one loaded meanwhile is applied by the next update (SQLite serializes the two writers;
+    PostgreSQL must hold the same)."""
+    with fresh_engine(server_url) as engine:
         store(engine, [DrawnTrade(1, 1001, "BUY", 10, Fraction(100), Fraction(0), 0)],
               [DrawnAction(DAYS[2], "DIVIDEND", Fraction(1))], [(DAYS[0], Fraction(100))])
         original, calls = update_portfolio.write_applied, []
