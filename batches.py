@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, select, update
 
 import db_config
+import db_retry
 from schema import load_batches
 
 logger = logging.getLogger(__name__)
@@ -54,12 +55,19 @@ def finish_batch(connection, summary):
 def fail_batch(engine, batch_id, error):
     """Mark the batch failed with the reason; the load's own transaction has been rolled back."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    try:
+
+    def mark():  # only a running batch: a commit whose answer was lost (the server died) may have loaded it
         with db_config.write_transaction(engine) as connection:
-            connection.execute(update(load_batches).where(load_batches.c.batch_id == batch_id).values(
+            connection.execute(update(load_batches).where(and_(
+                load_batches.c.batch_id == batch_id, load_batches.c.status == "running")).values(
                 status="failed", finished_at=now(), error=reason[:1000]))
+    try:
+        db_retry.with_retries(mark, f"batch {batch_id}: marking it failed")  # e.g. a Galera cluster re-forming
     except Exception as mark_error:  # the original error matters more; say why the mark failed too
-        logger.error("could not mark batch %s failed: %s", batch_id, db_config.error_line(mark_error))
+        # the database away (the outage that failed the load): the error line says so, and the next loader marks
+        # this batch interrupted (recover_stale_batches); only a terminal shows the detail
+        level = logging.INFO if db_retry.is_unreachable(mark_error) else logging.ERROR
+        logger.log(level, "could not mark batch %s failed: %s", batch_id, db_config.error_line(mark_error))
 
 
 def record_refused(engine, source, sha256, reason):

@@ -6,6 +6,9 @@ stock_investments.db in the project folder (the folder of this file), from whate
 A relative path written in a URL (`sqlite:///x.db`) stays relative to the working directory, as in SQLAlchemy.
 `mysql://` and `mariadb://` mean PyMySQL, `postgresql://` and `postgres://` psycopg. A missing MySQL or
 PostgreSQL database is created when the user may. A URL is only ever shown with its credentials hidden.
+A MySQL/MariaDB URL may list several servers (a Galera cluster, docs/high-availability.md):
+`mysql://user:pw@node1:3306,node2:3306,node3:3306/db`, kept as `?host=node1:3306&host=...` (SQLAlchemy's form);
+each new connection goes to the first of them that answers and is ready.
 """
 import fcntl
 import hashlib
@@ -43,6 +46,10 @@ DEFAULT_DRIVERS = {"mysql": "pymysql", "postgresql": "psycopg"}  # the drivers r
 DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")  # a server database name is pasted into CREATE DATABASE
 CREDENTIAL_KEY = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)  # URL query keys hidden
 MYSQL_UNKNOWN_DATABASE = 1049
+GALERA_REFUSALS = {1047, 1180}  # node not ready / not in the primary component, commit refused (db_retry retries)
+CLUSTER_CONNECT_TIMEOUT = 3  # seconds to wait for each listed server before trying the next (several hosts)
+CLUSTER_POOL_RECYCLE = 60  # seconds: pooled connections are renewed, so they come back to the first server
+SEVERAL_HOSTS = re.compile(r"(?P<head>[^:/?#]+://(?:[^@/?#]*@)?)(?P<hosts>[^/?#@]*,[^/?#@]*)(?P<tail>.*)", re.S)
 PARTITION_LOCKS = 64  # investors spread over this many named locks (investor_id modulo 64), see investors_transaction
 POSTGRES_UNKNOWN_DATABASE, POSTGRES_DUPLICATE_DATABASE = "3D000", "42P04"  # SQLSTATEs
 
@@ -73,9 +80,12 @@ def parse_url(url):
     Raises DatabaseUrlError with a one-line reason that never contains a credential.
     """
     try:
-        parsed = _with_driver(make_url(url))
-    except ValueError:  # SQLAlchemy's int() of the port
-        raise DatabaseUrlError(_invalid_url(url, "the port is not a number")) from None
+        parsed = _with_driver(make_url(hosts_in_query(url)))
+        cluster_hosts(parsed)
+    except ValueError as error:  # SQLAlchemy's int() of the port, or cluster_hosts
+        reason = "a listed server is empty or its port is not a number" if str(error).startswith("bad host") else \
+            "the port is not a number"
+        raise DatabaseUrlError(_invalid_url(url, reason)) from None
     except ArgumentError:
         raise DatabaseUrlError(_invalid_url(url, "expected dialect+driver://user:password@host/database")) from None
     if "@" in (parsed.host or ""):
@@ -84,6 +94,40 @@ def parse_url(url):
     if server_database and not DATABASE_NAME.fullmatch(parsed.database):
         raise DatabaseUrlError(f"invalid database name {parsed.database!r}: use up to 64 letters, digits and _")
     return parsed
+
+
+def hosts_in_query(url):
+    """A URL text listing several servers (`user:pw@h1:3307,h2:3308/db`) in SQLAlchemy's form
+    (`user:pw@/db?host=h1:3307&host=h2:3308`); any other URL (or a URL object) as it is."""
+    match = SEVERAL_HOSTS.fullmatch(url) if isinstance(url, str) else None
+    if not match:
+        return url
+    path, _, query = match["tail"].partition("?")
+    listed = [host.strip() for host in match["hosts"].split(",")]
+    if "" in listed:
+        raise ValueError("bad host ''")
+    hosts = "&".join(f"host={host}" for host in listed)
+    return f"{match['head']}{path or '/'}?{hosts}" + (f"&{query}" if query else "")
+
+
+def cluster_hosts(url):
+    """[(host, port or None), ...] of a URL listing its servers in ?host= (see hosts_in_query), else None.
+
+    Raises ValueError for an empty host or a port that is not a number."""
+    listed = url.query.get("host") if url.host is None else None
+    if not listed:
+        return None
+    hosts = []
+    for entry in (listed,) if isinstance(listed, str) else listed:
+        if entry.startswith("["):  # [IPv6 address]:port
+            host, _, port = entry[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = entry.partition(":")
+        if not host or not (port == "" or port.isdigit()):
+            raise ValueError(f"bad host {entry!r}")
+        hosts.append((host, int(port) if port else None))
+    return hosts
 
 
 def _invalid_url(url, reason):
@@ -100,8 +144,16 @@ def _with_driver(url):
 
 
 def safe_url(url):
-    """The URL as text with its password and credential-like query values (password=, token=...) hidden."""
-    shown, mark, query = make_url(url).render_as_string(hide_password=True).partition("?")
+    """The URL as text with its password and credential-like query values (password=, token=...) hidden; several
+    servers are shown as written (`h1:3307,h2:3308`)."""
+    url = make_url(hosts_in_query(url))
+    hosts = cluster_hosts(url)
+    if hosts:
+        url = url.difference_update_query(["host"]).set(host="hosts-listed-here")
+    shown, mark, query = url.render_as_string(hide_password=True).partition("?")
+    if hosts:
+        shown = shown.replace("hosts-listed-here", ",".join(
+            (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "") for host, port in hosts), 1)
     pairs = [pair.partition("=") for pair in query.split("&")] if mark else []
     return shown + mark + "&".join(key + equals + ("***" if CREDENTIAL_KEY.search(key) else value)
                                    for key, equals, value in pairs)
@@ -177,11 +229,22 @@ def _create_sqlite_engine(url):
 
 
 def _create_mysql_engine(url):
+    hosts = cluster_hosts(url)
+    several = {"pool_recycle": CLUSTER_POOL_RECYCLE} if hosts else {}
     engine = create_engine(url.update_query_dict({"charset": "utf8mb4"}), pool_pre_ping=True,
-                           isolation_level="READ COMMITTED")
+                           isolation_level="READ COMMITTED", **several)
     if url.get_driver_name() == "pymysql":
-        event.listen(engine, "do_connect", _connect_pymysql)
+        event.listen(engine, "do_connect", lambda *args: _connect_pymysql(*args, hosts=hosts))
+    event.listen(engine, "handle_error", _galera_refusal)
     return engine
+
+
+def _galera_refusal(context):
+    """A Galera node that is not ready or left the primary component (GALERA_REFUSALS): drop the pool's
+    connections like a disconnect, so that the next attempt (db_retry) connects afresh, to another listed server."""
+    args = getattr(context.original_exception, "args", ())
+    if args and args[0] in GALERA_REFUSALS:
+        context.is_disconnect = True
 
 
 def _configure_sqlite(dbapi_connection, _record):
@@ -281,6 +344,9 @@ def _create_database(url):
     """Create the URL's database from the server's maintenance database; DatabaseUnavailable when not allowed."""
     maintenance_database, statement = dialects.database_creation(url.get_backend_name())
     server = create_engine(url._replace(database=maintenance_database), isolation_level="AUTOCOMMIT")
+    if url.get_driver_name() == "pymysql":
+        hosts = cluster_hosts(url)
+        event.listen(server, "do_connect", lambda *args: _connect_pymysql(*args, hosts=hosts))
     try:
         with server.connect() as connection:
             name = connection.dialect.identifier_preparer.quote_identifier(url.database)
@@ -294,13 +360,57 @@ def _create_database(url):
     logger.info("created database %s", url.database)
 
 
-def _connect_pymysql(_dialect, _record, connect_args, connect_keywords):
-    """A LocalFileGuard connection: LOAD DATA LOCAL offered to the server, but no file sent unless allowed."""
+def _connect_pymysql(_dialect, _record, connect_args, connect_keywords, hosts=None):
+    """A LocalFileGuard connection: LOAD DATA LOCAL offered to the server, but no file sent unless allowed.
+    hosts: the servers a URL lists (cluster_hosts), tried in order."""
     # The capability is fixed at the handshake, and LOAD DATA must run on the caller's connection (its
     # transaction), so every connection offers it; LocalFileGuard is what keeps the client's files in.
     connect_keywords["client_flag"] = connect_keywords.get("client_flag", 0) | CLIENT.LOCAL_FILES
     connect_keywords["local_infile"] = False  # PyMySQL's own switch stays off, even with ?local_infile=1
+    if hosts:
+        return _connect_first_ready(connect_args, connect_keywords, hosts)
     return LocalFileGuard(*connect_args, **connect_keywords)
+
+
+def _connect_first_ready(connect_args, connect_keywords, hosts):
+    """A connection to the first listed server that answers and is ready (a Galera node that is synced and in
+    the primary component: wsrep_ready ON; a server without Galera is ready). When none is: the first error
+    that is not about reaching a server (a refused login, an unknown database), else one 2003 naming them all."""
+    connect_keywords = {"connect_timeout": CLUSTER_CONNECT_TIMEOUT, **connect_keywords}
+    refused, failures = None, []
+    for host, port in hosts:
+        try:
+            connection = LocalFileGuard(*connect_args, **{**connect_keywords, "host": host,
+                                                          "port": port or connect_keywords.get("port") or 3306})
+        except pymysql.err.OperationalError as error:
+            if error.args and error.args[0] not in (2003, 2013, 2006) and refused is None:
+                refused = error
+            failures.append(f"{host}:{port or 3306}: {error.args[-1] if error.args else error}")
+            continue
+        state = _galera_state(connection)
+        if state is None or state == "ON":
+            return connection
+        connection.close()
+        failures.append(f"{host}:{port or 3306}: not ready (wsrep_ready {state})")
+    if refused is not None:
+        raise refused
+    raise pymysql.err.OperationalError(2003, "no listed server answered and was ready: " + "; ".join(failures))
+
+
+def _galera_state(connection):
+    """A Galera node's wsrep_ready ('ON' when it takes queries), None for a server that is no Galera node."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT @@global.wsrep_on")
+            if not cursor.fetchone()[0]:
+                return None
+            cursor.execute("SHOW GLOBAL STATUS LIKE 'wsrep_ready'")
+            state = cursor.fetchone()
+    except pymysql.err.MySQLError as error:
+        if error.args and error.args[0] == 1193:  # unknown variable: MySQL, or MariaDB built without Galera
+            return None
+        return f"unknown ({error.args[-1] if error.args else error})"
+    return state[1] if state else None
 
 
 class LocalFileGuard(pymysql.connections.Connection):
@@ -333,7 +443,12 @@ class _LocalFileCheckingResult(pymysql.connections.MySQLResult):
         requested = LoadLocalPacketWrapper(first_packet).filename
         if requested != self.connection.allowed_local_file:
             _refuse_local_file(self.connection, requested)
-        super()._read_load_local_packet(first_packet)
+        try:
+            super()._read_load_local_packet(first_packet)
+        except AttributeError:  # PyMySQL, after the server died mid-file, writes to the socket it has closed
+            if self.connection._sock is not None:
+                raise
+            raise pymysql.err.OperationalError(2013, "Lost connection to server during LOAD DATA LOCAL") from None
 
 
 def _refuse_local_file(connection, requested):

@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 
 ATTEMPTS = 3
 MYSQL_TRANSIENT = {1205, 1213, 1467}  # lock wait timeout, deadlock, auto-increment not readable under contention
+MYSQL_TRANSIENT |= db_config.GALERA_REFUSALS  # Galera: node not ready (1047), commit refused (1180); 1213 above
+CLUSTER_PAUSES = (0.5, 1, 2, 3, 5, 5, 5, 5, 5)  # seconds between attempts while a Galera cluster re-forms (~31 s)
 POSTGRESQL_TRANSIENT = {"40P01", "40001", "55P03"}  # deadlock, serialization failure, lock not available
 SQLITE_TRANSIENT = ("database is locked", "database table is locked")
 MYSQL_UNREACHABLE = {1053, 1927, 2003, 2006, 2013, 2055}  # shutdown, connection killed, can't connect, gone, lost
@@ -42,16 +44,34 @@ def is_transient(error):
 
 
 def with_retries(work, what, attempts=ATTEMPTS, pause_seconds=0.5):
-    """Call work(); when it fails transiently, log one line and call it again, up to `attempts` times."""
-    for attempt in range(1, attempts + 1):
+    """Call work(); when it fails transiently, log one line and call it again, up to `attempts` times. A Galera
+    node's refusal (db_config.GALERA_REFUSALS: the whole transaction was rolled back) is tried again apart from
+    those, after each of CLUSTER_PAUSES, with one log line (pause_seconds=0: no pauses, for tests)."""
+    refusals, attempt = 0, 1
+    while True:
         try:
             return work()
         except Exception as error:
-            if attempt == attempts or not is_transient(error):
-                raise
             message = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
+            if is_cluster_refusal(error) and refusals < len(CLUSTER_PAUSES):
+                if not refusals:
+                    logger.warning("%s: %s; trying again while the cluster re-forms (up to %.0f s)", what, message,
+                                   sum(CLUSTER_PAUSES))
+                time.sleep(CLUSTER_PAUSES[refusals] if pause_seconds else 0)
+                refusals += 1
+                continue
+            if attempt >= attempts or not is_transient(error):
+                raise
             logger.warning("%s: %s; trying again (attempt %d of %d)", what, message, attempt + 1, attempts)
             time.sleep(pause_seconds * attempt * (1 + random.random()))
+            attempt += 1
+
+
+def is_cluster_refusal(error):
+    """Did a Galera node refuse the work because it is not (or no longer) in the cluster's primary component?"""
+    error = database_error(error)
+    args = getattr(getattr(error, "orig", None) or error, "args", ())
+    return bool(args) and args[0] in db_config.GALERA_REFUSALS
 
 
 def is_unreachable(error):

@@ -36,6 +36,7 @@ import cli
 import closes
 import constants
 import db_config
+import db_retry
 import dialects
 import ledger
 from schema import Timestamp, alerts, load_batches
@@ -962,7 +963,12 @@ def refresh_statistics(engine):
 
 
 def run_surveillance(engine, full=False):
-    """Check new trades (every trade with full=True) and sector weights; write alerts; one transaction."""
+    """Check new trades (every trade with full=True) and sector weights; write alerts; one transaction, run again
+    after a deadlock or a Galera certification failure (db_retry)."""
+    return db_retry.with_retries(lambda: _run_surveillance(engine, full), "surveillance")
+
+
+def _run_surveillance(engine, full):
     started = time.perf_counter()
     if full or has_pending_batches(engine):  # with nothing to check, no statistics to refresh
         refresh_statistics(engine)

@@ -34,6 +34,7 @@ import constants
 import corporate_actions
 import cost_method
 import db_config
+import db_retry
 import dialects
 import ledger
 import performance
@@ -746,8 +747,9 @@ def update_portfolios(engine, full=False, today=None, requested_method=None):
     """Apply the corporate actions that came due and the new trades (or replay all with full=True), then
     revalue and score what changed; one transaction. requested_method: 'wac', 'fifo' or None (the recorded one,
     see cost_method). Returns a summary."""
-    with localcontext(prec=DECIMAL_DIGITS):
-        return _update_portfolios(engine, full, today, requested_method)
+    with localcontext(prec=DECIMAL_DIGITS):  # again after a deadlock or a Galera certification failure
+        return db_retry.with_retries(lambda: _update_portfolios(engine, full, today, requested_method),
+                                     "update_portfolio")
 
 
 def _update_portfolios(engine, full, today, requested_method):

@@ -316,3 +316,82 @@ def test_a_mariadb_user_who_may_not_create_the_database_gets_one_line(mariadb_se
     assert re.fullmatch(rf"error: seed_investors: cannot use database {re.escape(db_config.safe_url(url))}: it does "
                         rf"not exist and the user cannot create it: \(1044, \"Access denied for user '{user}'@'[^']+' "
                         rf"to database '{name}'\"\)", err[0])
+
+
+# ---------------------------------------------------------------------------------------------- several servers
+
+@pytest.mark.parametrize("url, hosts, shown", [
+    ("mysql+pymysql://etl:s3cr3t@node1:3307,node2:3308,node3/stock_investments",
+     [("node1", 3307), ("node2", 3308), ("node3", None)],
+     "mysql+pymysql://etl:***@node1:3307,node2:3308,node3/stock_investments"),
+    ("mysql://etl:s3cr3t@/stock_investments?host=node1:3307&host=node2:3308",  # SQLAlchemy's own form
+     [("node1", 3307), ("node2", 3308)], "mysql+pymysql://etl:***@node1:3307,node2:3308/stock_investments"),
+    ("mysql://etl:p%2C%40w@db1 , db2/x?connect_timeout=2",  # a comma in the password is encoded (%2C)
+     [("db1", None), ("db2", None)], "mysql+pymysql://etl:***@db1,db2/x?connect_timeout=2"),
+    ("mysql://etl@[::1]:3307,[fd00::2]/x", [("::1", 3307), ("fd00::2", None)],
+     "mysql+pymysql://etl@[::1]:3307,[fd00::2]/x"),
+    ("mysql://etl:pw@db1:3306/x", None, "mysql+pymysql://etl:***@db1:3306/x"),
+])
+def test_a_url_may_list_several_servers(url, hosts, shown):
+    parsed = db_config.parse_url(url)
+
+    assert db_config.cluster_hosts(parsed) == hosts
+    assert db_config.safe_url(parsed) == shown
+    assert "s3cr3t" not in db_config.safe_url(url) and "s3cr3t" not in db_config.hide_secrets(url, url)
+    assert db_config.cluster_hosts(db_config.parse_url(parsed.render_as_string(hide_password=False))) == hosts
+
+
+@pytest.mark.parametrize("url", ["mysql://etl:pw@db1:33a,db2/x", "mysql://etl:pw@db1,,db2/x"])
+def test_a_bad_list_of_servers_exits_2_with_one_line(url, capsys):
+    code, err, _ = seed_main(url, capsys)
+    assert (code, err) == (2, [f"error: seed_investors: invalid database URL {url.replace(':pw@', ':***@')!r}: "
+                                "a listed server is empty or its port is not a number"])
+
+
+def test_a_url_whose_first_server_refuses_connections_connects_to_the_next(mariadb_url):
+    server = make_url(mariadb_url)
+    url = mariadb_url.replace(f"@{server.host}:{server.port}/", f"@127.0.0.1:1,{server.host}:{server.port}/")
+
+    engine = db_config.get_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT @@port")).scalar() == server.port
+        # what a queue consumer hands its worker process: the same servers, in order
+        again = db_config.parse_url(engine.url.render_as_string(hide_password=False))
+        assert db_config.cluster_hosts(again) == [("127.0.0.1", 1), (server.host, server.port)]
+    finally:
+        engine.dispose()
+
+
+def test_a_listed_galera_node_that_is_not_ready_is_skipped(mariadb_url, monkeypatch):
+    server = make_url(mariadb_url)
+    url = mariadb_url.replace(f"@{server.host}:{server.port}/", f"@localhost:{server.port},127.0.0.1:{server.port}/")
+    states = iter(["OFF", None])  # the first node answers but is not in the primary component (wsrep_ready OFF)
+    monkeypatch.setattr(db_config, "_galera_state", lambda _connection: next(states))
+
+    engine = db_config.get_engine(url, create_schema=False)
+    try:
+        with engine.connect() as connection:
+            assert connection.connection.dbapi_connection.host == "127.0.0.1"
+    finally:
+        engine.dispose()
+
+
+def test_no_listed_server_answering_is_one_line_naming_each_without_the_password(capsys):
+    code, err, _ = seed_main("mysql://etl:secretpw@127.0.0.1:1,127.0.0.1:2/x", capsys)
+
+    assert code == 1 and len(err) == 1 and "secretpw" not in err[0]
+    assert err[0].startswith("error: seed_investors: cannot use database mysql+pymysql://etl:***@127.0.0.1:1,"
+                             "127.0.0.1:2/x: (2003, \"no listed server answered and was ready: 127.0.0.1:1: ")
+    assert "127.0.0.1:2: Can't connect" in err[0]
+
+
+@pytest.mark.parametrize("code, disconnect", [(1047, True), (1180, True), (1213, False)])
+def test_a_galera_refusal_drops_the_connection_so_that_a_retry_reconnects(code, disconnect):
+    import pymysql
+    from types import SimpleNamespace
+    context = SimpleNamespace(original_exception=pymysql.err.OperationalError(code, "x"), is_disconnect=False)
+
+    db_config._galera_refusal(context)
+
+    assert context.is_disconnect is disconnect
