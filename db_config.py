@@ -45,7 +45,7 @@ BACKEND_ALIASES = {"mariadb": "mysql", "postgres": "postgresql"}
 DEFAULT_DRIVERS = {"mysql": "pymysql", "postgresql": "psycopg"}  # the drivers requirements.txt installs
 DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")  # a server database name is pasted into CREATE DATABASE
 CREDENTIAL_KEY = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)  # URL query keys hidden
-MYSQL_UNKNOWN_DATABASE = 1049
+MYSQL_UNKNOWN_DATABASE, MYSQL_DATABASE_ACCESS_DENIED = 1049, 1044
 GALERA_REFUSALS = {1047, 1180}  # node not ready / not in the primary component, commit refused (db_retry retries)
 CLUSTER_CONNECT_TIMEOUT = 3  # seconds to wait for each listed server before trying the next (several hosts)
 CLUSTER_POOL_RECYCLE = 60  # seconds: pooled connections are renewed, so they come back to the first server
@@ -266,9 +266,20 @@ def _open_database(engine, url, create_schema):
         if create_schema:
             _create_missing_tables(engine)
     except SQLAlchemyError as error:
-        raise DatabaseUnavailable(f"cannot use database {safe_url(url)}: {error_line(error, url)}") from None
+        raise DatabaseUnavailable(f"cannot use database {safe_url(url)}: {error_line(error, url)}"
+                                  f"{_access_hint(error)}") from None
     except (TypeError, ValueError, OSError) as error:  # a URL option the driver does not take, an ssl_ca not found
         raise DatabaseUrlError(f"cannot use database {safe_url(url)}: {hide_secrets(str(error), url)}") from None
+
+
+def _access_hint(error):
+    """What to do about MySQL's 1044 (access denied to a database): it also means a database that does not exist
+    and that the user may not create, which the server does not tell apart."""
+    args = getattr(getattr(error, "orig", None), "args", ())
+    if args and args[0] == MYSQL_DATABASE_ACCESS_DENIED:
+        return ("; the database does not exist or this user may not use it: ask an administrator to create it "
+                "and grant access (create_etl_role.py)")
+    return ""
 
 
 def _create_missing_tables(engine):

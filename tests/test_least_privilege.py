@@ -193,3 +193,16 @@ def test_files_the_pipeline_creates_are_readable_by_their_owner_only(tmp_path):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
     assert stat.S_IMODE((tmp_path / "reports").stat().st_mode) == 0o700
+
+
+def test_a_database_the_role_may_not_use_says_what_to_do(etl_url, capsys):
+    """MySQL answers 1044 for a database that does not exist and that the user may not create, too."""
+    other = make_url(etl_url).set(database=f"nu_{uuid.uuid4().hex[:8]}").render_as_string(hide_password=False)
+    assert update_portfolio.main(["--database-url", other]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and PASSWORD not in err
+    if other.startswith("mysql"):
+        assert err.endswith("the database does not exist or this user may not use it: ask an administrator to "
+                            "create it and grant access (create_etl_role.py)\n"), err
+    else:
+        assert "it does not exist and the user cannot create it" in err, err
