@@ -16,6 +16,7 @@ The queue consumer (trade_queue.py) hands each small batch of messages to LiveAp
    to start follows it up (live_worker.unfollowed_batches).
 """
 import logging
+import re
 import time
 from datetime import datetime
 from dataclasses import dataclass, replace
@@ -97,8 +98,12 @@ class LiveApplier:
     def apply(self, records):
         """Load these records and apply their trades in one transaction (again on a deadlock); LiveResult."""
         with localcontext(prec=update_portfolio.DECIMAL_DIGITS):
-            return db_retry.with_retries(lambda: self._apply_once(records), f"{self.source}: live batch",
-                                         pause_seconds=RETRY_PAUSE_SECONDS)
+            try:
+                return db_retry.with_retries(lambda: self._apply_once(records), f"{self.source}: live batch",
+                                             pause_seconds=RETRY_PAUSE_SECONDS)
+            except Exception:  # a commit cut by a lost connection may have happened: the batch's count is unknown,
+                self.batch = None  # so the next records open a new batch (the consumer follows this one up)
+                raise
 
     def _apply_once(self, records):
         with db_config.investors_transaction(self.engine, record_investor_ids(records)) as connection:
@@ -136,13 +141,16 @@ def apply_loaded(connection, batch, loaded, now, result):
     result.trades_applied, result.oversells = applied.trades, len(applied.oversells)
 
 
+WHOLE_NUMBER = re.compile(r"\+?0*([0-9]{1,18})(?:\.0*)?")  # validation's whole numbers: '+1007', '1007.0', '01007'
+
+
 def record_investor_ids(records):
-    """The investor ids the records name (those that parse as integers): the partitions to lock."""
+    """The investor ids the records name (those written as whole numbers): the partitions to lock."""
     found = set()
     for record in records:
-        value = str((record.fields or {}).get("investor_id", "")).strip()
-        if value.isascii() and value.isdigit() and len(value) < 19:
-            found.add(int(value))
+        match = WHOLE_NUMBER.fullmatch(str((record.fields or {}).get("investor_id", "")).strip(" \t"))
+        if match:
+            found.add(int(match.group(1)))
     return found
 
 
@@ -197,8 +205,10 @@ class ReferenceData:
     def context(self, connection, records):
         """validation's context for these records."""
         ids = record_investor_ids(records) - self.investor_ids
-        symbols = {str(record.fields.get("stock_symbol", "")).strip().upper()
-                   for record in records if record.fields is not None} - self.symbols
+        named = {str(record.fields.get("stock_symbol", "")).strip().upper() for record in records
+                 if record.fields is not None} - self.symbols
+        # printable ASCII only: anything else is a reject anyway, and a NUL would fail the query on PostgreSQL
+        symbols = {symbol for symbol in named if symbol.isascii() and symbol.isprintable()}
         if ids:
             self.investor_ids.update(connection.execute(select(investors.c.investor_id).where(
                 investors.c.investor_id.in_(sorted(ids)))).scalars())

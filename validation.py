@@ -113,9 +113,10 @@ def validate_trades(batch, context):
     txn_time, txn_text = _date_times(cells["txn_time"], plain["txn_time"], date_only_ok=time_field == "txn_date")
     ref_length = np.strings.str_len(cells["txn_ref"])
     problems = [
-        (ref_length == 0, "txn_ref: is empty"),
+        (cells["txn_ref"] == "", "txn_ref: is empty"),
         (ref_length > MAX_TXN_REF_LENGTH, f"txn_ref: {{txn_ref!r}} is longer than {MAX_TXN_REF_LENGTH} characters"),
-        ((ref_length > 0) & ~plain["txn_ref"], "txn_ref: {txn_ref!r} holds a character other than printable ASCII"),
+        ((cells["txn_ref"] != "") & ~plain["txn_ref"],
+         "txn_ref: {txn_ref!r} holds a character other than printable ASCII"),
         (np.isnan(investor_id), "investor_id: {investor_id!r} is not an integer"),
         (~np.isnan(investor_id) & ~np.isin(investor_id, list(context.investor_ids)),
          "investor_id: {investor_id} is not a known investor"),
@@ -164,7 +165,7 @@ def _fees(cells, plain, length):
     without a fee column (cells None) has fee 0 on every row, at no cost per row."""
     if cells is None:
         return np.zeros(length), np.zeros(length, dtype=np.int64), None
-    cells = np.where(np.strings.str_len(cells) == 0, "0", cells)
+    cells = np.where(cells == "", "0", cells)  # not str_len: it counts a cell of NULs as empty
     return *_plain_decimals(cells, plain), cells
 
 
@@ -201,7 +202,13 @@ def _shown(value, limit=100):
 
 def _trimmed(column):
     """The cells as numpy text without leading and trailing ASCII spaces and tabs (other spaces are kept)."""
-    return np.strings.strip(np.asarray(column.to_numpy(dtype=object), dtype=TEXT), " \t")
+    text = np.asarray(column.to_numpy(dtype=object), dtype=TEXT)
+    trimmed = np.strings.strip(text, " \t")
+    # numpy strips a cell of NULs only ('\x00') to '' as if they were padding (and its str_len is 0): such cells are
+    # trimmed in Python; == "" is the reliable test of an empty cell
+    for row in np.flatnonzero((trimmed == "") & (text != "")):
+        trimmed[row] = str(text[row]).strip(" \t")
+    return trimmed
 
 
 def _printable_ascii(cells):
