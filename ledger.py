@@ -515,6 +515,9 @@ TRADE_COLUMNS_SQL = "t.txn_id, t.txn_time, t.investor_id, t.stock_symbol, t.txn_
 PACKED_TRADE_SQL = ("CONCAT_WS(',', t.txn_id, t.txn_time, t.investor_id, t.txn_type, t.quantity, t.price, "
                     "t.fee, t.stock_symbol)")
 REPLAY_ORDER_SQL = "ORDER BY t.investor_id, t.stock_symbol, t.txn_time, t.txn_id"
+# For statements with one condition per position: their text differs from call to call, and SQLAlchemy's cache of
+# compiled statements kept every form (a long-running inbox watcher grew by 15 MB a file).
+UNCACHED = {"compiled_cache": None}
 
 
 def normalize_time(value):
@@ -535,7 +538,7 @@ def stream_trades(connection, where="", params=None):
     statement = text(f"SELECT {columns} FROM transactions t {where} {REPLAY_ORDER_SQL}")
     if params and isinstance(params.get("ids"), list):
         statement = statement.bindparams(bindparam("ids", expanding=True))
-    result = connection.execute(statement.execution_options(stream_results=True), params or {})
+    result = connection.execute(statement, params or {}, execution_options={"stream_results": True, **UNCACHED})
     while rows := result.fetchmany(FETCH_ROWS):
         yield from map(_unpack_trade if packed else _typed_trade, rows)
 
@@ -667,7 +670,7 @@ def latest_checkpoints(connection, condition):
     query = select(*(table.c[column] for column in CHECKPOINT_COLUMNS)).join(latest, and_(
         latest.c.investor_id == table.c.investor_id, latest.c.stock_symbol == table.c.stock_symbol,
         latest.c.week_start == table.c.week_start))
-    checkpoints = (_checkpoint(row) for row in connection.execute(query))
+    checkpoints = (_checkpoint(row) for row in connection.execute(query, execution_options=UNCACHED))
     return {(checkpoint.investor_id, checkpoint.stock_symbol): checkpoint for checkpoint in checkpoints}
 
 
@@ -689,4 +692,4 @@ def forget_checkpoints_after(connection, starts):
         connection.execute(delete(position_checkpoints).where(or_(*(
             and_(position_checkpoints.c.investor_id == key[0], position_checkpoints.c.stock_symbol == key[1],
                  *([] if starts[key] is None else [position_checkpoints.c.week_start > starts[key].week_start]))
-            for key in keys[first:first + REPLAY_SLICE]))))
+            for key in keys[first:first + REPLAY_SLICE]))), execution_options=UNCACHED)

@@ -146,3 +146,23 @@ def test_sqlite_incremental_update_equals_full_above_what_a_float_holds(sqlite_e
     assert portfolio_rows(sqlite_engine) == incremental
     assert incremental[0].quantity == quantity
     assert abs(incremental[0].realized_pnl - Decimal(realized_pnl)) < Decimal("0.005")
+
+
+def test_updates_one_after_another_keep_the_compiled_statement_cache_flat(seeded_engine, tmp_path):
+    """A long-running process (the inbox watcher, a live consumer) updates after every file: the statements that
+    read each position's trades differ every time and must not pile up in SQLAlchemy's compiled cache (the
+    watcher grew by 15 MB a file)."""
+    import generate_dummy_data
+
+    def load_and_update(seed):
+        path = tmp_path / f"t{seed}.csv"
+        generate_dummy_data.write_files(str(path), 300, seed, corporate_actions=False)
+        load_transactions.load_path(seeded_engine, str(path))
+        update_portfolio.update_portfolios(seeded_engine)
+
+    for seed in (1, 2):  # warm up: every kind of statement compiled once
+        load_and_update(seed)
+    cached = len(seeded_engine._compiled_cache)
+    for seed in range(3, 9):
+        load_and_update(seed)
+    assert len(seeded_engine._compiled_cache) <= cached + 3
