@@ -75,6 +75,9 @@ def setup_logging(args):
 def log_at(level):
     """Log to stderr from this level on, in the one format of every script (and of their worker processes)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    # SQLAlchemy's pool logs a traceback for a connection it cannot reset or close (the server went away); the
+    # error the stage itself meets is its one line, so the pool's report is shown only with --verbose
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.NOTSET if level <= logging.DEBUG else logging.CRITICAL)
 
 
 def progress_enabled(args):

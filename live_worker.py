@@ -122,7 +122,8 @@ def run_worker(database_url, jobs, done, parent_pid, log_level):
     cli.log_at(log_level)
     for number in (signal.SIGINT, signal.SIGTERM):  # Ctrl+C reaches the whole process group: the consumer decides
         signal.signal(number, signal.SIG_IGN)
-    engine = db_config.get_engine(database_url, create_schema=False)
+    engine = db_retry.until_it_works(lambda: db_config.get_engine(database_url, create_schema=False),
+                                     "live worker")  # a database away as it starts is an outage, not its end
     valuation = Valuation()
     while True:
         taken = take_jobs(jobs)
