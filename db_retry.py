@@ -3,7 +3,6 @@
 Two loaders at once (cron overlapping a manual run, two files sharing trades) can deadlock on MariaDB's unique
 index; the transaction that loses is rolled back whole, so running it again is safe and usually succeeds.
 """
-import itertools
 import logging
 import random
 import time
@@ -22,6 +21,7 @@ POSTGRESQL_TRANSIENT = {"40P01", "40001", "55P03"}  # deadlock, serialization fa
 SQLITE_TRANSIENT = ("database is locked", "database table is locked")
 MYSQL_UNREACHABLE = {1053, 1927, 2003, 2006, 2013, 2055}  # shutdown, connection killed, can't connect, gone, lost
 UNREACHABLE_PAUSES = (0.5, 1, 2, 5, 10, 30)  # seconds between attempts while a server is away; the last repeats
+REFUSALS_LOGGED = 20  # a deadlock or lock wait repeated this often is logged (at WARNING) once
 
 
 def database_error(error):
@@ -89,23 +89,26 @@ def is_unreachable(error):
 
 def until_it_works(work, what, pauses=UNREACHABLE_PAUSES):
     """Call work() until it succeeds: while the database is away, wait and call it again, with one log line when
-    the outage starts and one when it ends; after a deadlock or lock wait, call it again at once. Other errors
-    are raised."""
-    outage_started = None
-    for attempt in itertools.count():
+    the outage starts and one when it ends; after a deadlock or lock wait, call it again at once, then with growing
+    pauses (up to a second) and one log line when it keeps being refused. Other errors are raised."""
+    outage_started, refusals, outage_attempts = None, 0, 0
+    while True:
         try:
             result = work()
         except Exception as error:
             if is_transient(error) and not is_unreachable(error):
-                logger.debug("%s: %s; trying again", what, db_config.error_line(error))
-                time.sleep(random.random() * 0.01)
+                refusals += 1
+                level = logging.WARNING if refusals == REFUSALS_LOGGED else logging.DEBUG
+                logger.log(level, "%s: %s; trying again (%d times so far)", what, db_config.error_line(error), refusals)
+                time.sleep(random.random() * min(1.0, 0.01 * refusals))
                 continue
             if not is_unreachable(error):
                 raise
             if outage_started is None:
                 outage_started = time.monotonic()
                 logger.warning("%s: %s; trying again until it works", what, db_config.error_line(error))
-            time.sleep(pauses[min(attempt, len(pauses) - 1)])
+            time.sleep(pauses[min(outage_attempts, len(pauses) - 1)])
+            outage_attempts += 1
             continue
         if outage_started is not None:
             logger.warning("%s: working again after %.0f s", what, time.monotonic() - outage_started)

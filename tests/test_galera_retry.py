@@ -72,3 +72,17 @@ def test_every_table_has_a_primary_key():
     """Galera certifies and applies rows by primary key (docs/high-availability.md)."""
     import schema
     assert [table.name for table in schema.metadata.sorted_tables if not table.primary_key.columns] == []
+
+
+def test_a_follow_up_refused_again_and_again_backs_off_and_says_so_once(monkeypatch, caplog):
+    """until_it_works (the live follow-ups): a deadlock repeated 25 times is retried with growing pauses and
+    logged once at WARNING, not spun on silently."""
+    pauses = []
+    monkeypatch.setattr(db_retry.time, "sleep", pauses.append)
+    work, calls = failing(25, (1213, "Deadlock found when trying to get lock; try restarting transaction"))
+    assert db_retry.until_it_works(work, "live follow-up of batch 7") == "done"
+    assert len(calls) == 26
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == ["live follow-up of batch 7: (1213, 'Deadlock found when trying to get lock; try restarting "
+                        "transaction'); trying again (20 times so far)"], warnings
+    assert all(0 <= pause <= min(1.0, 0.01 * number) for number, pause in enumerate(pauses, start=1))
