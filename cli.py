@@ -89,14 +89,18 @@ def run(work, args, name):
     """Call work(), turning every error into one stderr line and the exit code of docs/command-line.md.
 
     SIGTERM (a service manager, `kill`) ends the work like Ctrl+C: what is in progress is rolled back and
-    recorded as failed. Everything the work creates is readable by its owner only (OWNER_ONLY).
+    recorded as failed. Everything the work creates is readable by its owner only (OWNER_ONLY). Errors raised by
+    finalizers while a failed run is cleaned up are logged at DEBUG, not printed after the one line.
     An exception no rule describes is a bug: exit 1, its traceback with --verbose.
     """
     previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
     os.umask(OWNER_ONLY)  # files 0600, folders 0700, whatever the caller's umask
     gc.freeze()  # the imports' objects live as long as the process: collections need not scan them (40 ms)
+    unraisable_hook, finalizer_errors, failed = sys.unraisablehook, [], True
+    sys.unraisablehook = finalizer_errors.append
     try:
-        return work()
+        result, failed = work(), False
+        return result
     except KeyboardInterrupt:
         return _fail(f"{name}: interrupted", EXIT_FAILURE, args)
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as Unix tools do
@@ -108,8 +112,17 @@ def run(work, args, name):
                           f"{db_config.error_line(error)}")
         return _fail(f"{name}: {message}", code, args)
     finally:
+        sys.unraisablehook = unraisable_hook
+        for finalizer_error in finalizer_errors:  # after an error line, the driver's cleanup is no news
+            (_log_unraisable if failed and not args.verbose else unraisable_hook)(finalizer_error)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _log_unraisable(unraisable):
+    """A finalizer's error while a failed run is cleaned up (a streamed cursor whose server died): debug only."""
+    logging.getLogger(__name__).debug("ignored while cleaning up after the error: %s in %r",
+                                      db_config.error_line(unraisable.exc_value), unraisable.object)
 
 
 def _in_main_thread():

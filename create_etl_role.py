@@ -21,6 +21,7 @@ printed. Then run the stages with DATABASE_URL=mysql+pymysql://etl:PASSWORD@HOST
 postgresql+psycopg://etl:PASSWORD@HOST:5432/DATABASE).
 """
 import getpass
+import logging
 import os
 import re
 import sys
@@ -36,6 +37,7 @@ ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")  # pasted into CREATE USE
 RESERVED_ROLES = {"root", "postgres", "public", "mysql", "none", "current_user", "session_user"}  # any case
 MYSQL_HOST = re.compile(r"[A-Za-z0-9_.%:-]{1,255}")  # a MariaDB account's host part: a name, an address or '%'
 PASSWORD_VARIABLE = "ETL_PASSWORD"
+logger = logging.getLogger(__name__)
 RECORD_TABLES = ("transactions", "rejected_transactions")  # written once, never updated or deleted
 REBUILT_TABLES = ("portfolios", "position_lots", "position_checkpoints", "symbol_last_trades", "investor_risk",
                   "investor_daily", "investor_daily_builds", "investor_returns", "performance_closes",
@@ -147,8 +149,16 @@ class Backend(NamedTuple):
 
 
 def mysql_existing(connection, role, names):
-    if not connection.execute(text("SELECT 1 FROM mysql.user WHERE User = :name AND Host = :host"),
-                              {"name": role.name, "host": role.host}).first():
+    hosts = set(connection.execute(text("SELECT Host FROM mysql.user WHERE User = :name"),
+                                   {"name": role.name}).scalars())
+    if hosts - {role.host}:  # the server picks the most specific account: a login from there would be that one
+        refuse(role, f"also exists for host {sorted(hosts - {role.host})[0]!r}, which a login from there would use")
+    anonymous = sorted(connection.execute(text("SELECT Host FROM mysql.user WHERE User = ''")).scalars())
+    if anonymous:
+        logger.warning("anonymous accounts exist (''@%s): a login from those hosts matches them before %s@%s and "
+                       "is refused; drop them (mariadb-secure-installation does)", ", ''@".join(anonymous),
+                       role.name, role.host)
+    if role.host not in hosts:
         return False
     for (grant,) in connection.execute(text(f"SHOW GRANTS FOR {names.name}@{names.host}")):
         privileges, _, target = grant.partition(" ON ")

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from contextlib import contextmanager, suppress
 from urllib.parse import unquote, unquote_plus
 
@@ -51,7 +52,8 @@ CLUSTER_CONNECT_TIMEOUT = 3  # seconds to wait for each listed server before try
 CLUSTER_POOL_RECYCLE = 60  # seconds: pooled connections are renewed, so they come back to the first server
 SEVERAL_HOSTS = re.compile(r"(?P<head>[^:/?#]+://(?:[^@/?#]*@)?)(?P<hosts>[^/?#@]*,[^/?#@]*)(?P<tail>.*)", re.S)
 PARTITION_LOCKS = 64  # investors spread over this many named locks (investor_id modulo 64), see investors_transaction
-POSTGRES_UNKNOWN_DATABASE, POSTGRES_DUPLICATE_DATABASE = "3D000", "42P04"  # SQLSTATEs
+POSTGRES_UNKNOWN_DATABASE = "3D000"  # SQLSTATE
+POSTGRES_CREATED_MEANWHILE = {"42P04", "23505"}  # duplicate database; unique violation in pg_database (a race)
 
 load_dotenv(os.path.join(PROJECT_FOLDER, ".env"))
 
@@ -219,6 +221,8 @@ def _create_engine(url):
     except ImportError as error:
         raise DatabaseUrlError(f"the driver of {url.drivername} is not installed ({error}): use "
                                f"{url.get_backend_name()}:// for the project's driver") from None
+    except (TypeError, ValueError) as error:  # an option value the dialect cannot take (?connect_timeout=abc)
+        raise DatabaseUrlError(f"cannot use database {safe_url(url)}: {hide_secrets(str(error), url)}") from None
 
 
 def _create_sqlite_engine(url):
@@ -288,13 +292,26 @@ def _create_missing_tables(engine):
     with engine.connect() as connection:
         present = existing_columns(connection)
     if not set(schema.metadata.tables) <= set(present):
-        schema.metadata.create_all(engine)
+        _create_all(engine)
         if "portfolios" not in present:  # a new database: no position was built by an earlier version
             _record_ledger_version(engine)
     missing = [(table, column) for table in schema.metadata.sorted_tables if table.name in present
                for column in table.columns if column.name not in present[table.name]]
     for table, column in missing:
         _add_column(engine, table, column)
+
+
+def _create_all(engine, attempts=5):
+    """Create the missing tables. Stages started at once on a new database race to create the same table (MySQL
+    1050 'already exists', PostgreSQL a duplicate type); the loser looks again and creates what is still missing."""
+    for attempt in range(1, attempts + 1):
+        try:
+            schema.metadata.create_all(engine)
+            return
+        except SQLAlchemyError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
 
 
 def _record_ledger_version(engine):
@@ -363,7 +380,7 @@ def _create_database(url):
             name = connection.dialect.identifier_preparer.quote_identifier(url.database)
             connection.exec_driver_sql(statement.format(name=name))
     except DBAPIError as error:
-        if getattr(error.orig, "sqlstate", None) != POSTGRES_DUPLICATE_DATABASE:  # else another run created it
+        if getattr(error.orig, "sqlstate", None) not in POSTGRES_CREATED_MEANWHILE:  # else another run created it
             raise DatabaseUnavailable(f"cannot use database {safe_url(url)}: it does not exist and the user "
                                       f"cannot create it: {error_line(error, url)}") from None
     finally:

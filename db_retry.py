@@ -13,7 +13,7 @@ import db_config
 
 logger = logging.getLogger(__name__)
 
-ATTEMPTS = 3
+ATTEMPTS = 5  # two loaders of one file met 2 deadlocks in a row (the break-it trial); 3 left no margin
 MYSQL_TRANSIENT = {1205, 1213, 1467}  # lock wait timeout, deadlock, auto-increment not readable under contention
 MYSQL_TRANSIENT |= db_config.GALERA_REFUSALS  # Galera: node not ready (1047), commit refused (1180); 1213 above
 CLUSTER_PAUSES = (0.5, 1, 2, 3, 5, 5, 5, 5, 5)  # seconds between attempts while a Galera cluster re-forms (~31 s)
@@ -99,14 +99,15 @@ def until_it_works(work, what, pauses=UNREACHABLE_PAUSES):
             if is_transient(error) and not is_unreachable(error):
                 refusals += 1
                 level = logging.WARNING if refusals == REFUSALS_LOGGED else logging.DEBUG
-                logger.log(level, "%s: %s; trying again (%d times so far)", what, db_config.error_line(error), refusals)
+                logger.log(level, "%s: %s; trying again (%d times so far)", what,
+                           db_config.error_line(database_error(error)), refusals)
                 time.sleep(random.random() * min(1.0, 0.01 * refusals))
                 continue
             if not is_unreachable(error):
                 raise
             if outage_started is None:
                 outage_started = time.monotonic()
-                logger.warning("%s: %s; trying again until it works", what, db_config.error_line(error))
+                logger.warning("%s: %s; trying again until it works", what, db_config.error_line(database_error(error)))
             time.sleep(pauses[min(outage_attempts, len(pauses) - 1)])
             outage_attempts += 1
             continue

@@ -382,10 +382,19 @@ def load_file(engine, path, progress=False, chunk_rows=constants.LOAD_CHUNK_ROWS
         def chunks():
             if bar:
                 bar.reset()
-            return iter_batches(path, layout, sha256, chunk_rows, on_progress=bar.update if bar else None)
+            yield from iter_batches(path, layout, sha256, chunk_rows, on_progress=bar.update if bar else None)
+            require_unchanged(path, sha256)
 
         background = os.path.getsize(path) > BACKGROUND_MIN_BYTES
         return load_rows(engine, chunks, source=path, sha256=sha256, method=method, background=background)
+
+
+def require_unchanged(path, sha256):
+    """Refuse a file whose bytes changed while it was read (a writer still at work, a copy over it): the batch is
+    recorded under the SHA-256 of what was there before, so loading other bytes would mark them loaded wrongly."""
+    if validation.file_sha256(path) != sha256:
+        raise cli.InputError(f"{path}: the file changed while it was being loaded; nothing of it was kept: load it "
+                             "again once it is complete")
 
 
 def require_reference_data(engine, path, sha256):

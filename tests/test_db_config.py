@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -395,3 +396,29 @@ def test_a_galera_refusal_drops_the_connection_so_that_a_retry_reconnects(code, 
     db_config._galera_refusal(context)
 
     assert context.is_disconnect is disconnect
+
+
+def test_stages_started_at_once_on_a_new_database_all_create_the_schema(server_url):
+    """Regression: three stages started together on a new MariaDB/PostgreSQL database raced to create the same
+    tables, and two failed (1050 'already exists'; a duplicate type)."""
+    from concurrent.futures import ThreadPoolExecutor
+    barrier = threading.Barrier(4)
+
+    def open_it(_):
+        barrier.wait()
+        engine = db_config.get_engine(server_url)
+        engine.dispose()
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(open_it, range(4))) == [True] * 4
+
+
+@pytest.mark.parametrize("hosts", ["127.0.0.1:3306", "127.0.0.1:3306,127.0.0.1:3306"])
+def test_an_option_value_the_driver_cannot_take_is_exit_2(hosts, capsys):
+    """Regression: ?connect_timeout=abc was 'unexpected error (a bug)', exit 1."""
+    import seed_investors
+    url = f"mysql+pymysql://root:secret@{hosts}/etl_never?connect_timeout=abc"
+    assert seed_investors.main(["--database-url", url]) == 2
+    assert capsys.readouterr().err == (f"error: seed_investors: cannot use database mysql+pymysql://root:***@{hosts}/"
+                                       "etl_never?connect_timeout=abc: invalid literal for int() with base 10: 'abc'\n")

@@ -206,3 +206,25 @@ def test_a_database_the_role_may_not_use_says_what_to_do(etl_url, capsys):
                             "create it and grant access (create_etl_role.py)\n"), err
     else:
         assert "it does not exist and the user cannot create it" in err, err
+
+
+def test_a_name_taken_by_an_account_of_another_host_is_refused(mariadb_url, monkeypatch, capsys):
+    """Regression: only role@--host was checked, so X@'%' was made beside an all-powerful X@'localhost', which a
+    login from localhost would have been."""
+    role = f"etl_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(mariadb_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f"CREATE USER '{role}'@'localhost' IDENTIFIED BY 'original'"))
+    monkeypatch.setenv(create_etl_role.PASSWORD_VARIABLE, PASSWORD)
+    try:
+        assert create_etl_role.main(["--database-url", mariadb_url, "--role", role]) == 2
+        assert capsys.readouterr().err == (f"error: create_etl_role: role {role} already exists and also exists for "
+                                           "host 'localhost', which a login from there would use: it is not a role "
+                                           "this script made; choose another --role\n")
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT COUNT(*) FROM mysql.user WHERE User = :name"),
+                                      {"name": role}).scalar() == 1
+    finally:
+        with engine.connect() as connection:
+            connection.execute(text(f"DROP USER IF EXISTS '{role}'@'localhost'"))
+        engine.dispose()

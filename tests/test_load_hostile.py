@@ -412,3 +412,31 @@ def test_a_file_without_line_breaks_is_refused_by_its_header_without_reading_it_
     assert code == 2
     assert capsys.readouterr().err == (f"error: load_transactions: {path}: line 1: the header is longer than "
                                        "1,048,576 bytes (is this a CSV file?)\n")
+
+
+@pytest.mark.parametrize("change", ["truncated", "appended"])
+def test_a_file_that_changes_while_it_is_loaded_is_refused_whole_and_loads_later(seeded_engine, tmp_path,
+                                                                                  monkeypatch, change):
+    """Regression: a file cut or grown during its load was recorded as loaded under the SHA-256 of its earlier
+    bytes, so the complete file was then skipped as already loaded and its other trades were lost."""
+    path = write(tmp_path, good_rows(50))
+    complete = open(path, "rb").read()
+    read_in_chunks = load_transactions.iter_batches
+
+    def changed_after_the_first_chunk(*args, **kwargs):
+        for number, chunk in enumerate(read_in_chunks(*args, **kwargs)):
+            yield chunk
+            if number == 0:
+                with open(path, "r+b" if change == "truncated" else "ab") as file:
+                    file.truncate(len(complete) // 2) if change == "truncated" else file.write(b"x1,1001,AAPL,BUY,1,1,"
+                                                                                               b"2025-01-02 10:00:00\n")
+
+    monkeypatch.setattr(load_transactions, "iter_batches", changed_after_the_first_chunk)
+    with pytest.raises(load_transactions.cli.InputError, match="the file changed while it was being loaded; "
+                                                               "nothing of it was kept"):
+        load_transactions.load_file(seeded_engine, path, chunk_rows=10)
+    assert loaded_refs(seeded_engine) == []
+    monkeypatch.setattr(load_transactions, "iter_batches", read_in_chunks)
+    open(path, "wb").write(complete)
+    summary = load_transactions.load_file(seeded_engine, path, chunk_rows=10)
+    assert (summary.rows_read, summary.rows_loaded) == (50, 50)

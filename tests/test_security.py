@@ -227,3 +227,33 @@ def test_remove_stale_temp_files_removes_only_files_of_processes_that_are_gone(t
 
     assert bulk_insert.remove_stale_temp_files() == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([alive.name, unrelated.name])
+
+
+class _CursorOfADeadServer:
+    def __del__(self):  # PyMySQL's SSCursor.close after the server died mid-stream
+        raise AttributeError("'NoneType' object has no attribute 'read'")
+
+
+def _rows():
+    cursor = _CursorOfADeadServer()  # noqa: F841 (freed when the generator is)
+    yield 1
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_finalizer_failing_after_the_error_prints_no_second_traceback(verbose, capsys, monkeypatch):
+    """Regression: a server killed during `update_portfolio.py --full` printed the one error line, then PyMySQL's
+    'Exception ignored in: SSCursor.close' traceback when the streamed cursor was freed. With --verbose it is
+    shown (here: handed to the hook in place before the run)."""
+    shown = []
+    monkeypatch.setattr(sys, "unraisablehook", shown.append)
+
+    def work():
+        for _ in _rows():
+            raise cli.StageError("database error: (2013, 'Lost connection to MySQL server during query')")
+
+    assert cli.run(work, argparse.Namespace(verbose=verbose, database_url=None), "update_portfolio") == 1
+    assert capsys.readouterr().err.endswith(
+        "error: update_portfolio: database error: (2013, 'Lost connection to MySQL server during query')\n")
+    assert [str(error.exc_value) for error in shown] == (["'NoneType' object has no attribute 'read'"] if verbose
+                                                         else [])
+    assert sys.unraisablehook == shown.append
