@@ -148,6 +148,7 @@ def test_sqlite_incremental_update_equals_full_above_what_a_float_holds(sqlite_e
     assert abs(incremental[0].realized_pnl - Decimal(realized_pnl)) < Decimal("0.005")
 
 
+@pytest.mark.slow_on_servers
 def test_updates_one_after_another_keep_the_compiled_statement_cache_flat(seeded_engine, tmp_path):
     """A long-running process (the inbox watcher, a live consumer) updates after every file: the statements that
     read each position's trades differ every time and must not pile up in SQLAlchemy's compiled cache (the

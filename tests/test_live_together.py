@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 
+import pytest
 from sqlalchemy import func, select, text
 
 import generate_dummy_data
@@ -35,6 +36,7 @@ def risk_rows(engine):
                                   .order_by(investor_risk.c.investor_id)).all()
 
 
+@pytest.mark.slow_on_servers
 def test_batch_inbox_queue_and_feed_at_once_end_equal_to_a_full_replay(engine, database_url, broker, tmp_path):
     channel, created = broker
     queue = f"test-together-{uuid.uuid4().hex[:8]}"

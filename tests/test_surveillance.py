@@ -575,6 +575,7 @@ def trade_alerts(engine):
             alerts.c.rule.in_(surveillance.TRADE_RULES))).all())
 
 
+@pytest.mark.slow_on_servers
 def test_two_incremental_runs_raise_the_same_trade_alerts_as_one_full_run(seeded_engine, tmp_path):
     for path in split_generated(tmp_path, 20_000, 5, 0.003):
         assert load_transactions.load_paths(seeded_engine, [path]) == 0
@@ -907,6 +908,7 @@ def test_holdings_before_the_history_come_from_the_ledger_checkpoints(seeded_eng
     assert refs(seeded_engine, "ROUND_TRIP") == (["1001-AAPL-7-2S"] if fires else [])
 
 
+@pytest.mark.slow_on_servers
 def test_more_investors_with_history_than_one_in_list_holds(seeded_engine, tmp_path, monkeypatch):
     # 600 investors with history and new trades: the checkpoints and the earlier trades of the week are read for
     # all of them (more than one IN list of 500). Per investor: the week before, AAPL bought, then sold to flat

@@ -164,6 +164,7 @@ def assert_equals_full_replay(engine):
     assert replay_columns(engine) == live
 
 
+@pytest.mark.slow_on_servers
 def test_messages_load_apply_and_poison_is_recorded_and_dead_lettered(market, database_url, broker, queue_name):
     channel, _ = broker
     trades = live_trades(40)
@@ -250,6 +251,7 @@ CRASH_BEFORE_DEAD_LETTER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow_on_servers
 def test_rejects_committed_before_a_crash_are_recorded_once_and_dead_lettered_after_it(market, database_url, broker,
                                                                                        queue_name):
     channel, _ = broker
@@ -277,6 +279,7 @@ def test_rejects_committed_before_a_crash_are_recorded_once_and_dead_lettered_af
     assert [properties.headers["x-reason"] for _, properties, _ in dead] == reasons
 
 
+@pytest.mark.slow_on_servers
 @pytest.mark.parametrize("driver, redelivered_as_duplicates", [(CRASH_AFTER_COMMIT, True),
                                                                (CRASH_BEFORE_COMMIT, False)])
 def test_a_consumer_killed_loses_nothing_and_counts_nothing_twice(market, database_url, broker, queue_name, driver,
@@ -373,6 +376,7 @@ def test_contradictory_live_options_exit_2(arguments, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow_on_servers
 def test_alerts_of_live_trades_are_raised(market, database_url, broker, queue_name):
     channel, _ = broker
     burst = live_trades(25, investors=(1009,), prefix="BURST")
@@ -486,6 +490,7 @@ def test_a_null_fee_is_no_fee():
     assert record.problem is None and "fee" not in record.fields
 
 
+@pytest.mark.slow_on_servers
 def test_messages_with_fees_store_them(market, database_url, broker, queue_name):
     """A fee as a JSON string or number is stored exactly; null, missing or "" is 0; a bad fee is a reject
     naming it; the same trade again with another fee conflicts."""
@@ -521,6 +526,7 @@ def test_json_numbers_keep_the_text_they_are_written_with():
     assert (fields["investor_id"], fields["quantity"], fields["price"]) == ("1001.0", "1e2", "190.10")
 
 
+@pytest.mark.slow_on_servers
 def test_a_poison_surrogate_next_to_a_good_message_blocks_nothing(market, database_url, broker, queue_name):
     channel, _ = broker
     good = live_trades(1, prefix="OK")[0]

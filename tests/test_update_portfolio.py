@@ -16,6 +16,7 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, event, select, text
@@ -245,6 +246,7 @@ def price_text(price):
     return f"{ten_thousandths // 10_000}.{ten_thousandths % 10_000:04d}"
 
 
+@pytest.mark.slow_on_servers
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(data=st.data())
