@@ -52,7 +52,7 @@ def with_retries(work, what, attempts=ATTEMPTS, pause_seconds=0.5):
         try:
             return work()
         except Exception as error:
-            message = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
+            message = db_config.error_line(database_error(error))
             if is_cluster_refusal(error) and refusals < len(CLUSTER_PAUSES):
                 if not refusals:
                     logger.warning("%s: %s; trying again while the cluster re-forms (up to %.0f s)", what, message,

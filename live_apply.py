@@ -16,7 +16,6 @@ The queue consumer (trade_queue.py) hands each small batch of messages to LiveAp
    to start follows it up (live_worker.unfollowed_batches).
 """
 import logging
-import re
 import time
 from datetime import datetime
 from dataclasses import dataclass, replace
@@ -141,17 +140,9 @@ def apply_loaded(connection, batch, loaded, now, result):
     result.trades_applied, result.oversells = applied.trades, len(applied.oversells)
 
 
-WHOLE_NUMBER = re.compile(r"\+?0*([0-9]{1,18})(?:\.0*)?")  # validation's whole numbers: '+1007', '1007.0', '01007'
-
-
 def record_investor_ids(records):
-    """The investor ids the records name (those written as whole numbers): the partitions to lock."""
-    found = set()
-    for record in records:
-        match = WHOLE_NUMBER.fullmatch(str((record.fields or {}).get("investor_id", "")).strip(" \t"))
-        if match:
-            found.add(int(match.group(1)))
-    return found
+    """The investor ids the records name (those validation reads as whole numbers): the partitions to lock."""
+    return validation.whole_numbers_in(str((record.fields or {}).get("investor_id", "")) for record in records)
 
 
 def start_live_batch(connection, source, now):

@@ -237,6 +237,13 @@ def _whole_numbers(text, plain):
     return _to_float(digits, ok)
 
 
+def whole_numbers_in(texts):
+    """The whole numbers among these texts, read as an id column is (a set of int; the other texts left out)."""
+    cells = _trimmed(pd.Series(list(texts), dtype=object))
+    values = _whole_numbers(cells, _printable_ascii(cells))
+    return {int(value) for value in values[~np.isnan(values)]}
+
+
 def _plain_decimals(text, plain):
     """(plain decimals as float, NaN where not one; decimal places). NaN, inf, 1e3, 1,000.00 are not plain."""
     unsigned = _unsigned(text)
