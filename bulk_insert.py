@@ -64,22 +64,22 @@ def trade_columns(trades, batch_id):
     return [trades[c].tolist() for c in TRADE_COLUMNS] + [[batch_id] * len(trades), trades["line_number"].tolist()]
 
 
-def _insert_sqlite(connection, columns, _tsv=None):
+def _insert_sqlite(connection, columns, _tsv=None, table="transactions"):
     placeholders = ", ".join("?" * len(INSERT_COLUMNS))
     cursor = connection.connection.dbapi_connection.cursor()
     try:
         cursor.executemany(
-            f"INSERT OR IGNORE INTO transactions ({', '.join(INSERT_COLUMNS)}) VALUES ({placeholders})", zip(*columns))
+            f"INSERT OR IGNORE INTO {table} ({', '.join(INSERT_COLUMNS)}) VALUES ({placeholders})", zip(*columns))
         return cursor.rowcount
     finally:
         cursor.close()
 
 
-def _insert_mysql(connection, columns, tsv=None):
+def _insert_mysql(connection, columns, tsv=None, table="transactions"):
     engine_state = connection.engine.__dict__
     if engine_state.get("stock_etl_local_infile", True):
         try:
-            return _load_data_local_infile(connection, tsv or tab_separated(columns))
+            return _load_data_local_infile(connection, tsv or tab_separated(columns), table)
         except OperationalError as error:
             code = error.orig.args[0] if error.orig is not None and error.orig.args else None
             if code not in MYSQL_LOCAL_INFILE_REFUSED:
@@ -87,10 +87,10 @@ def _insert_mysql(connection, columns, tsv=None):
             engine_state["stock_etl_local_infile"] = False
             logger.warning("LOAD DATA LOCAL INFILE refused (%s); loading with INSERT IGNORE, which is slower",
                            error.orig.args[-1])
-    return _insert_ignore_mysql(connection, list(zip(*columns)))
+    return _insert_ignore_mysql(connection, list(zip(*columns)), table)
 
 
-def _load_data_local_infile(connection, tsv):
+def _load_data_local_infile(connection, tsv, table="transactions"):
     handle = tempfile.NamedTemporaryFile(  # readable by its owner only (0600), as NamedTemporaryFile makes it
         "w", encoding="utf-8", newline="\n", prefix=f"{TEMP_FILE_PREFIX}{os.getpid()}-", suffix=".tsv", delete=False)
     try:
@@ -98,7 +98,7 @@ def _load_data_local_infile(connection, tsv):
             handle.write(tsv)
         with db_config.local_file_allowed(connection.connection.dbapi_connection, handle.name):
             result = connection.exec_driver_sql(
-                f"LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE transactions CHARACTER SET utf8mb4 "
+                f"LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE {table} CHARACTER SET utf8mb4 "
                 f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({', '.join(INSERT_COLUMNS)})",
                 (handle.name,),
             )
@@ -141,8 +141,8 @@ def _mysql_field(value):
     return text
 
 
-def _insert_ignore_mysql(connection, rows):
-    statement = (f"INSERT IGNORE INTO transactions ({', '.join(INSERT_COLUMNS)}) "
+def _insert_ignore_mysql(connection, rows, table="transactions"):
+    statement = (f"INSERT IGNORE INTO {table} ({', '.join(INSERT_COLUMNS)}) "
                  f"VALUES ({', '.join(['%s'] * len(INSERT_COLUMNS))})")
     cursor = connection.connection.dbapi_connection.cursor()
     inserted = 0
@@ -156,6 +156,17 @@ def _insert_ignore_mysql(connection, rows):
 
 def _insert_postgresql(connection, columns, _tsv=None):
     names = ", ".join(INSERT_COLUMNS)
+    copy_to_staging(connection, columns)
+    result = connection.exec_driver_sql(
+        f"INSERT INTO transactions ({names}) SELECT {names} FROM staging_transactions "
+        f"ORDER BY source_line ON CONFLICT (txn_ref) DO NOTHING"
+    )
+    connection.exec_driver_sql("TRUNCATE staging_transactions")
+    return result.rowcount
+
+
+def copy_to_staging(connection, columns):
+    """PostgreSQL: COPY the rows into the transaction's temporary table staging_transactions (created here)."""
     connection.exec_driver_sql(
         "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (txn_ref VARCHAR(64), investor_id INTEGER, "
         "stock_symbol VARCHAR(10), txn_type VARCHAR(4), quantity INTEGER, price NUMERIC(18, 4), "
@@ -163,17 +174,41 @@ def _insert_postgresql(connection, columns, _tsv=None):
     )
     cursor = connection.connection.dbapi_connection.cursor()
     try:
-        with cursor.copy(f"COPY staging_transactions ({names}) FROM STDIN") as copy:
+        with cursor.copy(f"COPY staging_transactions ({', '.join(INSERT_COLUMNS)}) FROM STDIN") as copy:
             for row in zip(*columns):
                 copy.write_row(row)
     finally:
         cursor.close()
-    result = connection.exec_driver_sql(
-        f"INSERT INTO transactions ({names}) SELECT {names} FROM staging_transactions "
-        f"ORDER BY source_line ON CONFLICT (txn_ref) DO NOTHING"
-    )
-    connection.exec_driver_sql("TRUNCATE staging_transactions")
-    return result.rowcount
+
+
+STAGING_TABLE_SQL = {  # by bulk path; PostgreSQL's is made by copy_to_staging
+    "insert_or_ignore": "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (txn_ref TEXT, "
+                        "investor_id INTEGER, stock_symbol TEXT, txn_type TEXT, quantity INTEGER, price NUMERIC, "
+                        "txn_time TEXT, fee NUMERIC, batch_id INTEGER, source_line INTEGER)",
+    "load_data": "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (txn_ref VARCHAR(64) CHARACTER SET "
+                 "utf8mb4 COLLATE utf8mb4_bin, investor_id INT, stock_symbol VARCHAR(10), txn_type VARCHAR(4), "
+                 "quantity INT, price DECIMAL(18, 4), txn_time DATETIME, fee DECIMAL(18, 4), batch_id BIGINT, "
+                 "source_line INT) CHARACTER SET utf8mb4",
+}
+
+
+def can_stage(dialect_name):
+    """Has the database a bulk path into the temporary table staging_transactions (see stage_columns)?"""
+    return dialects.bulk_path(dialect_name) in ("insert_or_ignore", "load_data", "copy")
+
+
+def stage_columns(connection, columns, tsv=None):
+    """Put the rows into the transaction's temporary table staging_transactions (made here, emptied by the
+    caller) by the database's bulk path."""
+    path = dialects.bulk_path(connection.dialect.name)
+    if path == "copy":
+        copy_to_staging(connection, columns)
+        return
+    connection.exec_driver_sql(STAGING_TABLE_SQL[path])
+    staged = _insert_mysql(connection, columns, tsv, "staging_transactions") if path == "load_data" else \
+        _insert_sqlite(connection, columns, table="staging_transactions")
+    if staged != len(columns[0]):
+        raise RuntimeError(f"staging kept {staged} of {len(columns[0])} rows")
 
 
 def _insert_portable(connection, columns, _tsv=None):

@@ -8,6 +8,8 @@ creates the role (default `etl`), sets its password, and grants it only what the
   UPDATE          on all but the record of trades and rejects (transactions, rejected_transactions)
   DELETE          only on the tables rebuilt from the trades (positions, lots, checkpoints, risk, history)
 
+  MariaDB/MySQL also: CREATE TEMPORARY TABLES on the database (a chunk that repeats stored trades is
+  classified through a temporary table of the session's own)
   PostgreSQL also: CONNECT and TEMPORARY on the database (the load's COPY goes through a temporary table),
   USAGE on schema public and USAGE, SELECT on its sequences (the ids); PUBLIC's CREATE on schema public of
   this database is revoked (already so from PostgreSQL 15).
@@ -42,7 +44,8 @@ RECORD_TABLES = ("transactions", "rejected_transactions")  # written once, never
 REBUILT_TABLES = ("portfolios", "position_lots", "position_checkpoints", "symbol_last_trades", "investor_risk",
                   "investor_daily", "investor_daily_builds", "investor_returns", "performance_closes",
                   "performance_actions")  # the only tables the stages delete rows from: rebuilt from the trades
-ROLE_PRIVILEGES = {"USAGE", "SELECT", "INSERT", "UPDATE", "DELETE"}  # what an existing role may already hold
+# what an existing role may already hold
+ROLE_PRIVILEGES = {"USAGE", "SELECT", "INSERT", "UPDATE", "DELETE", "CREATE TEMPORARY TABLES"}
 
 
 class Role(NamedTuple):
@@ -173,6 +176,7 @@ def mysql_statements(names, existed):
     account = f"{names.name}@{names.host}"
     create = [] if existed else [f"CREATE USER {account} IDENTIFIED BY {names.password}"]
     return [*create, f"ALTER USER {account} IDENTIFIED BY {names.password}",
+            f"GRANT CREATE TEMPORARY TABLES ON {names.database}.* TO {account}",  # the load's staging table
             *table_grants(names.database, account, lambda database, table: f"{database}.{table}")]
 
 

@@ -511,6 +511,48 @@ def write_transaction(engine):
 
 
 @contextmanager
+def references_checked_transaction(engine):
+    """A write transaction for rows whose references the caller has checked inside it (the loader: every trade's
+    investor and symbol against investors and stocks read with a locking read, see load_transactions.load_batch),
+    so the database skips its foreign key checks where it can (dialects.foreign_key_switch): SQLite, whose write
+    lock keeps every other writer out until commit, and MySQL/MariaDB, whose shared row locks keep the checked
+    investors and stocks from being deleted until commit. The checks are on again when the block ends."""
+    switch = dialects.foreign_key_switch(engine.dialect.name)
+    with engine.connect() as connection:
+        connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        try:
+            if switch and switch.outside_transaction:
+                _run_on_dbapi(connection, switch.off)
+            with connection.begin():
+                if switch and not switch.outside_transaction:
+                    _run_on_dbapi(connection, switch.off)
+                yield connection
+        finally:
+            if switch:
+                _switch_back_on(connection, switch)
+
+
+def _switch_back_on(connection, switch):
+    """Foreign key checks on again before the connection goes back to the pool; a connection that cannot be
+    switched back (the server went away) is discarded rather than reused without them."""
+    if connection.invalidated or connection.closed:
+        return
+    try:
+        _run_on_dbapi(connection, switch.on)
+    except Exception:  # any failure: the connection is not reused
+        connection.invalidate()
+
+
+def _run_on_dbapi(connection, statement):
+    """Run a statement on the driver's connection, outside SQLAlchemy's transaction (a pragma before BEGIN)."""
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
+
+
+@contextmanager
 def stage_transaction(engine, stage):
     """A snapshot write transaction, run by one process at a time per stage (e.g. two updates in cron), and
     alone with live batches: it holds every partition lock (see investors_transaction)."""

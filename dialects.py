@@ -7,6 +7,7 @@ Also here, because every database must compute it alike: a trade's values text, 
 trades with one txn_ref are the same trade.
 """
 import functools
+import re
 from typing import NamedTuple
 
 from sqlalchemy import func, tuple_
@@ -43,6 +44,14 @@ class SessionLock(NamedTuple):
     release_call: str = None
 
 
+class ForeignKeySwitch(NamedTuple):
+    """Statements that turn a connection's foreign key checks off and on again, and whether they must run
+    outside a transaction (SQLite ignores its pragma inside one)."""
+    off: str
+    on: str
+    outside_transaction: bool = False
+
+
 class DatabaseCreation(NamedTuple):
     """How to create a missing database: connect to `maintenance_database`, run `statement` with {name}."""
     maintenance_database: str
@@ -60,6 +69,7 @@ class Dialect(NamedTuple):
     packs_rows: bool  # read a row (a trade, a close) as one CONCAT_WS text column: 3x faster through the driver
     small_bulk_path: str = None  # bulk_insert's path for a few rows (a live batch); None: bulk_path
     valuation_lock_file: bool = False  # no named locks: the valuation lock is a file locked beside the database
+    foreign_key_switch: ForeignKeySwitch = None  # None: checks stay on (PostgreSQL's need a superuser to skip)
     columns_sql: str = ("SELECT table_name, column_name FROM information_schema.columns "
                         "WHERE table_schema = current_schema()")  # (table, column) of every table of the database
 
@@ -70,7 +80,9 @@ DIALECTS = {
     "sqlite": Dialect(  # SQLite plans the surveillance queries well without statistics
         bulk_path="insert_or_ignore", lookup_slice=LOOKUP_SLICE, values_sql=SQLITE_VALUES_SQL,
         stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_rows=False,
-        valuation_lock_file=True, columns_sql="SELECT m.name, c.name FROM sqlite_master m "
+        valuation_lock_file=True,
+        foreign_key_switch=ForeignKeySwitch("PRAGMA foreign_keys = OFF", "PRAGMA foreign_keys = ON", True),
+        columns_sql="SELECT m.name, c.name FROM sqlite_master m "
                                               "JOIN pragma_table_info(m.name) c WHERE m.type = 'table'"),
     "mysql": Dialect(
         bulk_path="load_data", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
@@ -80,6 +92,7 @@ DIALECTS = {
             None, "CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
         refresh_statistics_sql="ANALYZE TABLE transactions, stocks, load_batches, portfolios, position_checkpoints",
         packs_rows=True, small_bulk_path="insert_ignore",  # LOAD DATA's temporary file costs more than one row
+        foreign_key_switch=ForeignKeySwitch("SET SESSION foreign_key_checks = 0", "SET SESSION foreign_key_checks = 1"),
         columns_sql="SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = DATABASE()"),
     "postgresql": Dialect(
         bulk_path="copy", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
@@ -118,9 +131,14 @@ def lookup_slice(dialect_name):
     return dialect(dialect_name).lookup_slice
 
 
-def values_sql(dialect_name):
-    """The SQL expression of a stored trade's values text (see values_text), over the columns of transactions."""
-    return dialect(dialect_name).values_sql
+def values_sql(dialect_name, alias=None):
+    """The SQL expression of a stored trade's values text (see values_text), over the columns of transactions, or
+    of the table named `alias` (one with the same columns: the staging table)."""
+    expression = dialect(dialect_name).values_sql
+    return expression if alias is None else _QUALIFIED_COLUMN.sub(rf"{alias}.\1", expression)
+
+
+_QUALIFIED_COLUMN = re.compile(r"\b(" + "|".join(VALUE_COLUMNS) + r")\b")
 
 
 def stage_lock(dialect_name):
@@ -141,6 +159,11 @@ def refresh_statistics_sql(dialect_name):
 def columns_sql(dialect_name):
     """The query listing (table name, column name) of every table of the connected database."""
     return dialect(dialect_name).columns_sql
+
+
+def foreign_key_switch(dialect_name):
+    """The ForeignKeySwitch of a database, or None where its foreign key checks stay on."""
+    return dialect(dialect_name).foreign_key_switch
 
 
 def packs_rows(dialect_name):

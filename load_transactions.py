@@ -36,6 +36,7 @@ import corporate_actions
 import db_config
 import db_retry
 import dialects
+import staging
 import validation
 from schema import investors, market_prices, rejected_transactions, stocks, transactions
 
@@ -449,16 +450,23 @@ def load_rows(engine, make_chunks, source, sha256=None, method=None, background=
 
 
 def load_batch(engine, summary, chunks, started, method=None, background=False):
-    """One attempt at loading a batch's chunks, committed with the batch's counts."""
-    with db_config.write_transaction(engine) as connection:
+    """One attempt at loading a batch's chunks, committed with the batch's counts.
+
+    Validation checks every trade's investor and symbol against the investors and stocks read here with a locking
+    read (shared row locks until commit: nobody deletes them meanwhile), so the inserts skip the database's own
+    foreign key checks (db_config.references_checked_transaction)."""
+    with db_config.references_checked_transaction(engine) as connection:
         context = validation.make_context(
-            connection.execute(select(investors.c.investor_id)).scalars(),
-            connection.execute(select(stocks.c.stock_symbol)).scalars(),
+            connection.execute(select(investors.c.investor_id).with_for_update(read=True)).scalars(),
+            connection.execute(select(stocks.c.stock_symbol).with_for_update(read=True)).scalars(),
             started,
         )
         dialect = connection.dialect.name
-        prepared = (prepare_chunk(batch, malformed, context, summary.batch_id, dialect) for batch, malformed in chunks)
-        for chunk in (in_background(prepared) if background else prepared):
+
+        def prepare(parsed):
+            return prepare_chunk(*parsed, context, summary.batch_id, dialect)
+
+        for chunk in (in_background(chunks, then=prepare) if background else map(prepare, chunks)):
             store_chunk(connection, chunk, summary, method)
         batches.finish_batch(connection, summary)
     return summary
@@ -499,41 +507,70 @@ def store_chunk(connection, chunk, summary, method=None, line_numbers=True):
 
     Every row not inserted (its txn_ref was stored already, by an earlier batch or earlier in this file) is
     compared with the stored trade: the same values make a duplicate, others a reject. Comparing with what is
-    stored, never with another line of the file, makes the outcome independent of the chunk size.
+    stored, never with another line of the file, makes the outcome independent of the chunk size. A chunk that
+    repeats stored trades is classified inside the database (staging); others are inserted directly.
     """
-    inserted = bulk_insert.insert_columns(connection, chunk.columns, method, tsv=chunk.bulk_text)
-    not_inserted = chunk.repeats
-    if inserted < len(chunk.raw_records):
-        not_inserted = pd.concat([skipped_rows(connection, chunk.firsts(), summary.batch_id), chunk.repeats])
-    duplicates, conflicts = classify_against_stored(connection, not_inserted, summary.batch_id)
-    rejects = pd.concat([chunk.rejects, conflicts], ignore_index=True).sort_values("line_number", kind="stable")
+    if method is None and chunk.columns[0] and bulk_insert.can_stage(connection.dialect.name) \
+            and staging.holds_stored_refs(connection, chunk.columns[0]):
+        inserted, duplicates, conflicts = staged_insert(connection, chunk, summary.batch_id)
+    else:
+        inserted, duplicates, conflicts = direct_insert(connection, chunk, summary.batch_id, method)
+    repeated, repeat_conflicts = classify_against_stored(connection, chunk.repeats, summary.batch_id)
+    rejects = pd.concat([chunk.rejects, conflicts, repeat_conflicts], ignore_index=True).sort_values(
+        "line_number", kind="stable")
     store_rejects(connection, summary.batch_id, rejects, line_numbers)
     summary.rows_read += chunk.rows_read
     summary.rows_loaded += inserted
-    summary.rows_duplicate += duplicates
+    summary.rows_duplicate += duplicates + repeated
     summary.rows_rejected += len(rejects)
     room = LOGGED_REJECTS - len(summary.sample_rejects)
     summary.sample_rejects += rejects[["line_number", "reason"]].head(room).values.tolist()
     return rejects
 
 
-def in_background(items, depth=2):
-    """Iterate `items` in a forked worker process up to `depth` ahead, so that parsing and validating the next
-    chunks overlaps the database's work on this one (a thread would fight the driver for the GIL)."""
+def direct_insert(connection, chunk, batch_id, method=None):
+    """(inserted, duplicates, conflict rejects): the chunk by the bulk path, then the rows it skipped compared with
+    the stored trades read back."""
+    inserted = bulk_insert.insert_columns(connection, chunk.columns, method, tsv=chunk.bulk_text)
+    if inserted == len(chunk.raw_records):
+        return inserted, 0, _rejects_frame([])
+    return inserted, *classify_against_stored(connection, skipped_rows(connection, chunk.firsts(), batch_id), batch_id)
+
+
+def staged_insert(connection, chunk, batch_id):
+    """(inserted, duplicates, conflict rejects): the chunk through the staging table, classified in the database."""
+    result = staging.insert_and_classify(connection, chunk.columns, batch_id, chunk.bulk_text)
+    missing = [row for row in result.unmatched if row.outcome == "missing"]
+    if missing:
+        raise _skipped_but_not_stored(missing[0].line_number, missing[0].txn_ref, len(missing))
+    raw_records = dict(zip(chunk.columns[-1], chunk.raw_records))  # by source_line
+    return result.inserted, result.duplicates, _rejects_frame([
+        (row.line_number, conflict_reason(row.txn_ref, row.batch_id, row.stored_line or 0, row.txn_id, batch_id),
+         raw_records[row.line_number]) for row in result.unmatched])
+
+
+def in_background(items, depth=2, then=None):
+    """Iterate `items` in a forked worker process up to `depth` ahead, so that reading the file overlaps the
+    database's work (a thread would fight the driver for the GIL); with `then`, a second worker applies it to each
+    item as it comes (the loader: one process reads and parses, another validates, while this one inserts)."""
     if "fork" not in multiprocessing.get_all_start_methods():
-        yield from items
+        yield from map(then, items) if then else items
         return
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue(maxsize=depth)
-    worker = context.Process(target=_produce, args=(items, queue, os.getpid()), name="load-prepare", daemon=True)
-    worker.start()
+    context, parent_pid = multiprocessing.get_context("fork"), os.getpid()
+    reader_queue = context.Queue(maxsize=depth)
+    workers = [context.Process(target=_produce, args=(items, reader_queue, parent_pid), name="load-read", daemon=True)]
+    queue = reader_queue
+    if then:
+        queue = context.Queue(maxsize=depth)
+        workers.append(context.Process(target=_produce, args=(map(then, _drain(reader_queue, parent_pid)), queue,
+                                                             parent_pid), name="load-prepare", daemon=True))
     try:
+        _start(workers)
         while True:
             try:
                 kind, item = queue.get(timeout=1.0)
             except Empty:
-                if not worker.is_alive():
-                    raise cli.StageError(f"the parsing process died (exit code {worker.exitcode})") from None
+                _require_alive(workers)
                 continue
             if kind == "done":
                 return
@@ -541,11 +578,52 @@ def in_background(items, depth=2):
                 raise item
             yield item
     finally:
-        _stop(worker, queue)
+        for worker, worker_queue in zip(reversed(workers), (queue, reader_queue)):
+            _stop(worker, worker_queue)
+
+
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _start(workers):
+    """Start the workers with SIGTERM and SIGINT held back: one landing in a fork's after-fork hooks would be
+    printed and lost (the load would go on); held, it arrives once they are started."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _require_alive(workers):
+    """Raise if a worker died before finishing its part (the first may have finished and exited 0)."""
+    for worker in workers:
+        if worker.exitcode not in (None, 0) or (worker is workers[-1] and not worker.is_alive()):
+            raise cli.StageError(f"the parsing process died (exit code {worker.exitcode})") from None
+
+
+def _drain(queue, parent_pid):
+    """The items another worker puts on `queue` (see _produce), in a worker; its error is raised here."""
+    while True:
+        try:
+            kind, item = queue.get(timeout=1.0)
+        except Empty:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            continue
+        if kind == "done":
+            return
+        if kind == "error":
+            raise item
+        yield item
 
 
 def _stop(worker, queue):
     """End the worker, however it is: SIGTERM (it dies at once, see _worker_signals), then SIGKILL if need be."""
+    if worker.pid is None:  # never started
+        queue.close()
+        return
     if worker.is_alive():
         worker.terminate()
         worker.join(WORKER_STOP_SECONDS)
@@ -573,6 +651,7 @@ def _worker_signals():
     an exception and a traceback) and leaves Ctrl+C to the loader, which stops it."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)  # held while the loader started it (_start)
 
 
 PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal this process gets when its parent dies
@@ -622,20 +701,28 @@ def classify_against_stored(connection, rows, batch_id):
     unexplained = rows[~rows["txn_ref"].isin(stored_values.keys()).to_numpy()]
     if not unexplained.empty:
         first = unexplained.iloc[0]
-        raise cli.StageError(f"line {first.line_number}: the database skipped txn_ref {first.txn_ref!r} "
-                             f"but holds no trade with that ref; {len(unexplained)} such row(s), batch rolled back")
+        raise _skipped_but_not_stored(first.line_number, first.txn_ref, len(unexplained))
     same = np.array([stored_values[ref] == values
                      for ref, values in zip(rows["txn_ref"], dialects.values_text(rows))], dtype=bool)
     conflicts = rows[~same]
     holders = fetch_trades_by_ref(connection, conflicts["txn_ref"].unique().tolist()).set_index("txn_ref")  # rare
     holders = holders.loc[conflicts["txn_ref"]] if not conflicts.empty else holders
-    reasons = [
-        f"txn_ref: {ref!r} is a conflicting duplicate of line {line}" if holder_batch == batch_id
-        else f"txn_ref: {ref!r} conflicts with loaded trade {txn_id} (batch {holder_batch}, line {line})"
-        for ref, holder_batch, line, txn_id in zip(
-            conflicts["txn_ref"], holders["batch_id"], holders["line_number"], holders["txn_id"])
-    ]
+    reasons = [conflict_reason(ref, holder_batch, line, txn_id, batch_id) for ref, holder_batch, line, txn_id in zip(
+        conflicts["txn_ref"], holders["batch_id"], holders["line_number"], holders["txn_id"])]
     return int(same.sum()), _rejects_frame(list(zip(conflicts["line_number"], reasons, conflicts["raw_record"])))
+
+
+def conflict_reason(txn_ref, holder_batch, holder_line, holder_txn_id, batch_id):
+    """The reject reason of a row whose txn_ref is stored with other values (by this batch or an earlier one)."""
+    if holder_batch == batch_id:
+        return f"txn_ref: {txn_ref!r} is a conflicting duplicate of line {holder_line}"
+    return (f"txn_ref: {txn_ref!r} conflicts with loaded trade {holder_txn_id} "
+            f"(batch {holder_batch}, line {holder_line})")
+
+
+def _skipped_but_not_stored(line_number, txn_ref, count):
+    return cli.StageError(f"line {line_number}: the database skipped txn_ref {txn_ref!r} but holds no trade with "
+                          f"that ref; {count} such row(s), batch rolled back")
 
 
 def fetch_stored_values(connection, refs):

@@ -73,7 +73,7 @@ def test_mariadb_without_local_infile_falls_back_to_insert_ignore(mariadb_url, t
     refused = []
 
     # Simulate a server with local_infile off: error 3948 "Loading local data is disabled".
-    def disabled(connection, tsv):
+    def disabled(connection, tsv, table="transactions"):
         refused.append(tsv.count("\n"))
         raise OperationalError("LOAD DATA", {}, pymysql.err.OperationalError(
             3948, "Loading local data is disabled; this must be enabled on both the client and server sides"))

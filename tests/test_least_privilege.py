@@ -15,7 +15,9 @@ import alerts as alerts_script
 import analyze
 import create_etl_role
 import db_config
+import load_transactions
 import master_etl
+import seed_investors
 import surveillance
 import update_portfolio
 from schema import alerts, load_batches, portfolios, transactions
@@ -85,6 +87,21 @@ def test_the_pipeline_and_the_live_consumer_run_as_the_role(etl_url, broker, que
         alert_id = connection.execute(select(func.min(alerts.c.alert_id))).scalar()
     engine.dispose()
     assert alerts_script.main([*database, "resolve", str(alert_id), "--note", "checked"]) == 0
+
+
+def test_the_role_loads_a_file_that_repeats_stored_trades(etl_url, tmp_path):
+    """A half-new file goes through the temporary staging table: the role may create one."""
+    header = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time\n"
+    lines = [f"H{n},1001,AAPL,BUY,{n + 1},10.50,2025-06-02 10:00:{n % 60:02d}\n" for n in range(40)]
+    first, whole = tmp_path / "first.csv", tmp_path / "whole.csv"
+    first.write_text(header + "".join(lines[:20]), encoding="utf-8")
+    whole.write_text(header + "".join(lines), encoding="utf-8")
+    engine = db_config.get_engine(etl_url)
+    seed_investors.seed_reference_data(engine)
+    load_transactions.load_file(engine, str(first))
+    summary = load_transactions.load_file(engine, str(whole))
+    engine.dispose()
+    assert (summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (20, 20, 0)
 
 
 @pytest.mark.parametrize("statement", [

@@ -223,3 +223,23 @@ def test_sigterm_during_a_big_load_ends_it_in_one_line_and_marks_the_batch_faile
     assert not any(map(alive, workers))
     [batch] = batch_rows(seeded_engine)
     assert (batch["status"], batch["error"]) == ("failed", "terminated (SIGTERM)")
+
+
+@pytest.mark.parametrize("victim", [0, 1], ids=["reader", "preparer"])
+def test_a_killed_worker_ends_the_load_in_one_line_and_nothing_is_kept(seeded_engine, database_url, tmp_path, victim):
+    """The loader reads in one worker process and validates in another; either one killed ends the load."""
+    big, process, workers = start_big_load(database_url, tmp_path)
+    deadline = time.monotonic() + 10
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = children(process.pid)
+    assert len(workers) == 2, "the loader reads and validates in two worker processes"
+    os.kill(sorted(workers)[victim], signal.SIGKILL)
+    code = process.wait(60)
+    stderr = process.stderr.read().splitlines()
+    assert code == 1 and len(stderr) == 1 and "the parsing process died" in stderr[0], stderr
+    assert not any(map(alive, workers))
+    [batch] = batch_rows(seeded_engine)
+    assert batch["status"] == "failed"
+    with seeded_engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(transactions)).scalar() == 0
+    assert load_transactions.load_file(seeded_engine, big).rows_loaded == 160_000

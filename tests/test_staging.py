@@ -1,0 +1,78 @@
+"""A chunk that repeats stored trades is classified in the database (staging.py) with exactly the outcome of the
+direct path: the same counts, the same rejects with the same reasons, the new trades in line order."""
+from sqlalchemy import text
+
+import load_transactions
+import staging
+
+HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time,fee\n"
+
+
+def trade(number, price="10.50", fee="1.00"):
+    return (f"R{number:05d},{1001 + number % 7},AAPL,{'BUY' if number % 3 else 'SELL'},{number % 40 + 1},{price},"
+            f"2025-06-{number % 20 + 1:02d} 10:{number % 60:02d}:00,{fee}\n")
+
+
+def write(path, lines):
+    path.write_text(HEADER + "".join(lines), encoding="utf-8")
+    return str(path)
+
+
+EXPECTED_COUNTS = (601, 300, 299, 2)  # read, loaded, duplicate, rejected
+
+
+def half_new_outcome(engine, tmp_path):
+    """Load the first 300 trades, then a file of 601 lines: 300 repeated (two with other values, one written in
+    another but equal form), 300 new, and one new ref again at the end; return (counts, rejects, stored refs)."""
+    first = write(tmp_path / "first.csv", [trade(n) for n in range(300)])
+    lines = [trade(n) for n in range(600)]
+    lines[10] = trade(10, price="10.51")  # conflicts with the stored trade
+    lines[250] = trade(250, fee="2.00")  # conflicts too
+    lines[20] = lines[20].replace(",10.50,", ",10.5000,").replace(",1.00\n", ",1\n")  # same values, other text
+    lines.append(trade(450))  # line 602 repeats line 452 of this file, in the next chunk
+    whole = write(tmp_path / "whole.csv", lines)
+    load_transactions.load_file(engine, first, chunk_rows=150)
+    summary = load_transactions.load_file(engine, whole, chunk_rows=150)
+    with engine.connect() as connection:
+        rejects = connection.execute(text(
+            "SELECT line_number, reason FROM rejected_transactions WHERE batch_id = :b ORDER BY line_number"),
+            {"b": summary.batch_id}).all()
+        stored = connection.execute(text(
+            "SELECT txn_ref, source_line FROM transactions WHERE batch_id = :b ORDER BY txn_id"),
+            {"b": summary.batch_id}).all()
+    counts = (summary.rows_read, summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected)
+    return counts, [tuple(row) for row in rejects], [tuple(row) for row in stored]
+
+
+def check_outcome(outcome):
+    counts, rejects, stored = outcome
+    assert counts == EXPECTED_COUNTS
+    assert [line for line, _ in rejects] == [12, 252]
+    assert rejects[0][1].startswith("txn_ref: 'R00010' conflicts with loaded trade ")
+    assert rejects[0][1].endswith(", line 12)")
+    assert rejects[1][1].endswith(", line 252)")
+    assert stored == [(f"R{n:05d}", n + 2) for n in range(300, 600)]  # new trades only, in line order
+
+
+def test_half_new_file_is_classified_in_the_database(seeded_engine, tmp_path, monkeypatch):
+    chosen = []
+    original = staging.holds_stored_refs
+    monkeypatch.setattr(staging, "holds_stored_refs", lambda *args: chosen.append(original(*args)) or chosen[-1])
+    check_outcome(half_new_outcome(seeded_engine, tmp_path))
+    assert chosen == [False, False, True, True, False, False, True]  # 2 chunks, then 4 chunks of 150 and 1 row
+
+
+def test_the_direct_path_gives_the_same_outcome(seeded_engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(staging, "holds_stored_refs", lambda *args: False)
+    check_outcome(half_new_outcome(seeded_engine, tmp_path))
+
+
+def test_the_staging_table_is_left_empty(seeded_engine, tmp_path):
+    half_new_outcome(seeded_engine, tmp_path)
+    with seeded_engine.connect() as connection:
+        assert connection.execute(text("SELECT COUNT(*) FROM transactions")).scalar() == 600
+
+
+def test_a_fresh_chunk_is_not_staged(seeded_engine):
+    with seeded_engine.connect() as connection:
+        assert not staging.holds_stored_refs(connection, [f"X{n}" for n in range(5000)])
