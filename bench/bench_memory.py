@@ -5,22 +5,37 @@ Usage (from the project folder):
     python bench/bench_memory.py --rows 1000000 --database-url mysql+pymysql://root:@127.0.0.1:3306/bench_memory
 
 Runs `load_transactions.py` as a child process on a fresh database and reports the peak resident set size of
-the largest process of the load (the loader or its parsing worker), from getrusage(RUSAGE_CHILDREN).
+the largest process of the load (the loader or its parsing worker), from getrusage(RUSAGE_CHILDREN) of a wrapper
+process, beside its reference, the size of the file loaded (the peak should not grow with it); the load's wall
+seconds and the generation's are shown for information (one run each).
 """
 import argparse
 import os
 import subprocess
 import sys
 import tempfile
-import time
+from typing import NamedTuple
+
+import timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Runs the command given as its arguments (stdout discarded), then prints its wall seconds and the peak RSS (KiB) of
+# the largest process among its descendants, and exits with the command's exit code.
+WRAPPER = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+           "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+           "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+
+
+class ProcessRun(NamedTuple):
+    """A command's wall seconds and the peak RSS of its largest process (it or a descendant), in KiB."""
+    seconds: float
+    peak_rss_kib: int
 
 
 def run(command):
-    started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.PIPE)
-    return time.perf_counter() - started
+    """Wall seconds of a command run from the project folder; CalledProcessError when it fails."""
+    seconds, _ = timing.timed(subprocess.run, command, check=True, cwd=ROOT, stdout=subprocess.PIPE)
+    return seconds
 
 
 def main(argv=None):
@@ -41,13 +56,14 @@ def main(argv=None):
 
 
 def measured(command):
-    """(seconds, peak RSS in KiB of the command and its descendants), from a wrapper process of its own."""
-    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-               "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    output = subprocess.run([sys.executable, "-c", wrapper, *command], check=True, cwd=ROOT, capture_output=True,
-                            text=True).stdout.split()
-    return float(output[0]), int(output[1])
+    """ProcessRun of a command run from the project folder, measured by a wrapper process of its own (so that
+    RUSAGE_CHILDREN holds only the command and its descendants); CalledProcessError, with the command's stderr,
+    when it fails."""
+    done = subprocess.run([sys.executable, "-c", WRAPPER, *command], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
+    seconds, peak_kib = done.stdout.split()
+    return ProcessRun(float(seconds), int(peak_kib))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ import generate_dummy_data  # noqa: E402
 import load_transactions  # noqa: E402
 import seed_investors  # noqa: E402
 import surveillance  # noqa: E402
+import timing  # noqa: E402
 import update_portfolio  # noqa: E402
 
 DATABASES = ("sqlite", "mariadb")
@@ -213,9 +214,9 @@ def quality_runs(databases, workdir, args):
 def timed(work):
     """(result, wall seconds, CPU seconds of this process, load average before, after)."""
     before = os.getloadavg()[0]
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = work()
-    return result, time.perf_counter() - wall, time.process_time() - cpu, before, os.getloadavg()[0]
+    cpu = time.process_time()
+    wall, result = timing.timed(work)
+    return result, wall, time.process_time() - cpu, before, os.getloadavg()[0]
 
 
 def scale_files(workdir, args):

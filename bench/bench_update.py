@@ -9,8 +9,9 @@ Usage (from the project folder):
 
 For each history size the trades file holds history + 10,300 trades: the newest 10,000 and 300 drawn at random
 from the older part's last --late-within-days days (the late ones: reported after newer trades, as corrections
-and late fills are; 0 draws them from the whole history) are kept back; the rest (the history) is loaded after the reference data
-and prices, then update_portfolio.py and surveillance.py run once, so that everything is applied and surveilled.
+and late fills are; 0 draws them from the whole history) are kept back; the rest (the history) is loaded after
+the reference data and prices, then update_portfolio.py and surveillance.py run once, so that everything is
+applied and surveilled.
 For each database, in the same run:
   - import only: a process that only imports the module (and freezes its objects out of garbage collection, as
     every stage does before its work); subtracted from the times below as "beyond imports";
