@@ -35,6 +35,7 @@ truth (txn_ref, rule, anomaly_id) to a sidecar CSV (`<out stem>_anomalies.csv` b
 its own random stream: the clean trades are exactly those of the same seed without anomalies, and every
 planted SELL follows a planted BUY of the same quantity on the same day, so no sell ever exceeds what is held.
 """
+import itertools
 import logging
 import os
 import re
@@ -73,6 +74,8 @@ DIVIDEND_SECTORS = ("Financials", "Health Care", "Energy", "Consumer Staples")  
 DIVIDEND_INTERVAL = 63  # weekdays between a symbol's ex_dates: a quarter
 DIVIDEND_YIELDS = (0.004, 0.01)  # a quarter's dividend per share, as a share of the ex_date's close
 CENT = Decimal("0.01")
+SECONDS_PER_DAY = 86_400
+CHUNK_ROWS = 100_000  # trades replayed, priced and written at a time: the text of a run is never held whole
 
 Split = namedtuple("Split", "day symbol value")  # day: index into the window; symbol: into STOCKS; value: Decimal
 Dividend = namedtuple("Dividend", "day symbol value")  # value: currency units per share, Decimal with 2 decimals
@@ -149,32 +152,63 @@ def plan_dividends(rng, closes, splits):
 
 
 def draw_trades(rng, rows, day_count, investors, stock_count):
-    """Random draws for every trade, in time order: day, second of day, investor, symbol, size factors."""
+    """Random draws for every trade, in time order: day, second of day, investor and symbol (int32 arrays), size
+    (int64) and "later", the LaterDraws that the sell and price draws of any slice of trades are drawn from."""
+    draws = draw_in_draw_order(rng, rows, day_count, investors, stock_count)
+    order = np.argsort(draws["day"] * SECONDS_PER_DAY + draws["second"], kind="stable")  # a tie keeps draw order
+    # (as np.lexsort did, 2 to 3 times slower; the int32 key holds 24,855 days)
+    for name in list(draws):
+        draws[name] = draws[name][order]  # one array at a time: the one in draw order is freed at once
+    draws["later"] = LaterDraws(rng.bit_generator.state, rows)
+    return draws
+
+
+def draw_in_draw_order(rng, rows, day_count, investors, stock_count):
+    """The draws of draw_trades before they are put in time order."""
     activity = rng.pareto(1.5, len(investors)) + 1.0  # a few investors trade a lot
-    investor = rng.choice(len(investors), rows, p=activity / activity.sum())
+    investor = rng.choice(len(investors), rows, p=activity / activity.sum()).astype(np.int32)
     favourites = np.array([rng.choice(stock_count, 4, replace=False) for _ in investors])
     symbol = np.where(
         rng.random(rows) < FAVOURITE_SHARE,
         favourites[investor, rng.integers(0, 4, rows)],
         rng.integers(0, stock_count, rows),
-    )
-    day = rng.integers(0, day_count, rows)
-    second = rng.integers(constants.MARKET_OPEN_SECONDS, constants.MARKET_CLOSE_SECONDS, rows)
-    order = np.lexsort((second, day))
+    ).astype(np.int32)
+    day = rng.integers(0, day_count, rows).astype(np.int32)
+    second = rng.integers(constants.MARKET_OPEN_SECONDS, constants.MARKET_CLOSE_SECONDS, rows).astype(np.int32)
     scale = np.array([constants.PROFILE_QUANTITY_SCALE[i.risk_profile] for i in investors])
-    size = np.maximum(1, np.round(rng.lognormal(np.log(20), 1.1, rows) * scale[investor])).astype(np.int64)
-    return {
-        "day": day[order], "second": second[order], "investor": investor[order], "symbol": symbol[order],
-        "size": size[order], "sell_draw": rng.random(rows), "sell_share": rng.random(rows),
-        "price_draw": rng.uniform(-constants.TRADE_PRICE_BAND, constants.TRADE_PRICE_BAND, rows),
-    }
+    size = rng.lognormal(np.log(20), 1.1, rows)
+    size *= scale[investor]  # in place, as the temporaries of 8 bytes a trade add up
+    size = np.maximum(1, np.round(size, out=size)).astype(np.int64)
+    return {"day": day, "second": second, "investor": investor, "symbol": symbol, "size": size}
 
 
-def splits_in_effect(draws, splits):
-    """Per trade: how many splits of its symbol have an ex_date on or before its day."""
-    count = np.zeros(len(draws["day"]), dtype=np.int64)
+LaterDraws = namedtuple("LaterDraws", "state rows")  # the clean stream's state after the sizes; the trade count
+LATER_DRAWS = ("sell_draw", "sell_share", "price_draw")  # the arrays of `rows` values drawn from there, in order
+
+
+def later_draw(later, name, start, stop):
+    """The values of trades start..stop-1 of one of LATER_DRAWS, as if all three were drawn whole one after the
+    other: each value is one 64-bit step of the stream, so a copy of it advanced to the slice draws exactly that
+    slice (and the whole arrays, 24 bytes a trade, are never held)."""
+    bits = np.random.PCG64()
+    bits.state = later.state
+    bits.advance(LATER_DRAWS.index(name) * later.rows + start)
+    stream = np.random.Generator(bits)
+    if name == "price_draw":
+        return stream.uniform(-constants.TRADE_PRICE_BAND, constants.TRADE_PRICE_BAND, stop - start)
+    return stream.random(stop - start)
+
+
+def row_ranges(rows):
+    """(start, stop) of the consecutive slices of CHUNK_ROWS trades (the last one shorter) that cover `rows`."""
+    return [(start, min(start + CHUNK_ROWS, rows)) for start in range(0, rows, CHUNK_ROWS)]
+
+
+def splits_in_effect(day, symbol, splits):
+    """Per trade (arrays of day and symbol): how many splits of its symbol have an ex_date on or before its day."""
+    count = np.zeros(len(day), dtype=np.int64)
     for split in splits:
-        count += (draws["symbol"] == split.symbol) & (draws["day"] >= split.day)
+        count += (symbol == split.symbol) & (day >= split.day)
     return count
 
 
@@ -186,20 +220,32 @@ def split_holding(held, values):
 
 
 def decide_sides(draws, stock_count, progress=False, splits=()):
-    """Replay holdings in time order: returns (is_sell, quantity, holding after each trade); a sell never exceeds
-    the holding, which becomes floor(holding x value) at each split of its symbol (`splits` in day order)."""
-    position = draws["investor"] * stock_count + draws["symbol"]
-    split_values = {}  # symbol -> its split values in day order
+    """Replay holdings in time order, CHUNK_ROWS trades at a time: returns (is_sell, quantity, holding after each
+    trade); a sell never exceeds the holding, which becomes floor(holding x value) at each split of its symbol
+    (`splits` in day order)."""
+    rows = len(draws["day"])
+    sides = (np.zeros(rows, dtype=bool), draws["size"].copy(), np.zeros(rows, dtype=np.int64))
+    holdings, split_values = {}, {}  # position -> (shares held, splits applied); symbol -> its split values
     for split in splits:
         split_values.setdefault(split.symbol, []).append(split.value)
-    holdings = {}  # position -> (shares held, how many of its symbol's splits they have been through)
-    is_sell, holding_after = np.zeros(len(position), dtype=bool), np.zeros(len(position), dtype=np.int64)
-    quantity = draws["size"].copy()
-    trades = zip(position.tolist(), draws["symbol"].tolist(), splits_in_effect(draws, splits).tolist(),
-                 draws["sell_draw"].tolist(), draws["sell_share"].tolist())
-    for i, (key, symbol, in_effect, sell_draw, share) in enumerate(tqdm(
-            trades, total=len(position), unit=" trades", leave=False, desc="generating", disable=not progress,
-            mininterval=0.5)):
+    with tqdm(total=rows, unit=" trades", leave=False, desc="generating", disable=not progress,
+              mininterval=0.5) as bar:
+        for start, stop in row_ranges(rows):
+            day, symbol = draws["day"][start:stop], draws["symbol"][start:stop]
+            trades = zip((draws["investor"][start:stop].astype(np.int64) * stock_count + symbol).tolist(),
+                         symbol.tolist(), splits_in_effect(day, symbol, splits).tolist(),
+                         later_draw(draws["later"], "sell_draw", start, stop).tolist(),
+                         later_draw(draws["later"], "sell_share", start, stop).tolist())
+            replay_sides(trades, start, holdings, split_values, sides)
+            bar.update(stop - start)
+    return sides
+
+
+def replay_sides(trades, start, holdings, split_values, sides):
+    """Decide the side and quantity of each trade (position, symbol, splits in effect, sell draw, sell share) from
+    row `start` on into sides (is_sell, quantity, holding_after), carrying `holdings` on."""
+    is_sell, quantity, holding_after = sides
+    for i, (key, symbol, in_effect, sell_draw, share) in enumerate(trades, start):
         held, applied = holdings.get(key, (0, 0))
         if in_effect > applied:
             held = split_holding(held, split_values[symbol][applied:in_effect])
@@ -210,7 +256,6 @@ def decide_sides(draws, stock_count, progress=False, splits=()):
         else:
             held += int(quantity[i])
         holdings[key], holding_after[i] = (held, in_effect), held
-    return is_sell, quantity, holding_after
 
 
 def fee_cents(quantity, price_cents):
@@ -224,23 +269,35 @@ def fee_text(cents):
     return f"{cents // 100}.{cents % 100:02d}"
 
 
+def trade_prices(market, start, stop):
+    """The prices of trades start..stop-1: the day's close moved by the trade's price draw, rounded to the cent, at
+    least 0.01."""
+    draws = market.draws
+    closes = market.closes[draws["day"][start:stop], draws["symbol"][start:stop]]
+    return np.maximum(np.round(closes * (1 + later_draw(draws["later"], "price_draw", start, stop)), 2), 0.01)
+
+
 def trade_lines(market, fees=False):
-    """The CSV lines of the clean trades, header excluded; with `fees`, each ends with its fee."""
-    draws, prices = market.draws, market.prices
+    """Yield the CSV lines of the clean trades, header excluded, formatted CHUNK_ROWS at a time; with `fees`, each
+    ends with its fee."""
+    draws = market.draws
     day_text = [d.isoformat() for d in market.days]
     clock = [f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(constants.MARKET_CLOSE_SECONDS + 1)]
     symbols = [s.symbol for s in constants.STOCKS]
     investor_ids = [str(i.investor_id) for i in market.investors]
-    price_cents = np.round(prices * 100).astype(np.int64)
-    fee_cells = ([f",{fee_text(cents)}" for cents in fee_cents(market.quantity, price_cents).tolist()] if fees
-                 else [""] * len(prices))
-    return [
-        f"{market.run_tag}-{n:07d},{investor_ids[inv]},{symbols[sym]},{'SELL' if sell else 'BUY'},{qty},{price:.2f},"
-        f"{day_text[day]} {clock[second]}{fee}"
-        for n, (inv, sym, sell, qty, price, day, second, fee) in enumerate(zip(
-            draws["investor"].tolist(), draws["symbol"].tolist(), market.is_sell.tolist(), market.quantity.tolist(),
-            prices.tolist(), draws["day"].tolist(), draws["second"].tolist(), fee_cells), start=1)
-    ]
+    for start, stop in row_ranges(len(market.quantity)):
+        prices, quantity = trade_prices(market, start, stop), market.quantity[start:stop]
+        price_cents = np.round(prices * 100).astype(np.int64)
+        fee_cells = ([f",{fee_text(cents)}" for cents in fee_cents(quantity, price_cents).tolist()] if fees
+                     else [""] * (stop - start))
+        yield from [
+            f"{market.run_tag}-{n:07d},{investor_ids[inv]},{symbols[sym]},{'SELL' if sell else 'BUY'},{qty},"
+            f"{price:.2f},{day_text[day]} {clock[second]}{fee}"
+            for n, (inv, sym, sell, qty, price, day, second, fee) in enumerate(zip(
+                *(draws[name][start:stop].tolist() for name in ("investor", "symbol")),
+                market.is_sell[start:stop].tolist(), quantity.tolist(), prices.tolist(),
+                *(draws[name][start:stop].tolist() for name in ("day", "second")), fee_cells), start=start + 1)
+        ]
 
 
 def price_lines(days, closes):
@@ -259,8 +316,16 @@ def action_lines(days, splits, dividends):
     return [f"{symbol},{ex_date},{action},{value}" for ex_date, symbol, action, value in sorted(rows)]
 
 
-Market = namedtuple("Market", "days closes investors draws is_sell quantity prices run_tag split_factor splits "
-                              "dividends holding_after")
+def to_post_split_shares(draws, split_factor):
+    """Turn each trade's size into the shares of its day (times the split factor, rounded, at least 1), in place,
+    CHUNK_ROWS trades at a time."""
+    for start, stop in row_ranges(len(draws["size"])):
+        factor = split_factor[draws["day"][start:stop], draws["symbol"][start:stop]]
+        draws["size"][start:stop] = np.maximum(1, np.round(draws["size"][start:stop] * factor))
+
+
+Market = namedtuple("Market", "days closes investors draws is_sell quantity run_tag split_factor splits dividends "
+                              "holding_after")
 
 
 def simulate_market(seed, rng, days, corporate_actions):
@@ -277,31 +342,30 @@ def simulate_market(seed, rng, days, corporate_actions):
 
 def simulate(rows, seed, end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT,
              progress=False, corporate_actions=False):
-    """The clean simulation for `rows` trades: closes, draws, sides, quantities, prices and (with
+    """The clean simulation for `rows` trades: closes, draws, sides, quantities (prices: trade_prices) and (with
     `corporate_actions`) splits and dividends; deterministic per seed."""
     rng = np.random.default_rng(seed)
     days = weekdays_ending(end_date, constants.TRADING_DAYS)
     closes, split_factor, splits, dividends = simulate_market(seed, rng, days, corporate_actions)
     investors = constants.default_investors(investor_count)
     draws = draw_trades(rng, rows, len(days), investors, len(constants.STOCKS))
-    in_shares_of_the_day = draws["size"] * split_factor[draws["day"], draws["symbol"]]  # post-split terms
-    draws["size"] = np.maximum(1, np.round(in_shares_of_the_day)).astype(np.int64)
+    to_post_split_shares(draws, split_factor)
     is_sell, quantity, holding_after = decide_sides(draws, len(constants.STOCKS), progress, splits)
-    prices = np.maximum(np.round(closes[draws["day"], draws["symbol"]] * (1 + draws["price_draw"]), 2), 0.01)
     run_tag = f"S{seed}N{rows}"  # refs of different runs never collide; the same run repeats its refs
-    return Market(days, closes, investors, draws, is_sell, quantity, prices, run_tag, split_factor, splits,
-                  dividends, holding_after)
+    return Market(days, closes, investors, draws, is_sell, quantity, run_tag, split_factor, splits, dividends,
+                  holding_after)
 
 
-Generated = namedtuple("Generated", "trades prices actions truth splits dividends")  # lines, lines, lines, counts
+Generated = namedtuple("Generated", "trades prices actions truth splits dividends")  # trades: an iterator of lines
+# (formatted as they are read); prices, actions, truth: lists of lines; splits, dividends: counts
 
 
 def generate_files(rows, seed, *, fees=True, corporate_actions=True, anomaly_rate=0.0,
                    end_date=constants.DEFAULT_END_DATE, investor_count=constants.DEFAULT_INVESTOR_COUNT,
                    progress=False):
-    """The lines (header excluded) of every file of a run, deterministic per seed: trades (with a fee column when
-    `fees`; the clean trades plus planted patterns when anomaly_rate > 0), closes, corporate actions (none without
-    `corporate_actions`) and the planted ground truth; with the numbers of splits and dividends."""
+    """The lines (header excluded) of every file of a run, deterministic per seed: trades as an iterator (with a fee
+    column when `fees`; the clean trades plus planted patterns when anomaly_rate > 0), closes, corporate actions
+    (none without `corporate_actions`) and the planted ground truth; with the numbers of splits and dividends."""
     market = simulate(rows, seed, end_date, investor_count, progress, corporate_actions)
     trades, truth = trade_lines(market, fees), []
     if anomaly_rate:
@@ -318,7 +382,7 @@ def generate(rows, seed, end_date=constants.DEFAULT_END_DATE, investor_count=con
     before issue 14, for TRADE_HEADER); deterministic for a given seed."""
     generated = generate_files(rows, seed, fees=False, corporate_actions=False, end_date=end_date,
                                investor_count=investor_count, progress=progress)
-    return generated.trades, generated.prices
+    return list(generated.trades), generated.prices
 
 
 def generate_with_anomalies(rows, seed, rate, end_date=constants.DEFAULT_END_DATE,
@@ -327,7 +391,7 @@ def generate_with_anomalies(rows, seed, rate, end_date=constants.DEFAULT_END_DAT
     without fees or corporate actions, as generate()."""
     generated = generate_files(rows, seed, fees=False, corporate_actions=False, anomaly_rate=rate,
                                end_date=end_date, investor_count=investor_count, progress=progress)
-    return generated.trades, generated.prices, generated.truth
+    return list(generated.trades), generated.prices, generated.truth
 
 
 
@@ -351,7 +415,6 @@ ROUND_TRIP_PRICE_MOVE = (0.003, 0.008)  # the closing SELL this far from the ope
 BURST_TRADES = (11, 61)  # 11 to 60 trades ...
 BURST_SPAN_SECONDS = (30, 4 * 60 + 1)  # ... within 30 s to 4 minutes (and at least one second apart)
 QUIET_SECONDS = 15 * 60  # no clean trade of the investor this close to a planted wash trade or burst
-SECONDS_PER_DAY = 86_400
 
 History = namedtuple("History", "key notional by_investor by_position holding_after")
 
@@ -363,7 +426,8 @@ def clean_history(market):
     key = draws["day"].astype(np.int64) * SECONDS_PER_DAY + draws["second"]
     by_investor, by_position = _group_indexes(draws["investor"]), _group_indexes(
         draws["investor"] * len(constants.STOCKS) + draws["symbol"])
-    return History(key, market.quantity * market.prices, by_investor, by_position, market.holding_after)
+    notional = market.quantity * trade_prices(market, 0, len(market.quantity))
+    return History(key, notional, by_investor, by_position, market.holding_after)
 
 
 def _group_indexes(codes):
@@ -525,25 +589,34 @@ def plant_anomalies(market, rate, seed):
 
 
 def merge_planted(market, clean_lines, planted, ref_prefix, fees=False):
-    """The clean and planted trade lines in time order (clean first on a tie), and the ground-truth lines; with
-    `fees`, a planted trade's line ends with its fee, by the rule of the clean trades."""
-    clean_keys = market.draws["day"].astype(np.int64) * SECONDS_PER_DAY + market.draws["second"]
+    """(an iterator over the clean and planted trade lines in time order, clean first on a tie; the ground-truth
+    lines); with `fees`, a planted trade's line ends with its fee, by the rule of the clean trades."""
     planted = sorted(planted, key=lambda trade: trade["key"])  # stable: a pattern's trades keep their order
-    order = np.argsort(np.concatenate([clean_keys, [t["key"] for t in planted]]), kind="stable")
-    symbols = [s.symbol for s in constants.STOCKS]
-    lines, truth, number = [], [], 0
-    for index in order.tolist():
-        if index < len(clean_lines):
-            lines.append(clean_lines[index])
-            continue
-        trade, number = planted[index - len(clean_lines)], number + 1
-        ref, (day, second) = f"{ref_prefix}-{number:06d}", divmod(trade["key"], SECONDS_PER_DAY)
-        fee = f",{fee_text(int(fee_cents(trade['quantity'], round(trade['price'] * 100))))}" if fees else ""
-        lines.append(f"{ref},{market.investors[trade['investor']].investor_id},{symbols[trade['symbol']]},"
-                     f"{trade['side']},{trade['quantity']},{trade['price']:.2f},{market.days[day].isoformat()} "
-                     f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}{fee}")
-        truth.append(f"{ref},{trade['rule']},{trade['anomaly_id']}")
-    return lines, truth
+    refs = [f"{ref_prefix}-{number:06d}" for number in range(1, len(planted) + 1)]
+    clean_keys = market.draws["day"].astype(np.int64) * SECONDS_PER_DAY + market.draws["second"]
+    after = np.searchsorted(clean_keys, [trade["key"] for trade in planted], "right").tolist()  # clean lines first
+    lines = [planted_line(market, trade, ref, fees) for trade, ref in zip(planted, refs)]
+    truth = [f"{ref},{trade['rule']},{trade['anomaly_id']}" for trade, ref in zip(planted, refs)]
+    return insert_lines(clean_lines, after, lines), truth
+
+
+def planted_line(market, trade, ref, fees):
+    """The CSV line of a planted trade."""
+    day, second = divmod(trade["key"], SECONDS_PER_DAY)
+    fee = f",{fee_text(int(fee_cents(trade['quantity'], round(trade['price'] * 100))))}" if fees else ""
+    return (f"{ref},{market.investors[trade['investor']].investor_id},{constants.STOCKS[trade['symbol']].symbol},"
+            f"{trade['side']},{trade['quantity']},{trade['price']:.2f},{market.days[day].isoformat()} "
+            f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}{fee}")
+
+
+def insert_lines(lines, after, inserted):
+    """Yield `lines` with each of `inserted` after as many of them as its entry of `after` (non-decreasing) says."""
+    lines, passed = iter(lines), 0
+    for count, line in zip(after, inserted):
+        yield from itertools.islice(lines, count - passed)
+        passed = count
+        yield line
+    yield from lines
 
 
 GENERATED_REF = re.compile(rb"S[0-9]+N[0-9]+-")  # how every generated txn_ref starts (see run_tag)
@@ -584,11 +657,13 @@ def _folder_has_generated_trades(folder):
 
 
 def write_csv(path, header, lines):
-    """Write a CSV file with LF line endings."""
+    """Write a CSV file with LF line endings, line by line from any iterable of lines; return how many."""
+    count = 0
     with open(path, "w", encoding="utf-8", newline="\n") as handle:
         handle.write(header + "\n")
-        handle.write("\n".join(lines))
-        handle.write("\n" if lines else "")
+        for count, line in enumerate(lines, 1):
+            handle.write(line + "\n")
+    return count
 
 
 def prices_path_for(out):
@@ -622,9 +697,9 @@ def write_files(out, rows, seed, *, prices_out=None, actions_out=None, anomalies
         files.append((actions_out or actions_path_for(out), ACTION_HEADER, generated.actions))
     if anomaly_rate:
         files.append((anomalies_out or anomalies_path_for(out), ANOMALY_HEADER, generated.truth))
-    _write_files(files)
-    return Written(len(generated.trades), len(generated.prices), generated.splits, generated.dividends,
-                   len(generated.truth), len({line.rsplit(",", 1)[1] for line in generated.truth}))
+    counts = _write_files(files)
+    return Written(counts[0], counts[1], generated.splits, generated.dividends, len(generated.truth),
+                   len({line.rsplit(",", 1)[1] for line in generated.truth}))
 
 
 def write_dummy_data(out, rows, seed, prices_out=None, end_date=constants.DEFAULT_END_DATE,
@@ -649,10 +724,10 @@ def write_anomalous_data(out, rows, seed, rate, prices_out=None, anomalies_out=N
 
 
 def _write_files(files):
+    """Write (path, header, lines) files after refuse_to_overwrite; return the lines written to each."""
     refuse_to_overwrite(files[0][0], [path for path, _, _ in files[1:]])
     try:
-        for path, header, lines in files:
-            write_csv(path, header, lines)
+        return [write_csv(path, header, lines) for path, header, lines in files]
     except OSError as error:
         raise cli.InputError(f"cannot write {error.filename}: {error.strerror}") from None
 

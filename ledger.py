@@ -601,6 +601,7 @@ def _after_checkpoint_sql(number, checkpoint):
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 CHECKPOINT_COLUMNS = Checkpoint._fields
+CHECKPOINT_ROWS = 5_000  # rows per upsert statement
 
 
 def _checkpoint(row):
@@ -675,13 +676,14 @@ def latest_checkpoints(connection, condition):
 
 
 def write_checkpoints(connection, checkpoints):
-    """Insert or replace these checkpoints."""
-    rows = [{**checkpoint._asdict(), "last_txn_time": datetime.fromisoformat(checkpoint.last_txn_time)}
-            for checkpoint in checkpoints]
+    """Insert or replace these checkpoints, CHECKPOINT_ROWS a statement (rows made for one statement at a time: a
+    replay of every trade has a checkpoint per position and week)."""
     update_columns = [column for column in CHECKPOINT_COLUMNS
                       if column not in ("investor_id", "stock_symbol", "week_start")]
-    for start in range(0, len(rows), 5_000):
-        connection.execute(dialects.upsert(connection, position_checkpoints, update_columns), rows[start:start + 5_000])
+    for start in range(0, len(checkpoints), CHECKPOINT_ROWS):
+        connection.execute(dialects.upsert(connection, position_checkpoints, update_columns), [
+            {**checkpoint._asdict(), "last_txn_time": datetime.fromisoformat(checkpoint.last_txn_time)}
+            for checkpoint in checkpoints[start:start + CHECKPOINT_ROWS]])
 
 
 def forget_checkpoints_after(connection, starts):

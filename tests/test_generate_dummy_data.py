@@ -459,6 +459,19 @@ def test_actions_out_with_no_corporate_actions_is_a_usage_error(tmp_path, capsys
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("rate", [0.0, 0.004], ids=["clean", "anomalies"])
+def test_files_do_not_depend_on_how_many_trades_are_written_at_a_time(monkeypatch, rate):
+    # 10,000,000 trades are replayed, priced and written CHUNK_ROWS at a time; here 5,000 in slices of 777
+    whole = generate_dummy_data.generate_files(5000, 7, anomaly_rate=rate)
+    expected = list(whole.trades), whole.prices, whole.truth
+
+    monkeypatch.setattr(generate_dummy_data, "CHUNK_ROWS", 777)
+    sliced = generate_dummy_data.generate_files(5000, 7, anomaly_rate=rate)
+
+    assert (list(sliced.trades), sliced.prices, sliced.truth) == expected
+    assert whole.splits == 2 and len(expected[0]) == 5000 + len(whole.truth) and bool(whole.truth) == (rate > 0)
+
+
 @pytest.mark.parametrize("window, splits", [(39, 0), (40, 2)])
 def test_a_window_shorter_than_40_weekdays_has_no_splits(monkeypatch, window, splits):
     monkeypatch.setattr(constants, "TRADING_DAYS", window)
