@@ -6,8 +6,11 @@ trade-level rules LARGE_TRADE, OFF_MARKET_PRICE, WASH_TRADE, ROUND_TRIP and BURS
 need: per investor with new trades, the last trades before the first new one (LARGE_TRADE's own history, and the
 SURVEILLANCE_BASELINE_TRADES that BURST and ROUND_TRIP measure the investor's usual activity over) and the last
 SURVEILLANCE_CONTEXT_MINUTES before it, and the earlier trades of that history's first week; each position starts
-that week from the ledger's checkpoint (position_checkpoints) and is replayed with ledger.Position. A baseline is
-taken from a trade's own previous trades only, so an incremental run and a --full run judge every trade alike.
+that week from the ledger's checkpoint (position_checkpoints) and is replayed with ledger.Position; every read is
+a set of index ranges, one per position. A --full check (and the first run) reads and checks the trades one slice
+of investors at a time (about FULL_CHECK_SLICE_TRADES trades, or one bigger investor): every rule judges a trade
+by its own investor's trades, so its memory does not grow with the history. A baseline is taken from a trade's own
+previous trades only, so an incremental run and a --full run judge every trade alike.
 WASH_TRADE's price tolerance follows the symbol's volatility in the year before the trade (closes.py reads the
 split-adjusted closes). Prices are compared in the same terms: a trade with that day's close as traded, and the
 legs of a WASH_TRADE on either side of a split's ex_date in the later leg's terms (the earlier price divided by
@@ -17,6 +20,8 @@ in docs/surveillance.md. A trade-level alert is keyed by rule and txn_ref, a sec
 alert by rule, investor and sector, so re-running never duplicates one. Alerts and the batches' surveilled_at
 commit in one transaction.
 """
+import csv
+import io
 import logging
 import sys
 import time
@@ -108,57 +113,75 @@ first_new AS (  -- each investor's earliest pending trade: it and every later tr
     GROUP BY investor_id
 )"""
 PENDING_CTES = PENDING_CTE + FIRST_NEW_CTE
-CONTEXT_FROM_FIRST_NEW = """,
-position_bounds AS (  -- per position, the time of its LOOKBACK-th newest trade before first_time; the
-                      -- investor's last trades are among its positions' last ones (index seeks, no full scan)
-    SELECT f.investor_id, s.stock_symbol, f.first_time,
+HISTORY_FLOORS_SELECT = """,
+position_bounds AS (  -- per position, the time of its LOOKBACK-th newest trade before first_time (an index seek):
+                      -- the investor has LOOKBACK trades from there on. Only positions with LOOKBACK trades in all
+                      -- (portfolios.trade_count) can have one: fewer positions only lower the floor
+    SELECT f.investor_id, f.first_time,
            (SELECT t.txn_time FROM transactions t
-            WHERE t.investor_id = f.investor_id AND t.stock_symbol = s.stock_symbol AND t.txn_time < f.first_time
+            WHERE t.investor_id = f.investor_id AND t.stock_symbol = p.stock_symbol AND t.txn_time < f.first_time
             ORDER BY t.txn_time DESC LIMIT 1 OFFSET :lookback_offset) AS bound
     FROM first_new f
-    CROSS JOIN stocks s
-),
-earlier AS (  -- candidates before first_time, numbered newest first per investor
-    SELECT t.txn_id, t.investor_id, t.txn_time,
-           ROW_NUMBER() OVER (PARTITION BY t.investor_id ORDER BY t.txn_time DESC, t.txn_id DESC) AS trades_back
-    FROM position_bounds b
-    JOIN transactions t ON t.investor_id = b.investor_id AND t.stock_symbol = b.stock_symbol
-        AND t.txn_time < b.first_time AND (b.bound IS NULL OR t.txn_time >= b.bound OR t.txn_time >= :since)
-),
-context AS (  -- history (the last trades, and every trade since the context start), then the checked trades
-    SELECT txn_id, 0 AS checked FROM earlier WHERE trades_back <= :lookback_trades OR txn_time >= :since
-    UNION ALL
-    SELECT t.txn_id, 1 AS checked
-    FROM position_bounds b
-    JOIN transactions t ON t.investor_id = b.investor_id AND t.stock_symbol = b.stock_symbol
-        AND t.txn_time >= b.first_time
-)"""
-TRADE_COLUMNS_SQL = "t.txn_id, t.txn_ref, t.investor_id, t.stock_symbol, t.txn_type, t.quantity, t.price, t.txn_time"
-CONTEXT_SELECT = f"""
-SELECT {TRADE_COLUMNS_SQL}, c.checked
-FROM context c
-JOIN transactions t ON t.txn_id = c.txn_id
+    LEFT JOIN portfolios p ON p.investor_id = f.investor_id AND p.trade_count > :lookback_offset
+)
+SELECT investor_id, first_time,
+       MAX(bound) AS history_floor  -- the investor's last LOOKBACK trades are from here on (NULL: all its trades)
+FROM position_bounds
+GROUP BY investor_id, first_time
 """
-CONTEXT_SQL = f"WITH {PENDING_CTES}{CONTEXT_FROM_FIRST_NEW}{CONTEXT_SELECT}"
-LIVE_CONTEXT_SQL = f"WITH {LIVE_PENDING_CTE}{FIRST_NEW_CTE}{CONTEXT_FROM_FIRST_NEW}{CONTEXT_SELECT}"
-ALL_TRADES_SQL = f"SELECT {TRADE_COLUMNS_SQL}, 1 AS checked FROM transactions t"
-WEEK_BEFORE_SQL = f"""
-SELECT {TRADE_COLUMNS_SQL}, 0 AS checked  -- from a Monday to the latest first context trade of these investors
-FROM investors i
-CROSS JOIN stocks s  -- one index seek per position, as in position_bounds
-JOIN transactions t ON t.investor_id = i.investor_id AND t.stock_symbol = s.stock_symbol
-    AND t.txn_time >= :week_start AND t.txn_time <= :last_time
-WHERE i.investor_id IN :ids
-"""
-PENDING_SUMMARY_SQL = f"WITH {PENDING_CTES} SELECT COUNT(*), MIN(txn_time) FROM pending"
+HISTORY_FLOORS_SQL = f"WITH {PENDING_CTES}{HISTORY_FLOORS_SELECT}"
+LIVE_HISTORY_FLOORS_SQL = f"WITH {LIVE_PENDING_CTE}{FIRST_NEW_CTE}{HISTORY_FLOORS_SELECT}"
+# One investor's first trade of history ({name}: its parameters' prefix, {trades}: its range_condition): the
+# first of its last LOOKBACK trades before its first new one, or the first of its trades since the context start
+LAST_TRADES_START_SELECT = """
+SELECT :{name}_investor AS investor_id, (SELECT MIN(txn_time) FROM (
+    SELECT t.txn_time FROM transactions t WHERE {trades}
+    ORDER BY t.txn_time DESC, t.txn_id DESC LIMIT :lookback_trades) last_trades) AS history_start"""
+RECENT_START_SELECT = """
+SELECT :{name}_investor AS investor_id, (SELECT MIN(t.txn_time) FROM transactions t WHERE {trades}) AS history_start"""
+PENDING_COUNT_SQL = f"WITH {PENDING_CTE} SELECT COUNT(*) FROM pending"  # the index on batch_id alone
 WAITING_SQL = "SELECT COUNT(*) FROM load_batches WHERE status = 'loaded' AND applied_at IS NULL"
 SURVEILLED_SQL = "SELECT 1 FROM load_batches WHERE status = 'loaded' AND surveilled_at IS NOT NULL LIMIT 1"
+INVESTOR_TRADES_SQL = """
+SELECT investor_id, COUNT(*) AS trades, MIN(txn_time) AS first_time, MAX(txn_time) AS last_time
+FROM transactions
+GROUP BY investor_id
+ORDER BY investor_id
+"""
+COLUMNS = "{columns}"  # in a trade SELECT: where read_trades puts a trade's columns
+SLICE_SQL = f"SELECT {COLUMNS} FROM transactions t WHERE t.investor_id BETWEEN :first_investor AND :last_investor"
+RANGE_TRADES_SELECT = f"SELECT {COLUMNS} FROM transactions t WHERE {{trades}}"  # {trades}: see LAST_TRADES_START_SELECT
+TRADE_FIELDS = ("txn_id", "txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time")
+TYPED_TRADE_SQL = ", ".join(f"t.{name}" for name in TRADE_FIELDS)
+# Where the driver's per-field work dominates (dialects.packs_rows), a trade is read as one text column, its fields
+# joined by a tab: validation keeps every text field printable ASCII, so none holds a tab (and a tab would add a
+# field, which read_csv refuses rather than misreads)
+PACKED_TRADE_SQL = f"CONCAT_WS(:field_separator, {TYPED_TRADE_SQL})"
+FIELD_SEPARATOR = "\t"
+PACKED_DTYPES = {"txn_id": np.int64, "txn_ref": str, "investor_id": np.int64, "stock_symbol": str, "txn_type": str,
+                 "quantity": np.int64, "price": np.float64, "txn_time": str}
+FULL_CHECK_SLICE_TRADES = 500_000  # trades a --full check reads and checks at once: bounds its memory
+INVESTORS_PER_STATEMENT = 200  # SELECTs per UNION ALL at most (SQLite takes 500)
 
 
 class BatchState(NamedTuple):
     """The batches one run surveils."""
     pending: list  # ids of loaded batches that update_portfolio applied and surveillance has not checked
     first_run: bool  # every stored trade is theirs: nothing was surveilled yet and nothing waits
+
+
+class InvestorRange(NamedTuple):
+    """One investor's trades from `start` (None: its first) to before `end` (None: its last), datetimes."""
+    investor_id: int
+    start: datetime = None
+    end: datetime = None
+
+
+class SqlPart(NamedTuple):
+    """A piece of a statement: its SQL, its parameters and the bindparams that type them."""
+    sql: str
+    params: dict
+    bindparams: list
 
 
 def pending_batches(connection):
@@ -181,17 +204,14 @@ def read_batch_state(connection, full=False):
     return BatchState(pending, first_run)
 
 
-def read_pending(connection, state):
-    """(trades of the pending batches, the earliest one's txn_time as datetime or None)."""
-    if not state.pending:
-        return 0, None
-    new, first = connection.execute(text(PENDING_SUMMARY_SQL)).one()
-    return new, None if first is None else pd.Timestamp(first).to_pydatetime()
+def count_pending(connection, state):
+    """How many trades the pending batches hold."""
+    return connection.execute(text(PENDING_COUNT_SQL)).scalar() if state.pending else 0
 
 
-def _history_params(since):
-    lookback = history_trades()
-    return {"lookback_trades": lookback, "lookback_offset": lookback - 1, "since": since}
+def _datetime(value):
+    """A txn_time as the driver returns it (text on SQLite) as a datetime."""
+    return pd.Timestamp(value).to_pydatetime()
 
 
 def history_trades():
@@ -200,17 +220,34 @@ def history_trades():
     return max(constants.LARGE_TRADE_LOOKBACK_TRADES, constants.SURVEILLANCE_BASELINE_TRADES)
 
 
-def read_trades(connection, statement, params=None):
-    """The trades a statement selects, typed (see typed_trades)."""
-    return typed_trades(pd.read_sql_query(statement, connection, params=params))
+def read_trades(connection, sql, params, bindparams=()):
+    """The trades that `sql` selects (its select lists: COLUMNS, of transactions t; its bindparams typed), typed
+    (see typed_trades), in no particular order."""
+    packed = dialects.packs_rows(connection.dialect.name)
+    statement = text(sql.replace(COLUMNS, PACKED_TRADE_SQL if packed else TYPED_TRADE_SQL)).bindparams(*bindparams)
+    result = connection.execute(statement, {**params, "field_separator": FIELD_SEPARATOR} if packed else params,
+                                execution_options=ledger.UNCACHED)  # `sql` differs from one set of ranges to the next
+    return typed_trades(unpack_trades(result.scalars().all()) if packed else trade_frame(result.all()))
+
+
+def trade_frame(rows):
+    """TYPED_TRADE_SQL's rows as a frame of TRADE_FIELDS, built column by column."""
+    return pd.DataFrame(dict(zip(TRADE_FIELDS, list(zip(*rows)) or [()] * len(TRADE_FIELDS))))
+
+
+def unpack_trades(rows):
+    """PACKED_TRADE_SQL's texts as a frame of TRADE_FIELDS, parsed in bulk (read_csv, not a loop per row)."""
+    if not rows:
+        return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in PACKED_DTYPES.items()})
+    return pd.read_csv(io.StringIO("\n".join(rows)), sep=FIELD_SEPARATOR, header=None, names=list(TRADE_FIELDS),
+                       dtype=PACKED_DTYPES, quoting=csv.QUOTE_NONE, na_filter=False)
 
 
 def typed_trades(trades):
-    """Trades as the SQL returns them with price (float), quantity, checked (bool), and the time as seconds
-    since the epoch and day (datetime64[D]) added."""
+    """Trades as the SQL returns them with price (float) and quantity (int64), and the time as seconds since the
+    epoch and day (datetime64[D]) added."""
     trades["price"] = trades["price"].astype(float)
     trades["quantity"] = trades["quantity"].astype(np.int64)
-    trades["checked"] = trades["checked"].astype(bool)
     times = pd.to_datetime(trades["txn_time"].astype(str), format="%Y-%m-%d %H:%M:%S")
     trades["seconds"] = times.to_numpy().astype("datetime64[s]").astype(np.int64)
     trades["day"] = times.to_numpy().astype("datetime64[D]")
@@ -222,47 +259,110 @@ def in_replay_order(trades):
     return trades.sort_values(["investor_id", "seconds", "txn_id"], ignore_index=True)
 
 
-def read_context(connection, first_new, context_sql=CONTEXT_SQL, pending_params=None):
-    """The trades to check and their history (CONTEXT_SQL, or LIVE_CONTEXT_SQL with its pending_params) with each
-    investor's earlier trades of the week of its first context trade, in replay order; and the opening:
-    {(investor_id, stock_symbol): ledger.Checkpoint}, each position's last checkpoint before that week (none:
-    nothing held)."""
+def read_symbols(connection):
+    """Every stock symbol: with an investor, they enumerate its positions, each one index range."""
+    return connection.execute(text("SELECT stock_symbol FROM stocks ORDER BY stock_symbol")).scalars().all()
+
+
+def range_condition(investor_range, name):
+    """SqlPart: the condition (over alias t) selecting one InvestorRange's trades, each of its positions (every
+    symbol, :symbols) one range of ix_transactions_position_time; its parameters are named name_..."""
+    conditions = [f"t.investor_id = :{name}_investor", "t.stock_symbol IN :symbols"]
+    params, typed = {f"{name}_investor": investor_range.investor_id}, []
+    for bound_name, operator, bound in (("start", ">=", investor_range.start), ("end", "<", investor_range.end)):
+        if bound is not None:
+            conditions.append(f"t.txn_time {operator} :{name}_{bound_name}")
+            params[f"{name}_{bound_name}"] = bound
+            typed.append(bindparam(f"{name}_{bound_name}", type_=Timestamp))
+    return SqlPart(" AND ".join(conditions), params, typed)
+
+
+def union_all(parts, symbols):
+    """(SQL, parameters, bindparams) of SqlParts joined by UNION ALL, every stock symbol bound as :symbols. One
+    SELECT per investor: one whose WHERE ORs the investors costs MariaDB the whole OR for every row it reads."""
+    return ("\nUNION ALL\n".join(part.sql for part in parts),
+            {"symbols": list(symbols), **{name: value for part in parts for name, value in part.params.items()}},
+            [bindparam("symbols", expanding=True), *(typed for part in parts for typed in part.bindparams)])
+
+
+def statement_slices(connection, items, symbols):
+    """`items` (one per investor) in slices of as many investors as one statement reads: each binds every symbol
+    and three values, within the database's bound parameters per statement (dialects.lookup_slice)."""
+    fitting = dialects.lookup_slice(connection.dialect.name) // (len(symbols) + 3)
+    step = max(1, min(INVESTORS_PER_STATEMENT, fitting))
+    return [items[first:first + step] for first in range(0, len(items), step)]
+
+
+def union_of_ranges(select, ranges, symbols):
+    """(SQL, parameters, bindparams): `select` for each InvestorRange (its {name}: a prefix for its parameters,
+    its {trades}: its range_condition), joined by UNION ALL."""
+    parts = []
+    for number, investor_range in enumerate(ranges):
+        condition = range_condition(investor_range, f"r{number}")
+        parts.append(SqlPart(select.replace("{name}", f"r{number}").replace("{trades}", condition.sql),
+                             condition.params, condition.bindparams))
+    return union_all(parts, symbols)
+
+
+def read_ranges(connection, ranges, symbols):
+    """The trades of these InvestorRanges (read_trades), a slice of investors per statement."""
+    return pd.concat([read_trades(connection, *union_of_ranges(RANGE_TRADES_SELECT, part, symbols))
+                      for part in statement_slices(connection, ranges, symbols)], ignore_index=True)
+
+
+def read_context(connection, floors, first_new):
+    """The trades to check (each investor's from its first pending one: floors, read_history_floors') and their
+    history, with each investor's earlier trades of the week of its first history trade, in replay order; and the
+    opening: {(investor_id, stock_symbol): ledger.Checkpoint}, each position's last checkpoint before that week
+    (none: nothing held). first_new: the earliest pending trade's time. Every read is a set of index ranges per
+    position: no plan scans the table."""
+    symbols = read_symbols(connection)
     since = first_new - timedelta(minutes=constants.SURVEILLANCE_CONTEXT_MINUTES)
-    statement = text(context_sql).bindparams(bindparam("since", type_=Timestamp))
-    context = read_trades(connection, statement, {**_history_params(since), **(pending_params or {})})
-    firsts = first_context_trades(in_replay_order(context))
-    weeks = dict(zip(firsts["investor_id"].tolist(), firsts["week_start"]))
+    starts = read_history_starts(connection, floors, symbols, since)
+    weeks = {investor_id: ledger.week_start(str(starts.get(investor_id, first_time))[:10])
+             for investor_id, (first_time, _) in floors.items()}
     opening = ledger.checkpoints_before(connection, list(weeks), weeks)
-    earlier = read_week_before(connection, firsts)
-    return in_replay_order(pd.concat([frame for frame in (earlier, context) if not frame.empty])), opening
+    trades = read_ranges(connection, [InvestorRange(investor_id, datetime.combine(week, datetime.min.time()))
+                                      for investor_id, week in weeks.items()], symbols)
+    first_seconds = {investor_id: np.datetime64(first_time, "s").astype(np.int64)
+                     for investor_id, (first_time, _) in floors.items()}
+    checked = trades["seconds"].to_numpy() >= trades["investor_id"].map(first_seconds).to_numpy()
+    return in_replay_order(trades.assign(checked=checked)), opening
 
 
-def first_context_trades(trades):
-    """Each investor's first trade (trades in replay order): investor_id, seconds, txn_id and week_start, the
-    Monday of its week (a date)."""
-    firsts = trades.groupby("investor_id", sort=False).head(1)[["investor_id", "seconds", "txn_id", "day"]]
-    days = np.datetime_as_string(firsts.pop("day").to_numpy().astype("datetime64[D]")).tolist()
-    return firsts.assign(week_start=[ledger.week_start(day) for day in days])
+def read_history_floors(connection, floors_sql=HISTORY_FLOORS_SQL, pending_params=None):
+    """{investor_id: (its first pending trade's time, its history floor or None)}, datetimes, of the investors
+    with pending trades (floors_sql: HISTORY_FLOORS_SQL, or LIVE_HISTORY_FLOORS_SQL with its pending_params)."""
+    lookback = history_trades()
+    rows = connection.execute(text(floors_sql), {"lookback_offset": lookback - 1, **(pending_params or {})})
+    return {investor_id: (_datetime(first_time), None if floor is None else _datetime(floor))
+            for investor_id, first_time, floor in rows}
 
 
-def read_week_before(connection, firsts):
-    """Each investor's trades from the Monday of its first context trade up to that trade (not included), read
-    ID_SLICE investors at a time per week."""
-    statement = text(WEEK_BEFORE_SQL).bindparams(bindparam("ids", expanding=True),
-                                                 bindparam("week_start", type_=Timestamp),
-                                                 bindparam("last_time", type_=Timestamp))
-    frames = []
-    for week, group in firsts.groupby("week_start"):
-        ids = group["investor_id"].tolist()
-        bounds = {"week_start": pd.Timestamp(week).to_pydatetime(),
-                  "last_time": pd.Timestamp(group["seconds"].max(), unit="s").to_pydatetime()}
-        frames += [read_trades(connection, statement, {"ids": ids[start:start + ID_SLICE], **bounds})
-                   for start in range(0, len(ids), ID_SLICE)]
-    earlier = pd.concat(frames, ignore_index=True)
-    bound = earlier[["investor_id"]].merge(firsts, how="left", on="investor_id")
-    before = (earlier["seconds"] < bound["seconds"]) | (
-        (earlier["seconds"] == bound["seconds"]) & (earlier["txn_id"] < bound["txn_id"]))
-    return earlier.loc[before.to_numpy()]
+def read_history_starts(connection, floors, symbols, since):
+    """{investor_id: the time of its first trade of history} for the investors with trades before their first
+    pending one: the first of its last LOOKBACK trades, unless a trade since `since` is earlier (then they all
+    are at or after `since`, and the first of those is)."""
+    last = read_starts(connection, LAST_TRADES_START_SELECT, symbols, [
+        InvestorRange(investor_id, floor, first_time) for investor_id, (first_time, floor) in floors.items()
+        if floor is None or floor < since])  # a later floor: its last trades are all since `since`
+    starts = {investor_id: start for investor_id, start in last.items() if start is not None and start < since}
+    recent = read_starts(connection, RECENT_START_SELECT, symbols, [
+        InvestorRange(investor_id, since, first_time) for investor_id, (first_time, _) in floors.items()
+        if investor_id not in starts])
+    return {**starts, **{investor_id: start for investor_id, start in recent.items() if start is not None}}
+
+
+def read_starts(connection, select, symbols, ranges):
+    """{investor_id: its start (datetime or None)} by `select` (LAST_TRADES_START_SELECT or RECENT_START_SELECT)
+    over each of these InvestorRanges, a slice of investors per statement."""
+    starts = {}
+    for part in statement_slices(connection, ranges, symbols):
+        sql, params, bindparams = union_of_ranges(select, part, symbols)
+        rows = connection.execute(text(sql).bindparams(*bindparams), {"lookback_trades": history_trades(), **params},
+                                  execution_options=ledger.UNCACHED)
+        starts.update((investor_id, None if start is None else _datetime(start)) for investor_id, start in rows)
+    return starts
 
 
 # ---------------------------------------------------------------------------------------------- shared arrays
@@ -485,13 +585,13 @@ def off_market_price_alerts(trades, closes):
                    details)
 
 
-def wash_trade_alerts(trades, activity, year_closes, splits=None):
+def wash_trade_alerts(trades, activity, year_closes, splits=None, last_day=None):
     """WASH_TRADE: a trade that, with an earlier opposite trade of the same investor, symbol and quantity at most
     WASH_TRADE_WINDOW_MINUTES before, buys and sells at no real price change: prices within the wash tolerance
     (wash_tolerances; year_closes: a function returning the closes it needs) of each other. Across a split
     (splits: closes.read_splits) the earlier leg's quantity and price are taken in the later leg's terms. One alert
-    per later leg: its nearest pair (difference / tolerance)."""
-    pairs = reversing_pairs(trades, constants.WASH_TRADE_WINDOW_MINUTES * 60, splits)
+    per later leg: its nearest pair (difference / tolerance). last_day: see split_factors."""
+    pairs = reversing_pairs(trades, constants.WASH_TRADE_WINDOW_MINUTES * 60, splits, last_day)
     if pairs.empty:
         return pd.DataFrame(columns=ALERT_COLUMNS)
     other_price = (pairs["other_price"] * pairs["split_factor"] / pairs["other_split_factor"]).to_numpy()
@@ -583,13 +683,15 @@ def _split_adjusted_text(price, adjusted):
     return "" if adjusted == ledger.to_decimal(price) else f" ({money(adjusted)} split-adjusted)"
 
 
-def split_factors(trades, splits):
-    """Per trade, the product (float) of the values of its symbol's splits with its day < ex_date <= the last
-    trade's day: its price divided by it, or its quantity multiplied by it, is in the terms of that last day."""
+def split_factors(trades, splits, last_day=None):
+    """Per trade, the product (float) of the values of its symbol's splits with its day < ex_date <= last_day
+    (none: the last trade's day): its price divided by it, or its quantity multiplied by it, is in the terms of
+    that day."""
     factors = np.ones(len(trades))
     if not splits or trades.empty:
         return factors
-    last_day, symbols, days = trades["day"].max(), trades["stock_symbol"].to_numpy(), trades["day"].to_numpy()
+    last_day = trades["day"].max() if last_day is None else last_day
+    symbols, days = trades["stock_symbol"].to_numpy(), trades["day"].to_numpy()
     for symbol in set(splits) & set(symbols.tolist()):
         for ex_date, value in splits[symbol]:
             if np.datetime64(ex_date, "D") <= last_day:
@@ -597,12 +699,12 @@ def split_factors(trades, splits):
     return factors
 
 
-def reversing_pairs(trades, window_seconds, splits=None):
+def reversing_pairs(trades, window_seconds, splits=None, last_day=None):
     """Each checked trade with every earlier opposite trade (BUY for a SELL, SELL for a BUY) of the same
     investor, symbol and quantity (in the same terms across a split: `lot`) at most window_seconds before it;
     that trade's columns are prefixed other_. row: the later trade's row in `trades`; split_factor: see
-    split_factors."""
-    factors = split_factors(trades, splits)
+    split_factors (to last_day)."""
+    factors = split_factors(trades, splits, last_day)
     lots = trades["quantity"] if (factors == 1).all() else np.round(trades["quantity"] * factors, 6)
     legs = trades.assign(row=np.arange(len(trades)), split_factor=factors, lot=lots).sort_values(
         ["investor_id", "stock_symbol", "lot", "seconds", "txn_id"], ignore_index=True)
@@ -767,17 +869,18 @@ def _ordinal(number):
     return f"{number}{suffix}"
 
 
-def detect_trade_alerts(trades, opening, closes, splits=None, year_closes=None):
+def detect_trade_alerts(trades, opening, closes, splits=None, year_closes=None, last_day=None):
     """Every trade-level alert for the checked trades (in replay order), as a DataFrame of ALERT_COLUMNS (pure: no
     database); closes: read_closes' frame of the checked days at least, splits: read_splits' (none: no split),
     year_closes: a function that returns read_closes' frame from VOLATILITY_CALENDAR_DAYS before the first checked
-    day, called only when a WASH_TRADE pair needs a volatility (none: `closes` holds that year)."""
+    day, called only when a WASH_TRADE pair needs a volatility (none: `closes` holds that year); last_day: the day
+    whose terms WASH_TRADE compares split legs in (none: the last trade's; a slice of a full check: the full's)."""
     if trades.empty:
         return pd.DataFrame(columns=ALERT_COLUMNS)
     by_position = position_states(trades, opening, action_events.split_events(splits or {}))
     activity = investor_activity(trades)
     found = [large_trade_alerts(trades, by_position, opening), off_market_price_alerts(trades, closes),
-             wash_trade_alerts(trades, activity, year_closes or (lambda: closes), splits),
+             wash_trade_alerts(trades, activity, year_closes or (lambda: closes), splits, last_day),
              round_trip_alerts(trades, by_position), burst_alerts(trades, activity)]
     return pd.concat([frame for frame in found if not frame.empty] or [found[0]], ignore_index=True)
 
@@ -883,35 +986,91 @@ def _decimal(value):
 class TradeCheck(NamedTuple):
     """What check_trades found and read."""
     found: pd.DataFrame  # alert candidates: alert_key and ALERT_COLUMNS
-    new_trades: int  # trades of the batches being surveilled
     trades_checked: int  # new trades and the earlier trades after each investor's first new one (late trades)
     context_trades: int  # history read and not checked
     investors: int  # investors with checked trades
+    new_trades: int = 0  # trades of the batches being surveilled
 
 
 def check_trades(connection, state, full=False):
-    """Read the trades to check (those of the pending batches; every trade with full=True or on the first run)
-    with their history and the positions' opening checkpoints; find alerts."""
-    new, first_new = read_pending(connection, state)
-    trades, opening = read_trades_to_check(connection, full or state.first_run, first_new)
-    if trades.empty:
-        return TradeCheck(pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS), new, 0, 0, 0)
-    found = checked_trade_alerts(connection, trades, opening)
-    checked = int(trades["checked"].sum())
-    logger.info("checked %d trades (%d new) with %d trades of history; %d candidate alerts", checked, new,
-                len(trades) - checked, len(found))
-    return TradeCheck(found, new, checked, len(trades) - checked,
-                      trades.loc[trades["checked"], "investor_id"].nunique())
+    """Check the trades of the pending batches with their history (every trade with full=True or on the first
+    run); find alerts."""
+    new = count_pending(connection, state)
+    check = check_every_trade(connection) if full or state.first_run else check_new_trades(connection, state)
+    logger.info("checked %d trades (%d new) with %d trades of history; %d candidate alerts", check.trades_checked,
+                new, check.context_trades, len(check.found))
+    return check._replace(new_trades=new)
 
 
-def read_trades_to_check(connection, everything, first_new):
-    """The trades to check with their history, in replay order, and the opening checkpoints: with everything=True
-    every trade, each position from nothing (a plain read); else see read_context (nothing without first_new)."""
-    if everything:
-        return in_replay_order(read_trades(connection, text(ALL_TRADES_SQL))), {}
-    if first_new is None:
-        return pd.DataFrame(), {}
-    return read_context(connection, first_new)
+def check_new_trades(connection, state):
+    """Check each investor's trades from its first pending one with their history and the positions' opening
+    checkpoints (read_context)."""
+    floors = read_history_floors(connection) if state.pending else {}
+    if not floors:
+        return TradeCheck(no_alerts(), 0, 0, 0)
+    trades, opening = read_context(connection, floors, min(first_time for first_time, _ in floors.values()))
+    checked = trades["checked"].to_numpy()
+    return TradeCheck(checked_trade_alerts(connection, trades, opening), int(checked.sum()), int((~checked).sum()),
+                      trades.loc[checked, "investor_id"].nunique())
+
+
+def check_every_trade(connection):
+    """Check every trade, each position from nothing, one slice of investors at a time (investor_slices): every
+    rule judges a trade by its own investor's trades alone, so the slices find the alerts of one read of every
+    trade in a fraction of its memory. The closes and splits are those of the whole history, read once."""
+    investors = pd.DataFrame(connection.execute(text(INVESTOR_TRADES_SQL)).all(),
+                             columns=["investor_id", "trades", "first_time", "last_time"])
+    if investors.empty:
+        return TradeCheck(no_alerts(), 0, 0, 0)
+    first_day, last_day = closes_days(investors)
+    daily_closes = closes.read_closes(connection, last_day=last_day, first_day=first_day)
+    splits = closes.read_splits(connection, last_day)
+    found = [slice_alerts(connection, first, last, daily_closes, splits, np.datetime64(last_day, "D"))
+             for first, last in investor_slices(zip(investors["investor_id"], investors["trades"]),
+                                                FULL_CHECK_SLICE_TRADES)]
+    return TradeCheck(keyed_alerts(pd.concat([frame for frame in found if not frame.empty] or found[:1],
+                                             ignore_index=True)),
+                      int(investors["trades"].sum()), 0, len(investors))
+
+
+def closes_days(investors):
+    """(first day, last day), dates, of the closes that the trades of INVESTOR_TRADES_SQL's investors need: from
+    VOLATILITY_CALENDAR_DAYS before their first day (WASH_TRADE's volatility) to their last."""
+    first_day = np.datetime64(_datetime(investors["first_time"].min()), "D") - VOLATILITY_CALENDAR_DAYS
+    return pd.Timestamp(first_day).date(), _datetime(investors["last_time"].max()).date()
+
+
+def investor_slices(trade_counts, size):
+    """[(first investor_id, last investor_id)] of consecutive investors with at most `size` trades together, or
+    one investor alone with more; trade_counts: (investor_id, trades) in investor_id order."""
+    slices, total = [], 0
+    for investor_id, trades in trade_counts:
+        if slices and total + trades <= size:
+            slices[-1], total = (slices[-1][0], investor_id), total + trades
+        else:
+            slices.append((investor_id, investor_id))
+            total = trades
+    return slices
+
+
+def slice_alerts(connection, first_investor, last_investor, daily_closes, splits, last_day):
+    """Trade alert candidates (ALERT_COLUMNS) of every trade of investors first_investor..last_investor, checked
+    from nothing; daily_closes and splits: those of the whole history, whose last day is last_day."""
+    trades = read_trades(connection, SLICE_SQL, {"first_investor": int(first_investor),
+                                                 "last_investor": int(last_investor)})
+    return detect_trade_alerts(in_replay_order(trades.assign(checked=True)), {}, daily_closes, splits,
+                               last_day=last_day)
+
+
+def no_alerts():
+    """No trade alert candidates: an empty frame of alert_key and ALERT_COLUMNS."""
+    return pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS)
+
+
+def keyed_alerts(found):
+    """Trade alert candidates with their alert_key (rule:txn_ref) in front."""
+    found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
+    return found
 
 
 def read_checked_closes(connection, trades, days_before=np.timedelta64(0, "D")):
@@ -926,10 +1085,8 @@ def checked_trade_alerts(connection, trades, opening):
     those of the year before when a WASH_TRADE pair needs a volatility (a year of closes for every symbol is a
     read a live batch seldom needs), and the splits up to the last trade's day."""
     splits = closes.read_splits(connection, pd.Timestamp(trades["day"].max()).date())
-    found = detect_trade_alerts(trades, opening, read_checked_closes(connection, trades), splits,
-                                lambda: read_checked_closes(connection, trades, VOLATILITY_CALENDAR_DAYS))
-    found.insert(0, "alert_key", found["rule"] + ":" + found["txn_ref"].astype(str))
-    return found
+    return keyed_alerts(detect_trade_alerts(trades, opening, read_checked_closes(connection, trades), splits,
+                                            lambda: read_checked_closes(connection, trades, VOLATILITY_CALENDAR_DAYS)))
 
 
 def find_live_alerts(connection, live_batch_id, after_line, through_line, first_new):
@@ -937,9 +1094,10 @@ def find_live_alerts(connection, live_batch_id, after_line, through_line, first_
     through_line of a live batch (the earliest at first_new, a datetime), checked with their history; reads only
     (live_worker.py writes them, with the investors' sector alerts once their positions are revalued)."""
     pending = {"live_batch_id": live_batch_id, "live_after_line": after_line, "live_through_line": through_line}
-    trades, opening = read_context(connection, first_new, LIVE_CONTEXT_SQL, pending)
-    if trades.empty:
-        return pd.DataFrame(columns=["alert_key"] + ALERT_COLUMNS)
+    floors = read_history_floors(connection, LIVE_HISTORY_FLOORS_SQL, pending)
+    if not floors:
+        return no_alerts()
+    trades, opening = read_context(connection, floors, first_new)
     return checked_trade_alerts(connection, trades, opening)
 
 
@@ -950,9 +1108,9 @@ def has_pending_batches(engine):
 
 
 def refresh_statistics(engine):
-    """Refresh the optimizer's table statistics where a bulk load leaves them stale (MySQL/MariaDB: the index
-    seeks of CONTEXT_SQL turn into full scans until InnoDB recounts in the background). Its own transaction:
-    ANALYZE TABLE commits implicitly."""
+    """Refresh the optimizer's table statistics where a bulk load leaves them stale (MySQL/MariaDB: an index seek
+    may turn into a full scan until InnoDB recounts in the background). Its own transaction: ANALYZE TABLE commits
+    implicitly."""
     statement = dialects.refresh_statistics_sql(engine.dialect.name)
     if statement:
         with engine.connect() as connection:

@@ -1,8 +1,9 @@
 """surveillance.py: each rule on small hand-made files (fires, and a near miss does not), WASH_TRADE's tolerance
 against the symbol's volatility, BURST and ROUND_TRIP against the investor's own usual activity, idempotent and
 incremental runs and their summary figures, openings from the ledger's checkpoints (incremental == --full, the
-baselines included), the statements of a run with nothing new, more investors than one IN list holds, and
-recall/precision against the ground truth that generate_dummy_data --anomalies plants.
+baselines included), the live path's alerts (== the incremental run's), the statements of a run with nothing new,
+more investors than one IN list holds, a --full check in slices of investors (== one slice), trades read as packed
+text (odd txn_refs), and recall/precision against the ground truth that generate_dummy_data --anomalies plants.
 
 Database tests run on SQLite and on a fresh MariaDB database (conftest fixtures). Expected metrics are worked out
 by hand in the comments; the rolling robust z-score is checked against a direct numpy reference.
@@ -544,6 +545,24 @@ def test_incremental_checks_only_new_trades_with_their_history(seeded_engine, tm
     assert "against the investor's last 36 trades" in alert_rows(seeded_engine, "LARGE_TRADE")[0]["details"]
 
 
+def test_live_alerts_of_a_batchs_lines_are_those_of_the_incremental_run(seeded_engine, tmp_path):
+    load_and_surveil(seeded_engine, tmp_path, history(1001) + [
+        ("W-BUY", 1002, "MSFT", "BUY", 10, "400.00", at(0, day=5))], name="first.csv")
+    load(seeded_engine, write_trades(tmp_path, "second.csv", [
+        ("BIG", 1001, "AAPL", "BUY", 5000, "100.00", at(0, day=5)),
+        ("W-SELL", 1002, "MSFT", "SELL", 10, "400.00", at(3, day=5))]))
+    update_portfolio.update_portfolios(seeded_engine)
+    with seeded_engine.connect() as connection:
+        batch_id = connection.execute(select(func.max(load_batches.c.batch_id))).scalar()
+        live = surveillance.find_live_alerts(connection, batch_id, 1, 3, datetime.fromisoformat(at(0, day=5)))
+
+    surveillance.run_surveillance(seeded_engine)
+
+    assert sorted(live["alert_key"]) == ["LARGE_TRADE:BIG", "WASH_TRADE:W-SELL"]
+    assert live.sort_values("alert_key")["details"].tolist() == [
+        alert_rows(seeded_engine, rule)[0]["details"] for rule in ("LARGE_TRADE", "WASH_TRADE")]
+
+
 def test_a_late_trade_is_checked_with_the_trades_after_it(seeded_engine, tmp_path):
     load_and_surveil(seeded_engine, tmp_path, [(f"B{n}", 1005, "KO", "BUY", n + 1, "60.00", at(n / 4))
                                                for n in range(1, 11)], name="first.csv")
@@ -675,7 +694,90 @@ def test_the_first_run_reads_every_trade_without_selecting_history(seeded_engine
     statements = executed_statements(seeded_engine, lambda: surveillance.run_surveillance(seeded_engine))
 
     assert not [statement for statement in statements if "position_bounds" in statement]
-    assert sum(surveillance.ALL_TRADES_SQL in statement for statement in statements) == 1
+    assert sum(surveillance.INVESTOR_TRADES_SQL in statement for statement in statements) == 1
+    assert len([statement for statement in statements if "t.investor_id BETWEEN" in statement]) == 1  # one slice
+
+
+def test_packed_trades_keep_every_field_whatever_the_txn_ref():
+    rows = ["7\tA,1 \"quoted\" it's\t1001\tAAPL\tBUY\t10\t199.1000\t2026-03-02 09:00:00",
+            "8\tNA\t1002\tKO\tSELL\t3\t60.0000\t2026-03-02 09:01:00",
+            "9\t007\t1003\tMSFT\tBUY\t1\t0.1000\t2026-03-02 09:02:00"]
+
+    trades = surveillance.typed_trades(surveillance.unpack_trades(rows))
+
+    assert trades["txn_ref"].tolist() == ['A,1 "quoted" it\'s', "NA", "007"]
+    assert trades["price"].tolist() == [199.1, 60.0, 0.1] and trades["quantity"].tolist() == [10, 3, 1]
+    assert trades["seconds"].diff().tolist()[1:] == [60, 60]
+    assert surveillance.unpack_trades([]).columns.tolist() == list(surveillance.TRADE_FIELDS)
+
+
+def test_odd_txn_refs_come_back_from_the_database_as_loaded(seeded_engine, tmp_path):
+    # on MariaDB and PostgreSQL the trades are read packed into one text column (a comma, quotes, 'NA')
+    path = tmp_path / "trades.csv"
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(HEADER.split(","))
+        writer.writerows([('W,"1"', 1003, "MSFT", "BUY", 10, "400.00", at(0, 3)),
+                          ("NA", 1003, "MSFT", "SELL", 10, "400.01", at(2, 3))])
+    load(seeded_engine, str(path))
+    update_portfolio.update_portfolios(seeded_engine)
+
+    surveillance.run_surveillance(seeded_engine, full=True)
+
+    assert refs(seeded_engine, "WASH_TRADE") == ["NA"]
+    details = alert_rows(seeded_engine, "WASH_TRADE")[0]["details"]
+    assert details.startswith('SELL NA of 10 MSFT at 400.01 reverses W,"1" at 400.00')
+
+
+def test_investor_slices_hold_about_the_size_and_a_bigger_investor_alone():
+    counts = [(1001, 3), (1002, 4), (1003, 12), (1004, 1), (1005, 2), (1006, 5)]
+
+    assert surveillance.investor_slices(counts, 8) == [(1001, 1002), (1003, 1003), (1004, 1006)]
+    assert surveillance.investor_slices(counts, 100) == [(1001, 1006)]
+    assert surveillance.investor_slices(counts, 1) == [(investor_id, investor_id) for investor_id, _ in counts]
+    assert surveillance.investor_slices([], 8) == []
+
+
+def full_trade_alerts(engine):
+    """Every trade-level alert of a --full check, as (alert_key, severity, metric, threshold, details), after
+    deleting those stored."""
+    with engine.begin() as connection:
+        connection.execute(alerts.delete().where(alerts.c.rule.in_(surveillance.TRADE_RULES)))
+    surveillance.run_surveillance(engine, full=True)
+    with engine.connect() as connection:
+        return sorted(connection.execute(select(
+            alerts.c.alert_key, alerts.c.severity, alerts.c.metric, alerts.c.threshold, alerts.c.details).where(
+            alerts.c.rule.in_(surveillance.TRADE_RULES))).all())
+
+
+def test_a_full_check_in_slices_of_investors_finds_the_alerts_of_one_slice(seeded_engine, tmp_path, monkeypatch):
+    load_and_surveil(seeded_engine, tmp_path, every_rule_rows())
+    whole = full_trade_alerts(seeded_engine)
+    monkeypatch.setattr(surveillance, "FULL_CHECK_SLICE_TRADES", 1)  # each investor alone
+
+    sliced = []
+    statements = executed_statements(seeded_engine, lambda: sliced.extend(full_trade_alerts(seeded_engine)))
+
+    assert len([statement for statement in statements if "t.investor_id BETWEEN" in statement]) == 5
+    assert sliced == whole and len(whole) == 4  # no close: no OFF_MARKET_PRICE
+
+
+@pytest.mark.slow_on_servers
+def test_a_full_check_of_generated_trades_in_slices_finds_the_alerts_of_one_slice(seeded_engine, tmp_path,
+                                                                                  monkeypatch):
+    # 20,000 trades of 100 investors (about 200 each; the busiest several times that) with every rule planted,
+    # and the generator's splits: slices of at most 2,000 trades, or one investor alone
+    for path in split_generated(tmp_path, 20_000, 5, 0.003):
+        assert load_transactions.load_paths(seeded_engine, [path]) == 0
+    update_portfolio.update_portfolios(seeded_engine)
+    surveillance.run_surveillance(seeded_engine)
+    whole = full_trade_alerts(seeded_engine)
+    monkeypatch.setattr(surveillance, "FULL_CHECK_SLICE_TRADES", 2_000)
+
+    sliced = full_trade_alerts(seeded_engine)
+
+    assert {key.split(":")[0] for key, *_ in whole} == set(surveillance.TRADE_RULES) and len(whole) > 250
+    assert sliced == whole
 
 
 def test_with_nothing_new_no_statement_reads_transactions_or_refreshes_statistics(seeded_engine, tmp_path):
