@@ -225,6 +225,7 @@ def test_sigterm_during_a_big_load_ends_it_in_one_line_and_marks_the_batch_faile
     assert (batch["status"], batch["error"]) == ("failed", "terminated (SIGTERM)")
 
 
+@pytest.mark.slow_on_servers
 @pytest.mark.parametrize("victim", [0, 1], ids=["reader", "preparer"])
 def test_a_killed_worker_ends_the_load_in_one_line_and_nothing_is_kept(seeded_engine, database_url, tmp_path, victim):
     """The loader reads in one worker process and validates in another; either one killed ends the load."""
