@@ -568,17 +568,7 @@ def in_background(items, depth=2, then=None):
                                                              parent_pid), name="load-prepare", daemon=True))
     try:
         _start(workers)
-        while True:
-            try:
-                kind, item = queue.get(timeout=1.0)
-            except Empty:
-                _require_alive(workers)
-                continue
-            if kind == "done":
-                return
-            if kind == "error":
-                raise item
-            yield item
+        yield from _received(queue, lambda: _require_alive(workers))
     finally:
         for worker, worker_queue in zip(reversed(workers), (queue, reader_queue)):
             _stop(worker, worker_queue)
@@ -606,13 +596,22 @@ def _require_alive(workers):
 
 
 def _drain(queue, parent_pid):
-    """The items another worker puts on `queue` (see _produce), in a worker; its error is raised here."""
+    """The items another worker puts on `queue`, in a worker; it exits if the loader is gone."""
+    def exit_if_orphaned():
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return _received(queue, exit_if_orphaned)
+
+
+def _received(queue, on_idle):
+    """The items a worker puts on `queue` (see _produce) until it is done; its error is raised here. on_idle()
+    runs after each second without an item (it raises or exits when the worker or the loader is gone)."""
     while True:
         try:
             kind, item = queue.get(timeout=1.0)
         except Empty:
-            if os.getppid() != parent_pid:
-                os._exit(1)
+            on_idle()
             continue
         if kind == "done":
             return
