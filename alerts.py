@@ -13,6 +13,7 @@ condition recurs a new OPEN alert is raised under the same key. An alert that a 
 condition still holds stays resolved (no new alert) until the condition clears. Nothing deletes an alert: the
 table is the record of what was seen and decided.
 """
+import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import getpass
 import logging
 import sys

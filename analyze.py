@@ -13,6 +13,7 @@ dashboards inline, the totals, the top risks, latest alerts, corporate actions a
 rejects) that reloads itself every --refresh seconds; with --no-plots it is the only file written. Headless by
 default (cron, ssh); --show also opens the windows.
 """
+import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import functools
 import io
 import logging

@@ -20,6 +20,7 @@ import pandas
 from sqlalchemy.exc import SQLAlchemyError
 
 import db_config
+import early_signals
 from db_config import DatabaseUnavailable, DatabaseUrlError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -93,6 +94,8 @@ def run(work, args, name):
     finalizers while a failed run is cleaned up are logged at DEBUG, not printed after the one line.
     An exception no rule describes is a bug: exit 1, its traceback with --verbose.
     """
+    if _in_main_thread():
+        early_signals.hand_over()
     previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
     os.umask(OWNER_ONLY)  # files 0600, folders 0700, whatever the caller's umask
     gc.freeze()  # the imports' objects live as long as the process: collections need not scan them (40 ms)

@@ -22,6 +22,7 @@ The password comes from the environment variable ETL_PASSWORD, else is asked for
 printed. Then run the stages with DATABASE_URL=mysql+pymysql://etl:PASSWORD@HOST:3306/DATABASE (or
 postgresql+psycopg://etl:PASSWORD@HOST:5432/DATABASE).
 """
+import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import getpass
 import logging
 import os

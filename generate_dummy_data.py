@@ -35,6 +35,7 @@ truth (txn_ref, rule, anomaly_id) to a sidecar CSV (`<out stem>_anomalies.csv` b
 its own random stream: the clean trades are exactly those of the same seed without anomalies, and every
 planted SELL follows a planted BUY of the same quantity on the same day, so no sell ever exceeds what is held.
 """
+import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import itertools
 import logging
 import os

@@ -6,6 +6,7 @@ stage that fails, names it, and exits 1 (2 when the stage failed on bad input, s
 SHA-256), update, report. Running it twice is safe: the same seed gives the same file, which loads nothing new
 the second time.
 """
+import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import sys
 import time
 

@@ -8,6 +8,7 @@ load as files (load_transactions.load_records, one batch per trade) and is commi
 terminal to see them. Each trade carries a fee on a simple broker-like schedule: 0.05% of its notional
 (quantity × price), at least 1.00, rounded to the cent.
 """
+import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import logging
 import math
 import random

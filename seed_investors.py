@@ -3,6 +3,7 @@
 Second stage of the chain (after generate_dummy_data.py, before load_transactions.py). Inserts only what is
 missing, on every dialect, so re-running changes nothing and never overwrites a row a user has edited.
 """
+import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import logging
 import sys
 from datetime import datetime
