@@ -35,12 +35,12 @@ TEMP_FILE_PREFIX = "stock-etl-load-"  # then the writer's pid: stock-etl-load-<p
 def insert_columns(connection, columns, method=None, tsv=None):
     """Insert trades given as one list per INSERT_COLUMNS entry; return how many were inserted.
 
-    Columns rather than row tuples: they cross from the parsing process cheaply, and drivers zip them as they go.
-    tsv: the same rows as tab_separated(columns) made in advance (the parsing process does it for MySQL).
+    Columns rather than row tuples: drivers zip them as they go. tsv: the same rows as tab_separated(columns) made
+    in advance (the validating process does it for MySQL); then columns are read only if LOAD DATA is refused.
     method: None picks the dialect's bulk path; 'portable' forces the SQLAlchemy fallback (tests, benchmarks);
     'small' is for a few rows (MySQL: INSERT IGNORE rather than LOAD DATA's temporary file).
     """
-    if not columns[0]:
+    if not (tsv or columns[0]):  # with tsv, columns are used only if LOAD DATA is refused
         return 0
     paths = {"portable": lambda _name: "portable", "small": dialects.small_bulk_path}
     path = paths.get(method, dialects.bulk_path)(connection.dialect.name)
@@ -48,7 +48,7 @@ def insert_columns(connection, columns, method=None, tsv=None):
 
 
 def prepared_text(dialect_name, columns):
-    """What the parsing process can prepare for a dialect's bulk path: LOAD DATA's text (MySQL), else None."""
+    """What the validating process can prepare for a dialect's bulk path: LOAD DATA's text (MySQL), else None."""
     return tab_separated(columns) if dialects.bulk_path(dialect_name) == "load_data" else None
 
 
@@ -230,7 +230,7 @@ def _insert_portable(connection, columns, _tsv=None):
 
 
 # By dialects.bulk_path. Each takes (connection, columns, tsv); only load_data uses tsv, the rows as LOAD DATA
-# text made in advance by the parsing process (see prepared_text).
+# text made in advance by the validating process (see prepared_text).
 _BULK_PATHS = {"insert_or_ignore": _insert_sqlite, "load_data": _insert_mysql, "copy": _insert_postgresql,
                "insert_ignore": lambda connection, columns, _tsv: _insert_ignore_mysql(connection, [*zip(*columns)]),
                "portable": _insert_portable}

@@ -14,8 +14,10 @@ import logging
 import os
 import re
 import multiprocessing
+import pickle
 import signal
 import sys
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date
@@ -124,32 +126,63 @@ def _warn_of_unread_fees(path, header, layout):
                        "fee 0)", path, ", ".join(unread))
 
 
-@dataclass
+LINE = re.compile(rb"[^\n]*\n|[^\n]+\Z")  # a physical line with its ending, or the file's last line without one
+NEWLINE = ord("\n")
+READ_BYTES = 1 << 20  # the file is read in blocks of this size
+
+
 class Chunk:
-    """Physical lines of a file (bytes with their line endings), the first numbered first_number; a line over
-    MAX_LINE_BYTES is kept cut, its full length in `overlong` by its position."""
-    first_number: int
-    lines: list = field(default_factory=list)
-    overlong: dict = field(default_factory=dict)
+    """Physical lines of a file (bytes with their line endings), the first numbered first_number: one block of bytes
+    as read, split into `lines` only when asked; a line over MAX_LINE_BYTES is kept cut, its full length in
+    `overlong` by its position."""
+
+    def __init__(self, first_number):
+        self.first_number, self.overlong, self.data, self.count, self.split = first_number, {}, b"", 0, None
+
+    @property
+    def lines(self):
+        """The lines as a list, made on first use (read_record may append lines from past the chunk)."""
+        if self.split is None:
+            self.split, self.data = LINE.findall(self.data), None
+        return self.split
+
+    def __len__(self):
+        return self.count if self.split is None else len(self.split)
+
+    def add(self, block, count):
+        """Append `count` whole lines read as one block of bytes."""
+        if self.split is None:
+            self.data, self.count = self.data + block, self.count + count
+        else:
+            self.split += LINE.findall(block)
+
+    def block(self):
+        """The lines as one block of bytes."""
+        return self.data if self.split is None else b"".join(self.split)
 
 
 class PhysicalLines:
-    """The lines of an open file, taken a chunk at a time, or one more for a record that runs past its chunk."""
+    """The lines of an open file, taken a chunk at a time, or one more for a record that runs past its chunk. The
+    file is read in blocks: `pending` holds the bytes read past the lines taken."""
 
     def __init__(self, handle, first_number):
-        self.handle, self.next_number = handle, first_number
+        self.handle, self.next_number, self.pending = handle, first_number, b""
 
     def take(self, count):
         """The next `count` lines (fewer at the end) as a Chunk, or None when the file is done."""
         chunk = Chunk(self.next_number)
-        while len(chunk.lines) < count and self.extend(chunk):
-            pass
-        return chunk if chunk.lines else None
+        while len(chunk) < count:
+            block, taken = self._whole_lines(count - len(chunk))
+            chunk.add(block, taken)
+            self.next_number += taken
+            if len(chunk) < count and not self.extend(chunk):  # the end, else a line over the limit is next
+                break
+        return chunk if len(chunk) else None
 
     def extend(self, chunk):
         """Append the file's next line to `chunk`; False at the end of the file. A line over MAX_LINE_BYTES is
         read on in pieces and kept cut, so that no line costs more memory than that."""
-        line = self.handle.readline(MAX_LINE_BYTES)
+        line = self._readline(MAX_LINE_BYTES)
         if not line:
             return False
         if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
@@ -159,10 +192,48 @@ class PhysicalLines:
         self.next_number += 1
         return True
 
+    def _whole_lines(self, wanted):
+        """(block of bytes, count): up to `wanted` next lines, none of MAX_LINE_BYTES or more without its ending;
+        it stops before such a line (extend reads it in pieces)."""
+        data, at_end = self._read_ahead(wanted)
+        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == NEWLINE) + 1
+        if at_end and len(data) > (ends[-1] if len(ends) else 0):
+            ends = np.append(ends, len(data))  # the last line, without a line ending
+        lengths = np.diff(ends, prepend=0) - (np.frombuffer(data, np.uint8)[ends - 1] == NEWLINE)
+        over = np.flatnonzero(lengths >= MAX_LINE_BYTES)
+        count = min(wanted, len(ends), over[0] if len(over) else wanted)
+        cut = int(ends[count - 1]) if count else 0
+        self.pending = data[cut:]
+        return data[:cut], count
+
+    def _read_ahead(self, wanted):
+        """(pending bytes and more read: at least `wanted` lines, or a line of MAX_LINE_BYTES, or all that is left,
+        the end of the file reached)."""
+        blocks, lines = [self.pending], self.pending.count(b"\n")
+        tail = len(self.pending) - self.pending.rfind(b"\n") - 1  # bytes of the unfinished line
+        while lines < wanted and tail < MAX_LINE_BYTES:
+            block = self.handle.read(READ_BYTES)
+            if not block:
+                return b"".join(blocks), True
+            blocks.append(block)
+            lines += block.count(b"\n")
+            tail = tail + len(block) if b"\n" not in block else len(block) - block.rfind(b"\n") - 1
+        return b"".join(blocks), False
+
+    def _readline(self, limit):
+        """handle.readline(limit), the bytes read ahead first."""
+        end = self.pending.find(b"\n", 0, limit)
+        if end >= 0 or len(self.pending) >= limit:
+            size = end + 1 if end >= 0 else limit
+            line, self.pending = self.pending[:size], self.pending[size:]
+            return line
+        line, self.pending = self.pending, b""
+        return line + self.handle.readline(limit - len(line))
+
     def _skip_rest_of_line(self):
         """Read past the rest of the current line; return its length in bytes."""
         length = 0
-        while piece := self.handle.readline(MAX_LINE_BYTES):
+        while piece := self._readline(MAX_LINE_BYTES):
             length += len(piece)
             if piece.endswith(b"\n"):
                 break
@@ -170,7 +241,8 @@ class PhysicalLines:
 
 
 def iter_batches(path, layout, sha256, chunk_rows=constants.LOAD_CHUNK_ROWS, on_progress=None):
-    """Yield (trade rows as text cells with line_number and raw_record, malformed rows) per chunk of lines."""
+    """Yield per chunk of lines (trade rows as text cells with line_number and raw_record, malformed rows), or a
+    PlainChunk that as_frames turns into them."""
     with open(path, "rb") as handle:
         handle.readline()
         # small chunks first, each twice the last up to chunk_rows: the database starts soon and, while it stores
@@ -178,40 +250,76 @@ def iter_batches(path, layout, sha256, chunk_rows=constants.LOAD_CHUNK_ROWS, on_
         lines, size = PhysicalLines(handle, 2), min(chunk_rows, FIRST_CHUNK_ROWS)
         while chunk := lines.take(size):
             size = min(chunk_rows, 2 * size)
-            batch, malformed = parse_chunk(chunk, lines, layout, sha256)
+            parsed = parse_chunk(chunk, lines, layout, sha256)
             if on_progress:
-                on_progress(sum(map(len, chunk.lines)))
-            yield batch, malformed
+                on_progress(sum(map(len, chunk.lines)) if chunk.data is None else len(chunk.data))
+            yield parsed
 
 
 def parse_chunk(chunk, lines, layout, sha256):
-    """CSV-parse a chunk into (trade batch, rejects): pandas' C parser for the usual chunk of simple lines, the
-    csv module record by record for anything else (quotes, blank lines, control characters, wrong widths)."""
-    data = None if chunk.overlong else _plain_data(chunk.lines, layout)
+    """CSV-parse a chunk into (trade batch, rejects), record by record with the csv module, or, for the usual chunk
+    of simple lines, into a PlainChunk that the validating process splits into cells (bytes cross cheaply)."""
+    data = None if chunk.overlong else _plain_data(chunk.block(), layout)
     if data is None:
         return _parse_records(chunk, lines, layout, sha256)
-    frame = pd.read_csv(io.BytesIO(data), header=None, names=range(layout.width), dtype=object, na_filter=False,
-                        skip_blank_lines=False, quoting=csv.QUOTE_NONE, sep=layout.delimiter, engine="c")
-    texts = data.decode("ascii").replace("\r\n", "\n").split("\n")[:len(chunk.lines)]
-    numbers = range(chunk.first_number, chunk.first_number + len(texts))
-    batch = _trade_batch({index: frame[index].to_numpy() for index in layout.columns}, numbers, texts, layout, sha256)
-    batch.attrs["printable_ascii"] = True  # validation may skip that check
-    return batch, _rejects_frame([])
+    return PlainChunk(data, chunk.first_number, len(chunk), layout, sha256)
+
+
+@dataclass
+class PlainChunk:
+    """Lines that are printable ASCII without quotes and of the header's width: splitting on the delimiter is the
+    whole CSV parse (pandas' C parser does it)."""
+    data: bytes
+    first_number: int
+    count: int
+    layout: validation.FileLayout
+    sha256: str
+
+    def frames(self):
+        """(trade batch, rejects) like the other chunks'."""
+        frame = pd.read_csv(io.BytesIO(self.data), header=None, names=range(self.layout.width), dtype=object,
+                            na_filter=False, skip_blank_lines=False, quoting=csv.QUOTE_NONE, sep=self.layout.delimiter,
+                            engine="c")
+        texts = self.data.decode("ascii").replace("\r\n", "\n").split("\n")[:self.count]
+        numbers = range(self.first_number, self.first_number + self.count)
+        batch = _trade_batch({index: frame[index].to_numpy() for index in self.layout.columns}, numbers, texts,
+                             self.layout, self.sha256)
+        batch.attrs["printable_ascii"] = True  # validation may skip that check
+        batch.attrs["trimmed"] = not _has_edge_spaces(self.data, self.layout.delimiter.encode())  # ... and this
+        return batch, _rejects_frame([])
+
+
+def _has_edge_spaces(data, delimiter):
+    """May a cell of these plain lines (no tabs) start or end with a space?"""
+    return data.startswith(b" ") or data.endswith(b" ") or any(
+        pair in data for pair in (b" " + delimiter, delimiter + b" ", b" \r", b" \n", b"\n "))
+
+
+def as_frames(parsed):
+    """(trade batch, rejects) of what iter_batches yields: a PlainChunk is split into cells here."""
+    return parsed.frames() if isinstance(parsed, PlainChunk) else parsed
 
 
 NOT_PLAIN = bytes(range(0x20)).replace(b"\n", b"").replace(b"\r", b"") + b'"' + bytes(range(0x7f, 0x100))
 
 
-def _plain_data(lines, layout):
+def _plain_data(data, layout):
     """The chunk's bytes if every line is printable ASCII without quotes and has exactly the header's width, so
     that splitting on the delimiter is the whole CSV parse; else None."""
-    data = b"".join(lines)
     if len(data.translate(None, NOT_PLAIN)) != len(data) or data.count(b"\r") != data.count(b"\r\n"):
         return None
-    delimiter = layout.delimiter.encode()
-    if any(line.count(delimiter) != layout.width - 1 for line in lines):
-        return None
-    return data
+    return data if _every_line_holds(data, ord(layout.delimiter), layout.width - 1) else None
+
+
+def _every_line_holds(data, byte, count):
+    """Does every line of data hold `byte` exactly `count` times? (Counted per line, not in all: a line with one
+    too many and another with one too few are both caught.)"""
+    codes = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(codes == NEWLINE)
+    if not data.endswith(b"\n"):
+        ends = np.append(ends, len(data))
+    before = np.searchsorted(np.flatnonzero(codes == byte), ends)  # the bytes before each line's end
+    return bool(np.all(np.diff(before, prepend=0) == count))
 
 
 @dataclass
@@ -466,7 +574,7 @@ def load_batch(engine, summary, chunks, started, method=None, background=False):
         dialect = connection.dialect.name
 
         def prepare(parsed):
-            return prepare_chunk(*parsed, context, summary.batch_id, dialect)
+            return prepare_chunk(*as_frames(parsed), context, summary.batch_id, dialect)
 
         for chunk in (in_background(chunks, then=prepare) if background else map(prepare, chunks)):
             store_chunk(connection, chunk, summary, method)
@@ -474,12 +582,46 @@ def load_batch(engine, summary, chunks, started, method=None, background=False):
     return summary
 
 
+class PackedColumns(Sequence):
+    """bulk_insert columns pickled as one block of bytes (it crosses between processes as one copy), unpickled on
+    first use: the inserting process of a bulk path that takes text (MySQL) never needs them."""
+
+    def __init__(self, columns):
+        self.packed, self.columns = pickle.dumps(columns, pickle.HIGHEST_PROTOCOL), None
+
+    def __getitem__(self, index):
+        if self.columns is None:
+            self.columns, self.packed = pickle.loads(self.packed), None
+        return self.columns[index]
+
+    def __len__(self):
+        return len(bulk_insert.INSERT_COLUMNS)
+
+
+class PackedTexts(Sequence):
+    """Texts kept as one string and their lengths (two blocks of memory to send, not an object each), split on
+    first use."""
+
+    def __init__(self, texts):
+        self.text, self.lengths, self.texts = "".join(texts), np.fromiter(map(len, texts), np.int64, len(texts)), None
+
+    def __getitem__(self, index):
+        if self.texts is None:
+            ends = np.cumsum(self.lengths).tolist()
+            self.texts = [self.text[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+        return self.texts[index]
+
+    def __len__(self):
+        return len(self.lengths)
+
+
 @dataclass
 class PreparedChunk:
     """A chunk after the CPU work: the rows to insert, later repeats of their refs, and the bad rows."""
     rows_read: int
-    columns: list  # first occurrence of each valid txn_ref, as bulk_insert columns (plain lists: cheap to send)
-    raw_records: list  # the lines of those rows
+    columns: PackedColumns  # first occurrence of each valid txn_ref, as bulk_insert columns
+    raw_records: PackedTexts  # the lines of those rows
+    sample_refs: list  # staging.sample_refs of their txn_refs
     repeats: pd.DataFrame  # valid rows whose txn_ref occurred earlier in the chunk
     rejects: pd.DataFrame
     bulk_text: str = None  # the rows as the dialect's bulk path takes them, when it takes text (MySQL)
@@ -488,7 +630,7 @@ class PreparedChunk:
         """The rows to insert as a DataFrame like validation's output (built only when needed)."""
         firsts = pd.DataFrame(dict(zip(bulk_insert.INSERT_COLUMNS, self.columns)))
         return firsts.rename(columns={"source_line": "line_number"}).assign(
-            price_value=firsts["price"].astype(float), raw_record=self.raw_records)
+            price_value=firsts["price"].astype(float), raw_record=list(self.raw_records))
 
 
 def prepare_chunk(batch, malformed, context, batch_id, dialect=None):
@@ -497,7 +639,8 @@ def prepare_chunk(batch, malformed, context, batch_id, dialect=None):
     repeated = valid["txn_ref"].duplicated(keep="first").to_numpy()
     firsts = valid[~repeated]
     columns = bulk_insert.trade_columns(firsts, batch_id)
-    return PreparedChunk(len(batch) + len(malformed), columns, firsts["raw_record"].tolist(), valid[repeated],
+    return PreparedChunk(len(batch) + len(malformed), PackedColumns(columns),
+                         PackedTexts(firsts["raw_record"].tolist()), staging.sample_refs(columns[0]), valid[repeated],
                          pd.concat([malformed, rejected], ignore_index=True),
                          bulk_insert.prepared_text(dialect, columns) if columns[0] else None)
 
@@ -512,8 +655,8 @@ def store_chunk(connection, chunk, summary, method=None, line_numbers=True):
     stored, never with another line of the file, makes the outcome independent of the chunk size. A chunk that
     repeats stored trades is classified inside the database (staging); others are inserted directly.
     """
-    if method is None and chunk.columns[0] and bulk_insert.can_stage(connection.dialect.name) \
-            and staging.holds_stored_refs(connection, chunk.columns[0]):
+    if method is None and len(chunk.raw_records) and bulk_insert.can_stage(connection.dialect.name) \
+            and staging.holds_stored_refs(connection, chunk.sample_refs):
         inserted, duplicates, conflicts = staged_insert(connection, chunk, summary.batch_id)
     else:
         inserted, duplicates, conflicts = direct_insert(connection, chunk, summary.batch_id, method)
@@ -545,7 +688,7 @@ def staged_insert(connection, chunk, batch_id):
     missing = [row for row in result.unmatched if row.outcome == "missing"]
     if missing:
         raise _skipped_but_not_stored(missing[0].line_number, missing[0].txn_ref, len(missing))
-    raw_records = dict(zip(chunk.columns[-1], chunk.raw_records))  # by source_line
+    raw_records = dict(zip(chunk.columns[-1], chunk.raw_records)) if result.unmatched else {}  # by source_line
     return result.inserted, result.duplicates, _rejects_frame([
         (row.line_number, conflict_reason(row.txn_ref, row.batch_id, row.stored_line or 0, row.txn_id, batch_id),
          raw_records[row.line_number]) for row in result.unmatched])
@@ -554,7 +697,8 @@ def staged_insert(connection, chunk, batch_id):
 def in_background(items, depth=2, then=None):
     """Iterate `items` in a forked worker process up to `depth` ahead, so that reading the file overlaps the
     database's work (a thread would fight the driver for the GIL); with `then`, a second worker applies it to each
-    item as it comes (the loader: one process reads and parses, another validates, while this one inserts)."""
+    item as it comes (the loader: one process reads, and parses the records that are not plain; another splits
+    plain chunks into cells and validates; this one inserts)."""
     if "fork" not in multiprocessing.get_all_start_methods():
         yield from map(then, items) if then else items
         return

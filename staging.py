@@ -60,12 +60,16 @@ class Classified(NamedTuple):
     unmatched: list  # Unmatched rows, in line order
 
 
+def sample_refs(refs):
+    """SAMPLE_REFS of these txn_refs spread over them (a sample's sample is itself)."""
+    return refs[::max(1, len(refs) // SAMPLE_REFS)][:SAMPLE_REFS]
+
+
 def holds_stored_refs(connection, refs):
-    """Are some of a sample of these txn_refs (SAMPLE_REFS spread over them) stored already?"""
-    step = max(1, len(refs) // SAMPLE_REFS)
+    """Are some of a sample of these txn_refs (sample_refs) stored already?"""
     statement = text("SELECT COUNT(*) FROM transactions WHERE txn_ref IN :refs").bindparams(
         bindparam("refs", expanding=True))
-    return connection.execute(statement, {"refs": refs[::step][:SAMPLE_REFS]}).scalar() > 0
+    return connection.execute(statement, {"refs": sample_refs(refs)}).scalar() > 0
 
 
 def insert_and_classify(connection, columns, batch_id, tsv=None):

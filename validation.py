@@ -28,6 +28,7 @@ MAX_QUANTITY = 2**31 - 1  # INT column
 MAX_PRICE = 10**9  # below this every database keeps 4 decimals exactly (SQLite stores a binary float)
 MAX_NOTIONAL = 10**12  # quantity × price of one trade, currency units: positions' sums stay exact DECIMALs
 EARLIEST_TIME = "1900-01-01T00:00:00"
+TXN_TYPES = frozenset({"BUY", "SELL"})
 TEXT = np.dtypes.StringDType()
 
 # kind: 'canonical', 'legacy', 'prices' or 'actions'; names: the columns read (the required ones, then the optional
@@ -101,10 +102,11 @@ def validate_trades(batch, context):
     functions): most rows are good, and a chunk of 100,000 rows must cost well under a second.
     """
     columns = [column for column in RECORD_COLUMNS if column in batch]  # all but the optional fee are there
-    cells = {column: _trimmed(batch[column]) for column in columns}
+    cells = {column: _trimmed(batch[column], batch.attrs.get("trimmed")) for column in columns}
     plain = {column: np.ones(len(batch), dtype=bool) if batch.attrs.get("printable_ascii")
              else _printable_ascii(cells[column]) for column in columns}
-    symbol, txn_type = np.strings.upper(cells["stock_symbol"]), np.strings.upper(cells["txn_type"])
+    symbol, known_symbol = _known(np.strings.upper(cells["stock_symbol"]), context.symbols)
+    txn_type, known_type = _known(np.strings.upper(cells["txn_type"]), TXN_TYPES)
     investor_id = _whole_numbers(cells["investor_id"], plain["investor_id"])
     quantity = _whole_numbers(cells["quantity"], plain["quantity"])
     price, decimals = _plain_decimals(cells["price"], plain["price"])
@@ -120,10 +122,8 @@ def validate_trades(batch, context):
         (np.isnan(investor_id), "investor_id: {investor_id!r} is not an integer"),
         (~np.isnan(investor_id) & ~np.isin(investor_id, list(context.investor_ids)),
          "investor_id: {investor_id} is not a known investor"),
-        (~plain["stock_symbol"] | ~np.isin(symbol.astype(object), list(context.symbols)),
-         "stock_symbol: {stock_symbol!r} is not a known stock"),
-        (~plain["txn_type"] | ~np.isin(txn_type.astype(object), ["BUY", "SELL"]),
-         "txn_type: {txn_type!r} is not BUY or SELL"),
+        (~plain["stock_symbol"] | ~known_symbol, "stock_symbol: {stock_symbol!r} is not a known stock"),
+        (~plain["txn_type"] | ~known_type, "txn_type: {txn_type!r} is not BUY or SELL"),
         (np.isnan(quantity) | (quantity <= 0) | (quantity > MAX_QUANTITY),
          "quantity: {quantity!r} is not a whole number > 0"),
         (np.isnan(price) | (price <= 0),
@@ -147,8 +147,8 @@ def validate_trades(batch, context):
     valid = pd.DataFrame({
         "txn_ref": cells["txn_ref"][good].astype(object),
         "investor_id": investor_id[good].astype(np.int64),
-        "stock_symbol": symbol[good].astype(object),
-        "txn_type": txn_type[good].astype(object),
+        "stock_symbol": symbol[good],
+        "txn_type": txn_type[good],
         "quantity": quantity[good].astype(np.int64),
         "price": price_text(cells["price"][good]).astype(object),
         "price_value": price[good],
@@ -200,15 +200,26 @@ def _shown(value, limit=100):
     return value if len(value) <= limit else f"{value[:limit]}… ({len(value):,} characters)"
 
 
-def _trimmed(column):
-    """The cells as numpy text without leading and trailing ASCII spaces and tabs (other spaces are kept)."""
+def _trimmed(column, spaceless=False):
+    """The cells as numpy text without leading and trailing ASCII spaces and tabs (other spaces are kept);
+    spaceless: no cell is known to have any (load_transactions.PlainChunk)."""
     text = np.asarray(column.to_numpy(dtype=object), dtype=TEXT)
+    if spaceless:
+        return text
     trimmed = np.strings.strip(text, " \t")
     # numpy strips a cell of NULs only ('\x00') to '' as if they were padding (and its str_len is 0): such cells are
     # trimmed in Python; == "" is the reliable test of an empty cell
     for row in np.flatnonzero((trimmed == "") & (text != "")):
         trimmed[row] = str(text[row]).strip(" \t")
     return trimmed
+
+
+def _known(cells, allowed):
+    """(the cells as an object array holding one str object per distinct value: they pickle once each; is each
+    cell in `allowed`?), by hashing the distinct values, not sorting."""
+    codes, distinct = pd.factorize(cells.astype(object))
+    distinct = np.asarray(distinct, dtype=object)
+    return distinct[codes], np.array([value in allowed for value in distinct], dtype=bool)[codes]
 
 
 def _printable_ascii(cells):
@@ -275,6 +286,8 @@ def _notional_too_large(quantity, price, price_cells):
 
 
 def _to_float(text, ok):
+    if ok.all():  # the usual chunk: no copy of the good cells
+        return text.astype(np.float64)
     values = np.full(len(text), np.nan)
     if ok.any():
         values[ok] = text[ok].astype(np.float64)

@@ -65,6 +65,34 @@ def test_extra_field_on_the_first_row_of_a_chunk_rejects_that_row_only(seeded_en
     assert_accounted(summary)
 
 
+def test_a_field_too_many_and_one_too_few_in_one_chunk_are_both_rejects(seeded_engine, tmp_path):
+    """Regression: the plain-chunk check counts delimiters per line (read as one block); a chunk-wide count would
+    take one line with a field too many and another with one too few for a chunk of simple lines."""
+    rows = good_rows(8)
+    rows[2] += ",x"
+    rows[5] = rows[5].replace(",BUY", "", 1)
+    path = write(tmp_path, rows)
+
+    summary = load_transactions.load_file(seeded_engine, path, chunk_rows=100)
+
+    assert rejects(seeded_engine) == [(4, "record: has 8 fields, the header has 7", rows[2]),
+                                      (7, "record: has 6 fields, too few for the header", rows[5])]
+    assert loaded_refs(seeded_engine) == [f"g{n}" for n in range(8) if n not in (2, 5)]
+    assert_accounted(summary)
+
+
+def test_a_last_line_without_line_ending_and_spaces_around_fields_load(seeded_engine, tmp_path):
+    """Regression: the file is read in blocks; its last line may lack a line ending, and a plain chunk with spaces
+    around fields is still trimmed."""
+    path = tmp_path / "trades.csv"
+    path.write_bytes((HEADER + "\n" + trade("a") + "\n" + trade(" b ") + "\r\n" + trade("c")).encode())
+
+    summary = load_transactions.load_file(seeded_engine, str(path))
+
+    assert loaded_refs(seeded_engine) == ["a", "b", "c"]
+    assert (summary.rows_read, summary.rows_loaded) == (3, 3)
+
+
 def test_trailing_empty_fields_are_ignored(seeded_engine, tmp_path):
     rows = good_rows(6)
     rows[0] += ","
