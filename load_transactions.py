@@ -7,6 +7,7 @@ reason, and a txn_ref already loaded (or repeated in the file with the same valu
 duplicate. A file whose SHA-256 was already loaded is skipped at once. The prices file (market_prices.csv) and the
 corporate actions file (corporate_actions.csv, docs/corporate-actions.md) beside a trade file are loaded first.
 """
+import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import csv
 import ctypes
 import io
