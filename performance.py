@@ -12,8 +12,9 @@ last build, which three tables of schema.py record:
 - performance_closes: the closes the days were valued with; the earliest one added, changed or removed since is
   where the holders of its symbol are rebuilt from;
 - performance_actions: the corporate actions the days applied; the earliest ex_date added or changed since.
-New weekdays are appended. `update_portfolio.py --full` rebuilds every day. Returns are recomputed for the investors
-whose days changed, which is everyone when the update's day moves on.
+New weekdays are appended. `update_portfolio.py --full` rebuilds every day; it and the first update replay the days
+from the trades their apply streams, one investor at a time (ReplayWithApply), rather than read them twice. Returns
+are recomputed for the investors whose days changed, which is everyone when the update's day moves on.
 """
 import bisect
 import calendar
@@ -581,10 +582,13 @@ def _slices(values):
 
 # ---------------------------------------------------------------------------------------------- rebuilding days
 
-def rebuild_days(connection, plan, rules):
+def rebuild_days(connection, plan, rules, replayed=None):
     """(investor_daily rows of plan.starts' investors from their first day rebuilt, {investor_id: its first day}
-    for those rebuilt whole): reads checkpoints, closes and trades, replays and values."""
+    for those rebuilt whole): reads checkpoints, closes and trades, replays and values; or takes them from
+    `replayed` (a ReplayWithApply) when it replayed every position the plan rebuilds."""
     keys = position_keys(connection, sorted(plan.starts))
+    if replayed is not None and replayed.covers(connection, plan, keys):
+        return replayed.rows, replayed.first_rows
     whole = [investor_id for investor_id, day in plan.starts.items() if day == WHOLE]
     first_days = {key: plan.starts[key[0]] for key in keys if plan.starts[key[0]] != WHOLE}
     first_days.update(first_trades(connection, whole))
@@ -601,6 +605,43 @@ def rebuild_days(connection, plan, rules):
             first_rows[investor_id] = rebuilt[0]["value_date"]
         rows += rebuilt
     return rows, first_rows
+
+
+class ReplayWithApply:
+    """The days of every investor rebuilt whole, replayed from the trades the apply streams (tap), one investor's
+    trades at a time: an update whose rebuild starts from every position's first trade reads the trades once."""
+
+    def __init__(self, connection, end, rules):
+        self.end, self.rules, self.rows, self.first_rows, self.trades = end, rules, [], {}, 0
+        investor_ids = connection.execute(select(transactions.c.investor_id).distinct()).scalars().all()
+        self.first_days = first_trades(connection, investor_ids)
+        self.book = price_book(connection, self.first_days, end, rules) if self.first_days else None
+
+    def tap(self, trades):
+        """Yield trades (in replay order) as they come, and rebuild each investor's days after its last trade."""
+        for investor_id, own in groupby(trades, key=attrgetter("investor_id")):
+            own = list(own)
+            yield from own
+            self.trades += len(own)
+            for _, histories in investor_histories(own, {}, self.rules, {investor_id: WHOLE}, self.end):
+                rebuilt = investor_rows(investor_id, histories, self.book, WHOLE)
+                if rebuilt:
+                    self.first_rows[investor_id] = rebuilt[0]["value_date"]
+                self.rows += rebuilt
+
+    def covers(self, connection, plan, keys):
+        """Did the tap replay what this plan rebuilds: every trade, and the days of every position, whole?"""
+        return plan.full and set(keys) == set(self.first_days) and self.trades == connection.execute(
+            select(func.count()).select_from(transactions)).scalar()
+
+
+def replay_with_apply(connection, today, rules, full):
+    """A ReplayWithApply when this update's rebuild will replay every trade from its position's start, as its
+    apply does (a full update, or the first one: no positions nor days built yet); else None."""
+    if not full and any(connection.execute(select(table.c.investor_id).limit(1)).first() is not None
+                        for table in (portfolios, investor_daily_builds)):
+        return None
+    return ReplayWithApply(connection, weekday_on_or_before(today), rules)
 
 
 def position_keys(connection, investor_ids):
@@ -934,14 +975,14 @@ class PerformanceSummary:
                 f"valued, returns of {self.investors_with_returns:,} investors ({self.seconds:.2f} s)")
 
 
-def update_performance(connection, today, now, rules, full=False):
+def update_performance(connection, today, now, rules, full=False, replayed=None):
     """Bring investor_daily and investor_returns up to date on `today` with the positions as the update left them
-    (rules: its ledger.Rules, the corporate actions and cost method); full=True rebuilds every day. Returns a
-    PerformanceSummary."""
+    (rules: its ledger.Rules, the corporate actions and cost method); full=True rebuilds every day; replayed: the
+    update's ReplayWithApply, if any. Returns a PerformanceSummary."""
     started = time.perf_counter()
     with localcontext(prec=DECIMAL_DIGITS):
         plan = plan_update(connection, weekday_on_or_before(today), rules, full)
-        rows, first_rows = rebuild_days(connection, plan, rules) if plan.starts else ([], {})
+        rows, first_rows = rebuild_days(connection, plan, rules, replayed) if plan.starts else ([], {})
         write_days(connection, plan, rows)
         write_builds(connection, plan, first_rows, now)
         sync_closes(connection, plan)

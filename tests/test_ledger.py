@@ -4,7 +4,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
 
 import db_config
 import ledger
@@ -167,3 +167,42 @@ def test_updates_one_after_another_keep_the_compiled_statement_cache_flat(seeded
     for seed in range(3, 9):
         load_and_update(seed)
     assert len(seeded_engine._compiled_cache) <= cached + 3
+
+
+# ---------------------------------------------------------------------------------------------- writing checkpoints
+
+def stored_checkpoint(week, quantity, lots=None, symbol="AAPL"):
+    return ledger.Checkpoint(1001, symbol, week, quantity, Decimal("1234.567891"), Decimal("-0.000001"),
+                             f"{week.isoformat()} 10:00:00", 7, 2, Decimal("99.1234"), Decimal("0.5"),
+                             Decimal("1.25"), lots)
+
+
+def read_checkpoints(connection, weeks):
+    return [checkpoint for week in weeks for checkpoint in ledger.latest_checkpoints(
+        connection, ledger.position_checkpoints.c.week_start == week).values()]
+
+
+def write_twice(engine):
+    """Write two checkpoints, then one of them changed (its lots gone) and a new one; return what is stored."""
+    weeks = [date(2024, 6, 3), date(2024, 6, 10), date(2024, 6, 17)]
+    first = [stored_checkpoint(weeks[0], 10, "7,2024-06-03 10:00:00,10,1234.567891"), stored_checkpoint(weeks[1], 5)]
+    second = [stored_checkpoint(weeks[0], 4), stored_checkpoint(weeks[2], 3, "8,2024-06-17 10:00:00,0.5,12.5")]
+    with engine.begin() as connection:
+        ledger.write_checkpoints(connection, first)
+        ledger.write_checkpoints(connection, second)
+        return read_checkpoints(connection, weeks), [second[0], first[1], second[1]]
+
+
+def test_written_checkpoints_are_inserted_or_replace_the_stored_ones_whole(seeded_engine):
+    """Every column of a checkpoint written again replaces the stored one (on MariaDB by LOAD DATA), lots too."""
+    stored, expected = write_twice(seeded_engine)
+    assert stored == expected
+
+
+def test_checkpoints_are_upserted_where_the_connection_refuses_local_files(mariadb_url):
+    """A MariaDB connection made without db_config cannot LOAD DATA LOCAL: the checkpoints are upserted instead."""
+    seed_investors.seed_reference_data(db_config.get_engine(mariadb_url))
+    plain = create_engine(mariadb_url)
+    stored, expected = write_twice(plain)
+    plain.dispose()
+    assert stored == expected

@@ -328,6 +328,28 @@ def expected_starts(investors, changes):
     return starts
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_days_replayed_with_the_apply_equal_a_rebuild_that_reads_the_trades_again(seeded_engine, monkeypatch, full):
+    """The first update, and a full one, value the days from the trades their apply streams (one read of them); a
+    rebuild of every day that reads the trades itself writes the same rows. The trades of the week after the update's
+    day are in the positions, not in the days."""
+    history = generated_history(seed=5, weeks=6)
+    today = history.days[-6]
+    load(seeded_engine, history.trades, history.closes, history.actions)
+    if full:
+        update_portfolio.update_portfolios(seeded_engine, today=today)
+    reads, original = [], performance.stream_trades
+    monkeypatch.setattr(performance, "stream_trades", lambda *args: reads.append(args) or original(*args))
+    update_portfolio.update_portfolios(seeded_engine, today=today, full=full)
+    assert reads == []
+    replayed = snapshot(seeded_engine)
+    with seeded_engine.begin() as connection:
+        performance.update_performance(connection, today, datetime(2024, 12, 1), update_portfolio.ledger_rules(
+            connection, today), full=True)
+    assert reads and snapshot(seeded_engine) == replayed
+    assert replayed[0] and max(row[1] for row in replayed[0]) == today
+
+
 def test_incremental_history_in_several_parts_equals_a_full_build(seeded_engine, monkeypatch):
     """Part 1: weeks 1-3 with their closes and the dividend. Part 2: weeks 4-5, a late trade of week 2, a late close
     (week 1's Wednesday, missing until then), a corrected close of week 3, and a trade on the Saturday after the
