@@ -14,6 +14,7 @@ steps, each costing what changed since the last run:
 `--full` replays every trade, rebuilds the checkpoints, and revalues and scores every investor. Everything one
 run writes is committed in one transaction.
 """
+import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import logging
 import sys
 import time
