@@ -6,11 +6,13 @@ trade-level rules LARGE_TRADE, OFF_MARKET_PRICE, WASH_TRADE, ROUND_TRIP and BURS
 need: per investor with new trades, the last trades before the first new one (LARGE_TRADE's own history, and the
 SURVEILLANCE_BASELINE_TRADES that BURST and ROUND_TRIP measure the investor's usual activity over) and the last
 SURVEILLANCE_CONTEXT_MINUTES before it, and the earlier trades of that history's first week; each position starts
-that week from the ledger's checkpoint (position_checkpoints) and is replayed with ledger.Position; every read is
-a set of index ranges, one per position. A --full check (and the first run) reads and checks the trades one slice
-of investors at a time (about FULL_CHECK_SLICE_TRADES trades, or one bigger investor): every rule judges a trade
-by its own investor's trades, so its memory does not grow with the history. A baseline is taken from a trade's own
-previous trades only, so an incremental run and a --full run judge every trade alike.
+that week from the ledger's checkpoint (position_checkpoints) and is replayed as ledger.Position applies trades
+(running sums of the quantities between corporate actions, which the ledger applies; a position with an oversold
+SELL trade by trade); every read is a set of index ranges, one per position. A --full check (and the first run)
+reads and checks the trades one slice of investors at a time (about FULL_CHECK_SLICE_TRADES trades, or one bigger
+investor): every rule judges a trade by its own investor's trades, so its memory does not grow with the history. A
+baseline is taken from a trade's own previous trades only, so an incremental run and a --full run judge every
+trade alike.
 WASH_TRADE's price tolerance follows the symbol's volatility in the year before the trade (closes.py reads the
 split-adjusted closes). Prices are compared in the same terms: a trade with that day's close as traded, and the
 legs of a WASH_TRADE on either side of a split's ex_date in the later leg's terms (the earlier price divided by
@@ -20,6 +22,7 @@ in docs/surveillance.md. A trade-level alert is keyed by rule and txn_ref, a sec
 alert by rule, investor and sector, so re-running never duplicates one. Alerts and the batches' surveilled_at
 commit in one transaction.
 """
+import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import csv
 import io
 import logging
@@ -160,6 +163,7 @@ PACKED_TRADE_SQL = f"CONCAT_WS(:field_separator, {TYPED_TRADE_SQL})"
 FIELD_SEPARATOR = "\t"
 PACKED_DTYPES = {"txn_id": np.int64, "txn_ref": str, "investor_id": np.int64, "stock_symbol": str, "txn_type": str,
                  "quantity": np.int64, "price": np.float64, "txn_time": str}
+FRAME_ROWS = 100_000  # rows of a read turned into a frame at once: bounds the driver's row objects alive
 FULL_CHECK_SLICE_TRADES = 500_000  # trades a --full check reads and checks at once: bounds its memory
 INVESTORS_PER_STATEMENT = 200  # SELECTs per UNION ALL at most (SQLite takes 500)
 
@@ -227,12 +231,14 @@ def read_trades(connection, sql, params, bindparams=()):
     statement = text(sql.replace(COLUMNS, PACKED_TRADE_SQL if packed else TYPED_TRADE_SQL)).bindparams(*bindparams)
     result = connection.execute(statement, {**params, "field_separator": FIELD_SEPARATOR} if packed else params,
                                 execution_options=ledger.UNCACHED)  # `sql` differs from one set of ranges to the next
-    return typed_trades(unpack_trades(result.scalars().all()) if packed else trade_frame(result.all()))
+    to_frame = unpack_trades if packed else trade_frame
+    frames = [to_frame(rows) for rows in (result.scalars() if packed else result).partitions(FRAME_ROWS)]
+    return typed_trades(pd.concat(frames, ignore_index=True) if frames else to_frame([]))
 
 
 def trade_frame(rows):
-    """TYPED_TRADE_SQL's rows as a frame of TRADE_FIELDS, built column by column."""
-    return pd.DataFrame(dict(zip(TRADE_FIELDS, list(zip(*rows)) or [()] * len(TRADE_FIELDS))))
+    """TYPED_TRADE_SQL's rows as a frame of TRADE_FIELDS (from tuples: pandas builds that faster than from Rows)."""
+    return pd.DataFrame(list(map(tuple, rows)), columns=list(TRADE_FIELDS))
 
 
 def unpack_trades(rows):
@@ -380,6 +386,14 @@ def previous_in_group(values, group_codes, first_value=0):
     return previous
 
 
+def sorted_group_codes(*keys):
+    """For rows sorted by these keys (arrays): each row's group, numbered from 0, a new one wherever a key changes."""
+    changed = np.zeros(len(keys[0]), dtype=bool)
+    for key in keys:
+        changed[1:] |= key[1:] != key[:-1]
+    return np.cumsum(changed)
+
+
 def group_starts(group_codes):
     """True for the first row of each group (rows sorted by group)."""
     starts = np.ones(len(group_codes), dtype=bool)
@@ -402,19 +416,108 @@ def previous_sums(values, group_codes, lookback):
 
 
 def position_states(trades, opening, rules=None):
-    """Each trade's position before and after it, replayed with ledger.Position from the position's opening
-    checkpoint (none: nothing held), an oversold SELL changing nothing, through the splits of `rules`
-    (ledger.Rules; none: no split) (docs/portfolio-math.md).
+    """Each trade's position before and after it, replayed from the position's opening checkpoint (none: nothing
+    held), an oversold SELL changing nothing, through the splits of `rules` (ledger.Rules; none: no split)
+    (docs/portfolio-math.md), as ledger.Position applies them (replay_positions).
 
     Returns the trades sorted by position in replay order with holding_before, holding_after, applied,
     last_price (the price the position last traded at before the trade; for a position's first trade without a
     checkpoint, its own price), position_code and row (the trade's row in `trades`)."""
     by_position = trades.assign(row=np.arange(len(trades))).sort_values(
         ["investor_id", "stock_symbol", "seconds", "txn_id"], ignore_index=True)
-    before, after, applied, last_price = replay_positions(ledger_trades(by_position), opening, rules)
-    code = by_position.groupby(["investor_id", "stock_symbol"], sort=False).ngroup().to_numpy()
+    code = sorted_group_codes(by_position["investor_id"].to_numpy(), by_position["stock_symbol"].to_numpy())
+    before, after, applied, last_price = replay_positions(by_position, code, opening, rules or ledger.Rules())
     return by_position.assign(holding_before=before, holding_after=after, applied=applied, last_price=last_price,
                               position_code=code)
+
+
+def replay_positions(by_position, position_codes, opening, rules):
+    """Holding before and after, applied and the last price before each trade of by_position (sorted by position
+    in replay order), as ledger.Position gives them: a segment of a position's trades with no corporate action
+    between them holds its entry holding (segment_entries: the ledger applies the actions) plus the running sum of
+    its BUY and SELL quantities; a position in which a SELL would oversell is replayed trade by trade."""
+    types, quantity = by_position["txn_type"].to_numpy(), by_position["quantity"].to_numpy()
+    signed = np.where(types == "BUY", quantity, -quantity)
+    starts = segment_starts(by_position, position_codes, rules)
+    segment = np.cumsum(starts) - 1
+    running = np.cumsum(signed)
+    within = running - (running - signed)[starts][segment]  # the segment's running sum, this trade included
+    entry_quantity, entry_price, irregular = segment_entries(by_position, position_codes, starts, within, opening,
+                                                             rules)
+    after = entry_quantity[segment] + within
+    price = by_position["price"].to_numpy(dtype=float)
+    last_price = np.where(starts, np.where(np.isnan(entry_price[segment]), price, entry_price[segment]),
+                          np.roll(price, 1))
+    irregular.update(position_codes[(types != "BUY") & (types != "SELL")].tolist())  # the ledger names the error
+    states = (after - signed, after, np.ones(len(after), dtype=bool), last_price)
+    return replay_irregular(by_position, position_codes, states, irregular, opening, rules)
+
+
+def segment_starts(by_position, position_codes, rules):
+    """True for a trade that starts a segment: a position's first trade, or one after a corporate action of
+    `rules` (at the start of its ex_date) that the position's previous trade is before."""
+    starts = group_starts(position_codes)
+    symbols, seconds = by_position["stock_symbol"].to_numpy(), by_position["seconds"].to_numpy()
+    for symbol, events in rules.actions.items():
+        rows = np.flatnonzero(symbols == symbol)
+        ex_seconds = np.array([key[0].replace(" ", "T") for key, _ in events], dtype="datetime64[s]").astype(np.int64)
+        actions_before = np.searchsorted(ex_seconds, seconds[rows], side="right")
+        starts[rows[1:]] |= actions_before[1:] != actions_before[:-1]
+    return starts
+
+
+def segment_entries(by_position, position_codes, starts, within, opening, rules):
+    """Per segment (segment_starts): the holding and the last trade price (float, NaN: none) at its entry, after
+    the ledger applied the corporate actions since the position's previous event (its opening checkpoint, or its
+    previous trade); and the codes of the positions in which a SELL would oversell."""
+    rows = np.flatnonzero(starts)
+    lowest = np.minimum.reduceat(within, rows).tolist()  # the segment's lowest running sum
+    codes, new_position = position_codes[rows].tolist(), group_starts(position_codes[rows])
+    previous = zip(event_keys(by_position, rows - 1), by_position["price"].to_numpy()[rows - 1].tolist(),
+                   within[rows - 1].tolist())  # each segment's previous trade (of the previous segment)
+    positions = zip(by_position["investor_id"].to_numpy()[rows].tolist(),
+                    by_position["stock_symbol"].to_numpy()[rows].tolist())
+    quantities, prices, oversold = np.zeros(len(rows), dtype=np.int64), np.full(len(rows), np.nan), set()
+    position = None
+    for number, (key, previous_trade, investor_symbol) in enumerate(zip(event_keys(by_position, rows), previous,
+                                                                        positions)):
+        if codes[number] in oversold:
+            continue
+        position = (opening_position(opening, *investor_symbol) if new_position[number]
+                    else segment_exit(position, *previous_trade))
+        for action in rules.actions_between(position.stock_symbol, (position.last_txn_time, position.last_txn_id),
+                                            key):
+            position.apply(action)
+        quantities[number] = position.quantity
+        prices[number] = np.nan if position.last_trade_price is None else float(position.last_trade_price)
+        if position.quantity + lowest[number] < 0:
+            oversold.add(codes[number])
+    return quantities, prices, oversold
+
+
+def segment_exit(position, last_key, last_price, running_sum):
+    """The position a segment leaves (a ledger.Position with the quantity and last trade, which is what a split
+    changes): `position` at the segment's entry, plus the running sum of its trades, last traded at last_price."""
+    return ledger.Position(position.investor_id, position.stock_symbol, position.quantity + running_sum,
+                           last_txn_time=last_key[0], last_txn_id=last_key[1],
+                           last_trade_price=ledger.to_decimal(last_price))
+
+
+def event_keys(by_position, rows):
+    """ledger.event_key of the trades at these rows: (txn_time text, txn_id)."""
+    times = np.datetime_as_string(by_position["seconds"].to_numpy()[rows].astype("datetime64[s]"))
+    return list(zip([time_text.replace("T", " ") for time_text in times.tolist()],
+                    by_position["txn_id"].to_numpy()[rows].tolist()))
+
+
+def replay_irregular(by_position, position_codes, states, irregular, opening, rules):
+    """`states` (arrays) with the trades of the positions whose codes are in `irregular` replayed one by one by
+    the ledger (replay_with_ledger), which skips an oversold SELL and names a txn_type it does not know."""
+    rows = np.flatnonzero(np.isin(position_codes, list(irregular)))
+    if len(rows):
+        for state, exact in zip(states, replay_with_ledger(ledger_trades(by_position.iloc[rows]), opening, rules)):
+            state[rows] = exact
+    return states
 
 
 def ledger_trades(trades):
@@ -427,7 +530,7 @@ def ledger_trades(trades):
                trades["quantity"].tolist(), [decimals[code] for code in price_codes.tolist()])
 
 
-def replay_positions(trades, opening, rules=None):
+def replay_with_ledger(trades, opening, rules=None):
     """Apply ledger trades, sorted by position in replay order, to positions that start from their checkpoint
     in `opening` ({(investor_id, stock_symbol): Checkpoint}) or empty, with the corporate actions of `rules`
     between them (a split changes the holding and the last price).
@@ -480,10 +583,14 @@ def previous_windows(values, first, end, lookback):
     """Yield (offset, window): for blocks of rows, values[first:end] of each row (end - first <= lookback) as a
     row of `lookback` cells, NaN-padded on the left; blocks of CHUNK_CELLS cells bound the memory."""
     block_rows = max(1, CHUNK_CELLS // lookback)
+    windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([np.full(lookback, np.nan), values]), lookback)
     for begin in range(0, len(end), block_rows):
-        stop = end[begin:begin + block_rows]
-        index = stop[:, None] - lookback + np.arange(lookback)
-        yield begin, np.where(index >= first[begin:begin + block_rows, None], values[np.maximum(index, 0)], np.nan)
+        stop, start = end[begin:begin + block_rows], first[begin:begin + block_rows]
+        window = windows[stop]  # values[stop - lookback:stop] of each row, a copy
+        short = np.flatnonzero(stop - start < lookback)  # rows whose window reaches before `first`
+        window[short] = np.where(stop[short, None] - lookback + np.arange(lookback) >= start[short, None],
+                                 window[short], np.nan)
+        yield begin, window
 
 
 def _sorted_median(window):
@@ -706,15 +813,23 @@ def reversing_pairs(trades, window_seconds, splits=None, last_day=None):
     split_factors (to last_day)."""
     factors = split_factors(trades, splits, last_day)
     lots = trades["quantity"] if (factors == 1).all() else np.round(trades["quantity"] * factors, 6)
-    legs = trades.assign(row=np.arange(len(trades)), split_factor=factors, lot=lots).sort_values(
-        ["investor_id", "stock_symbol", "lot", "seconds", "txn_id"], ignore_index=True)
-    groups = legs.groupby(["investor_id", "stock_symbol", "lot"], sort=False).ngroup().to_numpy()
-    later, earlier = earlier_rows_within(groups, legs["seconds"].to_numpy(), window_seconds)
+    legs = trades.assign(row=np.arange(len(trades)), split_factor=factors, lot=lots)
+    order, groups = leg_order(legs)
+    later, earlier = earlier_rows_within(groups, legs["seconds"].to_numpy()[order], window_seconds)
+    later, earlier = order[later], order[earlier]  # rows of legs
     sides = legs["txn_type"].to_numpy()
     keep = legs["checked"].to_numpy()[later] & (sides[later] != sides[earlier])
     other = legs.iloc[earlier[keep]][["seconds", "txn_id", "txn_ref", "price", "split_factor"]]
     return pd.concat([legs.iloc[later[keep]].reset_index(drop=True),
                       other.add_prefix("other_").reset_index(drop=True)], axis=1)
+
+
+def leg_order(legs):
+    """The order of the legs by investor, symbol, lot, time and txn_id (a sort of their values alone, not of the
+    frame), and in that order each leg's group code: one per investor, symbol and lot."""
+    keys = [legs["investor_id"].to_numpy(), pd.factorize(legs["stock_symbol"])[0], legs["lot"].to_numpy()]
+    order = np.lexsort([legs["txn_id"].to_numpy(), legs["seconds"].to_numpy()] + keys[::-1])  # the last key first
+    return order, sorted_group_codes(*(key[order] for key in keys))
 
 
 def earlier_rows_within(group_codes, seconds, window_seconds):

@@ -1054,3 +1054,62 @@ def test_a_sell_of_the_split_quantity_after_a_split_is_no_oversell_and_the_holdi
     assert states["last_price"].tolist() == [400.0, 100.0]  # the BUY's price in post-split terms
     without = surveillance.position_states(trades, {})
     assert without["applied"].tolist() == [True, False]  # the reason the split must be applied
+
+
+def ledger_states(trades, opening, rules):
+    """The reference: position_states' columns from the ledger applying every trade one by one."""
+    by_position = surveillance.in_replay_order(trades).sort_values(["investor_id", "stock_symbol", "seconds",
+                                                                    "txn_id"], ignore_index=True)
+    before, after, applied, last_price = surveillance.replay_with_ledger(surveillance.ledger_trades(by_position),
+                                                                         opening, rules)
+    return {"holding_before": before.tolist(), "holding_after": after.tolist(), "applied": applied.tolist(),
+            "last_price": last_price.tolist()}
+
+
+def test_position_states_in_segments_between_splits_are_the_ledgers_trade_by_trade():
+    """A 1-for-10 split between a checkpoint and the first trade (25 shares -> 2, half a share paid out) and
+    between two trades, a 4-for-1 between two trades, and an oversell after it that only the ledger's
+    trade-by-trade replay skips: every column of position_states (running sums between the splits) equals the
+    ledger's."""
+    rows = [("a", 1001, "PFE", "BUY", 17, 300.0, "2024-06-03 10:00:00"),
+            ("b", 1001, "PFE", "SELL", 76, 75.25, "2024-06-11 10:00:00"),  # 19 x 4 = 76: flat
+            ("c", 1001, "PFE", "BUY", 3, 75.5, "2024-06-21 10:00:00"),
+            ("d", 1002, "PFE", "BUY", 10, 30.0, "2024-06-03 10:00:00"),
+            ("e", 1002, "PFE", "SELL", 50, 7.6, "2024-06-11 10:00:00"),  # oversold: 40 held
+            ("f", 1002, "PFE", "SELL", 40, 7.7, "2024-06-12 10:00:00"),
+            ("g", 1002, "PFE", "BUY", 2, 7.5, "2024-06-21 10:00:00"),
+            ("h", 1003, "PFE", "BUY", 25, 30.0, "2024-05-31 10:00:00"),  # 25 -> 2 on 2024-06-01
+            ("i", 1003, "PFE", "SELL", 1, 301.0, "2024-06-03 10:00:00"),  # 1 -> 4 on 2024-06-10
+            ("j", 1003, "PFE", "SELL", 4, 75.0, "2024-06-11 10:00:00")]
+    trades = context_frame(rows, 0)
+    rules = action_events.split_events({"PFE": [(date(2024, 6, 1), Decimal("0.1")), (date(2024, 6, 10), Decimal(4))]})
+    opening = {(1001, "PFE"): checkpoint(1001, "PFE", 25, "29.50", week_start=date(2024, 5, 27))}
+
+    states = surveillance.position_states(trades, opening, rules)
+
+    assert {column: states[column].tolist() for column in ("holding_before", "holding_after", "applied",
+                                                           "last_price")} == ledger_states(trades, opening, rules)
+    assert states["holding_before"].tolist() == [2, 76, 0, 0, 40, 40, 0, 0, 2, 4]
+    assert states["holding_after"].tolist() == [19, 0, 3, 10, 40, 0, 2, 25, 1, 0]
+    assert states["applied"].tolist() == [True, True, True, True, False, True, True, True, True, True]
+    assert states["last_price"].tolist() == [295.0, 75.0, 75.25, 30.0, 7.5, 7.6, 7.7, 30.0, 300.0, 75.25]
+
+
+def test_position_states_of_generated_trades_with_splits_are_the_ledgers():
+    """On generated trades across a split, with a checkpoint for every other position: position_states (running
+    sums per segment) equals the ledger's replay trade by trade."""
+    rows = [(f"T{number}", 1001 + number % 3, symbol, side, quantity, price,
+             (datetime(2024, 6, 3, 10) + timedelta(hours=7 * number)).strftime("%Y-%m-%d %H:%M:%S"))
+            for number, (symbol, side, quantity, price) in enumerate(
+                (("NVDA", "BUY", 3, 120.0), ("NVDA", "SELL", 2, 121.0), ("KO", "BUY", 5, 60.0),
+                 ("NVDA", "SELL", 9, 30.5), ("KO", "SELL", 5, 61.0)) * 12)]
+    trades = context_frame(rows, 0)
+    rules = action_events.split_events({"NVDA": [(date(2024, 6, 10), Decimal(4))]})
+    week = date(2024, 5, 27)
+    opening = {(1001, "NVDA"): checkpoint(1001, "NVDA", 7, "118.25", week),
+               (1002, "KO"): checkpoint(1002, "KO", 1, "59", week)}
+
+    states = surveillance.position_states(trades, opening, rules)
+
+    assert {column: states[column].tolist() for column in ("holding_before", "holding_after", "applied",
+                                                           "last_price")} == ledger_states(trades, opening, rules)
