@@ -185,10 +185,15 @@ STAGING_TABLE_SQL = {  # by bulk path; PostgreSQL's is made by copy_to_staging
     "insert_or_ignore": "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (txn_ref TEXT, "
                         "investor_id INTEGER, stock_symbol TEXT, txn_type TEXT, quantity INTEGER, price NUMERIC, "
                         "txn_time TEXT, fee NUMERIC, batch_id INTEGER, source_line INTEGER)",
-    "load_data": "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (txn_ref VARCHAR(64) CHARACTER SET "
-                 "utf8mb4 COLLATE utf8mb4_bin, investor_id INT, stock_symbol VARCHAR(10), txn_type VARCHAR(4), "
-                 "quantity INT, price DECIMAL(18, 4), txn_time DATETIME, fee DECIMAL(18, 4), batch_id BIGINT, "
-                 "source_line INT) CHARACTER SET utf8mb4",
+    # MySQL: the columns of transactions as they are, collations included (texts of two collations cannot be
+    # compared), keyed by line: rows arrive in line order, and ORDER BY source_line then needs no sort
+    "load_data": "CREATE TEMPORARY TABLE IF NOT EXISTS staging_transactions (PRIMARY KEY (source_line)) "
+                 f"AS SELECT {', '.join(INSERT_COLUMNS)} FROM transactions LIMIT 0",
+}
+STAGING_EMPTYING_SQL = {  # by bulk path; none commits the transaction
+    "insert_or_ignore": "DELETE FROM staging_transactions",  # SQLite truncates on a DELETE without WHERE
+    "load_data": "DROP TEMPORARY TABLE staging_transactions",  # MySQL's TRUNCATE commits; DELETE undoes row by row
+    "copy": "TRUNCATE staging_transactions",
 }
 
 
@@ -199,7 +204,7 @@ def can_stage(dialect_name):
 
 def stage_columns(connection, columns, tsv=None):
     """Put the rows into the transaction's temporary table staging_transactions (made here, emptied by the
-    caller) by the database's bulk path."""
+    caller with empty_staging) by the database's bulk path."""
     path = dialects.bulk_path(connection.dialect.name)
     if path == "copy":
         copy_to_staging(connection, columns)
@@ -209,6 +214,11 @@ def stage_columns(connection, columns, tsv=None):
         _insert_sqlite(connection, columns, table="staging_transactions")
     if staged != len(columns[0]):
         raise RuntimeError(f"staging kept {staged} of {len(columns[0])} rows")
+
+
+def empty_staging(connection):
+    """Empty the temporary table staging_transactions, inside the transaction."""
+    connection.exec_driver_sql(STAGING_EMPTYING_SQL[dialects.bulk_path(connection.dialect.name)])
 
 
 def _insert_portable(connection, columns, _tsv=None):

@@ -2,11 +2,13 @@
 
 For a chunk that repeats trades already stored (a file re-sent with new rows added, say), inserting every row and
 then reading the stored values of the skipped ones back would cost about as much per repeated row as a new one.
-Instead the chunk goes into the temporary table staging_transactions by the database's bulk path, and three
-statements do the rest where the trades are: insert the rows whose txn_ref is not stored yet, count the rows
-whose stored trade has the same values text (dialects.values_sql on both sides: duplicates), and list only the
-rest (conflicts, rare). load_transactions chooses this path when a sample of the chunk's refs is already stored
-(holds_stored_refs); the outcome is the same either way.
+Instead the chunk goes into the temporary table staging_transactions by the database's bulk path, and the rest is
+done where the trades are: one statement counts the staged rows by outcome (no trade holds the ref yet; the stored
+trade has the same values text, dialects.values_sql on both sides: a duplicate; or other values: a conflict),
+the rows whose txn_ref is not stored are inserted (only if there are any: a chunk of repeats inserts nothing), and
+the rows that are neither inserted nor duplicates are listed (only if there are any: conflicts are rare).
+load_transactions chooses this path when a sample of the chunk's refs is already stored (holds_stored_refs); the
+outcome is the same either way.
 """
 from typing import NamedTuple
 
@@ -26,9 +28,10 @@ INSERT_NEW_SQL = {  # by bulk path: the staged rows whose txn_ref is not stored,
 }
 NEW_ROWS = ("WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.txn_ref = s.txn_ref) "
             "ORDER BY s.source_line")
-# The staged rows that were not inserted, each with the stored trade of its ref (none: 'missing')
-SKIPPED_CTE = """
-WITH skipped AS (
+# The staged rows, each with the stored trade of its ref (none: 'missing'), but for those this batch stored from
+# the same line (inserted from this chunk)
+CLASSIFIED_CTE = """
+WITH classified AS (
     SELECT s.txn_ref, s.source_line, t.txn_id, t.batch_id, t.source_line AS stored_line,
            CASE WHEN t.txn_id IS NULL THEN 'missing'
                 WHEN {stored_values} = {staged_values} THEN 'same'
@@ -38,9 +41,18 @@ WITH skipped AS (
     WHERE t.txn_id IS NULL OR t.batch_id IS NULL OR t.batch_id <> :batch_id OR t.source_line IS NULL
        OR t.source_line <> s.source_line
 )"""
-COUNT_SAME_SQL = "SELECT COUNT(*) FROM skipped WHERE outcome = 'same'"
-OTHERS_SQL = ("SELECT txn_ref, source_line, outcome, txn_id, batch_id, stored_line FROM skipped "
+COUNT_OUTCOMES_SQL = ("SELECT COUNT(CASE WHEN outcome = 'missing' THEN 1 END), "
+                      "COUNT(CASE WHEN outcome = 'same' THEN 1 END), "
+                      "COUNT(CASE WHEN outcome = 'conflict' THEN 1 END) FROM classified")
+OTHERS_SQL = ("SELECT txn_ref, source_line, outcome, txn_id, batch_id, stored_line FROM classified "
               "WHERE outcome <> 'same' ORDER BY source_line")
+
+
+class Outcomes(NamedTuple):
+    """How many staged rows have each outcome of CLASSIFIED_CTE."""
+    missing: int  # no trade holds the ref: before the insert, the new rows; after it, rows skipped but not stored
+    same: int
+    conflict: int
 
 
 class Unmatched(NamedTuple):
@@ -74,14 +86,32 @@ def holds_stored_refs(connection, refs):
 
 def insert_and_classify(connection, columns, batch_id, tsv=None):
     """Stage the chunk's rows (bulk_insert.INSERT_COLUMNS lists), insert the new ones and classify the others."""
-    dialect_name = connection.dialect.name
     bulk_insert.stage_columns(connection, columns, tsv)
+    classified = CLASSIFIED_CTE.format(stored_values=dialects.values_sql(connection.dialect.name, "t"),
+                                       staged_values=dialects.values_sql(connection.dialect.name, "s"))
+    outcomes = count_outcomes(connection, classified, batch_id)
+    inserted = insert_new(connection) if outcomes.missing else 0
+    if inserted == outcomes.missing:  # trades are never deleted: the rows inserted are the missing ones
+        outcomes = outcomes._replace(missing=0)
+    else:  # another loader stored some of the missing refs meanwhile (the insert skipped them): count again
+        outcomes = count_outcomes(connection, classified, batch_id)
+    unmatched = list_unmatched(connection, classified, batch_id) if outcomes.missing or outcomes.conflict else []
+    bulk_insert.empty_staging(connection)
+    return Classified(inserted, outcomes.same, unmatched)
+
+
+def count_outcomes(connection, classified, batch_id):
+    """The Outcomes of the staged rows in one pass (classified: CLASSIFIED_CTE formatted for the dialect)."""
+    return Outcomes(*connection.execute(text(classified + COUNT_OUTCOMES_SQL), {"batch_id": batch_id}).one())
+
+
+def insert_new(connection):
+    """Insert the staged rows whose txn_ref is not stored, in line order; return how many were inserted."""
     names = ", ".join(bulk_insert.INSERT_COLUMNS)
-    insert_new = INSERT_NEW_SQL[dialects.bulk_path(dialect_name)].format(names=names, new=NEW_ROWS)
-    inserted = connection.exec_driver_sql(insert_new).rowcount
-    skipped = SKIPPED_CTE.format(stored_values=dialects.values_sql(dialect_name, "t"),
-                                 staged_values=dialects.values_sql(dialect_name, "s"))
-    duplicates = connection.execute(text(skipped + COUNT_SAME_SQL), {"batch_id": batch_id}).scalar()
-    unmatched = [Unmatched(*row) for row in connection.execute(text(skipped + OTHERS_SQL), {"batch_id": batch_id})]
-    connection.exec_driver_sql("DELETE FROM staging_transactions")
-    return Classified(inserted, duplicates, unmatched)
+    statement = INSERT_NEW_SQL[dialects.bulk_path(connection.dialect.name)].format(names=names, new=NEW_ROWS)
+    return connection.exec_driver_sql(statement).rowcount
+
+
+def list_unmatched(connection, classified, batch_id):
+    """The Unmatched staged rows, in line order (classified: CLASSIFIED_CTE formatted for the dialect)."""
+    return [Unmatched(*row) for row in connection.execute(text(classified + OTHERS_SQL), {"batch_id": batch_id})]

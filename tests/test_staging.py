@@ -1,8 +1,11 @@
 """A chunk that repeats stored trades is classified in the database (staging.py) with exactly the outcome of the
 direct path: the same counts, the same rejects with the same reasons, the new trades in line order."""
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
 
+import bulk_insert
+import db_config
 import load_transactions
+import seed_investors
 import staging
 
 HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time,fee\n"
@@ -76,3 +79,46 @@ def test_the_staging_table_is_left_empty(seeded_engine, tmp_path):
 def test_a_fresh_chunk_is_not_staged(seeded_engine):
     with seeded_engine.connect() as connection:
         assert not staging.holds_stored_refs(connection, [f"X{n}" for n in range(5000)])
+
+
+def test_a_chunk_of_repeats_inserts_nothing(seeded_engine, tmp_path, monkeypatch):
+    """The staged chunks of the half-new file hold no new ref: their rows are counted, none inserted."""
+    calls = []
+    monkeypatch.setattr(staging, "insert_new", lambda connection: calls.append(connection) or 0)
+    check_outcome(half_new_outcome(seeded_engine, tmp_path))
+    assert calls == []
+
+
+def test_a_ref_stored_meanwhile_is_classified_like_the_others(seeded_engine, tmp_path, monkeypatch):
+    """A new ref that another loader stores between the count and the insert is skipped by the insert, then
+    counted again: here a duplicate, as its stored trade has the same values."""
+    first = write(tmp_path / "first.csv", [trade(n) for n in range(300)])
+    second = write(tmp_path / "second.csv", [trade(n) for n in range(200, 400)])  # one chunk: 100 stored, 100 new
+    other_batch = load_transactions.load_file(seeded_engine, first).batch_id
+    insert_new = staging.insert_new
+
+    def store_one_meanwhile(connection):
+        values = ", ".join(bulk_insert.TRADE_COLUMNS)
+        connection.execute(text(f"INSERT INTO transactions ({', '.join(bulk_insert.INSERT_COLUMNS)}) SELECT {values}, "
+                                ":batch_id, 9999 FROM staging_transactions WHERE txn_ref = 'R00350'"),
+                           {"batch_id": other_batch})
+        return insert_new(connection)
+
+    monkeypatch.setattr(staging, "insert_new", store_one_meanwhile)
+    summary = load_transactions.load_file(seeded_engine, second, chunk_rows=200)
+    assert (summary.rows_read, summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (200, 99, 101, 0)
+
+
+def test_a_database_created_by_db_config_is_classified_alike(mariadb_url, tmp_path):
+    """db_config creates a missing MariaDB database with its own collation; the staging table compares texts in the
+    collations of transactions."""
+    server = create_engine(mariadb_url, isolation_level="AUTOCOMMIT")
+    with server.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE {make_url(mariadb_url).database}")
+    server.dispose()
+    engine = db_config.get_engine(mariadb_url)  # creates the database, then the schema
+    try:
+        seed_investors.seed_reference_data(engine)
+        check_outcome(half_new_outcome(engine, tmp_path))
+    finally:
+        engine.dispose()
