@@ -201,23 +201,20 @@ class Position:
 
     def apply(self, event):
         """Apply one event; return False when it could not change the position (an oversold SELL)."""
-        if isinstance(event, Trade):
-            return self._apply_trade(event)
+        if isinstance(event, Trade):  # a replay applies millions: no further call for a trade's bookkeeping
+            if event.txn_type == "BUY":
+                applied = self._buy(event)
+            elif event.txn_type == "SELL":
+                applied = self._sell(event)
+            else:
+                raise UnknownEvent(f"trade {event.txn_id}: txn_type {event.txn_type!r} is neither BUY nor SELL")
+            self.last_txn_time, self.last_txn_id = event.txn_time, event.txn_id
+            self.trade_count += 1
+            self.last_trade_price = event.price
+            return applied
         if isinstance(event, (Split, Dividend)):
             return self._apply_action(event)
         raise UnknownEvent(f"the ledger cannot apply a {type(event).__name__} to a position")
-
-    def _apply_trade(self, trade):
-        if trade.txn_type == "BUY":
-            applied = self._buy(trade)
-        elif trade.txn_type == "SELL":
-            applied = self._sell(trade)
-        else:
-            raise UnknownEvent(f"trade {trade.txn_id}: txn_type {trade.txn_type!r} is neither BUY nor SELL")
-        self.last_txn_time, self.last_txn_id = trade.txn_time, trade.txn_id
-        self.trade_count += 1
-        self.last_trade_price = trade.price
-        return applied
 
     def _buy(self, trade):
         cost = trade.quantity * trade.price
@@ -225,7 +222,7 @@ class Position:
             cost += trade.fee
             self.fees_paid += trade.fee
         self.quantity += trade.quantity
-        self.cost_basis = _money(self.cost_basis + cost)
+        self.cost_basis = (self.cost_basis + cost).quantize(MONEY_STEP, ROUND_HALF_EVEN)  # _money inline: per trade
         if self.lots is not None:
             self.lots.append(Lot(trade.txn_id, trade.txn_time, Decimal(trade.quantity), _money(cost)))
         return True
@@ -236,9 +233,11 @@ class Position:
         if self.lots is None:
             avg_cost = self.cost_basis / self.quantity
             gain = trade.quantity * (trade.price - avg_cost)
-            self.realized_pnl = _money(self.realized_pnl + (gain - trade.fee if trade.fee else gain))
+            self.realized_pnl = (self.realized_pnl + (gain - trade.fee if trade.fee else gain)).quantize(
+                MONEY_STEP, ROUND_HALF_EVEN)
             self.quantity -= trade.quantity
-            self.cost_basis = ZERO if self.quantity == 0 else _money(self.cost_basis - trade.quantity * avg_cost)
+            self.cost_basis = ZERO if self.quantity == 0 else (self.cost_basis - trade.quantity * avg_cost).quantize(
+                MONEY_STEP, ROUND_HALF_EVEN)
         else:
             cost = self._take_oldest_lots(Decimal(trade.quantity))
             self.realized_pnl = _money(self.realized_pnl + trade.quantity * trade.price - trade.fee - cost)
@@ -437,25 +436,29 @@ class _Walk:
     which one changed the position."""
 
     def __init__(self, position, applied, rules):
-        self.position, self.applied, self.week = position, applied, None
+        self.position, self.applied, self.week, self.day_text = position, applied, None, None
         self.has_actions = position.stock_symbol in rules.actions
         self.next_action = rules.next_action_key(position.stock_symbol, self._cursor()) if self.has_actions else None
 
     def apply(self, event):
         position = self.position
         if type(event) is Trade:
-            event_week = week_start(event.txn_time[:10])
+            if event.txn_time[:10] != self.day_text:  # most trades share the calendar day of the one before
+                self._enter(week_start(event.txn_time[:10]), event.txn_time[:10])
         elif position.quantity == 0:
             return  # a corporate action changes nothing without shares
         else:
-            event_week = week_start(event.ex_date.isoformat())
-        if self.week is not None and event_week != self.week:
-            self.applied.checkpoints.append(position.checkpoint())
-        self.week = event_week
+            self._enter(week_start(event.ex_date.isoformat()), None)
         held = position.quantity
         if not position.apply(event):
             self.applied.oversells.append(Oversell(event.investor_id, event.stock_symbol, event.txn_id,
                                                    event.quantity, held))
+
+    def _enter(self, event_week, day_text):
+        """An event of a new day: emit the state at the end of the week before when the week changes."""
+        if self.week is not None and event_week != self.week:
+            self.applied.checkpoints.append(self.position.checkpoint())
+        self.week, self.day_text = event_week, day_text
 
     def finish(self, rules):
         """Apply the corporate actions after the last event, then emit the last week's state."""

@@ -149,22 +149,14 @@ def lieu_cash(position, split, held):
     return (Decimal(exact.numerator) / Decimal(exact.denominator)).quantize(MONEY_STEP, ROUND_HALF_EVEN)
 
 
-def apply_event(position, event):
-    """Apply one event; return (inflow, outflow, shown): the money it put into the position and took out of it, and
-    whether its day shows it (any trade, an oversold SELL included, and an action the position took)."""
-    if type(event) is ledger.Trade:
-        if not position.apply(event):
-            return ZERO, ZERO, True  # an oversold SELL moves no money
-        notional = event.quantity * event.price
-        if event.txn_type == "BUY":
-            return notional + event.fee, ZERO, True
-        return ZERO, notional - event.fee, True
+def apply_action(position, action):
+    """Apply a corporate action; return (outflow: the dividend or cash in lieu it paid, shown: did it apply)."""
     held, dividends = position.quantity, position.dividend_income
-    if not position.apply(event):
-        return ZERO, ZERO, False
-    if isinstance(event, ledger.Dividend):
-        return ZERO, position.dividend_income - dividends, True
-    return ZERO, lieu_cash(position, event, held), True
+    if not position.apply(action):
+        return ZERO, False
+    if isinstance(action, ledger.Dividend):
+        return position.dividend_income - dividends, True
+    return lieu_cash(position, action, held), True
 
 
 def position_events(position, trades, rules):
@@ -187,19 +179,29 @@ def _merged(trades, actions):
 def walk_position(position, trades, rules, first_day, last_day):
     """Replay a position's trades (after its state) and actions up to last_day; return its PositionHistory from
     first_day (WHOLE: from its first event)."""
-    opening, days, day, inflow, outflow, shown = None, [], None, ZERO, ZERO, False
+    opening, days, day, day_text, inflow, outflow, shown = None, [], None, None, ZERO, ZERO, False
     for event in position_events(position, trades, rules):
-        event_day = value_day(event)
-        if event_day != day:
-            if event_day > last_day:
-                break
-            if shown and day >= first_day:
-                days.append(PositionDay(day, state_of(position), inflow, outflow))
-            if opening is None and event_day >= first_day:
-                opening = state_of(position)
-            day, inflow, outflow, shown = event_day, ZERO, ZERO, False
-        moved_in, moved_out, counted = apply_event(position, event)
-        inflow, outflow, shown = inflow + moved_in, outflow + moved_out, shown or counted
+        is_trade = type(event) is ledger.Trade
+        if not is_trade or event.txn_time[:10] != day_text:  # most trades share the calendar day of the one before
+            event_day, day_text = value_day(event), event.txn_time[:10] if is_trade else None
+            if event_day != day:
+                if event_day > last_day:
+                    break
+                if shown and day >= first_day:
+                    days.append(PositionDay(day, state_of(position), inflow, outflow))
+                if opening is None and event_day >= first_day:
+                    opening = state_of(position)
+                day, inflow, outflow, shown = event_day, ZERO, ZERO, False
+        if not is_trade:
+            moved_out, counted = apply_action(position, event)
+            outflow, shown = outflow + moved_out, shown or counted
+            continue
+        shown = True  # any trade shows, an oversold SELL included, which moves no money
+        if position.apply(event):
+            if event.txn_type == "BUY":
+                inflow += event.quantity * event.price + event.fee
+            else:
+                outflow += event.quantity * event.price - event.fee
     if shown and day >= first_day:
         days.append(PositionDay(day, state_of(position), inflow, outflow))
     return PositionHistory(position.stock_symbol, opening or state_of(position), days)
