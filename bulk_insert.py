@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 TRADE_COLUMNS = ("txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time", "fee")
 INSERT_COLUMNS = TRADE_COLUMNS + ("batch_id", "source_line")  # price and fee as validation's 4-decimal text
 MYSQL_BATCH_ROWS = 10_000
-MYSQL_LOCAL_INFILE_REFUSED = {1148, 2068, 3948}  # not allowed / rejected by client / disabled on server
+MYSQL_LOCAL_INFILE_REFUSED = {1148, 2068, 3948, 4166}  # not allowed / rejected by the client / disabled on the server
+# (MySQL 3948, MariaDB 4166)
 TEMP_FILE_PREFIX = "stock-etl-load-"  # then the writer's pid: stock-etl-load-<pid>-<random>.tsv
 
 
@@ -54,7 +55,7 @@ def prepared_text(dialect_name, columns):
 
 def tab_separated(columns):
     """The rows as LOAD DATA text: tab-separated, one per line, with backslash escapes where needed."""
-    text_columns = [[_mysql_field(value) for value in column] if _needs_escaping(column) else list(map(str, column))
+    text_columns = [[mysql_field(value) for value in column] if _needs_escaping(column) else list(map(str, column))
                     for column in columns]
     return "\n".join(map("\t".join, zip(*text_columns))) + "\n"
 
@@ -81,8 +82,7 @@ def _insert_mysql(connection, columns, tsv=None, table="transactions"):
         try:
             return _load_data_local_infile(connection, tsv or tab_separated(columns), table)
         except OperationalError as error:
-            code = error.orig.args[0] if error.orig is not None and error.orig.args else None
-            if code not in MYSQL_LOCAL_INFILE_REFUSED:
+            if not local_infile_refused(error):
                 raise
             engine_state["stock_etl_local_infile"] = False
             logger.warning("LOAD DATA LOCAL INFILE refused (%s); loading with INSERT IGNORE, which is slower",
@@ -91,6 +91,13 @@ def _insert_mysql(connection, columns, tsv=None, table="transactions"):
 
 
 def _load_data_local_infile(connection, tsv, table="transactions"):
+    return load_data_local(connection, tsv, table, INSERT_COLUMNS)
+
+
+def load_data_local(connection, tsv, table, columns, duplicates="IGNORE"):
+    """LOAD DATA LOCAL INFILE of `tsv` (lines as tab_separated makes them) into these columns of table, through a
+    temporary file readable by its owner only; duplicates: IGNORE or REPLACE a row of a stored key. Returns the
+    rows the server reports."""
     handle = tempfile.NamedTemporaryFile(  # readable by its owner only (0600), as NamedTemporaryFile makes it
         "w", encoding="utf-8", newline="\n", prefix=f"{TEMP_FILE_PREFIX}{os.getpid()}-", suffix=".tsv", delete=False)
     try:
@@ -98,13 +105,18 @@ def _load_data_local_infile(connection, tsv, table="transactions"):
             handle.write(tsv)
         with db_config.local_file_allowed(connection.connection.dbapi_connection, handle.name):
             result = connection.exec_driver_sql(
-                f"LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE {table} CHARACTER SET utf8mb4 "
-                f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({', '.join(INSERT_COLUMNS)})",
+                f"LOAD DATA LOCAL INFILE %s {duplicates} INTO TABLE {table} CHARACTER SET utf8mb4 FIELDS TERMINATED "
+                f"BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({', '.join(columns)})",
                 (handle.name,),
             )
         return result.rowcount
     finally:
         os.unlink(handle.name)
+
+
+def local_infile_refused(error):
+    """Is this OperationalError the server or the client refusing LOAD DATA LOCAL INFILE?"""
+    return error.orig is not None and bool(error.orig.args) and error.orig.args[0] in MYSQL_LOCAL_INFILE_REFUSED
 
 
 def remove_stale_temp_files():
@@ -131,7 +143,7 @@ def _needs_escaping(column):
     return "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined
 
 
-def _mysql_field(value):
+def mysql_field(value):
     """A LOAD DATA field: backslash, tab and newline escaped; None as \\N."""
     if value is None:
         return "\\N"

@@ -17,8 +17,6 @@ a float holds exactly (mark_rounded).
 """
 import bisect
 import functools
-import os
-import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -29,7 +27,7 @@ from typing import NamedTuple
 from sqlalchemy import and_, bindparam, delete, func, or_, select, text, true
 from sqlalchemy.exc import OperationalError
 
-import db_config
+import bulk_insert
 import dialects
 from cli import InputError
 from schema import position_checkpoints
@@ -708,40 +706,23 @@ def write_checkpoints(connection, checkpoints):
             for checkpoint in checkpoints[start:start + CHECKPOINT_ROWS]])
 
 
-LOAD_CHECKPOINTS_SQL = ("LOAD DATA LOCAL INFILE %s REPLACE INTO TABLE position_checkpoints CHARACTER SET utf8mb4 "
-                        "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
-                        f"({', '.join(CHECKPOINT_COLUMNS)})")  # REPLACE: a stored key takes every column offered
-MYSQL_LOCAL_INFILE_REFUSED = {1148, 2068, 3948, 4166}  # not allowed, rejected by the client, disabled (MySQL, MariaDB)
-
-
 def _load_checkpoints(connection, checkpoints):
-    """Insert or replace these checkpoints by LOAD DATA LOCAL INFILE of a temporary file (owner-only); False, having
-    written nothing, when the server or the connection refuses local files."""
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="\n", prefix="stock-etl-checkpoints-",
-                                         suffix=".tsv", delete=False)
+    """Insert or replace (a stored key takes every column offered) these checkpoints by LOAD DATA LOCAL INFILE;
+    False, having written nothing, when the server or the connection refuses local files."""
+    lines = "".join(map(_checkpoint_line, checkpoints))
     try:
-        with handle:
-            handle.writelines(map(_checkpoint_line, checkpoints))
-        with db_config.local_file_allowed(connection.connection.dbapi_connection, handle.name):
-            connection.exec_driver_sql(LOAD_CHECKPOINTS_SQL, (handle.name,))
+        bulk_insert.load_data_local(connection, lines, "position_checkpoints", CHECKPOINT_COLUMNS, "REPLACE")
         return True
     except OperationalError as error:
-        if error.orig is None or not error.orig.args or error.orig.args[0] not in MYSQL_LOCAL_INFILE_REFUSED:
+        if not bulk_insert.local_infile_refused(error):
             raise
         return False
-    finally:
-        os.unlink(handle.name)
 
 
 def _checkpoint_line(checkpoint):
     """A checkpoint as a LOAD DATA line: its fields as the driver would send them, NULL as \\N, the texts escaped."""
-    fields = [format(value, "f") if isinstance(value, Decimal) else _tsv_text(value) if isinstance(value, str)
-              else r"\N" if value is None else str(value) for value in checkpoint]
-    return "\t".join(fields) + "\n"
-
-
-def _tsv_text(value):
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+    return "\t".join(bulk_insert.mysql_field(format(value, "f") if isinstance(value, Decimal) else value)
+                     for value in checkpoint) + "\n"
 
 
 def forget_checkpoints_after(connection, starts):
