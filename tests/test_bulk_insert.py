@@ -16,6 +16,8 @@ import bulk_insert
 import db_config
 import load_transactions
 import seed_investors
+import update_portfolio
+from private_mariadb import PrivateMariaDB
 from schema import transactions
 
 HEADER = "txn_ref,investor_id,stock_symbol,txn_type,quantity,price,txn_time"
@@ -164,3 +166,28 @@ def test_mariadb_insert_ignore_fallback_stores_fees(mariadb_url, tmp_path, monke
 
     assert (fees, counts, loads) == (FEES, [(5, 0, 0), (0, 5, 0)], [])
     engine.dispose()
+
+
+def test_a_server_with_local_files_off_loads_by_insert_ignore_and_updates_by_upsert(tmp_path, caplog):
+    """A real MariaDB with local_infile = 0 (a private server: the shared one is never changed) refuses LOAD DATA
+    LOCAL with error 4166: the load falls back to INSERT IGNORE, the update's checkpoints to an upsert, and both
+    store what a server that allows it stores."""
+    path = tmp_path / "trades.csv"
+    path.write_text("\n".join(LINES) + "\n")
+    with PrivateMariaDB.create(prefix="stock-etl-no-local-files-") as server:
+        server.query("SET GLOBAL local_infile = 0")
+        server.query("CREATE DATABASE refused CHARACTER SET utf8mb4")
+        engine = db_config.get_engine(server.url("refused"))
+        try:
+            seed_investors.seed_reference_data(engine)
+            summary = load_transactions.load_file(engine, str(path))
+            update_portfolio.update_portfolios(engine)
+            with engine.connect() as connection:
+                checkpoints = connection.execute(text("SELECT COUNT(*) FROM position_checkpoints")).scalar()
+            loaded = stored(engine)
+        finally:
+            engine.dispose()
+    assert (summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected) == (4, 1, 1)
+    assert "LOAD DATA LOCAL INFILE refused (The used command is not allowed" in caplog.text
+    assert [row[0] for row in loaded] == ["t1", "t2", "t\\3", "t5"]
+    assert checkpoints == 4  # one per position and week traded
