@@ -185,7 +185,7 @@ def apply_new_trades(connection, batch_ids, full, now, rules, replayed=None):
         positions = {}
         applied = ledger.apply_trades(_tapped(ledger.stream_trades(connection), replayed), positions, rules)
         _forget_positions_without_trades(connection, set(stored) - set(positions))
-        return write_applied(connection, applied, positions, {key: None for key in positions}, now)
+        return write_applied(connection, applied, positions, {key: None for key in positions}, now, stored)
     if not batch_ids:
         return ApplyResult(set(), set(), [], {}, 0)
     return apply_selected_trades(connection, new_trades_filter(batch_ids), now,
@@ -249,10 +249,10 @@ def ledger_rules(connection, horizon, requested=None, full=False):
     return action_events.read_rules(connection, horizon, method)
 
 
-def write_applied(connection, applied, positions, replay_starts, now):
+def write_applied(connection, applied, positions, replay_starts, now, stored=None):
     """Write what apply_trades changed: positions (and their FIFO lots), checkpoints, latest trades, OVERSELL
-    alerts."""
-    write_positions(connection, positions, applied.changed, now)
+    alerts. stored: the positions as read before a full replay (one that ends as stored is not rewritten)."""
+    write_positions(connection, positions, applied.changed, now, stored)
     write_lots(connection, positions, applied.changed)
     ledger.write_checkpoints(connection, applied.checkpoints)
     write_latest_trades(connection, applied.latest)
@@ -298,12 +298,22 @@ REPLAY_COLUMNS = ("quantity", "avg_cost", "cost_basis", "realized_pnl", "last_tx
                   "trade_count", "last_trade_price", "dividend_income", "fees_paid")
 
 
-def write_positions(connection, positions, keys, now):
+def write_positions(connection, positions, keys, now, stored=None):
     """Insert new positions and update changed ones: one upsert, so that MySQL sends many rows per statement
-    (an UPDATE per row costs a round trip each)."""
-    rows = [position_row(positions[key], now) for key in sorted(keys)]
+    (an UPDATE per row costs a round trip each). A position that ends as in stored ({key: Position}) is left as it
+    is: its updated_at is the last time a column changed (docs/data-model.md)."""
+    rows = [position_row(positions[key], now) for key in sorted(keys)
+            if not _replayed_as_stored((stored or {}).get(key), positions[key])]
     if rows:
         connection.execute(dialects.upsert(connection, portfolios, [*REPLAY_COLUMNS, "updated_at"]), rows)
+
+
+def _replayed_as_stored(stored, position):
+    """Does a replayed position hold what is stored, in every column the replay owns (REPLAY_COLUMNS)?"""
+    if stored is None:
+        return False
+    before, after = position_row(stored, None), position_row(position, None)
+    return all(before[column] == after[column] for column in REPLAY_COLUMNS)
 
 
 def write_lots(connection, positions, keys):

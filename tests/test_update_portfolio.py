@@ -801,3 +801,22 @@ def test_full_forgets_the_risk_of_an_investor_whose_trades_were_deleted(seeded_e
     with seeded_engine.connect() as connection:
         assert connection.execute(select(investor_risk.c.investor_id)).scalars().all() == [1001]
         assert connection.execute(select(portfolios.c.investor_id)).scalars().all() == [1001]
+
+
+def test_full_rewrites_only_the_positions_whose_columns_change(seeded_engine, tmp_path):
+    """portfolios.updated_at is the last time a column of the row changed (docs/data-model.md): a --full replay
+    that ends where a position was stored leaves its row alone."""
+    load(seeded_engine, write_trades(tmp_path, "t.csv", [
+        ("UA-1", 1001, "KO", "BUY", 4, "60.00", "2024-06-03 10:00:00"),
+        ("UA-2", 1002, "GS", "BUY", 4, "450.00", "2024-06-03 10:00:00"),
+        ("UA-3", 1002, "GS", "BUY", 2, "452.00", "2024-06-04 10:00:00")]))
+    update_portfolio.update_portfolios(seeded_engine)
+    with seeded_engine.begin() as connection:
+        connection.execute(text("UPDATE portfolios SET updated_at = '2000-01-03 00:00:00'"))
+        connection.execute(text("DELETE FROM transactions WHERE txn_ref = 'UA-3'"))
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    with seeded_engine.connect() as connection:
+        stamps = dict(connection.execute(select(portfolios.c.investor_id, portfolios.c.updated_at)).all())
+        quantity = connection.execute(select(portfolios.c.quantity).where(portfolios.c.investor_id == 1002)).scalar()
+    assert str(stamps[1001])[:10] == "2000-01-03"
+    assert str(stamps[1002])[:10] != "2000-01-03" and quantity == 4
