@@ -667,3 +667,28 @@ def test_prices_file_beside_trades_is_loaded_and_updated(seeded_engine, database
     assert second == first
     assert third_out.splitlines()[0] == "market_prices.csv: 4 daily closes read, 0 new, 1 changed, 1 rejected"
     assert stored_closes(seeded_engine) == [first[0], ("AAPL", first[1][1], Decimal("195.0001")), first[2]]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5, 8])
+def test_background_workers_hand_back_every_item_in_order(count):
+    """A reading worker and a preparing worker: the items come back in order, whatever their number."""
+    assert list(load_transactions.in_background(iter(range(count)), then=lambda item: item * 10)) == [
+        item * 10 for item in range(count)]
+
+
+def _fail_at_three(items):
+    for item in items:
+        if item == 3:
+            raise ValueError("bad item 3")
+        yield item
+
+
+@pytest.mark.parametrize("where", ["reader", "preparer"])
+def test_an_error_in_a_background_worker_is_raised_after_the_items_before_it(where):
+    items = _fail_at_three(range(6)) if where == "reader" else iter(range(6))
+    then = (lambda item: item) if where == "reader" else (lambda item: next(_fail_at_three([item])))
+    received = []
+    with pytest.raises(ValueError, match="bad item 3"):
+        for item in load_transactions.in_background(items, then=then):
+            received.append(item)
+    assert received == [0, 1, 2]
