@@ -73,15 +73,15 @@ class Classified(NamedTuple):
 
 
 def sample_refs(refs):
-    """SAMPLE_REFS of these txn_refs spread over them (a sample's sample is itself)."""
+    """SAMPLE_REFS of these txn_refs spread over them (taken by the preparing process, for holds_stored_refs)."""
     return refs[::max(1, len(refs) // SAMPLE_REFS)][:SAMPLE_REFS]
 
 
-def holds_stored_refs(connection, refs):
-    """Are some of a sample of these txn_refs (sample_refs) stored already?"""
+def holds_stored_refs(connection, sampled_refs):
+    """Are some of these txn_refs (a chunk's sample_refs) stored already?"""
     statement = text("SELECT COUNT(*) FROM transactions WHERE txn_ref IN :refs").bindparams(
         bindparam("refs", expanding=True))
-    return connection.execute(statement, {"refs": sample_refs(refs)}).scalar() > 0
+    return connection.execute(statement, {"refs": sampled_refs}).scalar() > 0
 
 
 def insert_and_classify(connection, columns, batch_id, tsv=None):
