@@ -39,6 +39,7 @@ import corporate_actions
 import db_config
 import db_retry
 import dialects
+import plain_trades
 import staging
 import validation
 from schema import investors, market_prices, rejected_transactions, stocks, transactions
@@ -281,24 +282,32 @@ class PlainChunk:
         frame = pd.read_csv(io.BytesIO(self.data), header=None, names=range(self.layout.width), dtype=object,
                             na_filter=False, skip_blank_lines=False, quoting=csv.QUOTE_NONE, sep=self.layout.delimiter,
                             engine="c")
-        texts = self.data.decode("ascii").replace("\r\n", "\n").split("\n")[:self.count]
         numbers = range(self.first_number, self.first_number + self.count)
-        batch = _trade_batch({index: frame[index].to_numpy() for index in self.layout.columns}, numbers, texts,
-                             self.layout, self.sha256)
+        return self._batch({index: frame[index].to_numpy() for index in self.layout.columns}, numbers,
+                           self.texts()), _rejects_frame([])
+
+    def texts(self):
+        """The lines as text, without their endings."""
+        return self.data.decode("ascii").replace("\r\n", "\n").split("\n")[:self.count]
+
+    def batch_of(self, rows, texts):
+        """The trade batch of some of the lines (positions `rows`; texts: self.texts()), split on the delimiter."""
+        lines = [texts[row] for row in rows]
+        fields = [line.split(self.layout.delimiter) for line in lines]
+        cells = {index: [cells[index] for cells in fields] for index in self.layout.columns}
+        return self._batch(cells, self.first_number + np.asarray(rows, dtype=np.int64), lines)
+
+    def _batch(self, cells, numbers, texts):
+        batch = _trade_batch(cells, numbers, texts, self.layout, self.sha256)
         batch.attrs["printable_ascii"] = True  # validation may skip that check
         batch.attrs["trimmed"] = not _has_edge_spaces(self.data, self.layout.delimiter.encode())  # ... and this
-        return batch, _rejects_frame([])
+        return batch
 
 
 def _has_edge_spaces(data, delimiter):
     """May a cell of these plain lines (no tabs) start or end with a space?"""
     return data.startswith(b" ") or data.endswith(b" ") or any(
         pair in data for pair in (b" " + delimiter, delimiter + b" ", b" \r", b" \n", b"\n "))
-
-
-def as_frames(parsed):
-    """(trade batch, rejects) of what iter_batches yields: a PlainChunk is split into cells here."""
-    return parsed.frames() if isinstance(parsed, PlainChunk) else parsed
 
 
 NOT_PLAIN = bytes(range(0x20)).replace(b"\n", b"").replace(b"\r", b"") + b'"' + bytes(range(0x7f, 0x100))
@@ -575,7 +584,9 @@ def load_batch(engine, summary, chunks, started, method=None, background=False):
         dialect = connection.dialect.name
 
         def prepare(parsed):
-            return prepare_chunk(*as_frames(parsed), context, summary.batch_id, dialect)
+            if isinstance(parsed, PlainChunk):
+                return prepare_plain_chunk(parsed, context, summary.batch_id, dialect)
+            return prepare_chunk(*parsed, context, summary.batch_id, dialect)
 
         for chunk in (in_background(chunks, then=prepare) if background else map(prepare, chunks)):
             store_chunk(connection, chunk, summary, method)
@@ -616,6 +627,26 @@ class PackedTexts(Sequence):
         return len(self.lengths)
 
 
+class ColumnArrays(Sequence):
+    """bulk_insert columns kept as numpy arrays (they cross between processes as blocks of memory), each made a
+    list on first use (ASCII bytes become str); the lists are not sent."""
+
+    def __init__(self, arrays):
+        self.arrays, self.lists = arrays, {}
+
+    def __getitem__(self, index):
+        if index not in self.lists:
+            array = self.arrays[index]
+            self.lists[index] = (array.astype(str) if array.dtype.kind == "S" else array).tolist()
+        return self.lists[index]
+
+    def __len__(self):
+        return len(self.arrays)
+
+    def __getstate__(self):
+        return {"arrays": self.arrays, "lists": {}}
+
+
 @dataclass
 class PreparedChunk:
     """A chunk after the CPU work: the rows to insert, later repeats of their refs, and the bad rows."""
@@ -644,6 +675,37 @@ def prepare_chunk(batch, malformed, context, batch_id, dialect=None):
                          PackedTexts(firsts["raw_record"].tolist()), staging.sample_refs(columns[0]), valid[repeated],
                          pd.concat([malformed, rejected], ignore_index=True),
                          bulk_insert.prepared_text(dialect, columns) if columns[0] else None)
+
+
+def prepare_plain_chunk(plain, context, batch_id, dialect=None):
+    """prepare_chunk of a PlainChunk: its sure rows (plain_trades) become columns as they are, the other rows go
+    through validation; the inserted rows stay in line order."""
+    if plain.layout.kind != "canonical":
+        return prepare_chunk(*plain.frames(), context, batch_id, dialect)
+    sure, texts = plain_trades.sure_trades(plain.data, plain.layout, context), plain.texts()
+    lines = plain.first_number + sure.rows
+    columns = ColumnArrays([*sure.columns, np.full(len(lines), batch_id), lines])
+    raw_records = [texts[row] for row in sure.rows]
+    if len(sure.rows) == plain.count:
+        return PreparedChunk(plain.count, columns, PackedTexts(raw_records), staging.sample_refs(columns[0]),
+                             pd.DataFrame(), _rejects_frame([]), bulk_insert.prepared_text(dialect, columns))
+    valid, rejected = validation.validate_trades(plain.batch_of(np.setdiff1d(np.arange(plain.count), sure.rows),
+                                                                texts), context)
+    repeated = valid["txn_ref"].duplicated(keep="first").to_numpy()
+    firsts = valid[~repeated]
+    order = np.argsort(np.concatenate([lines, firsts["line_number"].to_numpy()]), kind="stable")
+    merged = [_in_order(fast, slow, order) for fast, slow in zip(columns, bulk_insert.trade_columns(firsts, batch_id))]
+    return PreparedChunk(plain.count, PackedColumns(merged),
+                         PackedTexts(_in_order(raw_records, firsts["raw_record"].tolist(), order)),
+                         staging.sample_refs(merged[0]), valid[repeated], rejected,
+                         bulk_insert.prepared_text(dialect, merged) if merged[0] else None)
+
+
+def _in_order(first, second, order):
+    """The items of two lists, concatenated and taken in `order`."""
+    both = np.empty(len(first) + len(second), dtype=object)
+    both[:len(first)], both[len(first):] = first, second
+    return both[order].tolist()
 
 
 def store_chunk(connection, chunk, summary, method=None, line_numbers=True):
