@@ -72,6 +72,8 @@ class Dialect(NamedTuple):
     foreign_key_switch: ForeignKeySwitch = None  # None: checks stay on (PostgreSQL's need a superuser to skip)
     columns_sql: str = ("SELECT table_name, column_name FROM information_schema.columns "
                         "WHERE table_schema = current_schema()")  # (table, column) of every table of the database
+    equal_columns_same_values: bool = False  # = on VALUE_COLUMNS is exact (binary text, numbers by value), so
+    # trades equal column by column have the same values text (not so under a case- or pad-insensitive collation)
 
 
 DEFAULT = Dialect(bulk_path="portable", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
@@ -80,7 +82,7 @@ DIALECTS = {
     "sqlite": Dialect(  # SQLite plans the surveillance queries well without statistics
         bulk_path="insert_or_ignore", lookup_slice=LOOKUP_SLICE, values_sql=SQLITE_VALUES_SQL,
         stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_rows=False,
-        valuation_lock_file=True,
+        valuation_lock_file=True, equal_columns_same_values=True,
         foreign_key_switch=ForeignKeySwitch("PRAGMA foreign_keys = OFF", "PRAGMA foreign_keys = ON", True),
         columns_sql="SELECT m.name, c.name FROM sqlite_master m "
                                               "JOIN pragma_table_info(m.name) c WHERE m.type = 'table'"),
@@ -136,6 +138,16 @@ def values_sql(dialect_name, alias=None):
     of the table named `alias` (one with the same columns: the staging table)."""
     expression = dialect(dialect_name).values_sql
     return expression if alias is None else _QUALIFIED_COLUMN.sub(rf"{alias}.\1", expression)
+
+
+def same_values_sql(dialect_name, stored, staged):
+    """SQL that is true when the trades of two aliases (tables with the columns of transactions) have the same
+    values text. Where equal columns imply equal texts (SQLite), the columns are compared first: building the two
+    texts (printf of price and fee) costs about 7 µs a row, comparing the columns about 0.6 µs."""
+    texts = f"{values_sql(dialect_name, stored)} = {values_sql(dialect_name, staged)}"
+    if not dialect(dialect_name).equal_columns_same_values:
+        return texts
+    return "(" + " AND ".join(f"{stored}.{column} = {staged}.{column}" for column in VALUE_COLUMNS) + f") OR {texts}"
 
 
 _QUALIFIED_COLUMN = re.compile(r"\b(" + "|".join(VALUE_COLUMNS) + r")\b")

@@ -4,7 +4,7 @@ For a chunk that repeats trades already stored (a file re-sent with new rows add
 then reading the stored values of the skipped ones back would cost about as much per repeated row as a new one.
 Instead the chunk goes into the temporary table staging_transactions by the database's bulk path, and the rest is
 done where the trades are: one statement counts the staged rows by outcome (no trade holds the ref yet; the stored
-trade has the same values text, dialects.values_sql on both sides: a duplicate; or other values: a conflict),
+trade has the same values text, dialects.same_values_sql: a duplicate; or other values: a conflict),
 the rows whose txn_ref is not stored are inserted (only if there are any: a chunk of repeats inserts nothing), and
 the rows that are neither inserted nor duplicates are listed (only if there are any: conflicts are rare).
 load_transactions chooses this path when a sample of the chunk's refs is already stored (holds_stored_refs); the
@@ -34,7 +34,7 @@ CLASSIFIED_CTE = """
 WITH classified AS (
     SELECT s.txn_ref, s.source_line, t.txn_id, t.batch_id, t.source_line AS stored_line,
            CASE WHEN t.txn_id IS NULL THEN 'missing'
-                WHEN {stored_values} = {staged_values} THEN 'same'
+                WHEN {same_values} THEN 'same'
                 ELSE 'conflict' END AS outcome
     FROM staging_transactions s
     LEFT JOIN transactions t ON t.txn_ref = s.txn_ref
@@ -87,8 +87,7 @@ def holds_stored_refs(connection, sampled_refs):
 def insert_and_classify(connection, columns, batch_id, tsv=None):
     """Stage the chunk's rows (bulk_insert.INSERT_COLUMNS lists), insert the new ones and classify the others."""
     bulk_insert.stage_columns(connection, columns, tsv)
-    classified = CLASSIFIED_CTE.format(stored_values=dialects.values_sql(connection.dialect.name, "t"),
-                                       staged_values=dialects.values_sql(connection.dialect.name, "s"))
+    classified = CLASSIFIED_CTE.format(same_values=dialects.same_values_sql(connection.dialect.name, "t", "s"))
     outcomes = count_outcomes(connection, classified, batch_id)
     inserted = insert_new(connection) if outcomes.missing else 0
     if inserted == outcomes.missing:  # trades are never deleted: the rows inserted are the missing ones

@@ -78,6 +78,22 @@ def test_values_text_in_python_and_in_the_database_agree_on_postgresql(postgres_
         engine.dispose()
 
 
+def test_same_values_sql_agrees_with_the_values_texts(seeded_engine):
+    """For every pair of stored trades (self-join), same_values_sql is true exactly when their values texts are
+    equal, also where it compares the columns first (SQLite)."""
+    assert_python_and_database_agree(seeded_engine, None)
+    texts = stored_values_texts(seeded_engine)
+    same = dialects.same_values_sql(seeded_engine.dialect.name, "t", "s")
+    statement = text(f"SELECT t.txn_ref, s.txn_ref, CASE WHEN {same} THEN 1 ELSE 0 END "
+                     "FROM transactions t CROSS JOIN transactions s")
+    with seeded_engine.connect() as connection:
+        pairs = connection.execute(statement).all()
+    assert len(pairs) == len(texts) ** 2
+    assert {(first, second): bool(same) for first, second, same in pairs} == {
+        (first, second): texts[first] == texts[second] for first in texts for second in texts}
+    assert sum(same for _, _, same in pairs) == len(texts) + 6  # zero, zeros and feeless are one trade's values
+
+
 def test_values_text_writes_the_normalized_values_joined_by_commas():
     valid = validated(TRICKY)
 
