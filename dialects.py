@@ -22,6 +22,7 @@ LOOKUP_SLICE = 500  # bound parameters per IN (...) lookup: within SQLite's limi
 # values_sql makes the same text in the database from stored trades (price and fee are exact there below
 # validation.MAX_PRICE). tests/test_dialects.py proves that the two agree on every database.
 VALUE_COLUMNS = ("investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time", "fee")
+TEXT_VALUE_COLUMNS = ("stock_symbol", "txn_type")  # the others are numbers and a date-time
 SQLITE_VALUES_SQL = ("investor_id || ',' || stock_symbol || ',' || txn_type || ',' || quantity || ',' || "
                      "printf('%.4f', price) || ',' || txn_time || ',' || printf('%.4f', fee)")
 STANDARD_VALUES_SQL = ("CONCAT_WS(',', investor_id, stock_symbol, txn_type, quantity, "
@@ -72,8 +73,8 @@ class Dialect(NamedTuple):
     foreign_key_switch: ForeignKeySwitch = None  # None: checks stay on (PostgreSQL's need a superuser to skip)
     columns_sql: str = ("SELECT table_name, column_name FROM information_schema.columns "
                         "WHERE table_schema = current_schema()")  # (table, column) of every table of the database
-    equal_columns_same_values: bool = False  # = on VALUE_COLUMNS is exact (binary text, numbers by value), so
-    # trades equal column by column have the same values text (not so under a case- or pad-insensitive collation)
+    exact_text_equality: str = None  # SQL true when text columns {a} and {b} hold the same bytes (not so for = under
+    # a case- or pad-insensitive collation); None: not known here
 
 
 DEFAULT = Dialect(bulk_path="portable", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
@@ -82,7 +83,7 @@ DIALECTS = {
     "sqlite": Dialect(  # SQLite plans the surveillance queries well without statistics
         bulk_path="insert_or_ignore", lookup_slice=LOOKUP_SLICE, values_sql=SQLITE_VALUES_SQL,
         stage_lock=None, database_creation=None, refresh_statistics_sql=None, packs_rows=False,
-        valuation_lock_file=True, equal_columns_same_values=True,
+        valuation_lock_file=True, exact_text_equality="{a} = {b}",  # BINARY collation
         foreign_key_switch=ForeignKeySwitch("PRAGMA foreign_keys = OFF", "PRAGMA foreign_keys = ON", True),
         columns_sql="SELECT m.name, c.name FROM sqlite_master m "
                                               "JOIN pragma_table_info(m.name) c WHERE m.type = 'table'"),
@@ -95,14 +96,15 @@ DIALECTS = {
         refresh_statistics_sql="ANALYZE TABLE transactions, stocks, load_batches, portfolios, position_checkpoints",
         packs_rows=True, small_bulk_path="insert_ignore",  # LOAD DATA's temporary file costs more than one row
         foreign_key_switch=ForeignKeySwitch("SET SESSION foreign_key_checks = 0", "SET SESSION foreign_key_checks = 1"),
-        columns_sql="SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = DATABASE()"),
+        columns_sql="SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = DATABASE()",
+        exact_text_equality="CAST({a} AS BINARY) = CAST({b} AS BINARY)"),  # utf8mb4_unicode_ci: 'ko' = 'KO '
     "postgresql": Dialect(
         bulk_path="copy", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
         stage_lock=SessionLock("SELECT 1 FROM (SELECT pg_advisory_lock(hashtext(:name))) AS taken",
                                "SELECT pg_advisory_unlock(hashtext(:name))"),
         database_creation=DatabaseCreation("postgres", "CREATE DATABASE {name}"),
         refresh_statistics_sql="ANALYZE transactions",
-        packs_rows=True),
+        packs_rows=True, exact_text_equality="{a} = {b}"),  # deterministic collations compare bytes
 }
 
 
@@ -142,12 +144,16 @@ def values_sql(dialect_name, alias=None):
 
 def same_values_sql(dialect_name, stored, staged):
     """SQL that is true when the trades of two aliases (tables with the columns of transactions) have the same
-    values text. Where equal columns imply equal texts (SQLite), the columns are compared first: building the two
-    texts (printf of price and fee) costs about 7 µs a row, comparing the columns about 0.6 µs."""
+    values text. Where text columns can be compared byte for byte, the columns are compared first: trades equal
+    column by column have the same texts, and building the two texts costs several times more (SQLite's printf of
+    price and fee: about 7 µs a row; comparing the columns: 0.6 µs)."""
     texts = f"{values_sql(dialect_name, stored)} = {values_sql(dialect_name, staged)}"
-    if not dialect(dialect_name).equal_columns_same_values:
+    text_equality = dialect(dialect_name).exact_text_equality
+    if text_equality is None:
         return texts
-    return "(" + " AND ".join(f"{stored}.{column} = {staged}.{column}" for column in VALUE_COLUMNS) + f") OR {texts}"
+    columns = [text_equality.format(a=f"{stored}.{column}", b=f"{staged}.{column}") if column in TEXT_VALUE_COLUMNS
+               else f"{stored}.{column} = {staged}.{column}" for column in VALUE_COLUMNS]
+    return f"({' AND '.join(columns)}) OR {texts}"
 
 
 _QUALIFIED_COLUMN = re.compile(r"\b(" + "|".join(VALUE_COLUMNS) + r")\b")
