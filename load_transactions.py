@@ -685,9 +685,8 @@ def prepare_plain_chunk(plain, context, batch_id, dialect=None):
     sure, texts = plain_trades.sure_trades(plain.data, plain.layout, context), plain.texts()
     lines = plain.first_number + sure.rows
     columns = ColumnArrays([*sure.columns, np.full(len(lines), batch_id), lines])
-    raw_records = [texts[row] for row in sure.rows]
-    if len(sure.rows) == plain.count:
-        return PreparedChunk(plain.count, columns, PackedTexts(raw_records), staging.sample_refs(columns[0]),
+    if len(sure.rows) == plain.count:  # the usual chunk
+        return PreparedChunk(plain.count, columns, PackedTexts(texts), staging.sample_refs(columns[0]),
                              pd.DataFrame(), _rejects_frame([]), bulk_insert.prepared_text(dialect, columns))
     valid, rejected = validation.validate_trades(plain.batch_of(np.setdiff1d(np.arange(plain.count), sure.rows),
                                                                 texts), context)
@@ -695,8 +694,8 @@ def prepare_plain_chunk(plain, context, batch_id, dialect=None):
     firsts = valid[~repeated]
     order = np.argsort(np.concatenate([lines, firsts["line_number"].to_numpy()]), kind="stable")
     merged = [_in_order(fast, slow, order) for fast, slow in zip(columns, bulk_insert.trade_columns(firsts, batch_id))]
-    return PreparedChunk(plain.count, PackedColumns(merged),
-                         PackedTexts(_in_order(raw_records, firsts["raw_record"].tolist(), order)),
+    raw_records = _in_order([texts[row] for row in sure.rows], firsts["raw_record"].tolist(), order)
+    return PreparedChunk(plain.count, PackedColumns(merged), PackedTexts(raw_records),
                          staging.sample_refs(merged[0]), valid[repeated], rejected,
                          bulk_insert.prepared_text(dialect, merged) if merged[0] else None)
 

@@ -11,6 +11,7 @@ later than the context allows, notional) without a Python object per cell. Every
 and the normalisation of odd forms stay in one place. A sure row's values are the ones validate_trades gives it
 (tests/test_plain_trades.py compares the two on generated and hostile chunks).
 """
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -49,7 +50,7 @@ def sure_trades(data, layout, context):
     column = dict(zip(layout.names, layout.columns))
     txn_ref, sure = _refs(fields, column["txn_ref"])
     investor_id, known = _whole_numbers(fields, column["investor_id"])
-    sure &= known & np.isin(investor_id, np.fromiter(context.investor_ids, np.int64, len(context.investor_ids)))
+    sure &= known & np.isin(investor_id, _id_array(context.investor_ids))
     symbol, known = _codes(fields, column["stock_symbol"], context.symbols)
     sure &= known
     txn_type, known = _codes(fields, column["txn_type"], validation.TXN_TYPES)
@@ -68,6 +69,12 @@ def sure_trades(data, layout, context):
     rows = np.flatnonzero(sure)
     return SureTrades(rows, [values[rows] for values in (txn_ref, investor_id, symbol, txn_type, quantity, price,
                                                          txn_time, fee)])
+
+
+@functools.lru_cache(maxsize=2)
+def _id_array(investor_ids):
+    """The known investor ids (a frozenset) as an array, made once per load rather than per chunk."""
+    return np.fromiter(investor_ids, np.int64, len(investor_ids))
 
 
 def split_fields(data, delimiter, width):
