@@ -651,7 +651,7 @@ class ColumnArrays(Sequence):
 class PreparedChunk:
     """A chunk after the CPU work: the rows to insert, later repeats of their refs, and the bad rows."""
     rows_read: int
-    columns: PackedColumns  # first occurrence of each valid txn_ref, as bulk_insert columns
+    columns: Sequence  # first occurrence of each valid txn_ref, as bulk_insert columns (PackedColumns, ColumnArrays)
     raw_records: PackedTexts  # the lines of those rows
     sample_refs: list  # staging.sample_refs of their txn_refs
     repeats: pd.DataFrame  # valid rows whose txn_ref occurred earlier in the chunk
