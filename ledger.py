@@ -433,8 +433,9 @@ class _Walk:
     """One position's run of events in apply_trades: applies them and emits the state at the end of each week in
     which one changed the position."""
 
-    def __init__(self, position, applied, rules):
+    def __init__(self, position, applied, rules, watch=None):
         self.position, self.applied, self.week, self.day_text = position, applied, None, None
+        self.watch = watch  # before(event) and after(event, applied) around each event applied, or None
         self.has_actions = position.stock_symbol in rules.actions
         self.next_action = rules.next_action_key(position.stock_symbol, self._cursor()) if self.has_actions else None
 
@@ -447,10 +448,15 @@ class _Walk:
             return  # a corporate action changes nothing without shares
         else:
             self._enter(week_start(event.ex_date.isoformat()), None)
-        held = position.quantity
-        if not position.apply(event):
+        held, watch = position.quantity, self.watch
+        if watch is not None:
+            watch.before(event)
+        applied = position.apply(event)
+        if not applied:
             self.applied.oversells.append(Oversell(event.investor_id, event.stock_symbol, event.txn_id,
                                                    event.quantity, held))
+        if watch is not None:
+            watch.after(event, applied)
 
     def _enter(self, event_week, day_text):
         """An event of a new day: emit the state at the end of the week before when the week changes."""
@@ -479,11 +485,13 @@ class _Walk:
         return self.position.last_txn_time, self.position.last_txn_id
 
 
-def apply_trades(trades, positions, rules=None, others=()):
+def apply_trades(trades, positions, rules=None, others=(), watcher=None):
     """Apply trades, sorted by (investor_id, stock_symbol, txn_time, txn_id), and the corporate actions of
     `rules` before, between and after them, to `positions` in place. The positions keyed in `others` get the
     actions after their last event even without a trade. A position whose first new trade does not follow its
-    state is left untouched and listed as late."""
+    state is left untouched and listed as late. watcher: an object whose watch(position), called as the walk of a
+    position with trades starts, returns what is told before and after each of its events is applied (the
+    performance history records its days so, from the one replay)."""
     rules = rules or Rules()
     applied = Applied(set(), {}, [], [], {})
     walk, key, visited = None, None, set()
@@ -497,7 +505,7 @@ def apply_trades(trades, positions, rules=None, others=()):
                 walk.finish(rules)
             key = (trade.investor_id, trade.stock_symbol)
             visited.add(key)
-            walk = _start(positions, key, trade, applied, rules)
+            walk = _start(positions, key, trade, applied, rules, watcher)
         if walk is not None:
             if walk.next_action is not None and walk.next_action < (trade.txn_time, trade.txn_id):
                 walk.catch_up(rules, trade)  # most trades have no action before them: no call
@@ -509,7 +517,7 @@ def apply_trades(trades, positions, rules=None, others=()):
     return applied
 
 
-def _start(positions, key, trade, applied, rules):
+def _start(positions, key, trade, applied, rules, watcher=None):
     """The walk of the position a new run of trades continues, or None when it is late."""
     if key in applied.late:
         return None
@@ -519,7 +527,7 @@ def _start(positions, key, trade, applied, rules):
     elif not position.follows(trade):
         applied.late.setdefault(key, trade)
         return None
-    return _Walk(position, applied, rules)
+    return _Walk(position, applied, rules, watcher.watch(position) if watcher is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------- reading trades

@@ -13,7 +13,7 @@ last build, which three tables of schema.py record:
   where the holders of its symbol are rebuilt from;
 - performance_actions: the corporate actions the days applied; the earliest ex_date added or changed since.
 New weekdays are appended. `update_portfolio.py --full` rebuilds every day; it and the first update replay the days
-from the trades their apply streams, one investor at a time (ReplayWithApply), rather than read them twice. Returns
+as the apply's ledger walks each position (ReplayWithApply), rather than read and replay the trades twice. Returns
 are recomputed for the investors whose days changed, which is everyone when the update's day moves on.
 """
 import bisect
@@ -149,16 +149,6 @@ def lieu_cash(position, split, held):
     return (Decimal(exact.numerator) / Decimal(exact.denominator)).quantize(MONEY_STEP, ROUND_HALF_EVEN)
 
 
-def apply_action(position, action):
-    """Apply a corporate action; return (outflow: the dividend or cash in lieu it paid, shown: did it apply)."""
-    held, dividends = position.quantity, position.dividend_income
-    if not position.apply(action):
-        return ZERO, False
-    if isinstance(action, ledger.Dividend):
-        return position.dividend_income - dividends, True
-    return lieu_cash(position, action, held), True
-
-
 def position_events(position, trades, rules):
     """The position's trades merged with its symbol's corporate actions after its last event, in ledger order."""
     actions = rules.actions_between(position.stock_symbol, (position.last_txn_time, position.last_txn_id))
@@ -176,35 +166,78 @@ def _merged(trades, actions):
     yield from actions[index:]
 
 
+class DayRecorder:
+    """A position's PositionHistory from first_day to last_day, recorded as its events are applied: before(event)
+    and after(event, applied) around each one (walk_position's loop, or the ledger's own walk in an update that
+    replays once). A corporate action is told only when it applies (the ledger skips it on a position without
+    shares, which changes nothing on any day)."""
+
+    def __init__(self, position, first_day, last_day):
+        self.position, self.first_day, self.last_day = position, first_day, last_day
+        self.opening, self.closing, self.days, self.day, self.day_text = None, None, [], None, None
+        self.inflow, self.outflow, self.shown, self.trades = ZERO, ZERO, False, 0
+        self.held, self.dividends = 0, ZERO  # before the action being applied
+
+    def before(self, event):
+        """Count the event on its day; False (and nothing recorded from then on) once it is after last_day."""
+        is_trade = type(event) is ledger.Trade
+        self.trades += is_trade
+        if self.closing is not None:
+            return False
+        if not is_trade or event.txn_time[:10] != self.day_text:  # most trades share the calendar day of the last
+            event_day, self.day_text = value_day(event), event.txn_time[:10] if is_trade else None
+            if event_day != self.day:
+                if event_day > self.last_day:
+                    self._close()
+                    return False
+                self._end_day()
+                if self.opening is None and event_day >= self.first_day:
+                    self.opening = state_of(self.position)
+                self.day, self.inflow, self.outflow, self.shown = event_day, ZERO, ZERO, False
+        if not is_trade:
+            self.held, self.dividends = self.position.quantity, self.position.dividend_income
+        return True
+
+    def after(self, event, applied):
+        """Add the money the event moved in or out; any trade shows, an oversold SELL included (it moves none)."""
+        if self.closing is not None:
+            return
+        if type(event) is ledger.Trade:
+            self.shown = True
+            if applied:
+                if event.txn_type == "BUY":
+                    self.inflow += event.quantity * event.price + event.fee
+                else:
+                    self.outflow += event.quantity * event.price - event.fee
+        elif applied:
+            self.shown = True
+            self.outflow += (self.position.dividend_income - self.dividends if isinstance(event, ledger.Dividend)
+                             else lieu_cash(self.position, event, self.held))
+
+    def history(self):
+        """The PositionHistory recorded (the position's state now is its closing state if nothing passed last_day)."""
+        if self.closing is None:
+            self._close()
+        return PositionHistory(self.position.stock_symbol, self.opening or self.closing, self.days)
+
+    def _end_day(self):
+        if self.shown and self.day >= self.first_day:
+            self.days.append(PositionDay(self.day, state_of(self.position), self.inflow, self.outflow))
+
+    def _close(self):
+        self._end_day()
+        self.closing = state_of(self.position)
+
+
 def walk_position(position, trades, rules, first_day, last_day):
     """Replay a position's trades (after its state) and actions up to last_day; return its PositionHistory from
     first_day (WHOLE: from its first event)."""
-    opening, days, day, day_text, inflow, outflow, shown = None, [], None, None, ZERO, ZERO, False
+    recorder = DayRecorder(position, first_day, last_day)
     for event in position_events(position, trades, rules):
-        is_trade = type(event) is ledger.Trade
-        if not is_trade or event.txn_time[:10] != day_text:  # most trades share the calendar day of the one before
-            event_day, day_text = value_day(event), event.txn_time[:10] if is_trade else None
-            if event_day != day:
-                if event_day > last_day:
-                    break
-                if shown and day >= first_day:
-                    days.append(PositionDay(day, state_of(position), inflow, outflow))
-                if opening is None and event_day >= first_day:
-                    opening = state_of(position)
-                day, inflow, outflow, shown = event_day, ZERO, ZERO, False
-        if not is_trade:
-            moved_out, counted = apply_action(position, event)
-            outflow, shown = outflow + moved_out, shown or counted
-            continue
-        shown = True  # any trade shows, an oversold SELL included, which moves no money
-        if position.apply(event):
-            if event.txn_type == "BUY":
-                inflow += event.quantity * event.price + event.fee
-            else:
-                outflow += event.quantity * event.price - event.fee
-    if shown and day >= first_day:
-        days.append(PositionDay(day, state_of(position), inflow, outflow))
-    return PositionHistory(position.stock_symbol, opening or state_of(position), days)
+        if not recorder.before(event):
+            break
+        recorder.after(event, position.apply(event))
+    return recorder.history()
 
 
 def investor_histories(trades, positions, rules, starts, last_day):
@@ -610,30 +643,48 @@ def rebuild_days(connection, plan, rules, replayed=None):
 
 
 class ReplayWithApply:
-    """The days of every investor rebuilt whole, replayed from the trades the apply streams (tap), one investor's
-    trades at a time: an update whose rebuild starts from every position's first trade reads the trades once."""
+    """The days of every investor rebuilt whole, recorded as the apply's ledger walks each position (its watcher):
+    an update whose rebuild starts from every position's first trade reads and replays the trades once."""
 
     def __init__(self, connection, end, rules):
-        self.end, self.rules, self.rows, self.first_rows, self.trades = end, rules, [], {}, 0
+        self.end, self.rules, self.first_rows, self.trades, self.recorded = end, rules, {}, 0, set()
+        self._rows, self.investor_id, self.recorders = [], None, []
         investor_ids = connection.execute(select(transactions.c.investor_id).distinct()).scalars().all()
         self.first_days = first_trades(connection, investor_ids)
         self.book = price_book(connection, self.first_days, end, rules) if self.first_days else None
 
-    def tap(self, trades):
-        """Yield trades (in replay order) as they come, and rebuild each investor's days after its last trade."""
-        for investor_id, own in groupby(trades, key=attrgetter("investor_id")):
-            own = list(own)
-            yield from own
-            self.trades += len(own)
-            for _, histories in investor_histories(own, {}, self.rules, {investor_id: WHOLE}, self.end):
-                rebuilt = investor_rows(investor_id, histories, self.book, WHOLE)
-                if rebuilt:
-                    self.first_rows[investor_id] = rebuilt[0]["value_date"]
-                self.rows += rebuilt
+    def watch(self, position):
+        """The DayRecorder of a position the ledger starts to walk (in replay order: an investor's walks are done
+        when the next investor's first starts)."""
+        if position.investor_id != self.investor_id:
+            self._finish_investor()
+            self.investor_id = position.investor_id
+        self.recorded.add((position.investor_id, position.stock_symbol))
+        recorder = DayRecorder(position, WHOLE, self.end)
+        self.recorders.append(recorder)
+        return recorder
+
+    @property
+    def rows(self):
+        """investor_daily rows of every investor recorded (once the apply is done)."""
+        self._finish_investor()
+        return self._rows
+
+    def _finish_investor(self):
+        if not self.recorders:
+            return
+        histories = [recorder.history() for recorder in self.recorders]
+        self.trades += sum(recorder.trades for recorder in self.recorders)
+        rebuilt = investor_rows(self.investor_id, histories, self.book, WHOLE)
+        if rebuilt:
+            self.first_rows[self.investor_id] = rebuilt[0]["value_date"]
+        self._rows += rebuilt
+        self.recorders = []
 
     def covers(self, connection, plan, keys):
-        """Did the tap replay what this plan rebuilds: every trade, and the days of every position, whole?"""
-        return plan.full and set(keys) == set(self.first_days) and self.trades == connection.execute(
+        """Did the apply walk what this plan rebuilds: every trade, and every position from its first one?"""
+        self._finish_investor()
+        return plan.full and set(keys) == set(self.first_days) == self.recorded and self.trades == connection.execute(
             select(func.count()).select_from(transactions)).scalar()
 
 

@@ -177,13 +177,13 @@ class ApplyResult:
 def apply_new_trades(connection, batch_ids, full, now, rules, replayed=None):
     """Apply the trades of these batches (every trade with full=True) and the corporate actions of `rules`
     (ledger.Rules) to their positions and write positions, checkpoints, the latest trade per symbol and OVERSELL
-    alerts; return what changed. replayed: a performance.ReplayWithApply that taps the trades streamed."""
+    alerts; return what changed. replayed: a performance.ReplayWithApply that records the days as the ledger walks."""
     if full:
         stored = load_positions(connection)
         for table in (position_checkpoints, symbol_last_trades, position_lots):
             connection.execute(delete(table))
         positions = {}
-        applied = ledger.apply_trades(_tapped(ledger.stream_trades(connection), replayed), positions, rules)
+        applied = ledger.apply_trades(ledger.stream_trades(connection), positions, rules, watcher=replayed)
         _forget_positions_without_trades(connection, set(stored) - set(positions))
         return write_applied(connection, applied, positions, {key: None for key in positions}, now, stored)
     if not batch_ids:
@@ -200,14 +200,9 @@ def apply_selected_trades(connection, trade_filter, now, investor_ids=None, keys
     where one is late; write as apply_new_trades does."""
     rules = rules or ledger_rules(connection, now.date())
     positions = load_positions(connection, investor_ids, keys, method=rules.method)
-    applied = ledger.apply_trades(_tapped(ledger.stream_trades(connection, *trade_filter), replayed), positions, rules)
+    applied = ledger.apply_trades(ledger.stream_trades(connection, *trade_filter), positions, rules, watcher=replayed)
     replay_starts = replay_late_positions(connection, applied, positions, rules)
     return write_applied(connection, applied, positions, replay_starts, now)
-
-
-def _tapped(trades, replayed):
-    """The trades as streamed, through the performance replay that reads them too, if any."""
-    return trades if replayed is None else replayed.tap(trades)
 
 
 def apply_due_actions(connection, now, rules, horizon):

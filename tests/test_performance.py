@@ -11,11 +11,13 @@ equal to `update_portfolio.py --full` and rebuilding only from the day that chan
 import json
 import random
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 import ledger
@@ -523,3 +525,65 @@ def test_a_checkpoint_a_float_may_have_rounded_is_not_replayed_from(seeded_engin
     incremental = snapshot(seeded_engine)
     update_portfolio.update_portfolios(seeded_engine, today=date(2024, 3, 15), full=True)
     assert snapshot(seeded_engine) == incremental
+
+
+# ---------------------------------------------------------------------------------------------- one replay, two uses
+
+class Recorded:
+    """A watcher for ledger.apply_trades that keeps every position's DayRecorder, as ReplayWithApply does."""
+
+    def __init__(self, last_day):
+        self.last_day, self.recorders = last_day, {}
+
+    def watch(self, position):
+        recorder = performance.DayRecorder(position, performance.WHOLE, self.last_day)
+        self.recorders[(position.investor_id, position.stock_symbol)] = recorder
+        return recorder
+
+
+@st.composite
+def event_streams(draw):
+    """Trades of two investors in two symbols over three weeks (oversold SELLs, trades after the last day, several
+    a day, some on a weekend) and splits (with and without a lieu price, leaving fractions) and dividends, some on
+    days nobody holds the symbol."""
+    start = date(2024, 3, 4)
+    trades = []
+    for txn_id in range(1, draw(st.integers(0, 40)) + 1):
+        day = start + timedelta(days=draw(st.integers(0, 20)))
+        trades.append(ledger.Trade(txn_id, f"{day} {draw(st.integers(9, 16)):02d}:00:{txn_id % 60:02d}",
+                                   draw(st.sampled_from([1, 2])), draw(st.sampled_from(["AAA", "BBB"])),
+                                   draw(st.sampled_from(["BUY", "BUY", "SELL"])), draw(st.integers(1, 30)),
+                                   Decimal(draw(st.integers(100, 20000))) / 100,
+                                   Decimal(draw(st.sampled_from([0, 1, 250]))) / 100))
+    actions = []
+    for _ in range(draw(st.integers(0, 4))):
+        symbol, ex_date = draw(st.sampled_from(["AAA", "BBB"])), start + timedelta(days=draw(st.integers(0, 20)))
+        if draw(st.booleans()):
+            lieu = draw(st.sampled_from([None, Decimal("12.5")]))
+            actions.append(ledger.Split(symbol, ex_date, draw(st.sampled_from([Fraction(3, 2), Fraction(1, 10),
+                                                                               Fraction(3)])), lieu))
+        else:
+            actions.append(ledger.Dividend(symbol, ex_date, Decimal(draw(st.integers(1, 300))) / 100))
+    unique = {(action.stock_symbol, action.ex_date, type(action)): action for action in actions}
+    last_day = start + timedelta(days=draw(st.integers(0, 20)))
+    return trades, list(unique.values()), performance.weekday_on_or_before(last_day)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_streams(), st.sampled_from(["wac", "fifo"]))
+def test_days_recorded_by_the_ledgers_walk_equal_a_walk_of_their_own(stream, method):
+    """The days an update records as the ledger applies each event (ReplayWithApply's watcher) equal those of a
+    replay of its own (walk_position), whatever the events: the same states, flows and opening of every position."""
+    trades, actions, last_day = stream
+    trades.sort(key=lambda trade: (trade.investor_id, trade.stock_symbol, trade.txn_time, trade.txn_id))
+    rules = ledger.rules_for(actions, method)
+    watcher = Recorded(last_day)
+    with localcontext() as context:
+        context.prec = performance.DECIMAL_DIGITS
+        ledger.apply_trades(trades, {}, rules, watcher=watcher)
+        recorded = {key: recorder.history() for key, recorder in watcher.recorders.items()}
+        walked = {}
+        for investor_id, histories in performance.investor_histories(
+                trades, {}, rules, {1: performance.WHOLE, 2: performance.WHOLE}, last_day):
+            walked.update({(investor_id, history.stock_symbol): history for history in histories})
+    assert recorded == walked
