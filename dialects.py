@@ -75,6 +75,7 @@ class Dialect(NamedTuple):
                         "WHERE table_schema = current_schema()")  # (table, column) of every table of the database
     exact_text_equality: str = None  # SQL true when text columns {a} and {b} hold the same bytes (not so for = under
     # a case- or pad-insensitive collation); None: not known here
+    groups_trades: bool = False  # read the trades of whole positions as one text per position (ledger.stream_trades)
 
 
 DEFAULT = Dialect(bulk_path="portable", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
@@ -97,7 +98,8 @@ DIALECTS = {
         packs_rows=True, small_bulk_path="insert_ignore",  # LOAD DATA's temporary file costs more than one row
         foreign_key_switch=ForeignKeySwitch("SET SESSION foreign_key_checks = 0", "SET SESSION foreign_key_checks = 1"),
         columns_sql="SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = DATABASE()",
-        exact_text_equality="CAST({a} AS BINARY) = CAST({b} AS BINARY)"),  # utf8mb4_unicode_ci: 'ko' = 'KO '
+        exact_text_equality="CAST({a} AS BINARY) = CAST({b} AS BINARY)",  # utf8mb4_unicode_ci: 'ko' = 'KO '
+        groups_trades=True),  # PyMySQL reads each row's packet in Python
     "postgresql": Dialect(
         bulk_path="copy", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
         stage_lock=SessionLock("SELECT 1 FROM (SELECT pg_advisory_lock(hashtext(:name))) AS taken",
@@ -182,6 +184,11 @@ def columns_sql(dialect_name):
 def foreign_key_switch(dialect_name):
     """The ForeignKeySwitch of a database, or None where its foreign key checks stay on."""
     return dialect(dialect_name).foreign_key_switch
+
+
+def groups_trades(dialect_name):
+    """Should a reader of whole positions' trades read one text per position (GROUP_CONCAT of its packed trades)?"""
+    return dialect(dialect_name).groups_trades
 
 
 def packs_rows(dialect_name):

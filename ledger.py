@@ -553,17 +553,84 @@ def to_decimal(value):
     return value if isinstance(value, Decimal) or value is None else Decimal(repr(float(value)))
 
 
-def stream_trades(connection, where="", params=None):
-    """Yield the trades matching `where` (SQL over alias t) as Trade records in replay order, streamed from the
-    server rather than read whole. A list parameter named ids expands into IN (...)."""
+def stream_trades(connection, where="", params=None, whole_positions=False):
+    """Yield the trades matching `where` (SQL over alias t, starting WHERE) as Trade records in replay order,
+    streamed from the server rather than read whole. A list parameter named ids expands into IN (...).
+    whole_positions: `where` selects every trade, or a batch's, not ranges of positions (dialects.groups_trades)."""
+    if whole_positions and dialects.groups_trades(connection.dialect.name):
+        yield from _grouped_trades(connection, where, params or {})
+        return
     packed = dialects.packs_rows(connection.dialect.name)
     columns = PACKED_TRADE_SQL if packed else TRADE_COLUMNS_SQL
-    statement = text(f"SELECT {columns} FROM transactions t {where} {REPLAY_ORDER_SQL}")
-    if params and isinstance(params.get("ids"), list):
-        statement = statement.bindparams(bindparam("ids", expanding=True))
-    result = connection.execute(statement, params or {}, execution_options={"stream_results": True, **UNCACHED})
+    result = connection.execute(_statement(f"SELECT {columns} FROM transactions t {where} {REPLAY_ORDER_SQL}",
+                                           params), params or {},
+                                execution_options={"stream_results": True, **UNCACHED})
     while rows := result.fetchmany(FETCH_ROWS):
         yield from map(_unpack_trade if packed else _typed_trade, rows)
+
+
+def _statement(sql, params):
+    statement = text(sql)
+    if params and isinstance(params.get("ids"), list):
+        statement = statement.bindparams(bindparam("ids", expanding=True))
+    return statement
+
+
+# MySQL sends each row in a packet of its own, which PyMySQL reads in Python, and reading a table through the position
+# index costs a primary-key lookup a trade: a position's trades go as one text (their packed texts in replay order),
+# from one pass of the table (3.5 s instead of 6.4 s for 1,000,000 trades, Trade records made). The server cuts a
+# text longer than group_concat_max_len: its length tells, and that position is read row by row (as one whose
+# trades would not split into as many lines).
+GROUPED_TRADES_SQL = f"""
+SELECT t.investor_id, t.stock_symbol, COUNT(*) AS trade_count,
+       COUNT(*) - 1 + SUM(CHAR_LENGTH({PACKED_TRADE_SQL})) AS text_length,
+       GROUP_CONCAT({PACKED_TRADE_SQL} ORDER BY t.txn_time, t.txn_id SEPARATOR '\n') AS trades
+FROM transactions t IGNORE INDEX (ix_transactions_position_time)
+{{where}}
+GROUP BY t.investor_id, t.stock_symbol
+ORDER BY t.investor_id, t.stock_symbol"""
+AFTER_POSITION_SQL = ("(t.investor_id > :after_investor OR (t.investor_id = :after_investor "
+                      "AND t.stock_symbol > :after_symbol))")
+ONE_POSITION_SQL = "t.investor_id = :cut_investor AND t.stock_symbol = :cut_symbol"
+GROUPS_FETCHED = 16  # positions per fetch: each text is up to group_concat_max_len
+GROUP_TEXT_LIMIT_SQL = "SET SESSION group_concat_max_len = @@max_allowed_packet"  # the longest text a row can carry
+
+
+def _grouped_trades(connection, where, params):
+    """stream_trades, a position's trades read as one text (GROUPED_TRADES_SQL); a position whose text the server
+    cut is read row by row, and the rest grouped again after it."""
+    connection.exec_driver_sql(GROUP_TEXT_LIMIT_SQL)
+    after = None
+    while True:
+        cut = yield from _position_texts(connection, where, params, after)
+        if cut is None:
+            return
+        yield from stream_trades(connection, _and(where, ONE_POSITION_SQL),
+                                 {**params, "cut_investor": cut[0], "cut_symbol": cut[1]})
+        after = cut
+
+
+def _position_texts(connection, where, params, after):
+    """Yield the trades of the positions after `after` ((investor_id, stock_symbol); None: from the first) from
+    their texts, up to the first text the server cut; return that position (None when no text was cut)."""
+    if after is not None:
+        where = _and(where, AFTER_POSITION_SQL)
+        params = {**params, "after_investor": after[0], "after_symbol": after[1]}
+    result = connection.execute(_statement(GROUPED_TRADES_SQL.format(where=where), params), params,
+                                execution_options={"stream_results": True, **UNCACHED})
+    while rows := result.fetchmany(GROUPS_FETCHED):
+        for investor_id, symbol, trade_count, text_length, trades in rows:
+            lines = trades.split("\n") if trades is not None and len(trades) == text_length else ()
+            if len(lines) != trade_count:
+                result.close()
+                return investor_id, symbol
+            yield from (_unpack_trade((line,)) for line in lines)
+    return None
+
+
+def _and(where, condition):
+    """A WHERE clause with one more condition."""
+    return f"WHERE ({where.removeprefix('WHERE ')}) AND {condition}" if where else f"WHERE {condition}"
 
 
 def _unpack_trade(row):

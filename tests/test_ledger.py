@@ -206,3 +206,33 @@ def test_checkpoints_are_upserted_where_the_connection_refuses_local_files(maria
     stored, expected = write_twice(plain)
     plain.dispose()
     assert stored == expected
+
+
+@pytest.mark.parametrize("text_limit", [None, 120])
+def test_trades_read_grouped_by_position_equal_those_read_row_by_row(mariadb_url, tmp_path, monkeypatch, text_limit):
+    """On MariaDB whole positions' trades are read as one text per position (GROUP_CONCAT); they are the trades read
+    row by row, in the same order, for every trade and for a batch's. A text the server cuts (a limit of 120
+    characters cuts a position of three trades or more, at any point of a line) is read row by row, and the
+    positions after it grouped again."""
+    engine = db_config.get_engine(mariadb_url)
+    seed_investors.seed_reference_data(engine)
+    rng = __import__("random").Random(7)
+    symbols = ["AAPL", "MSFT", "KO", "TSLA"]
+    lines = [f"T{number:05d},{1001 + rng.randrange(4)},{rng.choice(symbols)},BUY,{rng.randrange(1, 50)},"
+             f"{rng.randrange(100, 99999) / 100:.2f},2024-0{1 + number % 3}-{10 + number % 17} 10:{number % 60:02d}:00"
+             for number in range(300)]
+    lines.append("T99999,1002,GS,BUY,1,10.00,2024-01-02 09:30:00")  # a position of one trade: its text is not cut
+    load_lines(engine, tmp_path / "first.csv", lines[:200])
+    load_lines(engine, tmp_path / "second.csv", lines[200:])
+    if text_limit:
+        monkeypatch.setattr(ledger, "GROUP_TEXT_LIMIT_SQL", f"SET SESSION group_concat_max_len = {text_limit}")
+    reads, read_texts = [], ledger._position_texts
+    monkeypatch.setattr(ledger, "_position_texts", lambda *args: reads.append(args[3]) or read_texts(*args))
+    with engine.connect() as connection:
+        for where, params in (("", None), ("WHERE t.batch_id IN :ids", {"ids": [2]})):
+            by_rows = list(ledger.stream_trades(connection, where, params))
+            reads.clear()
+            grouped = list(ledger.stream_trades(connection, where, params, whole_positions=True))
+            assert grouped == by_rows and len(by_rows) == (301 if not where else 101)
+            assert reads[0] is None and (len(reads) > 10 if text_limit else len(reads) == 1)  # again after each cut
+    engine.dispose()

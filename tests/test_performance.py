@@ -341,7 +341,8 @@ def test_days_replayed_with_the_apply_equal_a_rebuild_that_reads_the_trades_agai
     if full:
         update_portfolio.update_portfolios(seeded_engine, today=today)
     reads, original = [], performance.stream_trades
-    monkeypatch.setattr(performance, "stream_trades", lambda *args: reads.append(args) or original(*args))
+    monkeypatch.setattr(performance, "stream_trades",
+                        lambda *args, **options: reads.append(args) or original(*args, **options))
     update_portfolio.update_portfolios(seeded_engine, today=today, full=full)
     assert reads == []
     replayed = snapshot(seeded_engine)
