@@ -553,11 +553,12 @@ def to_decimal(value):
     return value if isinstance(value, Decimal) or value is None else Decimal(repr(float(value)))
 
 
-def stream_trades(connection, where="", params=None, whole_positions=False):
+def stream_trades(connection, where="", params=None, bulk=False):
     """Yield the trades matching `where` (SQL over alias t, starting WHERE) as Trade records in replay order,
     streamed from the server rather than read whole. A list parameter named ids expands into IN (...).
-    whole_positions: `where` selects every trade, or a batch's, not ranges of positions (dialects.groups_trades)."""
-    if whole_positions and dialects.groups_trades(connection.dialect.name):
+    bulk: `where` selects every trade or whole batches, not ranges of positions: where dialects.groups_trades, each
+    position's trades are read as one text, from one pass of the table."""
+    if bulk and dialects.groups_trades(connection.dialect.name):
         yield from _grouped_trades(connection, where, params or {})
         return
     packed = dialects.packs_rows(connection.dialect.name)

@@ -632,7 +632,7 @@ def rebuild_days(connection, plan, rules, replayed=None):
     starts = replay_starts(connection, plan, keys)
     positions = starting_positions(starts, rules)
     book = price_book(connection, first_days, plan.end, rules)
-    trades = stream_trades(connection, whole_positions=True) if plan.full else replay_trades(connection, starts)
+    trades = stream_trades(connection, bulk=True) if plan.full else replay_trades(connection, starts)
     rows, first_rows = [], {}
     for investor_id, histories in investor_histories(trades, positions, rules, plan.starts, plan.end):
         rebuilt = investor_rows(investor_id, histories, book, plan.starts[investor_id])

@@ -183,7 +183,7 @@ def apply_new_trades(connection, batch_ids, full, now, rules, replayed=None):
         for table in (position_checkpoints, symbol_last_trades, position_lots):
             connection.execute(delete(table))
         positions = {}
-        applied = ledger.apply_trades(ledger.stream_trades(connection, whole_positions=True), positions, rules,
+        applied = ledger.apply_trades(ledger.stream_trades(connection, bulk=True), positions, rules,
                                       watcher=replayed)
         _forget_positions_without_trades(connection, set(stored) - set(positions))
         return write_applied(connection, applied, positions, {key: None for key in positions}, now, stored)
@@ -191,19 +191,19 @@ def apply_new_trades(connection, batch_ids, full, now, rules, replayed=None):
         return ApplyResult(set(), set(), [], {}, 0)
     return apply_selected_trades(connection, new_trades_filter(batch_ids), now,
                                  investor_ids=investors_with_new_trades(connection, batch_ids), rules=rules,
-                                 replayed=replayed, whole_positions=True)
+                                 replayed=replayed, bulk=True)
 
 
 def apply_selected_trades(connection, trade_filter, now, investor_ids=None, keys=None, rules=None, replayed=None,
-                          whole_positions=False):
+                          bulk=False):
     """Apply the new trades that trade_filter selects ((WHERE clause over transactions t, its parameters), all of
     them trades of these investors, or of the positions with these keys) to their positions, with the corporate
     actions of `rules` (default: those in effect on now's day, by the recorded cost method), replaying positions
-    where one is late; write as apply_new_trades does. whole_positions: as ledger.stream_trades (batches)."""
+    where one is late; write as apply_new_trades does. bulk: trade_filter selects whole batches (stream_trades)."""
     rules = rules or ledger_rules(connection, now.date())
     positions = load_positions(connection, investor_ids, keys, method=rules.method)
-    applied = ledger.apply_trades(ledger.stream_trades(connection, *trade_filter, whole_positions=whole_positions),
-                                  positions, rules, watcher=replayed)
+    applied = ledger.apply_trades(ledger.stream_trades(connection, *trade_filter, bulk=bulk), positions, rules,
+                                  watcher=replayed)
     replay_starts = replay_late_positions(connection, applied, positions, rules)
     return write_applied(connection, applied, positions, replay_starts, now)
 

@@ -232,7 +232,7 @@ def test_trades_read_grouped_by_position_equal_those_read_row_by_row(mariadb_url
         for where, params in (("", None), ("WHERE t.batch_id IN :ids", {"ids": [2]})):
             by_rows = list(ledger.stream_trades(connection, where, params))
             reads.clear()
-            grouped = list(ledger.stream_trades(connection, where, params, whole_positions=True))
+            grouped = list(ledger.stream_trades(connection, where, params, bulk=True))
             assert grouped == by_rows and len(by_rows) == (301 if not where else 101)
             assert reads[0] is None and (len(reads) > 10 if text_limit else len(reads) == 1)  # again after each cut
     engine.dispose()
