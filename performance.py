@@ -647,7 +647,7 @@ class ReplayWithApply:
     an update whose rebuild starts from every position's first trade reads and replays the trades once."""
 
     def __init__(self, connection, end, rules):
-        self.end, self.rules, self.first_rows, self.trades, self.recorded = end, rules, {}, 0, set()
+        self.end, self.first_rows, self.trades, self.recorded = end, {}, 0, set()
         self._rows, self.investor_id, self.recorders = [], None, []
         investor_ids = connection.execute(select(transactions.c.investor_id).distinct()).scalars().all()
         self.first_days = first_trades(connection, investor_ids)
