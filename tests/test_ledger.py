@@ -1,5 +1,7 @@
 """ledger.py: the typed events, the one Position, and the weekly checkpoints apply_trades emits (no database);
-and, on SQLite, that a stored state its floats may have rounded is replayed, never gone on from."""
+and, on SQLite, that a stored state its floats may have rounded is replayed, never gone on from; on MariaDB, that
+trades read as one text per position equal those read row by row."""
+import random
 from datetime import date
 from decimal import Decimal
 
@@ -216,7 +218,7 @@ def test_trades_read_grouped_by_position_equal_those_read_row_by_row(mariadb_url
     positions after it grouped again."""
     engine = db_config.get_engine(mariadb_url)
     seed_investors.seed_reference_data(engine)
-    rng = __import__("random").Random(7)
+    rng = random.Random(7)
     symbols = ["AAPL", "MSFT", "KO", "TSLA"]
     lines = [f"T{number:05d},{1001 + rng.randrange(4)},{rng.choice(symbols)},BUY,{rng.randrange(1, 50)},"
              f"{rng.randrange(100, 99999) / 100:.2f},2024-0{1 + number % 3}-{10 + number % 17} 10:{number % 60:02d}:00"
