@@ -144,8 +144,9 @@ def describe_error(error):
         return EXIT_FAILURE, str(error)
     if isinstance(error, pandas.errors.DatabaseError):  # wraps the database's error; also an OSError
         return EXIT_FAILURE, f"database error: {db_config.error_line(error.__cause__ or error)}"
-    if isinstance(error, (SQLAlchemyError, *installed_errors(DRIVER_ERRORS))):
-        return EXIT_FAILURE, f"database error: {db_config.error_line(error)}"
+    database_errors = (SQLAlchemyError, *installed_errors(DRIVER_ERRORS))
+    if isinstance(error, database_errors):
+        return EXIT_FAILURE, f"database error: {db_config.error_line(first_database_error(error, database_errors))}"
     if isinstance(error, installed_errors(QUEUE_ERRORS)):
         return EXIT_FAILURE, f"message queue error: {db_config.error_line(error)}"
     if isinstance(error, INPUT_FORMAT_ERRORS):
@@ -155,6 +156,14 @@ def describe_error(error):
         where = "system error" if error.filename is None else error.filename
         return code, f"{where}: {error.strerror or db_config.error_line(error)}"
     return None
+
+
+def first_database_error(error, database_errors):
+    """The database error that started a chain: a statement's own, not that of the rollback after it (which fails
+    too when the server closed the connection on the statement's error, e.g. a packet over max_allowed_packet)."""
+    while isinstance(error.__context__, database_errors):
+        error = error.__context__
+    return error
 
 
 def installed_errors(names):

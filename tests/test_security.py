@@ -77,6 +77,22 @@ def test_a_bug_is_one_line_and_its_traceback_only_with_verbose(capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_a_rollback_failing_after_a_statement_failed_reports_the_statement_error(capsys):
+    """MariaDB closes the connection on a packet over max_allowed_packet: the ROLLBACK after it fails with 2006,
+    which is no news; the user needs the first error."""
+    packet = pymysql.err.OperationalError(1153, "Got a packet bigger than 'max_allowed_packet' bytes")
+
+    def work():
+        try:
+            raise OperationalError("INSERT INTO investor_daily ...", {}, packet)
+        except OperationalError:
+            raise OperationalError("ROLLBACK", {}, pymysql.err.OperationalError(2006, "MySQL server has gone away"))
+
+    assert cli.run(work, argparse.Namespace(verbose=False, database_url=None), "stage") == 1
+    assert capsys.readouterr().err == (
+        "error: stage: database error: (1153, \"Got a packet bigger than 'max_allowed_packet' bytes\")\n")
+
+
 def test_sigterm_ends_the_work_like_ctrl_c(capsys):
     def work():
         os.kill(os.getpid(), signal.SIGTERM)
