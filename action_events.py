@@ -11,6 +11,7 @@ from sqlalchemy import and_, bindparam, select, text, update
 import closes
 import corporate_actions
 import ledger
+from cli import InputError
 from ledger import PRICE_STEP, to_decimal
 from schema import corporate_actions as corporate_actions_table
 from schema import market_prices, transactions
@@ -78,7 +79,7 @@ def split_events(splits):
 def lieu_price(connection, split, splits):
     """What a fraction of a new share is paid at: the last close before the ex_date (else the last trade price
     before it), in the terms of the day before (÷ the symbol's splits since), ÷ the split's value, rounded to a
-    price; None when the symbol has neither."""
+    price; None when the symbol has neither. InputError (exit 2) for a price a price column cannot hold."""
     row = connection.execute(LAST_CLOSE_BEFORE_SQL, {"symbol": split.stock_symbol, "ex_date": split.ex_date}).first()
     if row is None:
         row = connection.execute(LAST_TRADE_BEFORE_SQL, {
@@ -88,4 +89,10 @@ def lieu_price(connection, split, splits):
     day_before = split.ex_date - timedelta(days=1)
     price = closes.adjusted_price(row[1], closes.split_factor(splits, split.stock_symbol, row[0], day_before))
     exact = Fraction(to_decimal(price)) / Fraction(split.value)
-    return (Decimal(exact.numerator) / Decimal(exact.denominator)).quantize(PRICE_STEP, ROUND_HALF_EVEN)
+    lieu = (Decimal(exact.numerator) / Decimal(exact.denominator)).quantize(PRICE_STEP, ROUND_HALF_EVEN)
+    if lieu >= ledger.PRICE_LIMIT:
+        raise InputError(
+            f"SPLIT of {split.stock_symbol} on {split.ex_date} (value {ledger.ratio_text(Fraction(split.value))}) "
+            f"would make its cash-in-lieu price {lieu:,.4f}, more than a price column holds "
+            f"({ledger.PRICE_LIMIT:,.0f}): correct the action (docs/corporate-actions.md, Correcting an action)")
+    return lieu

@@ -158,7 +158,7 @@ def _decimal(fraction):
     return Decimal(fraction.numerator) / Decimal(fraction.denominator)
 
 
-def _ratio_text(value):
+def ratio_text(value):
     """A split value as text: 4, 0.1, or 1:3 when no short decimal is it."""
     as_decimal = _decimal(value)
     if Fraction(as_decimal) == value:
@@ -276,7 +276,7 @@ class Position:
         whole = int(scaled)  # floor: scaled > 0
         if whole > MAX_QUANTITY:
             raise PositionLimit(
-                f"SPLIT of {split.stock_symbol} on {split.ex_date} (value {_ratio_text(value)}) would make investor "
+                f"SPLIT of {split.stock_symbol} on {split.ex_date} (value {ratio_text(value)}) would make investor "
                 f"{self.investor_id}'s position {whole:,} shares, more than a position can hold ({MAX_QUANTITY:,}): "
                 "correct the action (docs/corporate-actions.md, Correcting an action)")
         fraction = scaled - whole
@@ -301,7 +301,7 @@ class Position:
         prices = [self.last_trade_price or ZERO] + [lot.cost_basis / lot.quantity for lot in self.lots or ()]
         if max(prices) >= PRICE_LIMIT:
             raise PositionLimit(
-                f"SPLIT of {split.stock_symbol} on {split.ex_date} (value {_ratio_text(value)}) would make a price "
+                f"SPLIT of {split.stock_symbol} on {split.ex_date} (value {ratio_text(value)}) would make a price "
                 f"of investor {self.investor_id}'s position {max(prices):,.4f}, more than a price column holds "
                 f"({PRICE_LIMIT:,.0f}): correct the action (docs/corporate-actions.md, Correcting an action)")
     def _split_lots(self, value, fraction, whole):

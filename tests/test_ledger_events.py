@@ -610,6 +610,22 @@ def test_a_split_that_prices_a_position_beyond_a_price_column_is_one_line_and_ex
                           "of investor 1001's position 999,999,999,000,000.0000, more than a price column holds")
 
 
+def test_a_split_whose_cash_in_lieu_price_is_beyond_a_price_column_is_one_line_and_exit_2(seeded_engine, capsys):
+    # the close before the ex_date is 999,999,999 and the split 1 for 1,000,000: a fraction of a new share would
+    # be paid at 10^15 (MariaDB refused to store it with error 1264; SQLite stored it)
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 1000, Fraction(1), Fraction(0), 0)],
+          [DrawnAction(DAYS[3], "SPLIT", Fraction(1, 1_000_000))], [(DAYS[0], Fraction(999_999_999))])
+    url = engine.url.render_as_string(hide_password=False)
+    assert update_portfolio.main(["--database-url", url]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"error: update_portfolio: SPLIT of AAPL on {DAYS[3]} (value 0.000001) would make its cash-in-lieu price "
+        "999,999,999,000,000.0000, more than a price column holds (100,000,000,000,000): correct the action "
+        "(docs/corporate-actions.md, Correcting an action)\n")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT lieu_price FROM corporate_actions")).scalars().all() == [None]
+
+
 def test_a_split_adjusted_last_price_of_0_is_one_line_and_exit_2(seeded_engine, capsys):
     engine = seeded_engine
     store(engine, [DrawnTrade(1, 1001, "BUY", 1000, Fraction(1, 2), Fraction(0), 0)],
