@@ -626,6 +626,30 @@ def test_a_split_whose_cash_in_lieu_price_is_beyond_a_price_column_is_one_line_a
         assert connection.execute(text("SELECT lieu_price FROM corporate_actions")).scalars().all() == [None]
 
 
+def test_a_lieu_price_fixed_before_a_late_trade_stays_until_cleared_and_replayed(seeded_engine):
+    # no close: the lieu price comes from the last trade before the ex_date, of any investor; 1002's trade comes
+    # after the split was applied (docs/portfolio-math.md: the one way the results depend on when the update ran)
+    engine = seeded_engine
+    store(engine, [DrawnTrade(1, 1001, "BUY", 10, Fraction(30), Fraction(0), 0)],
+          [DrawnAction(DAYS[3], "SPLIT", Fraction(1, 3))])
+    update_portfolio.update_portfolios(engine, today=TODAY)
+    store(engine, [DrawnTrade(2, 1002, "BUY", 1, Fraction(90), Fraction(0), 2)], [])
+    update_portfolio.update_portfolios(engine, today=TODAY)
+    update_portfolio.update_portfolios(engine, full=True, today=TODAY)
+
+    def lieu_and_realized():
+        rows, _ = stored_positions(engine)
+        with engine.connect() as connection:
+            lieu = connection.execute(text("SELECT lieu_price FROM corporate_actions")).scalar_one()
+        return fraction(lieu), {investor_id: fraction(row.realized_pnl) for (investor_id, _), row in rows.items()}
+
+    assert lieu_and_realized() == (90, {1001: 0, 1002: -60})  # 30 in post-split terms, kept by --full
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE corporate_actions SET lieu_price = NULL"))
+    update_portfolio.update_portfolios(engine, full=True, today=TODAY)
+    assert lieu_and_realized() == (270, {1001: 60, 1002: 0})  # as one update of both trades prices it
+
+
 def test_a_split_adjusted_last_price_of_0_is_one_line_and_exit_2(seeded_engine, capsys):
     engine = seeded_engine
     store(engine, [DrawnTrade(1, 1001, "BUY", 1000, Fraction(1, 2), Fraction(0), 0)],
