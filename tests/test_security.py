@@ -1,5 +1,6 @@
 """What a script may show and what a server may take: one error line without credentials
-(cli.run, docs/command-line.md), and LOAD DATA LOCAL INFILE sending no file but the loader's own (db_config.LocalFileGuard)."""
+(cli.run, docs/command-line.md), and LOAD DATA LOCAL INFILE sending no file but the loader's own
+(db_config.LocalFileGuard)."""
 import argparse
 import csv
 import os

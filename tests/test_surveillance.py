@@ -780,6 +780,37 @@ def test_a_full_check_of_generated_trades_in_slices_finds_the_alerts_of_one_slic
     assert sliced == whole
 
 
+@pytest.mark.parametrize("text_limit", [None, 120])
+def test_history_read_as_one_text_per_investor_equals_the_rows(mariadb_url, tmp_path, monkeypatch, text_limit):
+    """On MariaDB each investor's range of trades comes as one GROUP_CONCAT text; a text the server cuts (a limit
+    of 120 characters cuts every investor of two trades or more) is read row by row instead."""
+    engine = db_config.get_engine(mariadb_url)
+    seed_investors.seed_reference_data(engine)
+    load_and_surveil(engine, tmp_path, every_rule_rows())
+    with engine.connect() as connection:
+        times = dict(connection.execute(text("SELECT txn_ref, txn_time FROM transactions")).all())
+        ranges = [surveillance.InvestorRange(1001, start=times["BIG"] - timedelta(days=1)),
+                  surveillance.InvestorRange(1003), surveillance.InvestorRange(1004, end=times["BIG"]),
+                  surveillance.InvestorRange(1006)]  # no trades
+        symbols = surveillance.read_symbols(connection)
+        if text_limit:
+            monkeypatch.setattr(ledger, "GROUP_TEXT_LIMIT_SQL", f"SET SESSION group_concat_max_len = {text_limit}")
+        row_reads, read_rows = [], surveillance.read_trades
+        monkeypatch.setattr(surveillance, "read_trades", lambda *args: row_reads.append(args[1]) or read_rows(*args))
+        grouped = surveillance.read_ranges(connection, ranges, symbols)
+        cut_reads = len(row_reads)
+        monkeypatch.setattr(surveillance.dialects, "groups_trades", lambda dialect_name: False)
+        by_rows = surveillance.read_ranges(connection, ranges, symbols)
+    engine.dispose()
+
+    def ordered(trades):
+        return trades.sort_values("txn_id", ignore_index=True)
+
+    pd.testing.assert_frame_equal(ordered(grouped), ordered(by_rows))
+    assert set(by_rows["investor_id"]) == {1001, 1003, 1004} and len(by_rows) < len(times)
+    assert cut_reads == (1 if text_limit else 0)  # the cut investors, in one statement
+
+
 def test_with_nothing_new_no_statement_reads_transactions_or_refreshes_statistics(seeded_engine, tmp_path):
     load_and_surveil(seeded_engine, tmp_path, every_rule_rows())
 
