@@ -815,7 +815,7 @@ def _received(queue, on_idle):
     runs after each second without an item (it raises or exits when the worker or the loader is gone)."""
     while True:
         try:
-            kind, item = queue.get(timeout=1.0)
+            kind, item = pickle.loads(queue.get(timeout=1.0))
         except Empty:
             on_idle()
             continue
@@ -875,13 +875,27 @@ def _die_with_parent(parent_pid):
 
 
 def _put(queue, item, parent_pid):
-    """queue.put, giving up (exiting) if the parent process is gone."""
+    """queue.put of the item pickled here (the queue's own thread would print a pickling error and drop the item:
+    the load would go on without its rows), giving up (exiting) if the parent process is gone."""
+    packed = _pickled(item)
     while True:
         try:
-            return queue.put(item, timeout=1.0)
+            return queue.put(packed, timeout=1.0)
         except Full:
             if os.getppid() != parent_pid:
                 os._exit(1)
+
+
+def _pickled(item):
+    """The (kind, item) pair as bytes; an error that cannot be pickled goes as a StageError naming it."""
+    try:
+        return pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        kind, value = item
+        if kind != "error":
+            raise  # _produce sends this error instead of the item
+        return pickle.dumps(("error", cli.StageError(f"the parsing process failed: {type(value).__name__}: {value} "
+                                                     f"(and could not send it: {error})")), pickle.HIGHEST_PROTOCOL)
 
 
 def skipped_rows(connection, firsts, batch_id):
