@@ -154,6 +154,15 @@ CREATE TABLE IF NOT EXISTS investor_risk (
 	FOREIGN KEY(investor_id) REFERENCES investors (investor_id)
 ) ENGINE=InnoDB;
 
+CREATE TABLE IF NOT EXISTS loaded_chunks (
+	chunk_digest VARCHAR(64) NOT NULL, 
+	batch_id BIGINT NOT NULL, 
+	first_line INTEGER NOT NULL, 
+	line_count INTEGER NOT NULL, 
+	PRIMARY KEY (chunk_digest), 
+	FOREIGN KEY(batch_id) REFERENCES load_batches (batch_id)
+) ENGINE=InnoDB;
+
 CREATE TABLE IF NOT EXISTS market_prices (
 	stock_symbol VARCHAR(10) NOT NULL, 
 	price_date DATE NOT NULL, 

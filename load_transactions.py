@@ -10,6 +10,8 @@ corporate actions file (corporate_actions.csv, docs/corporate-actions.md) beside
 import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
 import csv
 import ctypes
+import functools
+import hashlib
 import io
 import logging
 import os
@@ -42,7 +44,7 @@ import dialects
 import plain_trades
 import staging
 import validation
-from schema import investors, market_prices, rejected_transactions, stocks, transactions
+from schema import investors, loaded_chunks, market_prices, rejected_transactions, stocks, transactions
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +266,12 @@ def parse_chunk(chunk, lines, layout, sha256):
     data = None if chunk.overlong else _plain_data(chunk.block(), layout)
     if data is None:
         return _parse_records(chunk, lines, layout, sha256)
-    return PlainChunk(data, chunk.first_number, len(chunk), layout, sha256)
+    return PlainChunk(data, chunk.first_number, len(chunk), layout, sha256, chunk_digest(layout, data))
+
+
+def chunk_digest(layout, data):
+    """The sha256 of a plain chunk's bytes and of the layout they are read by: the same digest, the same rows."""
+    return hashlib.sha256(repr(tuple(layout)).encode() + b"\0" + data).hexdigest()
 
 
 @dataclass
@@ -276,6 +283,7 @@ class PlainChunk:
     count: int
     layout: validation.FileLayout
     sha256: str
+    digest: str = None  # chunk_digest
 
     def frames(self):
         """(trade batch, rejects) like the other chunks'."""
@@ -302,6 +310,15 @@ class PlainChunk:
         batch.attrs["printable_ascii"] = True  # validation may skip that check
         batch.attrs["trimmed"] = not _has_edge_spaces(self.data, self.layout.delimiter.encode())  # ... and this
         return batch
+
+
+@dataclass
+class KnownChunk:
+    """A plain chunk whose digest is in loaded_chunks: batch batch_id inserted every line of the same bytes, read
+    by the same layout. While that batch holds all the trades it loaded (nobody deleted any by hand), every line
+    is a trade stored with the same values: duplicates, counted without validating or looking them up."""
+    plain: PlainChunk
+    batch_id: int
 
 
 def _has_edge_spaces(data, delimiter):
@@ -581,17 +598,39 @@ def load_batch(engine, summary, chunks, started, method=None, background=False):
             connection.execute(select(stocks.c.stock_symbol).with_for_update(read=True)).scalars(),
             started,
         )
-        dialect = connection.dialect.name
+        dialect, known = connection.dialect.name, stored_chunk_digests(connection)
+        intact = functools.cache(lambda batch_id: holds_its_trades(connection, batch_id))
 
-        def prepare(parsed):
+        def prepare(parsed, trust_digest=True):
             if isinstance(parsed, PlainChunk):
+                if trust_digest and parsed.digest in known:
+                    return KnownChunk(parsed, known[parsed.digest])
                 return prepare_plain_chunk(parsed, context, summary.batch_id, dialect)
             return prepare_chunk(*parsed, context, summary.batch_id, dialect)
 
         for chunk in (in_background(chunks, then=prepare) if background else map(prepare, chunks)):
+            if isinstance(chunk, KnownChunk) and not intact(chunk.batch_id):
+                chunk = prepare(chunk.plain, trust_digest=False)
             store_chunk(connection, chunk, summary, method)
         batches.finish_batch(connection, summary)
     return summary
+
+
+def stored_chunk_digests(connection):
+    """{chunk_digest: batch_id} of loaded_chunks (about one per 100,000 trades loaded from files)."""
+    return dict(connection.execute(select(loaded_chunks.c.chunk_digest, loaded_chunks.c.batch_id)).all())
+
+
+HOLDS_ITS_TRADES_SQL = text("""
+SELECT b.rows_loaded = (SELECT COUNT(*) FROM transactions t WHERE t.batch_id = b.batch_id)
+FROM load_batches b
+WHERE b.batch_id = :batch_id AND b.status = 'loaded'
+""")
+
+
+def holds_its_trades(connection, batch_id):
+    """Does the loaded batch still hold every trade it loaded (an index count)?"""
+    return bool(connection.execute(HOLDS_ITS_TRADES_SQL, {"batch_id": batch_id}).scalar())
 
 
 class PackedColumns(Sequence):
@@ -657,6 +696,8 @@ class PreparedChunk:
     repeats: pd.DataFrame  # valid rows whose txn_ref occurred earlier in the chunk
     rejects: pd.DataFrame
     bulk_text: str = None  # the rows as the dialect's bulk path takes them, when it takes text (MySQL)
+    digest: str = None  # of a plain chunk (chunk_digest): recorded in loaded_chunks when every line is inserted
+    first_line: int = 0
 
     def firsts(self):
         """The rows to insert as a DataFrame like validation's output (built only when needed)."""
@@ -687,7 +728,8 @@ def prepare_plain_chunk(plain, context, batch_id, dialect=None):
     columns = ColumnArrays([*sure.columns, np.full(len(lines), batch_id), lines])
     if len(sure.rows) == plain.count:  # the usual chunk
         return PreparedChunk(plain.count, columns, PackedTexts(texts), staging.sample_refs(columns[0]),
-                             pd.DataFrame(), _rejects_frame([]), bulk_insert.prepared_text(dialect, columns))
+                             pd.DataFrame(), _rejects_frame([]), bulk_insert.prepared_text(dialect, columns),
+                             plain.digest, plain.first_number)
     valid, rejected = validation.validate_trades(plain.batch_of(np.setdiff1d(np.arange(plain.count), sure.rows),
                                                                 texts), context)
     repeated = valid["txn_ref"].duplicated(keep="first").to_numpy()
@@ -697,7 +739,8 @@ def prepare_plain_chunk(plain, context, batch_id, dialect=None):
     raw_records = _in_order([texts[row] for row in sure.rows], firsts["raw_record"].tolist(), order)
     return PreparedChunk(plain.count, PackedColumns(merged), PackedTexts(raw_records),
                          staging.sample_refs(merged[0]), valid[repeated], rejected,
-                         bulk_insert.prepared_text(dialect, merged) if merged[0] else None)
+                         bulk_insert.prepared_text(dialect, merged) if merged[0] else None, plain.digest,
+                         plain.first_number)
 
 
 def _in_order(first, second, order):
@@ -715,14 +758,24 @@ def store_chunk(connection, chunk, summary, method=None, line_numbers=True):
     Every row not inserted (its txn_ref was stored already, by an earlier batch or earlier in this file) is
     compared with the stored trade: the same values make a duplicate, others a reject. Comparing with what is
     stored, never with another line of the file, makes the outcome independent of the chunk size. A chunk that
-    repeats stored trades is classified inside the database (staging); others are inserted directly.
+    repeats stored trades is classified inside the database (staging); others are inserted directly. A plain
+    chunk that a batch inserted whole before (KnownChunk) is counted as duplicates; one inserted whole now is
+    recorded in loaded_chunks.
     """
+    if isinstance(chunk, KnownChunk):
+        summary.rows_read += chunk.plain.count
+        summary.rows_duplicate += chunk.plain.count
+        return _rejects_frame([])
     if method is None and len(chunk.raw_records) and bulk_insert.can_stage(connection.dialect.name) \
             and staging.holds_stored_refs(connection, chunk.sample_refs):
         inserted, duplicates, conflicts = staged_insert(connection, chunk, summary.batch_id)
     else:
         inserted, duplicates, conflicts = direct_insert(connection, chunk, summary.batch_id, method)
     repeated, repeat_conflicts = classify_against_stored(connection, chunk.repeats, summary.batch_id)
+    if chunk.digest is not None and inserted == chunk.rows_read:
+        connection.execute(loaded_chunks.insert().values(
+            chunk_digest=chunk.digest, batch_id=summary.batch_id, first_line=chunk.first_line,
+            line_count=chunk.rows_read))
     rejects = pd.concat([chunk.rejects, conflicts, repeat_conflicts], ignore_index=True).sort_values(
         "line_number", kind="stable")
     store_rejects(connection, summary.batch_id, rejects, line_numbers)

@@ -123,6 +123,14 @@ transactions = Table(
     Index("ix_transactions_batch", "batch_id"),
 )
 
+loaded_chunks = Table(
+    "loaded_chunks", metadata,  # chunks of a file's plain lines that one batch inserted every line of (loader)
+    Column("chunk_digest", String(64), primary_key=True),  # sha256 of the file's layout and the chunk's bytes
+    Column("batch_id", Id, ForeignKey("load_batches.batch_id"), nullable=False),
+    Column("first_line", Integer, nullable=False),  # of the chunk in that batch's file (1 = header)
+    Column("line_count", Integer, nullable=False),
+)
+
 rejected_transactions = Table(
     "rejected_transactions", metadata,
     Column("reject_id", Id, primary_key=True, autoincrement=True),

@@ -122,3 +122,92 @@ def test_a_database_created_by_db_config_is_classified_alike(mariadb_url, tmp_pa
         check_outcome(half_new_outcome(engine, tmp_path))
     finally:
         engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------------- known chunks
+
+def stored_chunks(engine):
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(text(
+            "SELECT batch_id, first_line, line_count FROM loaded_chunks ORDER BY batch_id, first_line"))]
+
+
+def load_recording_chunks(engine, path, monkeypatch):
+    """Load `path` in chunks of 100 rows; return (counts, [(first line, 'known' or 'checked')] of its chunks)."""
+    chunks, store = [], load_transactions.store_chunk
+
+    def recorded_store(connection, chunk, summary, *args, **kwargs):
+        known = isinstance(chunk, load_transactions.KnownChunk)
+        chunks.append((chunk.plain.first_number if known else chunk.first_line, "known" if known else "checked"))
+        return store(connection, chunk, summary, *args, **kwargs)
+
+    monkeypatch.setattr(load_transactions, "store_chunk", recorded_store)
+    summary = load_transactions.load_file(engine, path, chunk_rows=100)
+    monkeypatch.setattr(load_transactions, "store_chunk", store)
+    return (summary.rows_read, summary.rows_loaded, summary.rows_duplicate, summary.rows_rejected), chunks
+
+
+def test_a_file_resent_with_rows_added_counts_the_chunks_a_batch_inserted_whole_as_duplicates(seeded_engine,
+                                                                                               tmp_path, monkeypatch):
+    first = write(tmp_path / "first.csv", [trade(n) for n in range(300)])
+    whole = write(tmp_path / "whole.csv", [trade(n) for n in range(600)])
+    assert load_recording_chunks(seeded_engine, first, monkeypatch)[0] == (300, 300, 0, 0)
+
+    counts, chunks = load_recording_chunks(seeded_engine, whole, monkeypatch)
+
+    assert counts == (600, 300, 300, 0)
+    assert chunks == [(2, "known"), (102, "known"), (202, "known"), (302, "checked"), (402, "checked"),
+                      (502, "checked")]
+    assert stored_chunks(seeded_engine) == [(1, 2, 100), (1, 102, 100), (1, 202, 100), (2, 302, 100),
+                                            (2, 402, 100), (2, 502, 100)]
+    with seeded_engine.connect() as connection:
+        assert connection.execute(text("SELECT COUNT(*) FROM transactions")).scalar() == 600
+
+
+def test_a_chunk_with_one_line_changed_is_checked_and_the_change_rejected(seeded_engine, tmp_path, monkeypatch):
+    write(tmp_path / "first.csv", [trade(n) for n in range(300)])
+    load_transactions.load_file(seeded_engine, str(tmp_path / "first.csv"), chunk_rows=100)
+    lines = [trade(n) for n in range(600)]
+    lines[150] = trade(150, price="10.51")
+
+    counts, chunks = load_recording_chunks(seeded_engine, write(tmp_path / "whole.csv", lines), monkeypatch)
+
+    assert counts == (600, 300, 299, 1)
+    assert chunks[:3] == [(2, "known"), (102, "checked"), (202, "known")]
+    with seeded_engine.connect() as connection:
+        reason = connection.execute(text("SELECT reason FROM rejected_transactions")).scalar_one()
+    assert reason.startswith("txn_ref: 'R00150' conflicts with loaded trade ")
+
+
+def test_a_batch_whose_trades_were_deleted_by_hand_has_its_chunks_checked_again(seeded_engine, tmp_path,
+                                                                                 monkeypatch):
+    load_transactions.load_file(seeded_engine, write(tmp_path / "first.csv", [trade(n) for n in range(300)]),
+                                chunk_rows=100)
+    with seeded_engine.begin() as connection:
+        connection.execute(text("DELETE FROM transactions WHERE txn_ref = 'R00005'"))
+
+    counts, chunks = load_recording_chunks(
+        seeded_engine, write(tmp_path / "whole.csv", [trade(n) for n in range(600)]), monkeypatch)
+
+    assert counts == (600, 301, 299, 0)  # R00005 is stored again
+    assert [kind for _, kind in chunks] == ["checked"] * 6
+
+
+def test_a_chunk_with_a_reject_or_a_repeat_is_not_recorded(seeded_engine, tmp_path):
+    lines = [trade(n) for n in range(300)]
+    lines[120] = lines[120].replace(",AAPL,", ",NOPE,")  # an unknown symbol: rejected
+    lines[250] = trade(210)  # repeats line 212 in its chunk
+
+    load_transactions.load_file(seeded_engine, write(tmp_path / "first.csv", lines), chunk_rows=100)
+
+    assert stored_chunks(seeded_engine) == [(1, 2, 100)]
+
+
+def test_the_same_bytes_read_by_another_layout_have_another_digest():
+    names = ["txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time", "fee"]
+    layout = load_transactions.validation.FileLayout("canonical", list(range(8)), 8, ",", names)
+    swapped = layout._replace(columns=[0, 1, 2, 3, 5, 4, 6, 7])
+    data = trade(1).encode()
+
+    assert load_transactions.chunk_digest(layout, data) != load_transactions.chunk_digest(swapped, data)
+    assert load_transactions.chunk_digest(layout, data) == load_transactions.chunk_digest(layout._replace(), data)
