@@ -663,11 +663,18 @@ def _fee(value):
 REPLAY_SLICE = 200  # positions per statement when replaying from checkpoints
 
 
-def trades_after(connection, starts):
+# A trade of a batch loaded but not applied yet: update_portfolio applies the due corporate actions before the new
+# trades, and a replay for an action must not meet a new trade before the new trades before it (a late BUY)
+NOT_PENDING_SQL = (" AND (t.batch_id IS NULL OR t.batch_id NOT IN (SELECT b.batch_id FROM load_batches b "
+                   "WHERE b.status = 'loaded' AND b.applied_at IS NULL))")
+
+
+def trades_after(connection, starts, applied_only=False):
     """The trades of each position in starts ({key: Checkpoint, or None for all its trades}) after its
-    checkpoint, in replay order. The SQL selects from the checkpoint's second on, a plain index range per position
-    (a condition on txn_id too makes MariaDB scan the table for a few hundred positions); the trades of that second
-    up to the checkpoint's are dropped here."""
+    checkpoint, in replay order; applied_only: only those of batches applied already (NOT_PENDING_SQL). The SQL
+    selects from the checkpoint's second on, a plain index range per position (a condition on txn_id too makes
+    MariaDB scan the table for a few hundred positions); the trades of that second up to the checkpoint's are
+    dropped here."""
     keys = sorted(starts)
     for first in range(0, len(keys), REPLAY_SLICE):
         conditions, params = [], {}
@@ -676,7 +683,8 @@ def trades_after(connection, starts):
             params.update({f"investor_{number}": key[0], f"symbol_{number}": key[1]})
             if starts[key] is not None:
                 params[f"time_{number}"] = datetime.fromisoformat(starts[key].last_txn_time)
-        for trade in stream_trades(connection, "WHERE " + " OR ".join(conditions), params):
+        where = f"WHERE ({' OR '.join(conditions)})" + (NOT_PENDING_SQL if applied_only else "")
+        for trade in stream_trades(connection, where, params):
             start = starts[(trade.investor_id, trade.stock_symbol)]
             if start is None or (start.last_txn_time, start.last_txn_id) < event_key(trade):
                 yield trade

@@ -224,7 +224,7 @@ def apply_due_actions(connection, now, rules, horizon):
     following = [key for key, position in positions.items() if position.follows(earliest[key[1]])]
     applied = ledger.apply_trades([], positions, rules, others=following)
     applied.late.update({key: earliest[key[1]] for key in set(positions) - set(following)})
-    replay_starts = replay_late_positions(connection, applied, positions, rules)
+    replay_starts = replay_late_positions(connection, applied, positions, rules, applied_only=True)
     result = write_applied(connection, applied, positions, replay_starts, now)
     stamp_actions(connection, due, now)
     logger.info("%d corporate actions came due: %d positions took them, %d were replayed", len(due),
@@ -259,16 +259,18 @@ def write_applied(connection, applied, positions, replay_starts, now, stored=Non
                        alerts_raised, alerts_withdrawn)
 
 
-def replay_late_positions(connection, applied, positions, rules):
+def replay_late_positions(connection, applied, positions, rules, applied_only=False):
     """Replay each position with a late event from its last checkpoint before that event's week, adding the
-    results to `applied`; return {key: the checkpoint the replay started from (None: from the first trade)}."""
+    results to `applied`; return {key: the checkpoint the replay started from (None: from the first trade)}.
+    applied_only: replay the trades of applied batches only (the due actions go before the new trades)."""
     weeks = {key: ledger.week_start(ledger.event_key(event)[0][:10]) for key, event in applied.late.items()}
     found = ledger.last_checkpoints_before(connection, weeks)
     starts = {key: found.get(key) for key in weeks}
     ledger.forget_checkpoints_after(connection, starts)
     for key, checkpoint in starts.items():
         positions[key] = ledger.Position.from_checkpoint(checkpoint) if checkpoint else rules.new_position(key)
-    replay = ledger.apply_trades(ledger.trades_after(connection, starts), positions, rules, others=starts)
+    replay = ledger.apply_trades(ledger.trades_after(connection, starts, applied_only), positions, rules,
+                                 others=starts)
     if starts:
         logger.info("replayed %d trades of %d positions with a late trade (%d from a checkpoint)", replay.trades,
                     len(starts), sum(checkpoint is not None for checkpoint in starts.values()))

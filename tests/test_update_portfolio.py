@@ -434,6 +434,36 @@ def test_late_sell_turns_a_later_sell_into_an_oversell(seeded_engine, tmp_path):
     assert oversell_alerts(seeded_engine) == [("LS-2", "HIGH", 1001, "NFLX")]
 
 
+def test_a_due_action_replays_without_the_new_trades_so_a_late_buy_leaves_no_false_oversell(seeded_engine,
+                                                                                              tmp_path):
+    """The due actions are applied before the new trades: a position replayed for a dividend must not meet a new
+    SELL before the new, late BUY before it (an OVERSELL alert was raised and withdrawn in the same run)."""
+    load(seeded_engine, write_trades(tmp_path, "first.csv", [
+        ("DA-1", 1001, "JNJ", "BUY", 10, "60.00", "2026-03-02 10:00:00"),
+        ("DA-2", 1001, "JNJ", "BUY", 1, "60.00", "2026-03-17 10:00:00"),
+        ("DA-3", 1001, "JNJ", "BUY", 1, "60.00", "2026-04-06 10:00:00"),
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "corporate_actions.csv").write_text("stock_symbol,ex_date,action,value\nJNJ,2026-03-24,DIVIDEND,0.5\n",
+                                                 encoding="utf-8")
+    assert load_transactions.load_paths(seeded_engine, [write_trades(later, "later.csv", [
+        ("DA-4", 1001, "JNJ", "BUY", 20, "60.00", "2026-03-10 10:00:00"),  # late: before DA-2
+        ("DA-5", 1001, "JNJ", "SELL", 25, "61.00", "2026-03-31 10:00:00"),  # 31 held by then
+    ])]) == 0
+
+    summary = update_portfolio.update_portfolios(seeded_engine)
+
+    assert (summary.oversells, summary.alerts_raised, summary.alerts_withdrawn) == (0, 0, 0)
+    with seeded_engine.connect() as connection:
+        assert connection.execute(select(alerts.c.alert_key).where(alerts.c.rule == "OVERSELL")).all() == []
+    incremental = position_rows(seeded_engine)[(1001, "JNJ")]
+    assert (incremental["quantity"], fraction(incremental["dividend_income"])) == (7, Fraction(31, 2))
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert position_rows(seeded_engine)[(1001, "JNJ")] | {"updated_at": None} == incremental | {"updated_at": None}
+
+
 def test_same_time_in_a_later_file_keeps_load_order(seeded_engine, tmp_path):
     """Trades of one position with the same txn_time in two files apply in load order (docs/portfolio-math.md)."""
     load(seeded_engine, write_trades(tmp_path, "a.csv", [
@@ -554,8 +584,8 @@ def test_late_trade_replays_from_the_checkpoint_before_its_week(seeded_engine, t
     replayed = []
     stream = ledger.trades_after
 
-    def spied(connection, starts):
-        trades = list(stream(connection, starts))
+    def spied(connection, starts, applied_only=False):
+        trades = list(stream(connection, starts, applied_only))
         replayed.extend(trade.txn_id for trade in trades)
         return iter(trades)
 
