@@ -1076,9 +1076,14 @@ class PricesSummary:
         return (f"only the first {LOGGED_REJECTS} are shown (--verbose shows all): prices are not a trade batch, "
                 "their rejects are not stored")
 
+    @property
+    def rows_unchanged(self):
+        """Closes stored already with the same price (a repeat within the file included)."""
+        return self.rows_read - self.rows_new - self.rows_changed - len(self.rejects)
+
     def line(self):
         return (f"{os.path.basename(self.source)}: {self.rows_read} daily closes read, {self.rows_new} new, "
-                f"{self.rows_changed} changed, {len(self.rejects)} rejected")
+                f"{self.rows_changed} changed, {self.rows_unchanged} unchanged, {len(self.rejects)} rejected")
 
 
 def load_prices_file(engine, path, layout=None):

@@ -163,7 +163,7 @@ def test_generated_files_load_without_rejects(seeded_engine, database_url, tmp_p
 
     assert code == 0
     assert capsys.readouterr().out.splitlines() == [
-        "market_prices.csv: 6525 daily closes read, 6525 new, 0 changed, 0 rejected",
+        "market_prices.csv: 6525 daily closes read, 6525 new, 0 changed, 0 unchanged, 0 rejected",
         f"corporate_actions.csv: {len(actions)} actions read, {len(actions)} new, 0 already loaded, 0 rejected",
         "trades.csv: 3000 read, 3000 loaded, 0 duplicates, 0 rejected (batch 1)",
     ]

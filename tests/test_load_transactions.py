@@ -652,7 +652,7 @@ def test_prices_file_beside_trades_is_loaded_and_updated(seeded_engine, database
     third_out = capsys.readouterr().out
 
     assert first_out.splitlines() == [
-        "market_prices.csv: 4 daily closes read, 3 new, 0 changed, 1 rejected",
+        "market_prices.csv: 4 daily closes read, 3 new, 0 changed, 0 unchanged, 1 rejected",
         "trades.csv: 1 read, 1 loaded, 0 duplicates, 0 rejected (batch 1)",
     ]
     assert first == [
@@ -661,11 +661,12 @@ def test_prices_file_beside_trades_is_loaded_and_updated(seeded_engine, database
         ("MSFT", datetime(2025, 1, 2).date(), Decimal("410.5")),
     ]
     assert second_out.splitlines() == [
-        "market_prices.csv: 4 daily closes read, 0 new, 0 changed, 1 rejected",
+        "market_prices.csv: 4 daily closes read, 0 new, 0 changed, 3 unchanged, 1 rejected",
         "trades.csv: already loaded in batch 1, skipped",
     ]
     assert second == first
-    assert third_out.splitlines()[0] == "market_prices.csv: 4 daily closes read, 0 new, 1 changed, 1 rejected"
+    assert third_out.splitlines()[0] == (
+        "market_prices.csv: 4 daily closes read, 0 new, 1 changed, 2 unchanged, 1 rejected")
     assert stored_closes(seeded_engine) == [first[0], ("AAPL", first[1][1], Decimal("195.0001")), first[2]]
 
 
