@@ -115,6 +115,8 @@ def run(work, args, name):
                           f"{db_config.error_line(error)}")
         return _fail(f"{name}: {message}", code, args)
     finally:
+        if failed:  # a streamed cursor caught in a cycle with the error's frames is freed now, not after the line
+            gc.collect()
         sys.unraisablehook = unraisable_hook
         for finalizer_error in finalizer_errors:  # after an error line, the driver's cleanup is no news
             (_log_unraisable if failed and not args.verbose else unraisable_hook)(finalizer_error)

@@ -2,6 +2,7 @@
 (cli.run, docs/command-line.md), and LOAD DATA LOCAL INFILE sending no file but the loader's own
 (db_config.LocalFileGuard)."""
 import argparse
+import gc
 import csv
 import os
 import signal
@@ -254,6 +255,22 @@ class _CursorOfADeadServer:
 def _rows():
     cursor = _CursorOfADeadServer()  # noqa: F841 (freed when the generator is)
     yield 1
+
+
+def test_a_failing_finalizer_held_in_a_cycle_with_the_error_runs_before_the_run_ends(capsys):
+    """Regression (CI, a server shut down during `update_portfolio.py --full`): the streamed cursor was kept by a
+    reference cycle through the error's frames and freed by a later collection, after cli.run had put the
+    default hook back: its traceback was printed after the one line."""
+    def work():
+        cursor = _CursorOfADeadServer()
+        error = cli.StageError("database error: (2013, 'Lost connection to MySQL server during query')")
+        cursor.cycle = (cursor, error)  # the cursor and the error keep each other, as frames and tracebacks do
+        raise error
+
+    assert cli.run(work, argparse.Namespace(verbose=False, database_url=None), "stage") == 1
+    gc.collect()  # without the collection inside cli.run, the finalizer's traceback is printed here
+    assert capsys.readouterr().err == (
+        "error: stage: database error: (2013, 'Lost connection to MySQL server during query')\n")
 
 
 @pytest.mark.parametrize("verbose", [False, True])
