@@ -772,10 +772,11 @@ def store_chunk(connection, chunk, summary, method=None, line_numbers=True):
     else:
         inserted, duplicates, conflicts = direct_insert(connection, chunk, summary.batch_id, method)
     repeated, repeat_conflicts = classify_against_stored(connection, chunk.repeats, summary.batch_id)
-    if chunk.digest is not None and inserted == chunk.rows_read:
-        connection.execute(loaded_chunks.insert().values(
-            chunk_digest=chunk.digest, batch_id=summary.batch_id, first_line=chunk.first_line,
-            line_count=chunk.rows_read))
+    if chunk.digest is not None and inserted == chunk.rows_read:  # an earlier batch's record of the same chunk
+        # goes: its trades were deleted by hand, and this batch holds them now
+        connection.execute(dialects.upsert(connection, loaded_chunks, ["batch_id", "first_line", "line_count"]), [
+            {"chunk_digest": chunk.digest, "batch_id": summary.batch_id, "first_line": chunk.first_line,
+             "line_count": chunk.rows_read}])
     rejects = pd.concat([chunk.rejects, conflicts, repeat_conflicts], ignore_index=True).sort_values(
         "line_number", kind="stable")
     store_rejects(connection, summary.batch_id, rejects, line_numbers)

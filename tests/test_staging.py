@@ -193,6 +193,21 @@ def test_a_batch_whose_trades_were_deleted_by_hand_has_its_chunks_checked_again(
     assert [kind for _, kind in chunks] == ["checked"] * 6
 
 
+def test_a_chunk_whose_trades_were_all_deleted_by_hand_is_recorded_for_the_batch_that_loads_it_again(
+        seeded_engine, tmp_path, monkeypatch):
+    load_transactions.load_file(seeded_engine, write(tmp_path / "first.csv", [trade(n) for n in range(300)]),
+                                chunk_rows=100)
+    with seeded_engine.begin() as connection:
+        connection.execute(text("DELETE FROM transactions WHERE source_line BETWEEN 102 AND 201"))  # chunk 2, whole
+
+    counts, chunks = load_recording_chunks(
+        seeded_engine, write(tmp_path / "whole.csv", [trade(n) for n in range(600)]), monkeypatch)
+
+    assert counts == (600, 400, 200, 0)  # chunk 2 inserted whole again: its record moves to batch 2
+    assert stored_chunks(seeded_engine) == [(1, 2, 100), (1, 202, 100), (2, 102, 100), (2, 302, 100),
+                                            (2, 402, 100), (2, 502, 100)]
+
+
 def test_a_chunk_with_a_reject_or_a_repeat_is_not_recorded(seeded_engine, tmp_path):
     lines = [trade(n) for n in range(300)]
     lines[120] = lines[120].replace(",AAPL,", ",NOPE,")  # an unknown symbol: rejected
