@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
@@ -172,6 +172,7 @@ class ApplyResult:
     trades: int
     alerts_raised: int = 0  # OVERSELL alerts
     alerts_withdrawn: int = 0
+    replay_starts: dict = field(default_factory=dict)  # key: the checkpoint a replay started from (None: the first)
 
 
 def apply_new_trades(connection, batch_ids, full, now, rules, replayed=None):
@@ -186,26 +187,28 @@ def apply_new_trades(connection, batch_ids, full, now, rules, replayed=None):
         applied = ledger.apply_trades(ledger.stream_trades(connection, bulk=True), positions, rules,
                                       watcher=replayed)
         _forget_positions_without_trades(connection, set(stored) - set(positions))
-        return write_applied(connection, applied, positions, {key: None for key in positions}, now, stored)
+        return write_applied(connection, applied, positions, {key: None for key in positions}, now, stored,
+                             sync_alerts=False)
     if not batch_ids:
         return ApplyResult(set(), set(), [], {}, 0)
     return apply_selected_trades(connection, new_trades_filter(batch_ids), now,
                                  investor_ids=investors_with_new_trades(connection, batch_ids), rules=rules,
-                                 replayed=replayed, bulk=True)
+                                 replayed=replayed, bulk=True, sync_alerts=False)
 
 
 def apply_selected_trades(connection, trade_filter, now, investor_ids=None, keys=None, rules=None, replayed=None,
-                          bulk=False):
+                          bulk=False, sync_alerts=True):
     """Apply the new trades that trade_filter selects ((WHERE clause over transactions t, its parameters), all of
     them trades of these investors, or of the positions with these keys) to their positions, with the corporate
     actions of `rules` (default: those in effect on now's day, by the recorded cost method), replaying positions
-    where one is late; write as apply_new_trades does. bulk: trade_filter selects whole batches (stream_trades)."""
+    where one is late; write as apply_new_trades does. bulk: trade_filter selects whole batches (stream_trades).
+    sync_alerts=False: leave the OVERSELL alerts to the caller (sync_oversell_alerts with the returned result)."""
     rules = rules or ledger_rules(connection, now.date())
     positions = load_positions(connection, investor_ids, keys, method=rules.method)
     applied = ledger.apply_trades(ledger.stream_trades(connection, *trade_filter, bulk=bulk), positions, rules,
                                   watcher=replayed)
     replay_starts = replay_late_positions(connection, applied, positions, rules)
-    return write_applied(connection, applied, positions, replay_starts, now)
+    return write_applied(connection, applied, positions, replay_starts, now, sync_alerts=sync_alerts)
 
 
 def apply_due_actions(connection, now, rules, horizon):
@@ -225,7 +228,7 @@ def apply_due_actions(connection, now, rules, horizon):
     applied = ledger.apply_trades([], positions, rules, others=following)
     applied.late.update({key: earliest[key[1]] for key in set(positions) - set(following)})
     replay_starts = replay_late_positions(connection, applied, positions, rules, applied_only=True)
-    result = write_applied(connection, applied, positions, replay_starts, now)
+    result = write_applied(connection, applied, positions, replay_starts, now, sync_alerts=False)
     stamp_actions(connection, due, now)
     logger.info("%d corporate actions came due: %d positions took them, %d were replayed", len(due),
                 len(result.changed - result.replayed), len(result.replayed))
@@ -247,16 +250,40 @@ def ledger_rules(connection, horizon, requested=None, full=False):
     return action_events.read_rules(connection, horizon, method)
 
 
-def write_applied(connection, applied, positions, replay_starts, now, stored=None):
+def write_applied(connection, applied, positions, replay_starts, now, stored=None, sync_alerts=True):
     """Write what apply_trades changed: positions (and their FIFO lots), checkpoints, latest trades, OVERSELL
-    alerts. stored: the positions as read before a full replay (one that ends as stored is not rewritten)."""
+    alerts (unless sync_alerts=False). stored: the positions as read before a full replay (one that ends as stored
+    is not rewritten)."""
     write_positions(connection, positions, applied.changed, now, stored)
     write_lots(connection, positions, applied.changed)
     ledger.write_checkpoints(connection, applied.checkpoints)
     write_latest_trades(connection, applied.latest)
-    alerts_raised, alerts_withdrawn = sync_oversell_alerts(connection, applied.oversells, replay_starts, now)
+    alerts_raised, alerts_withdrawn = (sync_oversell_alerts(connection, applied.oversells, replay_starts, now)
+                                       if sync_alerts else (0, 0))
     return ApplyResult(applied.changed, set(applied.late), applied.oversells, applied.latest, applied.trades,
-                       alerts_raised, alerts_withdrawn)
+                       alerts_raised, alerts_withdrawn, replay_starts)
+
+
+def both_steps_oversells(connection, due, applied):
+    """(oversells, replay starts) of the due actions' and the new trades' applies together, for one
+    sync_oversell_alerts. An oversell the due actions found in a position that the new trades replayed again from
+    before it is the new trades' to judge (a late BUY among them may cover it); each position counts as replayed
+    from its earlier start."""
+    keys = trade_keys(connection, [oversell.txn_id for oversell in due.oversells])
+    kept = [oversell for oversell in due.oversells
+            if (oversell.investor_id, oversell.stock_symbol) not in applied.replay_starts
+            or not _after(applied.replay_starts[(oversell.investor_id, oversell.stock_symbol)], *keys[oversell.txn_id])]
+    starts = dict(due.replay_starts)
+    for key, start in applied.replay_starts.items():
+        starts[key] = start if key not in starts else _earlier(starts[key], start)
+    return kept + applied.oversells, starts
+
+
+def _earlier(first, second):
+    """The earlier of two replay starts (a Checkpoint, or None: from the first trade)."""
+    if first is None or second is None:
+        return None
+    return min(first, second, key=lambda checkpoint: (checkpoint.last_txn_time, checkpoint.last_txn_id))
 
 
 def replay_late_positions(connection, applied, positions, rules, applied_only=False):
@@ -407,6 +434,16 @@ def _replayed_oversell_alerts(connection, replay_starts):
 
 def _after(checkpoint, txn_time, txn_id):
     return checkpoint is None or (checkpoint.last_txn_time, checkpoint.last_txn_id) < (txn_time, txn_id)
+
+
+def trade_keys(connection, txn_ids):
+    """(txn_time text, txn_id), ledger's order of events, by txn_id."""
+    keys = {}
+    for start in range(0, len(txn_ids), ID_SLICE):
+        keys.update((txn_id, (ledger.normalize_time(txn_time), txn_id)) for txn_id, txn_time in connection.execute(
+            select(transactions.c.txn_id, transactions.c.txn_time).where(
+                transactions.c.txn_id.in_(txn_ids[start:start + ID_SLICE]))))
+    return keys
 
 
 def txn_refs(connection, txn_ids):
@@ -790,8 +827,10 @@ def _update_portfolios(engine, full, today, requested_method):
         if full:
             summary.actions_applied = stamp_actions(connection, rules_actions(rules), now)
             record_ledger_version(connection)
-        summary.alerts_raised = applied.alerts_raised + due.alerts_raised
-        summary.alerts_withdrawn = applied.alerts_withdrawn + due.alerts_withdrawn
+        oversells, replay_starts = both_steps_oversells(connection, due, applied)
+        summary.alerts_raised, summary.alerts_withdrawn = sync_oversell_alerts(connection, oversells, replay_starts,
+                                                                               now)
+        summary.oversells = len(oversells)
         batches.stamp_batches(connection, batch_ids, "applied_at", now)
         changed = applied.changed | due.changed
         investors = revalue_and_score(connection, params, now, {investor_id for investor_id, _ in changed}, full,
@@ -800,7 +839,6 @@ def _update_portfolios(engine, full, today, requested_method):
     summary.batches_applied, summary.trades_applied = len(batch_ids), applied.trades
     summary.positions_changed = len(changed)
     summary.positions_replayed = len(applied.replayed | due.replayed)
-    summary.oversells = len(applied.oversells) + len(due.oversells)
     summary.seconds = time.perf_counter() - started
     logger.info("revalued and scored %d investors", len(investors))
     return summary

@@ -464,6 +464,56 @@ def test_a_due_action_replays_without_the_new_trades_so_a_late_buy_leaves_no_fal
     assert position_rows(seeded_engine)[(1001, "JNJ")] | {"updated_at": None} == incremental | {"updated_at": None}
 
 
+def test_a_late_split_and_a_late_buy_in_one_run_leave_no_false_oversell(seeded_engine, tmp_path):
+    """The due split replays the applied trades alone (1 share left after it: SELL 2 oversells there); the new, late
+    BUY before the SELL covers it. One alert sync after both steps: nothing raised, nothing withdrawn."""
+    load(seeded_engine, write_trades(tmp_path, "first.csv", [
+        ("LS-1", 1008, "PFE", "BUY", 10, "25.00", "2025-12-01 10:00:00"),
+        ("LS-2", 1008, "PFE", "SELL", 2, "250.00", "2025-12-20 10:00:00"),
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "corporate_actions.csv").write_text("stock_symbol,ex_date,action,value\nPFE,2025-12-12,SPLIT,0.1\n",
+                                                 encoding="utf-8")
+    assert load_transactions.load_paths(seeded_engine, [write_trades(later, "later.csv", [
+        ("LS-3", 1008, "PFE", "BUY", 10, "250.00", "2025-12-15 10:00:00"),  # late: before LS-2
+    ])]) == 0
+
+    summary = update_portfolio.update_portfolios(seeded_engine)
+
+    assert (summary.oversells, summary.alerts_raised, summary.alerts_withdrawn) == (0, 0, 0)
+    with seeded_engine.connect() as connection:
+        assert connection.execute(select(alerts.c.alert_key).where(alerts.c.rule == "OVERSELL")).all() == []
+    assert position_rows(seeded_engine)[(1008, "PFE")]["quantity"] == 9  # 10 -> 1 at the split, +10, -2
+
+
+def test_an_oversell_a_due_action_finds_is_raised_when_the_new_trades_do_not_replay_it(seeded_engine, tmp_path):
+    """A reverse split due now makes an applied SELL oversell; the new trade comes after it (no replay of the new
+    trades): the alert is raised once, from the due actions' replay."""
+    load(seeded_engine, write_trades(tmp_path, "first.csv", [
+        ("RS-1", 1008, "PFE", "BUY", 10, "25.00", "2025-12-01 10:00:00"),
+        ("RS-2", 1008, "PFE", "SELL", 5, "250.00", "2025-12-20 10:00:00"),
+    ]))
+    update_portfolio.update_portfolios(seeded_engine)
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "corporate_actions.csv").write_text("stock_symbol,ex_date,action,value\nPFE,2025-12-12,SPLIT,0.1\n",
+                                                 encoding="utf-8")
+    assert load_transactions.load_paths(seeded_engine, [write_trades(later, "later.csv", [
+        ("RS-3", 1008, "PFE", "BUY", 3, "250.00", "2025-12-22 10:00:00"),  # after RS-2: follows
+    ])]) == 0
+
+    summary = update_portfolio.update_portfolios(seeded_engine)
+
+    assert (summary.oversells, summary.alerts_raised, summary.alerts_withdrawn) == (1, 1, 0)
+    assert oversell_alerts(seeded_engine) == [("RS-2", "HIGH", 1008, "PFE")]
+    incremental = position_rows(seeded_engine)[(1008, "PFE")]
+    assert incremental["quantity"] == 4  # 10 -> 1 at the split, SELL 5 skipped, +3
+    update_portfolio.update_portfolios(seeded_engine, full=True)
+    assert oversell_alerts(seeded_engine) == [("RS-2", "HIGH", 1008, "PFE")]
+
+
 def test_same_time_in_a_later_file_keeps_load_order(seeded_engine, tmp_path):
     """Trades of one position with the same txn_time in two files apply in load order (docs/portfolio-math.md)."""
     load(seeded_engine, write_trades(tmp_path, "a.csv", [
