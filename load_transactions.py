@@ -451,7 +451,7 @@ def _width_problem(fields, layout):
     (the trailing commas spreadsheets write) are ignored; anything else past it makes the record a reject."""
     if len(fields) > layout.width and any(field.strip() for field in fields[layout.width:]):
         return f"record: has {len(fields)} fields, the header has {layout.width}"
-    if len(fields) <= max(layout.columns):
+    if len(fields) < layout.width:  # missing fields, even of ignored columns: a line cut short
         return f"record: has {len(fields)} fields, too few for the header"
     return None
 

@@ -65,6 +65,21 @@ def test_extra_field_on_the_first_row_of_a_chunk_rejects_that_row_only(seeded_en
     assert_accounted(summary)
 
 
+def test_a_record_missing_only_an_ignored_trailing_column_is_a_reject(seeded_engine, tmp_path):
+    """docs/file-formats.md: a record with fewer fields than the header is rejected, even when the missing field is
+    of a column the loader does not read (it loaded before: the line may have been cut short)."""
+    rows = [row + ",a note" for row in good_rows(4)]
+    rows[1] = rows[1].removesuffix(",a note")
+    path = tmp_path / "noted.csv"
+    path.write_text(HEADER + ",note\n" + "".join(row + "\n" for row in rows), encoding="utf-8")
+
+    summary = load_transactions.load_file(seeded_engine, str(path), chunk_rows=100)
+
+    assert rejects(seeded_engine) == [(3, "record: has 7 fields, too few for the header", rows[1])]
+    assert loaded_refs(seeded_engine) == ["g0", "g2", "g3"]
+    assert_accounted(summary)
+
+
 def test_a_field_too_many_and_one_too_few_in_one_chunk_are_both_rejects(seeded_engine, tmp_path):
     """Regression: the plain-chunk check counts delimiters per line (read as one block); a chunk-wide count would
     take one line with a field too many and another with one too few for a chunk of simple lines."""
