@@ -18,8 +18,8 @@ What one run measures (generate_dummy_data in-process):
    --scale-rows S (1,000,000) trades of --seed with anomalies at RATE, split into all but the last --tail (10,000)
    trades and the tail. Load + update the first part, then time surveillance (every trade new); load + update the
    tail, time surveillance (only the tail new, the rest is history; the median of --incremental-runs runs, 5, each
-   after the one before was undone: the batch not surveilled, its alerts deleted); time `--full` (re-check of everything); time a
-   re-run with nothing new. Recall and precision at that scale are shown for information.
+   after the one before was undone: the batch not surveilled, its alerts deleted); time `--full` (re-check of
+   everything); time a re-run with nothing new. Recall and precision at that scale are shown for information.
 
 The report goes to stdout and to RESULTS.txt, the figures to RESULTS.json (--results, default
 bench/results-surveillance; none with --quick unless given); progress to stderr. The machine may be shared: the
@@ -262,9 +262,9 @@ def incremental_runs(engine, runs):
     """The incremental run, `runs` times on the same state: before each one after the first, the tail's batch is
     marked not surveilled again and the alerts the run before raised are deleted (a SECTOR_CONCENTRATION alert it
     resolved stays resolved). The timed tuple of the median run (by wall-clock seconds)."""
-    results = []
-    for number in range(runs):
-        if number:
+    results, since = [], None
+    for _ in range(runs):
+        if since is not None:
             undo_surveillance(engine, since)
         since = datetime.now().replace(microsecond=0)
         results.append(timed(lambda: surveillance.run_surveillance(engine)))

@@ -56,7 +56,8 @@ def test_out_of_order_commits_are_applied_once(mariadb_engine, tmp_path, monkeyp
 
     monkeypatch.setattr(batches, "finish_batch", finish_after_release)
     outcome = {}
-    loader_a = threading.Thread(target=lambda: outcome.update(a=load_transactions.load_file(mariadb_engine, str(file_a))))
+    loader_a = threading.Thread(
+        target=lambda: outcome.update(a=load_transactions.load_file(mariadb_engine, str(file_a))))
     loader_a.start()
     assert a_inserted.wait(30)
     load_transactions.load_file(mariadb_engine, str(file_b))

@@ -67,7 +67,8 @@ def start_big_load(database_url, tmp_path):
 
 def batch_rows(engine):
     with engine.connect() as connection:
-        return [dict(row._mapping) for row in connection.execute(select(load_batches).order_by(load_batches.c.batch_id))]
+        return [dict(row._mapping)
+                for row in connection.execute(select(load_batches).order_by(load_batches.c.batch_id))]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc to find the worker process")
@@ -86,7 +87,8 @@ def test_killed_loader_leaves_no_worker_and_its_batch_is_marked_interrupted(seed
     summary = load_transactions.load_file(seeded_engine, write_trades(tmp_path / "small.csv", 3, prefix="s"))
 
     first, second = batch_rows(seeded_engine)
-    assert first["status"] == "failed" and first["error"].startswith("interrupted: its loader stopped without finishing")
+    assert first["status"] == "failed"
+    assert first["error"].startswith("interrupted: its loader stopped without finishing")
     assert second["status"] == "loaded" and summary.rows_loaded == 3
     with seeded_engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(transactions)).scalar() == 3
@@ -206,7 +208,8 @@ def test_retry_rejects_loads_rows_rejected_for_a_missing_investor(seeded_engine,
                    "trades.csv: already loaded in batch 1, skipped",
                    "trades.csv: 2 read, 1 loaded, 1 duplicates, 0 rejected (batch 2)"]
     with seeded_engine.connect() as connection:
-        assert connection.execute(text("SELECT txn_ref FROM transactions ORDER BY txn_id")).scalars().all() == ["a", "b"]
+        stored = connection.execute(text("SELECT txn_ref FROM transactions ORDER BY txn_id")).scalars().all()
+    assert stored == ["a", "b"]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc to find the worker process")

@@ -240,7 +240,8 @@ def test_the_same_trade_sent_again_in_another_file_is_a_duplicate(seeded_engine,
 
 
 def test_a_price_one_ten_thousandth_apart_is_a_conflict(seeded_engine, tmp_path):
-    load_transactions.load_file(seeded_engine, write(tmp_path, [trade("p", price="999999999.9999", quantity=1)], "1.csv"))
+    load_transactions.load_file(seeded_engine,
+                                write(tmp_path, [trade("p", price="999999999.9999", quantity=1)], "1.csv"))
     summary = load_transactions.load_file(seeded_engine, write(tmp_path, [trade("p", price="999999999.9998",
                                                                                 quantity=1)], "2.csv"))
 
@@ -305,7 +306,8 @@ def test_prices_file_rejects_what_trade_rules_reject_and_keeps_the_rest(seeded_e
 
 def test_prices_rejects_warning_says_where_they_are_and_are_not(seeded_engine, tmp_path, caplog):
     path = tmp_path / "market_prices.csv"
-    path.write_text("stock_symbol,price_date,close_price\n" + "".join(f"NOPE,2024-01-{d:02d},1\n" for d in range(1, 13)))
+    path.write_text("stock_symbol,price_date,close_price\n"
+                    + "".join(f"NOPE,2024-01-{d:02d},1\n" for d in range(1, 13)))
     summary = load_transactions.load_prices_file(seeded_engine, str(path))
 
     load_transactions.log_rejects(summary)
@@ -327,9 +329,10 @@ def test_a_holding_worth_10_to_the_22_keeps_the_update_working(seeded_engine, tm
 
     p = update_portfolio.portfolios.c
     with seeded_engine.connect() as connection:
-        quantity, market_value = connection.execute(select(p.quantity, p.market_value).where(p.investor_id == 1001)).one()
+        quantity, market_value = connection.execute(
+            select(p.quantity, p.market_value).where(p.investor_id == 1001)).one()
     assert quantity == 4700 * 2147483647
-    exact = quantity * Decimal("999999999.9999")  # about 1.0e22: beyond Python's default 28 decimal digits with 6 places
+    exact = quantity * Decimal("999999999.9999")  # about 1.0e22: beyond the default 28 decimal digits with 6 places
     if seeded_engine.dialect.name == "sqlite":  # 8-byte floats: exact only below 10**13 (README)
         assert abs(Decimal(str(market_value)) - exact) / exact < Decimal("1e-12")
     else:
@@ -338,8 +341,8 @@ def test_a_holding_worth_10_to_the_22_keeps_the_update_working(seeded_engine, tm
 
 def test_a_line_over_the_limit_is_one_reject_read_in_pieces(seeded_engine, tmp_path):
     limit = load_transactions.MAX_LINE_BYTES
-    rows = [trade("a"), "b,1001,AAPL,BUY,1,1," + "9" * (3 * limit), 'c,1001,AAPL,BUY,1,1,"2025', "x" * (limit + 5) + '"',
-            trade("d")]
+    rows = [trade("a"), "b,1001,AAPL,BUY,1,1," + "9" * (3 * limit), 'c,1001,AAPL,BUY,1,1,"2025',
+            "x" * (limit + 5) + '"', trade("d")]
     path = write(tmp_path, rows)
 
     summary = load_transactions.load_file(seeded_engine, path, chunk_rows=2)
@@ -395,7 +398,8 @@ def test_a_continuation_line_that_is_not_utf8_is_named_plainly(seeded_engine, tm
     assert loaded_refs(seeded_engine) == ["a", "b"]
 
 
-@pytest.mark.parametrize("content, problem", [(b"", "is empty"), (b"\n" + HEADER.encode(), "line 1: the header is blank")])
+@pytest.mark.parametrize("content, problem", [(b"", "is empty"),
+                                              (b"\n" + HEADER.encode(), "line 1: the header is blank")])
 def test_an_empty_file_or_blank_header_says_so(seeded_engine, database_url, tmp_path, capsys, content, problem):
     path = tmp_path / "t.csv"
     path.write_bytes(content)
