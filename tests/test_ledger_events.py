@@ -628,7 +628,8 @@ def test_a_split_whose_cash_in_lieu_price_is_beyond_a_price_column_is_one_line_a
 
 def test_a_lieu_price_fixed_before_a_late_trade_stays_until_cleared_and_replayed(seeded_engine):
     # no close: the lieu price comes from the last trade before the ex_date, of any investor; 1002's trade comes
-    # after the split was applied (docs/portfolio-math.md: the one way the results depend on when the update ran)
+    # after the split was applied (docs/portfolio-math.md: one of the two ways the results depend on when the
+    # update ran)
     engine = seeded_engine
     store(engine, [DrawnTrade(1, 1001, "BUY", 10, Fraction(30), Fraction(0), 0)],
           [DrawnAction(DAYS[3], "SPLIT", Fraction(1, 3))])

@@ -78,6 +78,14 @@ def oversell_alerts(engine):
                                                                              alerts.c.status == "OPEN")).all())
 
 
+def load_later(engine, tmp_path, action, rows):
+    """Load a trades file of `rows` with a corporate_actions.csv of one `action` line beside it."""
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "corporate_actions.csv").write_text(f"stock_symbol,ex_date,action,value\n{action}\n", encoding="utf-8")
+    assert load_transactions.load_paths(engine, [write_trades(later, "later.csv", rows)]) == 0
+
+
 # ---------------------------------------------------------------------------------------------- the reference
 
 @dataclass
@@ -444,14 +452,10 @@ def test_a_due_action_replays_without_the_new_trades_so_a_late_buy_leaves_no_fal
         ("DA-3", 1001, "JNJ", "BUY", 1, "60.00", "2026-04-06 10:00:00"),
     ]))
     update_portfolio.update_portfolios(seeded_engine)
-    later = tmp_path / "later"
-    later.mkdir()
-    (later / "corporate_actions.csv").write_text("stock_symbol,ex_date,action,value\nJNJ,2026-03-24,DIVIDEND,0.5\n",
-                                                 encoding="utf-8")
-    assert load_transactions.load_paths(seeded_engine, [write_trades(later, "later.csv", [
+    load_later(seeded_engine, tmp_path, "JNJ,2026-03-24,DIVIDEND,0.5", [
         ("DA-4", 1001, "JNJ", "BUY", 20, "60.00", "2026-03-10 10:00:00"),  # late: before DA-2
         ("DA-5", 1001, "JNJ", "SELL", 25, "61.00", "2026-03-31 10:00:00"),  # 31 held by then
-    ])]) == 0
+    ])
 
     summary = update_portfolio.update_portfolios(seeded_engine)
 
@@ -472,13 +476,9 @@ def test_a_late_split_and_a_late_buy_in_one_run_leave_no_false_oversell(seeded_e
         ("LS-2", 1008, "PFE", "SELL", 2, "250.00", "2025-12-20 10:00:00"),
     ]))
     update_portfolio.update_portfolios(seeded_engine)
-    later = tmp_path / "later"
-    later.mkdir()
-    (later / "corporate_actions.csv").write_text("stock_symbol,ex_date,action,value\nPFE,2025-12-12,SPLIT,0.1\n",
-                                                 encoding="utf-8")
-    assert load_transactions.load_paths(seeded_engine, [write_trades(later, "later.csv", [
+    load_later(seeded_engine, tmp_path, "PFE,2025-12-12,SPLIT,0.1", [
         ("LS-3", 1008, "PFE", "BUY", 10, "250.00", "2025-12-15 10:00:00"),  # late: before LS-2
-    ])]) == 0
+    ])
 
     summary = update_portfolio.update_portfolios(seeded_engine)
 
@@ -496,13 +496,9 @@ def test_an_oversell_a_due_action_finds_is_raised_when_the_new_trades_do_not_rep
         ("RS-2", 1008, "PFE", "SELL", 5, "250.00", "2025-12-20 10:00:00"),
     ]))
     update_portfolio.update_portfolios(seeded_engine)
-    later = tmp_path / "later"
-    later.mkdir()
-    (later / "corporate_actions.csv").write_text("stock_symbol,ex_date,action,value\nPFE,2025-12-12,SPLIT,0.1\n",
-                                                 encoding="utf-8")
-    assert load_transactions.load_paths(seeded_engine, [write_trades(later, "later.csv", [
+    load_later(seeded_engine, tmp_path, "PFE,2025-12-12,SPLIT,0.1", [
         ("RS-3", 1008, "PFE", "BUY", 3, "250.00", "2025-12-22 10:00:00"),  # after RS-2: follows
-    ])]) == 0
+    ])
 
     summary = update_portfolio.update_portfolios(seeded_engine)
 
