@@ -23,6 +23,7 @@ alert by rule, investor and sector, so re-running never duplicates one. Alerts a
 commit in one transaction.
 """
 import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
+import contextlib
 import csv
 import io
 import logging
@@ -152,7 +153,7 @@ GROUP BY investor_id
 ORDER BY investor_id
 """
 COLUMNS = "{columns}"  # in a trade SELECT: where read_trades puts a trade's columns
-SLICE_SQL = f"SELECT {COLUMNS} FROM transactions t WHERE t.investor_id BETWEEN :first_investor AND :last_investor"
+SORTED_TRADES_SQL = "SELECT {columns} FROM transactions t {unindexed} ORDER BY t.investor_id"
 RANGE_TRADES_SELECT = f"SELECT {COLUMNS} FROM transactions t WHERE {{trades}}"  # {trades}: see LAST_TRADES_START_SELECT
 TRADE_FIELDS = ("txn_id", "txn_ref", "investor_id", "stock_symbol", "txn_type", "quantity", "price", "txn_time")
 TYPED_TRADE_SQL = ", ".join(f"t.{name}" for name in TRADE_FIELDS)
@@ -242,6 +243,55 @@ def read_trades(connection, sql, params, bindparams=()):
     to_frame = unpack_trades if packed else trade_frame
     frames = [to_frame(rows) for rows in (result.scalars() if packed else result).partitions(FRAME_ROWS)]
     return typed_trades(pd.concat(frames, ignore_index=True) if frames else to_frame([]))
+
+
+def sliced_trades(connection, slices):
+    """Yield the trades of each (first investor_id, last investor_id) slice in turn (typed_trades), from one read
+    of every trade in investor order, streamed: a table scan and the database's sort, where reading each slice
+    through the position index costs a row lookup a trade in a table stored in time order."""
+    packed = dialects.packs_rows(connection.dialect.name)
+    sql = SORTED_TRADES_SQL.format(columns=PACKED_TRADE_SQL if packed else TYPED_TRADE_SQL,
+                                   unindexed=dialects.unindexed_scan(connection.dialect.name))
+    with bounded_sort_memory(connection):
+        result = connection.execute(text(sql), {"field_separator": FIELD_SEPARATOR} if packed else {},
+                                    execution_options={"stream_results": True, "max_row_buffer": FRAME_ROWS})
+        yield from _cut_into_slices((result.scalars() if packed else result).partitions(FRAME_ROWS),
+                                    unpack_trades if packed else trade_frame, [last for _, last in slices])
+
+
+def _cut_into_slices(partitions, to_frame, lasts):
+    """The typed trades of each slice (lasts: each slice's last investor_id) from partitions of rows in investor
+    order."""
+    current, parts = 0, []
+    for frame in map(to_frame, partitions):  # a partition's rows go once framed
+        start, investor_ids = 0, frame["investor_id"].to_numpy()
+        while current < len(lasts) - 1:
+            cut = max(start, int(np.searchsorted(investor_ids, lasts[current], side="right")))
+            if cut == len(frame):
+                break
+            trades = pd.concat([*parts, frame.iloc[start:cut]], ignore_index=True)
+            parts, start, current = [], cut, current + 1  # the parts go before the slice is checked
+            yield typed_trades(trades)
+        parts.append(frame.iloc[start:])
+    if parts:
+        trades, parts = pd.concat(parts, ignore_index=True), None
+        yield typed_trades(trades)
+
+
+@contextlib.contextmanager
+def bounded_sort_memory(connection):
+    """Within it, a sort of a whole table takes little memory where it runs in this process (dialects.sort_memory);
+    the connection's setting comes back after."""
+    bound = dialects.sort_memory(connection.dialect.name)
+    if bound is None:
+        yield
+        return
+    before = connection.exec_driver_sql(bound.read).scalar()
+    connection.exec_driver_sql(bound.set.format(value=bound.small))
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql(bound.set.format(value=before))
 
 
 def trade_frame(rows):
@@ -1165,9 +1215,10 @@ def check_new_trades(connection, state):
 
 
 def check_every_trade(connection):
-    """Check every trade, each position from nothing, one slice of investors at a time (investor_slices): every
-    rule judges a trade by its own investor's trades alone, so the slices find the alerts of one read of every
-    trade in a fraction of its memory. The closes and splits are those of the whole history, read once."""
+    """Check every trade, each position from nothing, one slice of investors at a time (investor_slices), cut
+    from one read of every trade in investor order (sliced_trades): every rule judges a trade by its own investor's
+    trades alone, so the slices find the alerts of one check of every trade in a fraction of its memory. The
+    closes and splits are those of the whole history, read once."""
     investors = pd.DataFrame(connection.execute(text(INVESTOR_TRADES_SQL)).all(),
                              columns=["investor_id", "trades", "first_time", "last_time"])
     if investors.empty:
@@ -1175,11 +1226,12 @@ def check_every_trade(connection):
     first_day, last_day = closes_days(investors)
     daily_closes = closes.read_closes(connection, last_day=last_day, first_day=first_day)
     splits = closes.read_splits(connection, last_day)
-    found = [slice_alerts(connection, first, last, daily_closes, splits, np.datetime64(last_day, "D"))
-             for first, last in investor_slices(zip(investors["investor_id"], investors["trades"]),
-                                                FULL_CHECK_SLICE_TRADES)]
-    return TradeCheck(keyed_alerts(pd.concat([frame for frame in found if not frame.empty] or found[:1],
-                                             ignore_index=True)),
+    slices = investor_slices(zip(investors["investor_id"], investors["trades"]), FULL_CHECK_SLICE_TRADES)
+    found = [detect_trade_alerts(in_replay_order(trades.assign(checked=True)), {}, daily_closes, splits,
+                                 last_day=np.datetime64(last_day, "D"))
+             for trades in sliced_trades(connection, slices)]
+    candidates = [frame for frame in found if not frame.empty] or [pd.DataFrame(columns=ALERT_COLUMNS)]
+    return TradeCheck(keyed_alerts(pd.concat(candidates, ignore_index=True)),
                       int(investors["trades"].sum()), 0, len(investors))
 
 
@@ -1201,15 +1253,6 @@ def investor_slices(trade_counts, size):
             slices.append((investor_id, investor_id))
             total = trades
     return slices
-
-
-def slice_alerts(connection, first_investor, last_investor, daily_closes, splits, last_day):
-    """Trade alert candidates (ALERT_COLUMNS) of every trade of investors first_investor..last_investor, checked
-    from nothing; daily_closes and splits: those of the whole history, whose last day is last_day."""
-    trades = read_trades(connection, SLICE_SQL, {"first_investor": int(first_investor),
-                                                 "last_investor": int(last_investor)})
-    return detect_trade_alerts(in_replay_order(trades.assign(checked=True)), {}, daily_closes, splits,
-                               last_day=last_day)
 
 
 def no_alerts():

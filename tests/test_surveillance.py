@@ -695,7 +695,7 @@ def test_the_first_run_reads_every_trade_without_selecting_history(seeded_engine
 
     assert not [statement for statement in statements if "position_bounds" in statement]
     assert sum(surveillance.INVESTOR_TRADES_SQL in statement for statement in statements) == 1
-    assert len([statement for statement in statements if "t.investor_id BETWEEN" in statement]) == 1  # one slice
+    assert len([statement for statement in statements if "ORDER BY t.investor_id" in statement]) == 1  # one read
 
 
 def test_packed_trades_keep_every_field_whatever_the_txn_ref():
@@ -755,11 +755,40 @@ def test_a_full_check_in_slices_of_investors_finds_the_alerts_of_one_slice(seede
     whole = full_trade_alerts(seeded_engine)
     monkeypatch.setattr(surveillance, "FULL_CHECK_SLICE_TRADES", 1)  # each investor alone
 
+    checked, detect = [], surveillance.detect_trade_alerts
+    monkeypatch.setattr(surveillance, "detect_trade_alerts",
+                        lambda trades, *args, **kwargs: checked.append(set(trades["investor_id"]))
+                        or detect(trades, *args, **kwargs))
     sliced = []
     statements = executed_statements(seeded_engine, lambda: sliced.extend(full_trade_alerts(seeded_engine)))
 
-    assert len([statement for statement in statements if "t.investor_id BETWEEN" in statement]) == 5
+    assert len([statement for statement in statements if "ORDER BY t.investor_id" in statement]) == 1  # one read
+    assert checked == [{1001}, {1002}, {1003}, {1004}, {1005}]  # cut into one slice per investor
     assert sliced == whole and len(whole) == 4  # no close: no OFF_MARKET_PRICE
+
+
+@pytest.mark.parametrize("partition_rows", [1, 2, 3, 4, 7, 20])
+def test_trades_in_investor_order_are_cut_into_their_slices_whatever_the_partitions(partition_rows):
+    investor_ids = [1, 1, 2, 3, 3, 3, 5, 6, 6, 8]  # slices (1, 2), (3, 3), (4, 6), (7, 9)
+    rows = [(number, f"R{number}", investor_id, "KO", "BUY", 1, 1.0, "2026-03-02 09:00:00")
+            for number, investor_id in enumerate(investor_ids)]
+    partitions = (rows[first:first + partition_rows] for first in range(0, len(rows), partition_rows))
+
+    sliced = list(surveillance._cut_into_slices(partitions, surveillance.trade_frame, [2, 3, 6, 9]))
+
+    assert [trades["investor_id"].tolist() for trades in sliced] == [[1, 1, 2], [3, 3, 3], [5, 6, 6], [8]]
+    assert all(trades["seconds"].notna().all() for trades in sliced)  # typed
+
+
+def test_a_full_check_on_sqlite_sorts_in_a_small_page_cache_and_restores_the_connections(tmp_path):
+    seen, engine = [], db_config.get_engine(f"sqlite:///{tmp_path / 'cache.db'}")
+    with engine.connect() as connection:
+        before = connection.exec_driver_sql("PRAGMA cache_size").scalar()
+        with surveillance.bounded_sort_memory(connection):
+            seen.append(connection.exec_driver_sql("PRAGMA cache_size").scalar())
+        after = connection.exec_driver_sql("PRAGMA cache_size").scalar()
+
+    assert (before, seen, after) == (-65536, [-8192], -65536)
 
 
 @pytest.mark.slow_on_servers
