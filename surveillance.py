@@ -172,6 +172,18 @@ SELECT :{{name}}_investor AS investor_id, COUNT(*) AS trade_count,
        COUNT(*) - 1 + SUM(CHAR_LENGTH({PACKED_TRADE_SQL})) AS text_length,
        GROUP_CONCAT({PACKED_TRADE_SQL} SEPARATOR '\n') AS trades
 FROM transactions t WHERE {{trades}}"""
+# Where dialects.groups_trades, a full check reads each position's trades as one text, from one scan and sort of the
+# table (a text the server cut is shorter than text_length: that position is read row by row)
+GROUPED_POSITIONS_SQL = f"""
+SELECT t.investor_id, t.stock_symbol, COUNT(*) AS trade_count,
+       COUNT(*) - 1 + SUM(CHAR_LENGTH({PACKED_TRADE_SQL})) AS text_length,
+       GROUP_CONCAT({PACKED_TRADE_SQL} SEPARATOR '\n') AS trades
+FROM transactions t {{unindexed}}
+{{after}}
+GROUP BY t.investor_id, t.stock_symbol
+ORDER BY t.investor_id, t.stock_symbol"""
+ONE_POSITION_SQL = (f"SELECT {PACKED_TRADE_SQL} FROM transactions t "
+                    "WHERE t.investor_id = :cut_investor AND t.stock_symbol = :cut_symbol")
 FRAME_ROWS = 100_000  # rows of a read turned into a frame at once: bounds the driver's row objects alive
 FULL_CHECK_SLICE_TRADES = 500_000  # trades a --full check reads and checks at once: bounds its memory
 INVESTORS_PER_STATEMENT = 200  # SELECTs per UNION ALL at most (SQLite takes 500)
@@ -248,7 +260,12 @@ def read_trades(connection, sql, params, bindparams=()):
 def sliced_trades(connection, slices):
     """Yield the trades of each (first investor_id, last investor_id) slice in turn (typed_trades), from one read
     of every trade in investor order, streamed: a table scan and the database's sort, where reading each slice
-    through the position index costs a row lookup a trade in a table stored in time order."""
+    through the position index costs a row lookup a trade in a table stored in time order. Where
+    dialects.groups_trades, a position's trades come as one text (grouped_partitions)."""
+    lasts = [last for _, last in slices]
+    if dialects.groups_trades(connection.dialect.name):
+        yield from _cut_into_slices(grouped_partitions(connection), unpack_trades, lasts)
+        return
     packed = dialects.packs_rows(connection.dialect.name)
     sql = SORTED_TRADES_SQL.format(columns=PACKED_TRADE_SQL if packed else TYPED_TRADE_SQL,
                                    unindexed=dialects.unindexed_scan(connection.dialect.name))
@@ -256,7 +273,48 @@ def sliced_trades(connection, slices):
         result = connection.execute(text(sql), {"field_separator": FIELD_SEPARATOR} if packed else {},
                                     execution_options={"stream_results": True, "max_row_buffer": FRAME_ROWS})
         yield from _cut_into_slices((result.scalars() if packed else result).partitions(FRAME_ROWS),
-                                    unpack_trades if packed else trade_frame, [last for _, last in slices])
+                                    unpack_trades if packed else trade_frame, lasts)
+
+
+def grouped_partitions(connection):
+    """Every trade's PACKED_TRADE_SQL text in investor order, in lists of about FRAME_ROWS, read as one text per
+    position (GROUPED_POSITIONS_SQL, one scan and sort of the table); a position whose text the server cut is read
+    row by row (ONE_POSITION_SQL), and the positions after it grouped again."""
+    connection.exec_driver_sql(ledger.GROUP_TEXT_LIMIT_SQL)
+    after = None
+    while True:
+        cut = yield from _position_partitions(connection, after)
+        if cut is None:
+            return
+        params = {"field_separator": FIELD_SEPARATOR, "cut_investor": cut[0], "cut_symbol": cut[1]}
+        yield connection.execute(text(ONE_POSITION_SQL), params).scalars().all()
+        after = cut
+
+
+def _position_partitions(connection, after):
+    """grouped_partitions from the position after `after` ((investor_id, stock_symbol), None: the first) up to
+    the first text the server cut; return that position (None when no text was cut)."""
+    params = {"field_separator": FIELD_SEPARATOR}
+    if after is not None:
+        params.update(after_investor=after[0], after_symbol=after[1])
+    sql = GROUPED_POSITIONS_SQL.format(unindexed=dialects.unindexed_scan(connection.dialect.name),
+                                       after="" if after is None else f"WHERE {ledger.AFTER_POSITION_SQL}")
+    result = connection.execute(text(sql), params, execution_options={"stream_results": True})
+    lines = []
+    while rows := result.fetchmany(ledger.GROUPS_FETCHED):
+        for investor_id, symbol, trade_count, text_length, trades in rows:
+            if trades is None or len(trades) != text_length:
+                result.close()
+                if lines:
+                    yield lines
+                return investor_id, symbol
+            lines.extend(trades.split("\n"))
+        if len(lines) >= FRAME_ROWS:
+            yield lines
+            lines = []
+    if lines:
+        yield lines
+    return None
 
 
 def _cut_into_slices(partitions, to_frame, lasts):

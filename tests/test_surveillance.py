@@ -840,6 +840,41 @@ def test_history_read_as_one_text_per_investor_equals_the_rows(mariadb_url, tmp_
     assert cut_reads == (1 if text_limit else 0)  # the cut investors, in one statement
 
 
+@pytest.mark.parametrize("text_limit", [None, 400, 120])
+def test_a_full_read_as_one_text_per_position_equals_the_rows(mariadb_url, tmp_path, monkeypatch, text_limit):
+    """On MariaDB a full check reads each position's trades as one GROUP_CONCAT text; a text the server cuts (400
+    characters cut the long positions, 120 every position of two trades or more) is read row by row, and the
+    positions after it grouped again."""
+    engine = db_config.get_engine(mariadb_url)
+    seed_investors.seed_reference_data(engine)
+    load_and_surveil(engine, tmp_path, every_rule_rows())
+    slices = [(1001, 1002), (1003, 1003), (1004, 1010)]
+    if text_limit:
+        monkeypatch.setattr(ledger, "GROUP_TEXT_LIMIT_SQL", f"SET SESSION group_concat_max_len = {text_limit}")
+    grouped = []
+    statements = executed_statements(engine, lambda: grouped.extend(_read_sliced(engine, slices)))
+    monkeypatch.setattr(surveillance.dialects, "groups_trades", lambda dialect_name: False)
+    by_rows = _read_sliced(engine, slices)
+    engine.dispose()
+
+    assert len(grouped) == len(by_rows) == 3
+    for grouped_slice, row_slice in zip(grouped, by_rows):
+        pd.testing.assert_frame_equal(grouped_slice.sort_values("txn_id", ignore_index=True),
+                                      row_slice.sort_values("txn_id", ignore_index=True))
+    with engine.connect() as connection:
+        lengths = connection.execute(text(  # each position's text: its packed trades and a line break between two
+            f"SELECT COUNT(*) - 1 + SUM(CHAR_LENGTH({surveillance.PACKED_TRADE_SQL})) FROM transactions t "
+            "GROUP BY t.investor_id, t.stock_symbol"), {"field_separator": "\t"}).scalars().all()
+    cut_positions = {limit: sum(length > (limit or math.inf) for length in lengths) for limit in (None, 400, 120)}
+    assert 0 < cut_positions[400] < cut_positions[120] < len(lengths)
+    assert sum("GROUP_CONCAT" in statement for statement in statements) == 1 + cut_positions[text_limit]
+
+
+def _read_sliced(engine, slices):
+    with engine.connect() as connection:
+        return list(surveillance.sliced_trades(connection, slices))
+
+
 def test_with_nothing_new_no_statement_reads_transactions_or_refreshes_statistics(seeded_engine, tmp_path):
     load_and_surveil(seeded_engine, tmp_path, every_rule_rows())
 
