@@ -86,6 +86,7 @@ class Dialect(NamedTuple):
     groups_trades: bool = False  # read the trades of whole positions as one text per position (ledger.stream_trades)
     unindexed_scan: str = ""  # after `transactions t` in FROM: read it in storage order, not through its position index
     sort_memory: SortMemory = None  # None: the server sorts in its own memory, not the client's
+    driver_streams: bool = False  # the driver's cursor steps through a result as it is fetched (no server buffers)
 
 
 DEFAULT = Dialect(bulk_path="portable", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
@@ -98,7 +99,7 @@ DIALECTS = {
         unindexed_scan="NOT INDEXED",
         # the sorter runs in our process and takes memory in step with the page cache (10,000,000 trades sorted:
         # 238 MB peak and 21 s with db_config's 64 MiB cache, 124 MB and 17 s with 8 MiB)
-        sort_memory=SortMemory("PRAGMA cache_size", "PRAGMA cache_size = {value}", "-8192"),
+        sort_memory=SortMemory("PRAGMA cache_size", "PRAGMA cache_size = {value}", "-8192"), driver_streams=True,
         foreign_key_switch=ForeignKeySwitch("PRAGMA foreign_keys = OFF", "PRAGMA foreign_keys = ON", True),
         columns_sql="SELECT m.name, c.name FROM sqlite_master m "
                                               "JOIN pragma_table_info(m.name) c WHERE m.type = 'table'"),
@@ -260,3 +261,9 @@ def unindexed_scan(dialect_name):
 def sort_memory(dialect_name):
     """The SortMemory statements of a database that sorts in the client's process, else None."""
     return dialect(dialect_name).sort_memory
+
+
+def driver_streams(dialect_name):
+    """Does the driver's own cursor step through a result as it is fetched, so that a big read can take it from
+    there, without a server-side cursor?"""
+    return dialect(dialect_name).driver_streams

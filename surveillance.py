@@ -270,10 +270,26 @@ def sliced_trades(connection, slices):
     sql = SORTED_TRADES_SQL.format(columns=PACKED_TRADE_SQL if packed else TYPED_TRADE_SQL,
                                    unindexed=dialects.unindexed_scan(connection.dialect.name))
     with bounded_sort_memory(connection):
-        result = connection.execute(text(sql), {"field_separator": FIELD_SEPARATOR} if packed else {},
-                                    execution_options={"stream_results": True, "max_row_buffer": FRAME_ROWS})
-        yield from _cut_into_slices((result.scalars() if packed else result).partitions(FRAME_ROWS),
+        yield from _cut_into_slices(sorted_partitions(connection, sql, packed),
                                     unpack_trades if packed else trade_frame, lasts)
+
+
+def sorted_partitions(connection, sql, packed):
+    """SORTED_TRADES_SQL's rows (packed: their texts) in lists of FRAME_ROWS, streamed. Where the driver's cursor
+    steps through the rows as they are fetched (dialects.driver_streams), from that cursor: SQLAlchemy's result
+    rows cost 1.5 s a million."""
+    if dialects.driver_streams(connection.dialect.name):
+        cursor = connection.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+            while rows := cursor.fetchmany(FRAME_ROWS):
+                yield [row[0] for row in rows] if packed else rows
+        finally:
+            cursor.close()
+        return
+    result = connection.execute(text(sql), {"field_separator": FIELD_SEPARATOR} if packed else {},
+                                execution_options={"stream_results": True, "max_row_buffer": FRAME_ROWS})
+    yield from (result.scalars() if packed else result).partitions(FRAME_ROWS)
 
 
 def grouped_partitions(connection):

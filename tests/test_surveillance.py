@@ -687,15 +687,28 @@ def executed_statements(engine, work):
     return statements
 
 
-def test_the_first_run_reads_every_trade_without_selecting_history(seeded_engine, tmp_path):
+def test_the_first_run_reads_every_trade_without_selecting_history(seeded_engine, tmp_path, monkeypatch):
     load(seeded_engine, write_trades(tmp_path, "trades.csv", every_rule_rows()))
     update_portfolio.update_portfolios(seeded_engine)
+    reads = counted_full_reads(monkeypatch)
 
     statements = executed_statements(seeded_engine, lambda: surveillance.run_surveillance(seeded_engine))
 
     assert not [statement for statement in statements if "position_bounds" in statement]
     assert sum(surveillance.INVESTOR_TRADES_SQL in statement for statement in statements) == 1
-    assert len([statement for statement in statements if "ORDER BY t.investor_id" in statement]) == 1  # one read
+    assert reads == [1]  # one sorted read of every trade
+
+
+def counted_full_reads(monkeypatch):
+    """A list that gets a 1 each time a full check starts its read of every trade in investor order (on SQLite
+    from the driver's cursor, which SQLAlchemy's statement events do not see)."""
+    reads = []
+    for name in ("sorted_partitions", "grouped_partitions"):
+        def counted(*args, original=getattr(surveillance, name)):
+            reads.append(1)
+            return original(*args)
+        monkeypatch.setattr(surveillance, name, counted)
+    return reads
 
 
 def test_packed_trades_keep_every_field_whatever_the_txn_ref():
@@ -759,10 +772,11 @@ def test_a_full_check_in_slices_of_investors_finds_the_alerts_of_one_slice(seede
     monkeypatch.setattr(surveillance, "detect_trade_alerts",
                         lambda trades, *args, **kwargs: checked.append(set(trades["investor_id"]))
                         or detect(trades, *args, **kwargs))
-    sliced = []
-    statements = executed_statements(seeded_engine, lambda: sliced.extend(full_trade_alerts(seeded_engine)))
+    reads = counted_full_reads(monkeypatch)
 
-    assert len([statement for statement in statements if "ORDER BY t.investor_id" in statement]) == 1  # one read
+    sliced = full_trade_alerts(seeded_engine)
+
+    assert reads == [1]  # one sorted read of every trade
     assert checked == [{1001}, {1002}, {1003}, {1004}, {1005}]  # cut into one slice per investor
     assert sliced == whole and len(whole) == 4  # no close: no OFF_MARKET_PRICE
 
