@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from contextlib import contextmanager, suppress
 from urllib.parse import unquote, unquote_plus
 
@@ -30,6 +31,7 @@ from sqlalchemy.schema import CreateColumn
 
 import dialects
 import schema
+
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +165,11 @@ def safe_url(url):
 
 
 def hide_secrets(message, url=None):
-    """The message with every credential of the URL (default: see database_url) replaced by ***."""
+    """The message with every credential of the URL (default: see database_url) replaced by *** where it stands
+    alone: not inside a longer word, whose letters would show which ones the password is made of (password 'e':
+    'surv***illanc***')."""
     for secret in sorted(_secrets(url), key=len, reverse=True):
-        message = message.replace(secret, "***")
+        message = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", message)
     return message
 
 
@@ -191,6 +195,9 @@ def get_engine(url=None, create_schema=True):
     be reached, opened or created; both with a one-line message that never contains a credential.
     """
     url = parse_url(database_url(url))
+    # PyMySQL warns when a statement follows a streamed result left unread: a stage interrupted mid-read rolls
+    # back so, and the warning (two lines of its source) would come before the stage's one-line message
+    warnings.filterwarnings("ignore", message="Previous unbuffered result was left incomplete", category=UserWarning)
     engine = _create_engine(url)
     try:
         _open_database(engine, url, create_schema)

@@ -3,6 +3,7 @@ import importlib.util
 import logging
 import os
 import re
+import warnings
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,18 @@ def test_hide_secrets_replaces_every_credential_of_the_url_as_written_and_decode
 
     assert db_config.hide_secrets(message, url) == (
         "Access denied for etl (password ***, raw ***, token ***) charset utf8mb4")
+
+
+@pytest.mark.parametrize("url, message, shown", [
+    ("mongodb://u:e@h/db", "surveillance: unknown database type 'mongodb://u:e@h/db'",
+     "surveillance: unknown database type 'mongodb://u:***@h/db'"),
+    ("mysql://etl:stock@127.0.0.1:3306/stock_investments", "cannot use database 127.0.0.1:3306/stock_investments",
+     "cannot use database 127.0.0.1:3306/stock_investments"),
+    ("mysql://root:root@127.0.0.1/x", "Access denied for user 'root'@'localhost'",
+     "Access denied for user '***'@'localhost'"),
+])
+def test_hide_secrets_hides_a_password_that_stands_alone_never_letters_of_other_words(url, message, shown):
+    assert db_config.hide_secrets(message, url) == shown
 
 
 def test_database_url_prefers_override_then_environment_then_default(monkeypatch):
@@ -347,6 +360,18 @@ def test_a_bad_list_of_servers_exits_2_with_one_line(url, capsys):
     code, err, _ = seed_main(url, capsys)
     assert (code, err) == (2, [f"error: seed_investors: invalid database URL {url.replace(':pw@', ':***@')!r}: "
                                 "a listed server is empty or its port is not a number"])
+
+
+def test_a_statement_after_a_streamed_result_left_unread_warns_nothing(mariadb_url, capfd):
+    # a stage interrupted in the middle of a streamed read rolls back on the same connection
+    engine = db_config.get_engine(mariadb_url)
+    with warnings.catch_warnings(record=True) as caught, engine.connect() as connection:
+        result = connection.execute(text("SELECT seq FROM seq_1_to_100000"), execution_options={"stream_results": True})
+        assert len(result.fetchmany(10)) == 10
+        connection.rollback()
+    engine.dispose()
+
+    assert [str(warning.message) for warning in caught] == [] and capfd.readouterr().err == ""
 
 
 def test_a_url_whose_first_server_refuses_connections_connects_to_the_next(mariadb_url):
