@@ -315,16 +315,17 @@ def _position_partitions(connection, after):
         params.update(after_investor=after[0], after_symbol=after[1])
     sql = GROUPED_POSITIONS_SQL.format(unindexed=dialects.unindexed_scan(connection.dialect.name),
                                        after="" if after is None else f"WHERE {ledger.AFTER_POSITION_SQL}")
-    result = connection.execute(text(sql), params, execution_options={"stream_results": True})
+    result = connection.execute(text(sql), params, execution_options={"stream_results": True, "max_row_buffer": 1})
     lines = []
-    while rows := result.fetchmany(ledger.GROUPS_FETCHED):
-        for investor_id, symbol, trade_count, text_length, trades in rows:
-            if trades is None or len(trades) != text_length:
-                result.close()
-                if lines:
-                    yield lines
-                return investor_id, symbol
-            lines.extend(trades.split("\n"))
+    while row := result.fetchone():  # one text at a time: each may be max_allowed_packet long
+        investor_id, symbol, trade_count, text_length, trades = row
+        if trades is None or len(trades) != text_length:
+            result.close()
+            if lines:
+                yield lines
+            return investor_id, symbol
+        lines.extend(trades.split("\n"))
+        row = trades = None
         if len(lines) >= FRAME_ROWS:
             yield lines
             lines = []
@@ -364,8 +365,12 @@ def bounded_sort_memory(connection):
     connection.exec_driver_sql(bound.set.format(value=bound.small))
     try:
         yield
-    finally:
-        connection.exec_driver_sql(bound.set.format(value=before))
+    except BaseException:  # an interrupt or a database error: it is what the user sees, not a failed restore
+        if not connection.invalidated:  # an invalidated connection is discarded, its setting with it
+            with contextlib.suppress(Exception):
+                connection.exec_driver_sql(bound.set.format(value=before))
+        raise
+    connection.exec_driver_sql(bound.set.format(value=before))
 
 
 def trade_frame(rows):

@@ -805,6 +805,17 @@ def test_a_full_check_on_sqlite_sorts_in_a_small_page_cache_and_restores_the_con
     assert (before, seen, after) == (-65536, [-8192], -65536)
 
 
+def test_an_interrupt_during_the_sorted_read_is_what_surfaces_not_the_cache_restore(tmp_path):
+    engine = db_config.get_engine(f"sqlite:///{tmp_path / 'cache.db'}")
+    with engine.connect() as connection:
+        with pytest.raises(KeyboardInterrupt):
+            with surveillance.bounded_sort_memory(connection):
+                connection.invalidate()  # as an interrupt in the driver leaves it
+                raise KeyboardInterrupt
+    with engine.connect() as connection:  # a fresh connection, its own cache size
+        assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -65536
+
+
 @pytest.mark.slow_on_servers
 def test_a_full_check_of_generated_trades_in_slices_finds_the_alerts_of_one_slice(seeded_engine, tmp_path,
                                                                                   monkeypatch):
