@@ -461,3 +461,15 @@ def test_a_live_batch_whose_commit_was_cut_unseen_is_followed_up_and_not_counted
     left = {job.batch_id: job for job in live_worker.unfollowed_batches(engine)}
     assert (left[first.batch_id].after_line, left[first.batch_id].through_line) == (0, 2)
     engine.dispose()
+
+
+def test_a_full_disk_on_sqlite_names_the_temporary_directory_too():
+    # a full check sorts in SQLite's temporary files: a full temporary directory reads like a full database disk
+    import sqlite3
+    error = OperationalError("SELECT ...", {}, sqlite3.OperationalError("database or disk is full"))
+
+    code, line = cli.describe_error(error)
+
+    assert code == cli.EXIT_FAILURE
+    assert line == ("database error: database or disk is full (the disk of the database file, or of SQLite's "
+                    "temporary files: SQLITE_TMPDIR, else TMPDIR, /var/tmp, /usr/tmp, /tmp)")
