@@ -325,7 +325,7 @@ def _position_partitions(connection, after):
                 yield lines
             return investor_id, symbol
         lines.extend(trades.split("\n"))
-        row = trades = None
+        row = trades = None  # the text goes before the lines are framed
         if len(lines) >= FRAME_ROWS:
             yield lines
             lines = []
