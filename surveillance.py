@@ -821,13 +821,29 @@ def _large_trade_details(row, z, share, history):
 
 def portfolio_value_before(trades, by_position, opening):
     """The investor's portfolio value just before each trade (rows of `trades`), each position valued at the
-    price it last traded at: the positions at their opening checkpoints, plus the change of value trade by trade."""
-    change = (by_position["holding_after"] * by_position["price"]
-              - by_position["holding_before"] * by_position["last_price"])
-    opening_value = opening_values(opening)
-    keyed = pd.Series(change.to_numpy(), index=by_position["txn_id"].to_numpy()).reindex(trades["txn_id"]).to_numpy()
-    running = pd.Series(keyed).groupby(trades["investor_id"].to_numpy()).cumsum().to_numpy() - keyed
-    return trades["investor_id"].map(opening_value).fillna(0).to_numpy() + running
+    price it last traded at: the positions at their opening checkpoints, plus the change of value trade by trade.
+    A trade's position comes to it as the corporate actions since its previous event left it (holding_before at
+    last_price): a split's fraction of a share, paid out as cash in lieu, leaves the value there, as it leaves a
+    checkpoint written after the split."""
+    after = by_position["holding_after"].to_numpy() * by_position["price"].to_numpy()
+    before = by_position["holding_before"].to_numpy() * by_position["last_price"].to_numpy()
+    first = group_starts(by_position["position_code"].to_numpy())
+    left = np.roll(after, 1)  # what the position's previous event left
+    left[first] = [_checkpoint_value(opening.get(key)) for key in zip(by_position["investor_id"].to_numpy()[first],
+                                                                      by_position["stock_symbol"].to_numpy()[first])]
+    own, through_actions = after - before, before - left  # through_actions: 0 unless an action came in between
+
+    def by_trade(values):
+        return pd.Series(values, index=by_position["txn_id"].to_numpy()).reindex(trades["txn_id"]).to_numpy()
+
+    own, through_actions = by_trade(own), by_trade(through_actions)
+    running = pd.Series(own + through_actions).groupby(trades["investor_id"].to_numpy()).cumsum().to_numpy() - own
+    return trades["investor_id"].map(opening_values(opening)).fillna(0).to_numpy() + running
+
+
+def _checkpoint_value(checkpoint):
+    """A position's value at its opening checkpoint (0.0: none), at its last trade price."""
+    return 0.0 if checkpoint is None else checkpoint.quantity * float(checkpoint.last_trade_price)
 
 
 def opening_values(opening):
@@ -835,7 +851,7 @@ def opening_values(opening):
     investor_id."""
     values = {}
     for (investor_id, _), checkpoint in opening.items():
-        values[investor_id] = values.get(investor_id, 0.0) + checkpoint.quantity * float(checkpoint.last_trade_price)
+        values[investor_id] = values.get(investor_id, 0.0) + _checkpoint_value(checkpoint)
     return pd.Series(values, dtype=float)
 
 

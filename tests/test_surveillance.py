@@ -1215,6 +1215,27 @@ def test_position_states_in_segments_between_splits_are_the_ledgers_trade_by_tra
     assert states["last_price"].tolist() == [295.0, 75.0, 75.25, 30.0, 7.5, 7.6, 7.7, 30.0, 300.0, 75.25]
 
 
+@pytest.mark.parametrize("opening_quantity", [None, 18])
+def test_the_portfolio_value_drops_the_fraction_a_reverse_split_pays_out(opening_quantity):
+    # 18 PFE at 30.00, then a 1-for-10 split: 1 share at 300.00 and 0.8 of a share paid out as cash in lieu. The
+    # value before a later PFE trade is 1 x 300 + the KO bought meanwhile, whether the 18 shares come from a trade
+    # of the same check or from an opening checkpoint (an incremental check), as the ledger's checkpoints say
+    rows = [("k", 7, "KO", "BUY", 1, 50.0, "2024-06-04 10:00:00"),
+            ("p", 7, "PFE", "BUY", 1, 300.0, "2024-06-05 10:00:00")]
+    if opening_quantity is None:
+        rows.insert(0, ("b", 7, "PFE", "BUY", 18, 30.0, "2024-05-31 10:00:00"))
+        opening = {}
+    else:
+        opening = {(7, "PFE"): checkpoint(7, "PFE", opening_quantity, "30", week_start=date(2024, 5, 27))}
+    trades = context_frame(rows, 0)
+    rules = action_events.split_events({"PFE": [(date(2024, 6, 3), Decimal("0.1"))]})
+
+    value = surveillance.portfolio_value_before(trades, surveillance.position_states(trades, opening, rules), opening)
+
+    by_ref = dict(zip(trades["txn_ref"], value.tolist()))
+    assert (by_ref["k"], by_ref["p"]) == (540.0, 350.0)  # before the KO trade PFE is valued as it last traded
+
+
 def test_position_states_of_generated_trades_with_splits_are_the_ledgers():
     """On generated trades across a split, with a checkpoint for every other position: position_states (running
     sums per segment) equals the ledger's replay trade by trade."""
