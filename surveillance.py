@@ -162,6 +162,7 @@ TYPED_TRADE_SQL = ", ".join(f"t.{name}" for name in TRADE_FIELDS)
 # field, which read_csv refuses rather than misreads)
 PACKED_TRADE_SQL = f"CONCAT_WS(:field_separator, {TYPED_TRADE_SQL})"
 FIELD_SEPARATOR = "\t"
+TEXT_READ_FAILED = "Calling read(nbytes) on source failed"  # pandas' parse error when a signal interrupts its read
 PACKED_DTYPES = {"txn_id": np.int64, "txn_ref": str, "investor_id": np.int64, "stock_symbol": str, "txn_type": str,
                  "quantity": np.int64, "price": np.float64, "txn_time": str}
 # Where dialects.groups_trades (PyMySQL parses each row's packet in Python; 10,000 new trades on 1,000,000: the
@@ -382,8 +383,13 @@ def unpack_trades(rows):
     """PACKED_TRADE_SQL's texts as a frame of TRADE_FIELDS, parsed in bulk (read_csv, not a loop per row)."""
     if not rows:
         return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in PACKED_DTYPES.items()})
-    return pd.read_csv(io.StringIO("\n".join(rows)), sep=FIELD_SEPARATOR, header=None, names=list(TRADE_FIELDS),
-                       dtype=PACKED_DTYPES, quoting=csv.QUOTE_NONE, na_filter=False)
+    try:
+        return pd.read_csv(io.StringIO("\n".join(rows)), sep=FIELD_SEPARATOR, header=None, names=list(TRADE_FIELDS),
+                           dtype=PACKED_DTYPES, quoting=csv.QUOTE_NONE, na_filter=False)
+    except pd.errors.ParserError as error:
+        if TEXT_READ_FAILED in str(error):  # a text in memory cannot fail to be read: Ctrl+C or SIGTERM came then
+            raise KeyboardInterrupt("interrupted while reading trades") from error
+        raise
 
 
 def typed_trades(trades):

@@ -724,6 +724,18 @@ def test_packed_trades_keep_every_field_whatever_the_txn_ref():
     assert surveillance.unpack_trades([]).columns.tolist() == list(surveillance.TRADE_FIELDS)
 
 
+def test_a_signal_during_the_parse_of_packed_trades_is_an_interrupt_not_a_bad_csv(monkeypatch):
+    # pandas' C parser reports a KeyboardInterrupt raised in its read of the text as a ParserError (seen with
+    # SIGINT during a MariaDB --full): the stage must say "interrupted", not "unreadable CSV" with exit 2
+    def interrupted(*args, **kwargs):
+        raise pd.errors.ParserError("Error tokenizing data. C error: Calling read(nbytes) on source failed. "
+                                    "Try engine='python'.")
+    monkeypatch.setattr(surveillance.pd, "read_csv", interrupted)
+
+    with pytest.raises(KeyboardInterrupt):
+        surveillance.unpack_trades(["7\tA\t1001\tAAPL\tBUY\t10\t199.1000\t2026-03-02 09:00:00"])
+
+
 def test_odd_txn_refs_come_back_from_the_database_as_loaded(seeded_engine, tmp_path):
     # on MariaDB and PostgreSQL the trades are read packed into one text column (a comma, quotes, 'NA')
     path = tmp_path / "trades.csv"
