@@ -138,7 +138,7 @@ def _interrupt(_signal_number, _frame):
     raise KeyboardInterrupt("terminated (SIGTERM)")
 
 
-SQLITE_FULL = ("database or disk is full",)
+SQLITE_FULL = "database or disk is full"
 SQLITE_FULL_HINT = (" (the disk of the database file, or of SQLite's temporary files: SQLITE_TMPDIR, else TMPDIR, "
                     "/var/tmp, /usr/tmp, /tmp)")
 
@@ -154,7 +154,7 @@ def describe_error(error):
     database_errors = (SQLAlchemyError, *installed_errors(DRIVER_ERRORS))
     if isinstance(error, database_errors):
         line = db_config.error_line(first_database_error(error, database_errors))
-        return EXIT_FAILURE, f"database error: {line}{SQLITE_FULL_HINT if line in SQLITE_FULL else ''}"
+        return EXIT_FAILURE, f"database error: {line}{SQLITE_FULL_HINT if line == SQLITE_FULL else ''}"
     if isinstance(error, installed_errors(QUEUE_ERRORS)):
         return EXIT_FAILURE, f"message queue error: {db_config.error_line(error)}"
     if isinstance(error, INPUT_FORMAT_ERRORS):

@@ -279,12 +279,12 @@ def sorted_partitions(connection, sql, packed):
     """SORTED_TRADES_SQL's rows (packed: their texts) in lists of FRAME_ROWS, streamed. Where the driver's cursor
     steps through the rows as they are fetched (dialects.driver_streams), from that cursor: SQLAlchemy's result
     rows cost 1.5 s a million."""
-    if dialects.driver_streams(connection.dialect.name):
+    if not packed and dialects.driver_streams(connection.dialect.name):
         cursor = connection.connection.dbapi_connection.cursor()
         try:
             cursor.execute(sql)
             while rows := cursor.fetchmany(FRAME_ROWS):
-                yield [row[0] for row in rows] if packed else rows
+                yield rows
         finally:
             cursor.close()
         return
