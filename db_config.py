@@ -227,10 +227,17 @@ def _create_engine(url):
         raise DatabaseUrlError(f"unknown database type {url.drivername!r} in {safe_url(url)}: "
                                "use sqlite://, mysql:// or postgresql://") from None
     except ImportError as error:
-        raise DatabaseUrlError(f"the driver of {url.drivername} is not installed ({error}): use "
-                               f"{url.get_backend_name()}:// for the project's driver") from None
+        raise DatabaseUrlError(f"the driver of {url.drivername} is not installed ({error}): "
+                               + _driver_advice(url.get_backend_name())) from None
     except (TypeError, ValueError) as error:  # an option value the dialect cannot take (?connect_timeout=abc)
         raise DatabaseUrlError(f"cannot use database {safe_url(url)}: {hide_secrets(str(error), url)}") from None
+
+
+def _driver_advice(backend):
+    """What to do about a missing driver: the project's own, where it has one for this database."""
+    if backend in DEFAULT_DRIVERS:
+        return f"use {backend}:// for the project's driver"
+    return "this project runs on SQLite, MariaDB/MySQL and PostgreSQL: use sqlite://, mysql:// or postgresql://"
 
 
 def _create_sqlite_engine(url):

@@ -212,6 +212,16 @@ def test_a_driver_that_is_not_installed_exits_2_with_one_line(capsys):
                                "(No module named 'MySQLdb'): use mysql:// for the project's driver"])
 
 
+def test_a_missing_driver_of_a_database_the_project_does_not_run_on_names_the_ones_it_does(capsys):
+    """The advice used to be 'use oracle:// for the project's driver': the project has none for Oracle."""
+    if importlib.util.find_spec("oracledb") is not None:
+        pytest.skip("oracledb is installed here")
+    code, err, _ = seed_main("oracle://scott:tiger@127.0.0.1/x", capsys)
+    assert (code, err) == (2, ["error: seed_investors: the driver of oracle is not installed (No module named "
+                               "'oracledb'): this project runs on SQLite, MariaDB/MySQL and PostgreSQL: use "
+                               "sqlite://, mysql:// or postgresql://"])
+
+
 # ---------------------------------------------------------------------------------------------- passwords
 
 def test_unreachable_database_raises_a_one_line_error_without_the_password():
