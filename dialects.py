@@ -10,7 +10,7 @@ import functools
 import re
 from typing import NamedTuple
 
-from sqlalchemy import func, tuple_
+from sqlalchemy import func, text, tuple_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 LOOKUP_SLICE = 500  # bound parameters per IN (...) lookup: within SQLite's limit (999 before SQLite 3.32)
@@ -85,6 +85,7 @@ class Dialect(NamedTuple):
     # a case- or pad-insensitive collation); None: not known here
     groups_trades: bool = False  # read the trades of whole positions as one text per position (ledger.stream_trades)
     unindexed_scan: str = ""  # after `transactions t` in FROM: read it in storage order, not through its position index
+    index_exists_sql: str = None  # unindexed_scan names the index: SQL that finds it (:name), else None
     sort_memory: SortMemory = None  # None: the server sorts in its own memory, not the client's
     driver_streams: bool = False  # the driver's cursor steps through a result as it is fetched (no server buffers)
 
@@ -115,7 +116,9 @@ DIALECTS = {
         columns_sql="SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = DATABASE()",
         exact_text_equality="CAST({a} AS BINARY) = CAST({b} AS BINARY)",  # utf8mb4_unicode_ci: 'ko' = 'KO '
         groups_trades=True,  # PyMySQL reads each row's packet in Python
-        unindexed_scan="IGNORE INDEX (ix_transactions_position_time)"),
+        unindexed_scan="IGNORE INDEX ({index})",
+        index_exists_sql=("SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
+                          "AND table_name = 'transactions' AND index_name = :name LIMIT 1")),
     "postgresql": Dialect(
         bulk_path="copy", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
         stage_lock=SessionLock("SELECT 1 FROM (SELECT pg_advisory_lock(hashtext(:name))) AS taken",
@@ -252,10 +255,18 @@ def _upsert_if_newer(dialect_name, table, order_columns, update_columns):
                                            set_={c: statement.excluded[c] for c in update_columns}, where=newer)
 
 
-def unindexed_scan(dialect_name):
-    """What follows a table's name in FROM to read it in storage order, never through an index ('' where the
-    planner needs no hint)."""
-    return dialect(dialect_name).unindexed_scan
+POSITION_INDEX = "ix_transactions_position_time"  # schema.transactions' index by (investor_id, stock_symbol, txn_time)
+
+
+def unindexed_scan(connection):
+    """What follows `transactions t` in FROM to read it in storage order, never through its position index ('' where
+    the planner needs no hint, or where the hint would name an index an administrator renamed or dropped: the server
+    would refuse the statement)."""
+    record = dialect(connection.dialect.name)
+    if record.index_exists_sql is None:
+        return record.unindexed_scan
+    found = connection.execute(text(record.index_exists_sql), {"name": POSITION_INDEX}).first() is not None
+    return record.unindexed_scan.format(index=POSITION_INDEX) if found else ""
 
 
 def sort_memory(dialect_name):

@@ -586,7 +586,7 @@ GROUPED_TRADES_SQL = f"""
 SELECT t.investor_id, t.stock_symbol, COUNT(*) AS trade_count,
        COUNT(*) - 1 + SUM(CHAR_LENGTH({PACKED_TRADE_SQL})) AS text_length,
        GROUP_CONCAT({PACKED_TRADE_SQL} ORDER BY t.txn_time, t.txn_id SEPARATOR '\n') AS trades
-FROM transactions t IGNORE INDEX (ix_transactions_position_time)
+FROM transactions t {{unindexed}}
 {{where}}
 GROUP BY t.investor_id, t.stock_symbol
 ORDER BY t.investor_id, t.stock_symbol"""
@@ -617,8 +617,8 @@ def _position_texts(connection, where, params, after):
     if after is not None:
         where = _and(where, AFTER_POSITION_SQL)
         params = {**params, "after_investor": after[0], "after_symbol": after[1]}
-    result = connection.execute(_statement(GROUPED_TRADES_SQL.format(where=where), params), params,
-                                execution_options={"stream_results": True, **UNCACHED})
+    sql = GROUPED_TRADES_SQL.format(where=where, unindexed=dialects.unindexed_scan(connection))
+    result = connection.execute(_statement(sql, params), params, execution_options={"stream_results": True, **UNCACHED})
     while rows := result.fetchmany(GROUPS_FETCHED):
         for investor_id, symbol, trade_count, text_length, trades in rows:
             lines = trades.split("\n") if trades is not None and len(trades) == text_length else ()

@@ -269,7 +269,7 @@ def sliced_trades(connection, slices):
         return
     packed = dialects.packs_rows(connection.dialect.name)
     sql = SORTED_TRADES_SQL.format(columns=PACKED_TRADE_SQL if packed else TYPED_TRADE_SQL,
-                                   unindexed=dialects.unindexed_scan(connection.dialect.name))
+                                   unindexed=dialects.unindexed_scan(connection))
     with bounded_sort_memory(connection):
         yield from _cut_into_slices(sorted_partitions(connection, sql, packed),
                                     unpack_trades if packed else trade_frame, lasts)
@@ -314,7 +314,7 @@ def _position_partitions(connection, after):
     params = {"field_separator": FIELD_SEPARATOR}
     if after is not None:
         params.update(after_investor=after[0], after_symbol=after[1])
-    sql = GROUPED_POSITIONS_SQL.format(unindexed=dialects.unindexed_scan(connection.dialect.name),
+    sql = GROUPED_POSITIONS_SQL.format(unindexed=dialects.unindexed_scan(connection),
                                        after="" if after is None else f"WHERE {ledger.AFTER_POSITION_SQL}")
     result = connection.execute(text(sql), params, execution_options={"stream_results": True, "max_row_buffer": 1})
     lines = []

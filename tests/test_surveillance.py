@@ -23,6 +23,7 @@ from sqlalchemy import event, func, select, text
 import action_events
 import constants
 import db_config
+import dialects
 import generate_dummy_data
 import ledger
 import load_transactions
@@ -1266,3 +1267,25 @@ def test_position_states_of_generated_trades_with_splits_are_the_ledgers():
 
     assert {column: states[column].tolist() for column in ("holding_before", "holding_after", "applied",
                                                            "last_price")} == ledger_states(trades, opening, rules)
+
+
+def test_mariadb_full_checks_work_when_an_administrator_renamed_the_position_index(mariadb_url, tmp_path):
+    """The full check and update --full named ix_transactions_position_time in IGNORE INDEX: with it renamed, the
+    server refused both statements ("Key ... doesn't exist"). They now name it only where it exists, and find the
+    same positions and alerts."""
+    engine = db_config.get_engine(mariadb_url)
+    seed_investors.seed_reference_data(engine)
+    load_and_surveil(engine, tmp_path, every_rule_rows())
+    with engine.connect() as connection:
+        assert dialects.unindexed_scan(connection) == "IGNORE INDEX (ix_transactions_position_time)"
+    before = update_portfolio.update_portfolios(engine, full=True), surveillance.run_surveillance(engine, full=True)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE transactions RENAME INDEX ix_transactions_position_time TO ix_renamed")
+        assert dialects.unindexed_scan(connection) == ""
+        stored = connection.execute(select(alerts.c.rule, alerts.c.txn_ref).order_by(alerts.c.alert_id)).all()
+    after = update_portfolio.update_portfolios(engine, full=True), surveillance.run_surveillance(engine, full=True)
+    assert [summary.line(seconds=False) for summary in after] == [summary.line(seconds=False) for summary in before]
+    assert before[1].trades_checked == len(every_rule_rows())
+    with engine.connect() as connection:
+        assert connection.execute(select(alerts.c.rule, alerts.c.txn_ref).order_by(alerts.c.alert_id)).all() == stored
+    engine.dispose()
