@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 
 import pandas
@@ -38,14 +39,33 @@ class StageError(RuntimeError):
     """A stage could not finish its work: exit code 1."""
 
 
-def make_parser(description):
-    """An ArgumentParser with the options every stage takes."""
+def make_parser(description, database=True):
+    """An ArgumentParser with the options every stage takes; database=False: no --database-url (a script that
+    touches no database, which would otherwise take one and ignore it)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", help="SQLAlchemy URL (default: $DATABASE_URL, else "
-                                                 "stock_investments.db in the project folder)")
+    if database:
+        parser.add_argument("--database-url", help="SQLAlchemy URL (default: $DATABASE_URL, else "
+                                                     "stock_investments.db in the project folder)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and the summary only (for cron)")
     return parser
+
+
+def counted(count, noun, plural=None):
+    """A count and its noun, singular for one: '1 batch', '3 batches' (plural: default noun + 's')."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+class StepClock:
+    """Logs at DEBUG (shown by --verbose) how long each step of a stage took: lap(step) as each one ends."""
+
+    def __init__(self, logger):
+        self.logger, self.last = logger, time.perf_counter()
+
+    def lap(self, step):
+        now = time.perf_counter()
+        self.logger.debug("%s (%.2f s)", step, now - self.last)
+        self.last = now
 
 
 MAX_ID = 2**63 - 1  # the largest BIGINT: an id beyond it cannot exist in any table

@@ -734,8 +734,8 @@ def _write_files(files):
 
 
 def make_parser():
-    """The command line of the generator."""
-    parser = cli.make_parser(__doc__)
+    """The command line of the generator (it writes files only: no --database-url)."""
+    parser = cli.make_parser(__doc__, database=False)
     parser.add_argument("--rows", type=int, default=10_000, help="number of trades (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
     parser.add_argument("--out", default=db_config.project_path("transactions.csv"),

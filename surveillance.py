@@ -48,6 +48,7 @@ import db_config
 import db_retry
 import dialects
 import ledger
+from cli import counted
 from schema import Timestamp, alerts, load_batches
 
 logger = logging.getLogger(__name__)
@@ -77,21 +78,29 @@ class SurveillanceSummary:
     alerts_resolved: int = 0  # SECTOR_CONCENTRATION alerts whose condition cleared (alerts.py)
     seconds: float = 0.0
     full: bool = False
+    first_run: bool = False  # nothing was checked before: every stored trade is new
 
     def line(self, seconds=True):
         """The summary line; seconds=False leaves out the time (master_etl prints its own)."""
         by_rule = ", ".join(f"{rule} {count}" for rule, count in self.new_alerts.items() if count) or "none"
-        alerts_text = f"{sum(self.new_alerts.values())} new alerts ({by_rule})" + (
-            f", {self.alerts_resolved} sector alerts resolved (condition cleared)" if self.alerts_resolved else "")
+        alerts_text = f"{counted(sum(self.new_alerts.values()), 'new alert')} ({by_rule})" + (
+            f", {counted(self.alerts_resolved, 'sector alert')} resolved (condition cleared)"
+            if self.alerts_resolved else "")
         timing = f" ({self.seconds:.2f} s)" if seconds else ""
+        batches_text = counted(self.batches, "batch", "batches")
         if self.full:
-            return (f"surveillance (full re-check): {self.trades_checked} trades of {self.investors} investors "
-                    f"checked, {self.new_trades} of them new ({self.batches} batches); {alerts_text}{timing}")
+            return (f"surveillance (full re-check): {counted(self.trades_checked, 'trade')} of "
+                    f"{counted(self.investors, 'investor')} checked, {self.new_trades} of them new ({batches_text}); "
+                    f"{alerts_text}{timing}")
+        if self.first_run:
+            return (f"surveillance (first run): {counted(self.new_trades, 'trade')} ({batches_text}) of "
+                    f"{counted(self.investors, 'investor')} checked; {alerts_text}{timing}")
         rechecked = self.trades_checked - self.new_trades
         earlier = rechecked + self.context_trades
         again = f" ({rechecked} of them re-checked: they follow a late new trade)" if rechecked else ""
-        return (f"surveillance (incremental): {self.new_trades} new trades ({self.batches} batches) checked with "
-                f"{earlier} earlier trades of {self.investors} investors as context{again}; {alerts_text}{timing}")
+        return (f"surveillance (incremental): {counted(self.new_trades, 'new trade')} ({batches_text}) checked with "
+                f"{counted(earlier, 'earlier trade')} of {counted(self.investors, 'investor')} as context{again}; "
+                f"{alerts_text}{timing}")
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -1425,17 +1434,21 @@ def _run_surveillance(engine, full):
     if full or has_pending_batches(engine):  # with nothing to check, no statistics to refresh
         refresh_statistics(engine)
     with db_config.stage_transaction(engine, "surveillance") as connection:
+        clock = cli.StepClock(logger)
         now = datetime.now().replace(microsecond=0)
         state = read_batch_state(connection, full)
         check = check_trades(connection, state, full)
+        clock.lap(f"checked {counted(check.trades_checked, 'trade')}")
         new = write_alerts(connection, check.found, now)
         sectors = sync_sector_alerts(connection, now)
         batches.stamp_batches(connection, state.pending, "surveilled_at", now)
+        clock.lap("wrote the alerts and synced the sector alerts")
     return SurveillanceSummary(
         batches=len(state.pending), new_trades=check.new_trades, trades_checked=check.trades_checked,
         context_trades=check.context_trades, investors=check.investors,
         new_alerts={**{rule: int(new.get(rule, 0)) for rule in TRADE_RULES}, "SECTOR_CONCENTRATION": sectors.raised},
-        alerts_resolved=sectors.resolved, seconds=time.perf_counter() - started, full=full)
+        alerts_resolved=sectors.resolved, seconds=time.perf_counter() - started, full=full,
+        first_run=state.first_run)
 
 
 def main(argv=None):

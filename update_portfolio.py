@@ -40,6 +40,7 @@ import dialects
 import ledger
 import performance
 import risk_metrics
+from cli import counted
 from ledger import MONEY_STEP, PRICE_STEP, ZERO, to_decimal
 from schema import (LEDGER_VERSION, alerts, investor_risk, ledger_settings, load_batches, portfolios,
                     position_checkpoints, position_lots, symbol_last_trades, symbol_marks, transactions)
@@ -68,17 +69,19 @@ class UpdateSummary:
     cost_method: str = cost_method.DEFAULT
     seconds: float = 0.0
     full: bool = False
+    first_run: bool = False  # nothing was built before: every trade is new
 
     def line(self, seconds=True):
-        mode = "full replay" if self.full else "incremental"
-        return (f"update_portfolio ({mode}): {self.trades_applied} trades from {self.batches_applied} batch(es) "
-                f"applied to {self.positions_changed} positions "
+        mode = "full replay" if self.full else "first run" if self.first_run else "incremental"
+        return (f"update_portfolio ({mode}): {counted(self.trades_applied, 'trade')} from "
+                f"{counted(self.batches_applied, 'batch', 'batches')} applied to "
+                f"{counted(self.positions_changed, 'position')} "
                 f"({self.positions_replayed} replayed for late trades or actions), "
-                f"{self.oversells} oversells skipped, {self.investors_scored} investors scored, "
-                f"{self.alerts_raised} new alerts"
-                + (f", {self.alerts_withdrawn} OVERSELL alerts withdrawn (no longer oversold)"
+                f"{counted(self.oversells, 'oversell')} skipped, {counted(self.investors_scored, 'investor')} scored, "
+                f"{counted(self.alerts_raised, 'new alert')}"
+                + (f", {counted(self.alerts_withdrawn, 'OVERSELL alert')} withdrawn (no longer oversold)"
                    if self.alerts_withdrawn else "")
-                + (f", {self.actions_applied} corporate actions applied" if self.actions_applied else "")
+                + (f", {counted(self.actions_applied, 'corporate action')} applied" if self.actions_applied else "")
                 + (", cost method fifo" if self.cost_method == "fifo" else "")
                 + (f" ({self.seconds:.2f} s)" if seconds else ""))
 
@@ -814,6 +817,7 @@ def _update_portfolios(engine, full, today, requested_method):
     summary = UpdateSummary(full=full)
     params = risk_parameters(today)
     with db_config.stage_transaction(engine, "update_portfolio") as connection:
+        clock = cli.StepClock(logger)
         summary.full = full = full or built_by_earlier_version(connection)
         now = datetime.now().replace(microsecond=0)
         rules = ledger_rules(connection, params["today"], requested_method, full)
@@ -823,10 +827,13 @@ def _update_portfolios(engine, full, today, requested_method):
             due, summary.actions_applied = apply_due_actions(connection, now, rules, params["today"])
         batch_ids = pending_batches(connection)
         replayed = performance.replay_with_apply(connection, params["today"], rules, full)
+        summary.first_run = replayed is not None and not full
+        clock.lap(f"read the rules and {counted(len(batch_ids), 'pending batch', 'pending batches')}")
         applied = apply_new_trades(connection, batch_ids, full, now, rules, replayed)
         if full:
             summary.actions_applied = stamp_actions(connection, rules_actions(rules), now)
             record_ledger_version(connection)
+        clock.lap(f"applied {counted(applied.trades, 'trade')} and wrote positions and checkpoints")
         oversells, replay_starts = both_steps_oversells(connection, due, applied)
         summary.alerts_raised, summary.alerts_withdrawn = sync_oversell_alerts(connection, oversells, replay_starts,
                                                                                now)
@@ -835,7 +842,9 @@ def _update_portfolios(engine, full, today, requested_method):
         changed = applied.changed | due.changed
         investors = revalue_and_score(connection, params, now, {investor_id for investor_id, _ in changed}, full,
                                       summary)
+        clock.lap(f"revalued and scored {counted(len(investors), 'investor')}")
         performance.update_performance(connection, params["today"], now, rules, full, replayed)  # daily, returns
+        clock.lap("updated the daily history and returns")
     summary.batches_applied, summary.trades_applied = len(batch_ids), applied.trades
     summary.positions_changed = len(changed)
     summary.positions_replayed = len(applied.replayed | due.replayed)

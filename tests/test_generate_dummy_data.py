@@ -577,3 +577,14 @@ def test_planted_round_trips_are_3_to_6_quick_trips_in_a_flat_position(planted):
     assert set(counts) == {3, 4, 5, 6}
     assert 30 <= min(holds) < 90 and 14 * 60 < max(holds) <= 15 * 60
     assert 0.0028 < min(moves) and max(moves) < 0.0082  # 0.3% to 0.8%, then both prices rounded to the cent
+
+
+def test_the_generator_refuses_a_database_url_rather_than_ignore_it(capsys):
+    """It writes files only: --database-url used to be taken and ignored (a user thought the trades went there)."""
+    with pytest.raises(SystemExit) as exit_info:
+        generate_dummy_data.main(["--database-url", "sqlite:///elsewhere.db"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --database-url sqlite:///elsewhere.db" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate_dummy_data.main(["--help"])
+    assert "--database-url" not in capsys.readouterr().out

@@ -501,11 +501,11 @@ def test_every_rule_once_and_rerunning_or_full_never_duplicates(seeded_engine, d
 
 
 def test_first_run_summary_line(seeded_engine, tmp_path):
+    """It used to say 'incremental', '1 batches' and '1 investors'."""
     summary = load_and_surveil(seeded_engine, tmp_path, history(1001, cycles=1))
 
-    assert summary.line(seconds=False) == ("surveillance (incremental): 3 new trades (1 batches) checked with 0 "
-                                           "earlier trades of 1 investors as context; 1 new alerts "
-                                           "(SECTOR_CONCENTRATION 1)")
+    assert summary.line(seconds=False) == ("surveillance (first run): 3 trades (1 batch) of 1 investor checked; "
+                                           "1 new alert (SECTOR_CONCENTRATION 1)")
     assert re.fullmatch(re.escape(summary.line(seconds=False)) + r" \(\d+\.\d\d s\)", summary.line())
 
 

@@ -401,7 +401,7 @@ def test_late_trade_replays_only_its_position(seeded_engine, tmp_path):
     summary = update_portfolio.update_portfolios(seeded_engine)
     assert summary.positions_replayed == 1
     assert summary.positions_changed == 3
-    assert summary.alerts_withdrawn == 1 and "1 OVERSELL alerts withdrawn (no longer oversold)" in summary.line()
+    assert summary.alerts_withdrawn == 1 and "1 OVERSELL alert withdrawn (no longer oversold)" in summary.line()
 
     aapl = position_rows(seeded_engine)[(1001, "AAPL")]
     # BUY 10 @ 100, BUY 5 @ 90 -> 15 held, cost 1450, avg 96.6667; SELL 15 @ 110 -> realized 1650 - 1450 = 200, flat
