@@ -114,6 +114,28 @@ def load_data_local(connection, tsv, table, columns, duplicates="IGNORE"):
         os.unlink(handle.name)
 
 
+def loaded_by_file(connection, table, columns, lines, duplicates="IGNORE"):
+    """Write rows by LOAD DATA LOCAL INFILE where the database loads files (MySQL: its driver escapes each value of
+    an INSERT in Python, about 2 s for 30,000 rows of ten amounts); `lines` (an iterable of lines as mysql_field
+    makes their fields, only read here) go into these columns of table. Returns False, having written nothing,
+    where the database does not load files or the server or the connection refuses local files: the caller
+    inserts them."""
+    if dialects.bulk_path(connection.dialect.name) != "load_data":
+        return False
+    try:
+        load_data_local(connection, "".join(lines), table, columns, duplicates)
+        return True
+    except OperationalError as error:
+        if not local_infile_refused(error):
+            raise
+        return False
+
+
+def decimal_field(value):
+    """A LOAD DATA field of a DECIMAL column: a Decimal in plain notation (never 1E+2), None as \\N."""
+    return "\\N" if value is None else format(value, "f")
+
+
 def local_infile_refused(error):
     """Is this OperationalError the server or the client refusing LOAD DATA LOCAL INFILE?"""
     return error.orig is not None and bool(error.orig.args) and error.orig.args[0] in MYSQL_LOCAL_INFILE_REFUSED

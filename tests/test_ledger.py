@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import create_engine, select
 
+import bulk_insert
 import db_config
 import ledger
 import load_transactions
@@ -238,3 +239,18 @@ def test_trades_read_grouped_by_position_equal_those_read_row_by_row(mariadb_url
             assert grouped == by_rows and len(by_rows) == (301 if not where else 101)
             assert reads[0] is None and (len(reads) > 10 if text_limit else len(reads) == 1)  # again after each cut
     engine.dispose()
+
+
+@pytest.mark.parametrize("checkpoint", [
+    stored_checkpoint(date(2024, 6, 3), 10, "7,2024-06-03 10:00:00,10,1234.567891"),
+    stored_checkpoint(date(2024, 6, 3), 0)._replace(last_trade_price=None, cost_basis=Decimal("1E+2"),
+                                                    realized_pnl=Decimal("-0.000001"), fees_paid=Decimal("0")),
+    stored_checkpoint(date(2024, 6, 3), 5, "a\\b\tc\nd", symbol="BRK.B"),
+])
+def test_a_checkpoint_line_holds_each_field_as_the_driver_would_send_it(checkpoint):
+    """checkpoint_line is one format string over the named fields: the same text as escaping each field in turn
+    (mysql_field of a Decimal in plain notation), NULL as \\N."""
+    fields = [bulk_insert.mysql_field(format(value, "f") if isinstance(value, Decimal) else value)
+              for value in checkpoint]
+    assert ledger.checkpoint_line(checkpoint) == "\t".join(fields) + "\n"
+    assert len(fields) == len(ledger.CHECKPOINT_COLUMNS)
