@@ -71,7 +71,7 @@ WITH investor_last_trades AS (
     GROUP BY investor_id
 ),
 dated_alerts AS (
-    SELECT a.rule, a.severity, a.investor_id, a.stock_symbol, a.txn_ref, a.details, a.detected_at,
+    SELECT a.rule, a.severity, a.status, a.investor_id, a.stock_symbol, a.txn_ref, a.details, a.detected_at,
            t.txn_time,                           -- a trade's alert: the trade's time
            p.last_txn_time AS position_time,     -- a position's alert (no trade): the position's last trade
            i.last_txn_time AS investor_time      -- an investor's alert (no trade, no symbol): their last trade
@@ -82,7 +82,7 @@ dated_alerts AS (
     LEFT JOIN investor_last_trades i
            ON a.txn_ref IS NULL AND a.stock_symbol IS NULL AND i.investor_id = a.investor_id
 )
-SELECT rule, severity, investor_id, stock_symbol, txn_ref, details, detected_at,
+SELECT rule, severity, status, investor_id, stock_symbol, txn_ref, details, detected_at,
        COALESCE(txn_time, position_time, investor_time, detected_at) AS alert_time
 FROM dated_alerts
 """
@@ -96,7 +96,7 @@ FROM investor_daily
 WHERE investor_id = :investor_id
 ORDER BY value_date
 """
-TEXT_COLUMNS = ("name", "stock_symbol", "sector", "risk_level", "rule", "severity", "txn_ref", "details",
+TEXT_COLUMNS = ("name", "stock_symbol", "sector", "risk_level", "rule", "severity", "status", "txn_ref", "details",
                 "detected_at", "alert_time", "period", "start_date", "end_date", "value_date")
 EXACT_MONEY_COLUMNS = ("dividend_income", "fees_paid")  # kept as Decimals: only shown as text and summed
 
@@ -154,10 +154,18 @@ def summary_text(data):
     for row in investors.sort_values(["risk_score", "investor_id"], ascending=[False, True]).head(10).itertuples():
         lines.append(f"{row.investor_id:>8}  {row.name[:20]:<20} {row.risk_score:>6.2f} {row.risk_level:<8} "
                      f"{row.total_market_value:>14,.2f} {row.top_position_weight:>10.1%} {row.hhi:>6.3f}")
-    counts = alert_rows.groupby(["rule", "severity"]).size() if not alert_rows.empty else pd.Series(dtype=int)
-    lines += ["", f"Alerts: {len(alert_rows)}"]
-    lines += [f"  {rule:<22} {severity:<6} {count}" for (rule, severity), count in counts.items()]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *alert_lines(alert_rows)])
+
+
+def alert_lines(alert_rows):
+    """The alert counts: open and resolved in all, then per rule and severity (resolved ones stay in the history)."""
+    is_open = alert_rows["status"] == "OPEN"
+    lines = [f"Alerts: {int(is_open.sum())} open, {int((~is_open).sum())} resolved"]
+    if not alert_rows.empty:
+        counts = alert_rows.assign(open=is_open).groupby(["rule", "severity"])["open"].agg(["size", "sum"])
+        lines += [f"  {rule:<22} {severity:<6} {row['size']} ({row['sum']} open)"
+                  for (rule, severity), row in counts.iterrows()]
+    return lines
 
 
 def format_money(value, _position=None):

@@ -78,8 +78,8 @@ def test_dashboard_and_summary(analyzed, database_url, tmp_path, capsys, headles
     riskiest = lines[lines.index("10 riskiest investors:") + 2:][:2]
     assert riskiest[0].split() == ["1001", "Alice", "Johnson", "80.00", "CRITICAL", "663.00", "100.0%", "1.000"]
     assert riskiest[1].split() == ["1002", "Bob", "Smith", "80.00", "CRITICAL", "600.30", "100.0%", "1.000"]
-    assert "Alerts: 2" in lines
-    assert "CONCENTRATION HIGH 2" in [" ".join(line.split()) for line in lines]
+    assert "Alerts: 2 open, 0 resolved" in lines
+    assert "CONCENTRATION HIGH 2 (2 open)" in [" ".join(line.split()) for line in lines]
     assert f"written: {reports / 'dashboard.png'}, {reports / 'risk.png'}" in lines
     assert (reports / "risk.png").read_bytes().startswith(PNG_MAGIC)
 
@@ -333,7 +333,7 @@ def test_only_closed_positions(seeded_engine, database_url, tmp_path, capsys, he
     # BUY 5 @ 60.50, SELL 5 @ 61.50: realized 5 * 1.00 = 5.00, nothing held
     assert lines[1] == "Market value 0.00; cost basis 0.00; realized P&L 5.00; unrealized P&L 0.00"
     assert lines[2] == "Risk levels: LOW 1, MEDIUM 0, HIGH 0, CRITICAL 0"
-    assert "Alerts: 0" in lines
+    assert "Alerts: 0 open, 0 resolved" in lines
     assert (tmp_path / "r" / "dashboard.png").read_bytes().startswith(PNG_MAGIC)
 
 
@@ -563,3 +563,14 @@ def test_card_of_an_investor_with_every_position_closed(seeded_engine, database_
     reports = tmp_path / "r"
     assert analyze.main(["--database-url", database_url, "--reports", str(reports), "--investor", "1006"]) == 0
     assert (reports / "investor_1006.png").stat().st_size > 0
+
+
+def test_the_summary_counts_open_and_resolved_alerts_apart(analyzed, database_url, tmp_path, capsys, headless):
+    """A new user read 'Alerts: 51' as 51 to review, where alerts.py listed 30 open: resolved ones are history."""
+    with analyzed.begin() as connection:
+        first = connection.execute(select(alerts.c.alert_id).order_by(alerts.c.alert_id)).scalars().first()
+        connection.execute(alerts.update().where(alerts.c.alert_id == first).values(status="RESOLVED"))
+    assert analyze.main(["--database-url", database_url, "--reports", str(tmp_path / "r"), "--no-plots"]) == 0
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert "Alerts: 1 open, 1 resolved" in lines
+    assert "CONCENTRATION HIGH 2 (1 open)" in lines
