@@ -215,29 +215,30 @@ def _location(url):
     return safe_url(url)
 
 
+SUPPORTED_BACKENDS = ("sqlite", "mysql", "postgresql")  # SQLAlchemy's names: MariaDB is mysql
+
+
 def _create_engine(url):
-    """An engine for a parsed URL; DatabaseUrlError for an unknown database type or a driver not installed."""
+    """An engine for a parsed URL; DatabaseUrlError for a database type this project does not run on (whatever
+    drivers are installed: its SQL is written for these three) or a driver not installed."""
+    if url.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise DatabaseUrlError(f"unsupported database type {url.get_backend_name()!r} in {safe_url(url)}: this "
+                               "project runs on SQLite, MariaDB/MySQL and PostgreSQL: use sqlite://, mysql:// or "
+                               "postgresql://")
     try:
         if url.get_backend_name() == "sqlite":
             return _create_sqlite_engine(url)
         if url.get_backend_name() == "mysql":
             return _create_mysql_engine(url)
         return create_engine(url, pool_pre_ping=True)
-    except NoSuchModuleError:
-        raise DatabaseUrlError(f"unknown database type {url.drivername!r} in {safe_url(url)}: "
-                               "use sqlite://, mysql:// or postgresql://") from None
+    except NoSuchModuleError:  # a driver name SQLAlchemy does not know (mysql+nosuch://)
+        raise DatabaseUrlError(f"unknown driver {url.drivername!r} in {safe_url(url)}: use "
+                               f"{url.get_backend_name()}:// for the project's driver") from None
     except ImportError as error:
-        raise DatabaseUrlError(f"the driver of {url.drivername} is not installed ({error}): "
-                               + _driver_advice(url.get_backend_name())) from None
+        raise DatabaseUrlError(f"the driver of {url.drivername} is not installed ({error}): use "
+                               f"{url.get_backend_name()}:// for the project's driver") from None
     except (TypeError, ValueError) as error:  # an option value the dialect cannot take (?connect_timeout=abc)
         raise DatabaseUrlError(f"cannot use database {safe_url(url)}: {hide_secrets(str(error), url)}") from None
-
-
-def _driver_advice(backend):
-    """What to do about a missing driver: the project's own, where it has one for this database."""
-    if backend in DEFAULT_DRIVERS:
-        return f"use {backend}:// for the project's driver"
-    return "this project runs on SQLite, MariaDB/MySQL and PostgreSQL: use sqlite://, mysql:// or postgresql://"
 
 
 def _create_sqlite_engine(url):

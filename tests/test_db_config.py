@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import types
 import uuid
 from pathlib import Path
 
@@ -188,7 +189,10 @@ def test_postgresql_and_postgres_urls_without_a_driver_use_psycopg(scheme, postg
     ("not a url", "invalid database URL 'not a url': expected dialect+driver://user:password@host/database"),
     ("mysql+pymysql://root:hunter2@127.0.0.1:abc/x",
      "invalid database URL 'mysql+pymysql://root:***@127.0.0.1:abc/x': the port is not a number"),
-    ("foo://x", "unknown database type 'foo' in foo://x: use sqlite://, mysql:// or postgresql://"),
+    ("foo://x", "unsupported database type 'foo' in foo://x: this project runs on SQLite, MariaDB/MySQL and "
+                "PostgreSQL: use sqlite://, mysql:// or postgresql://"),
+    ("mysql+nosuch://h/x", "unknown driver 'mysql+nosuch' in mysql+nosuch://h/x: use mysql:// for the project's "
+                           "driver"),
     ("mysql+pymysql://root@127.0.0.1:3306/etl` CHARACTER SET latin1 #",
      "invalid database name 'etl` CHARACTER SET latin1 #': use up to 64 letters, digits and _"),
     (f"postgresql+psycopg://postgres@127.0.0.1/{'x' * 65}",
@@ -212,14 +216,19 @@ def test_a_driver_that_is_not_installed_exits_2_with_one_line(capsys):
                                "(No module named 'MySQLdb'): use mysql:// for the project's driver"])
 
 
-def test_a_missing_driver_of_a_database_the_project_does_not_run_on_names_the_ones_it_does(capsys):
-    """The advice used to be 'use oracle:// for the project's driver': the project has none for Oracle."""
-    if importlib.util.find_spec("oracledb") is not None:
-        pytest.skip("oracledb is installed here")
-    code, err, _ = seed_main("oracle://scott:tiger@127.0.0.1/x", capsys)
-    assert (code, err) == (2, ["error: seed_investors: the driver of oracle is not installed (No module named "
-                               "'oracledb'): this project runs on SQLite, MariaDB/MySQL and PostgreSQL: use "
-                               "sqlite://, mysql:// or postgresql://"])
+@pytest.mark.parametrize("url, installed", [("oracle://scott:tiger@127.0.0.1/x", "oracledb"),
+                                            ("mssql://sa:secret@127.0.0.1/x", "pyodbc")])
+def test_a_database_type_the_project_does_not_run_on_is_unsupported_whatever_is_installed(url, installed, capsys,
+                                                                                             monkeypatch):
+    """It used to say 'the driver of oracle is not installed' (inviting pip install oracledb, after which the stage
+    failed with a bug's message): the project's SQL is written for SQLite, MariaDB/MySQL and PostgreSQL only. The
+    type is refused before any driver is looked for, installed or not."""
+    monkeypatch.setitem(sys.modules, installed, types.ModuleType(installed))  # as if the driver were installed
+    code, err, _ = seed_main(url, capsys)
+    backend = url.split(":")[0]
+    assert (code, err) == (2, [f"error: seed_investors: unsupported database type '{backend}' in "
+                               f"{url.replace(url.split(':')[2].split('@')[0], '***')}: this project runs on SQLite, "
+                               "MariaDB/MySQL and PostgreSQL: use sqlite://, mysql:// or postgresql://"])
 
 
 # ---------------------------------------------------------------------------------------------- passwords
