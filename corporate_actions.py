@@ -69,7 +69,7 @@ class ActionsSummary:
                 "batch, their rejects are not stored")
 
     def line(self):
-        return (f"{os.path.basename(self.source)}: {self.rows_read} actions read, {self.rows_new} new, "
+        return (f"{os.path.basename(self.source)}: {cli.counted(self.rows_read, 'action')} read, {self.rows_new} new, "
                 f"{self.rows_already} already loaded, {self.rows_rejected} rejected")
 
 

@@ -36,6 +36,7 @@ its own random stream: the clean trades are exactly those of the same seed witho
 planted SELL follows a planted BUY of the same quantity on the same day, so no sell ever exceeds what is held.
 """
 import early_signals  # noqa: F401  (first: Ctrl+C during the imports below ends in one line)
+import argparse
 import itertools
 import logging
 import os
@@ -733,9 +734,16 @@ def _write_files(files):
         raise cli.InputError(f"cannot write {error.filename}: {error.strerror}") from None
 
 
+class _RefusedDatabase(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("--database-url: the generator writes files only; give the database to load_transactions.py "
+                     "or master_etl.py")
+
+
 def make_parser():
-    """The command line of the generator (it writes files only: no --database-url)."""
+    """The command line of the generator (it writes files only: --database-url is refused with a hint)."""
     parser = cli.make_parser(__doc__, database=False)
+    parser.add_argument("--database-url", action=_RefusedDatabase, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=10_000, help="number of trades (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
     parser.add_argument("--out", default=db_config.project_path("transactions.csv"),
@@ -795,19 +803,15 @@ def main(argv=None):
 def summary_line(args, paths, written, seconds):
     """The closing line of a run: where each file was written and what it holds."""
     planted = f" ({written.planted} of them planted, {written.anomalies} anomalies)" if args.anomalies else ""
-    parts = [f"{args.out}: {written.trades} trades written{planted}",
-             f"{paths['prices']}: {written.closes} daily closes"]
+    parts = [f"{args.out}: {cli.counted(written.trades, 'trade')} written{planted}",
+             f"{paths['prices']}: {cli.counted(written.closes, 'daily close')}"]
     if not args.no_corporate_actions:
-        parts.append(f"{plural(written.splits, 'split')} and {plural(written.dividends, 'dividend')} written to "
+        parts.append(f"{cli.counted(written.splits, 'split')} and {cli.counted(written.dividends, 'dividend')} "
+                     f"written to "
                      f"{paths['actions']}")
     if args.anomalies:
         parts.append(f"{paths['anomalies']}: ground truth")
     return f"{'; '.join(parts)} ({seconds:.1f} s, seed {args.seed})"
-
-
-def plural(count, noun):
-    """'1 split', '2 splits'."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 if __name__ == "__main__":

@@ -84,8 +84,9 @@ class LoadSummary:
         name = os.path.basename(self.source) if self.source != "feed" else "feed"
         if self.skipped_batch is not None:
             return f"{name}: already loaded in batch {self.skipped_batch}, skipped"
-        return (f"{name}: {self.rows_read} read, {self.rows_loaded} loaded, {self.rows_duplicate} duplicates, "
-                f"{self.rows_rejected} rejected (batch {self.batch_id})")
+        return (f"{name}: {self.rows_read} read, {self.rows_loaded} loaded, "
+                f"{cli.counted(self.rows_duplicate, 'duplicate')}, {self.rows_rejected} rejected "
+                f"(batch {self.batch_id})")
 
 
 # ---------------------------------------------------------------------------------------------- reading files
@@ -1083,8 +1084,9 @@ class PricesSummary:
         return self.rows_read - self.rows_new - self.rows_changed - len(self.rejects)
 
     def line(self):
-        return (f"{os.path.basename(self.source)}: {self.rows_read} daily closes read, {self.rows_new} new, "
-                f"{self.rows_changed} changed, {self.rows_unchanged} unchanged, {len(self.rejects)} rejected")
+        return (f"{os.path.basename(self.source)}: {cli.counted(self.rows_read, 'daily close')} read, "
+                f"{self.rows_new} new, {self.rows_changed} changed, {self.rows_unchanged} unchanged, "
+                f"{len(self.rejects)} rejected")
 
 
 def load_prices_file(engine, path, layout=None):

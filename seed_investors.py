@@ -48,7 +48,8 @@ def seed_reference_data(engine, investor_count=constants.DEFAULT_INVESTOR_COUNT)
 def main(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("--investors", type=int, default=constants.DEFAULT_INVESTOR_COUNT,
-                        help="number of default investors, ids from 1001 (default: %(default)s)")
+                        help="number of default investors, ids from 1001; the 5 named accounts are always "
+                             "seeded (default: %(default)s)")
     args = parser.parse_args(argv)
     cli.setup_logging(args)
     if args.investors < 1:
@@ -57,8 +58,10 @@ def main(argv=None):
     def work():
         engine = db_config.get_engine(args.database_url)
         new_investors, new_stocks = seed_reference_data(engine, args.investors)
-        print(f"seeded {new_investors} new investors and {new_stocks} new stocks "
-              f"({args.investors} investors and {len(constants.STOCKS)} stocks by default)")
+        ids = [investor.investor_id for investor in constants.default_investors(args.investors)]
+        print(f"seeded {cli.counted(new_investors, 'new investor')} and {cli.counted(new_stocks, 'new stock')} "
+              f"(the reference set: {cli.counted(len(ids), 'investor')}, ids {ids[0]} to {ids[-1]}, and "
+              f"{cli.counted(len(constants.STOCKS), 'stock')})")
         return cli.EXIT_OK
 
     return cli.run(work, args, "seed_investors")

@@ -1307,8 +1307,8 @@ def check_trades(connection, state, full=False):
     run); find alerts."""
     new = count_pending(connection, state)
     check = check_every_trade(connection) if full or state.first_run else check_new_trades(connection, state)
-    logger.info("checked %d trades (%d new) with %d trades of history; %d candidate alerts", check.trades_checked,
-                new, check.context_trades, len(check.found))
+    logger.info("checked %s (%d new) with %s of history; %s", counted(check.trades_checked, "trade"), new,
+                counted(check.context_trades, "trade"), counted(len(check.found), "candidate alert"))
     return check._replace(new_trades=new)
 
 

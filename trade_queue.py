@@ -218,8 +218,9 @@ class ConsumerTotals:
 
     def line(self, queue):
         counts = self.outcomes
-        return (f"queue {queue}: {self.messages} messages, {counts['loaded']} loaded, {counts['duplicate']} "
-                f"duplicates, {counts['rejected']} rejected ({time.monotonic() - self.started:.1f} s)")
+        return (f"queue {queue}: {cli.counted(self.messages, 'message')}, {counts['loaded']} loaded, "
+                f"{cli.counted(counts['duplicate'], 'duplicate')}, {counts['rejected']} rejected "
+                f"({time.monotonic() - self.started:.1f} s)")
 
 
 class Stop:

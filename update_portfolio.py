@@ -72,11 +72,7 @@ class UpdateSummary:
     first_run: bool = False  # nothing was built before: every trade is new
 
     def line(self, seconds=True):
-        mode = "full replay" if self.full else "first run" if self.first_run else "incremental"
-        return (f"update_portfolio ({mode}): {counted(self.trades_applied, 'trade')} from "
-                f"{counted(self.batches_applied, 'batch', 'batches')} applied to "
-                f"{counted(self.positions_changed, 'position')} "
-                f"({self.positions_replayed} replayed for late trades or actions), "
+        return (f"update_portfolio ({self._what_was_applied()}, "
                 f"{counted(self.oversells, 'oversell')} skipped, {counted(self.investors_scored, 'investor')} scored, "
                 f"{counted(self.alerts_raised, 'new alert')}"
                 + (f", {counted(self.alerts_withdrawn, 'OVERSELL alert')} withdrawn (no longer oversold)"
@@ -84,6 +80,18 @@ class UpdateSummary:
                 + (f", {counted(self.actions_applied, 'corporate action')} applied" if self.actions_applied else "")
                 + (", cost method fifo" if self.cost_method == "fifo" else "")
                 + (f" ({self.seconds:.2f} s)" if seconds else ""))
+
+    def _what_was_applied(self):
+        """The start of the line: the mode, the trades and the positions (a replay of all, or what changed)."""
+        if self.full:
+            return (f"full replay): {counted(self.trades_applied, 'trade')} replayed into "
+                    f"{counted(self.positions_changed, 'position')}, "
+                    f"{counted(self.batches_applied, 'new batch', 'new batches')} among them")
+        mode = "first run" if self.first_run else "incremental"
+        return (f"{mode}): {counted(self.trades_applied, 'trade')} from "
+                f"{counted(self.batches_applied, 'batch', 'batches')} applied; "
+                f"{counted(self.positions_changed, 'position')} changed "
+                f"({self.positions_replayed} replayed for late trades or actions)")
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -233,8 +241,12 @@ def apply_due_actions(connection, now, rules, horizon):
     replay_starts = replay_late_positions(connection, applied, positions, rules, applied_only=True)
     result = write_applied(connection, applied, positions, replay_starts, now, sync_alerts=False)
     stamp_actions(connection, due, now)
-    logger.info("%d corporate actions came due: %d positions took them, %d were replayed", len(due),
-                len(result.changed - result.replayed), len(result.replayed))
+    if positions:
+        logger.info("%s came due: %d positions took them, %d were replayed", counted(len(due), "corporate action"),
+                    len(result.changed - result.replayed), len(result.replayed))
+    else:  # the first update: the new trades' replay applies them
+        logger.info("%s came due before any position of their symbols was built: the new trades apply them",
+                    counted(len(due), "corporate action"))
     return result, len(due)
 
 

@@ -396,7 +396,7 @@ def test_a_file_beside_a_trade_file_loads_after_the_prices_and_before_the_trades
     second = capsys.readouterr().out
 
     assert first.splitlines() == [
-        "market_prices.csv: 1 daily closes read, 1 new, 0 changed, 0 unchanged, 0 rejected",
+        "market_prices.csv: 1 daily close read, 1 new, 0 changed, 0 unchanged, 0 rejected",
         "corporate_actions.csv: 3 actions read, 3 new, 0 already loaded, 0 rejected",
         "trades.csv: 1 read, 1 loaded, 0 duplicates, 0 rejected (batch 1)",
     ]
@@ -465,7 +465,7 @@ def test_an_actions_file_named_on_the_command_line_loads_alone(seeded_engine, da
 
     assert load_transactions.main(["--database-url", database_url, path]) == 0
 
-    assert capsys.readouterr().out == "x_actions.csv: 1 actions read, 1 new, 0 already loaded, 0 rejected\n"
+    assert capsys.readouterr().out == "x_actions.csv: 1 action read, 1 new, 0 already loaded, 0 rejected\n"
     with seeded_engine.connect() as connection:
         assert connection.execute(select(market_prices)).all() == []
 

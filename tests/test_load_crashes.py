@@ -206,7 +206,7 @@ def test_retry_rejects_loads_rows_rejected_for_a_missing_investor(seeded_engine,
     out = capsys.readouterr().out.splitlines()
     assert out == ["trades.csv: 2 read, 1 loaded, 0 duplicates, 1 rejected (batch 1)",
                    "trades.csv: already loaded in batch 1, skipped",
-                   "trades.csv: 2 read, 1 loaded, 1 duplicates, 0 rejected (batch 2)"]
+                   "trades.csv: 2 read, 1 loaded, 1 duplicate, 0 rejected (batch 2)"]
     with seeded_engine.connect() as connection:
         stored = connection.execute(text("SELECT txn_ref FROM transactions ORDER BY txn_id")).scalars().all()
     assert stored == ["a", "b"]

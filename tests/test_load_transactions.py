@@ -214,7 +214,7 @@ def test_summary_line_and_exit_code_of_a_load_with_rejects(seeded_engine, databa
 
     out, err = capsys.readouterr()
     assert code == 0
-    assert out == "trades.csv: 3 read, 1 loaded, 1 duplicates, 1 rejected (batch 1)\n"
+    assert out == "trades.csv: 3 read, 1 loaded, 1 duplicate, 1 rejected (batch 1)\n"
     assert f"{path}:4: price: 'NaN' {PRICE_PROBLEM}" in err
 
 

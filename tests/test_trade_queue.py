@@ -505,7 +505,7 @@ def test_messages_with_fees_store_them(market, database_url, broker, queue_name)
     wait_until(lambda: queue_totals(database_url)[0] == 8 and queue_totals(database_url)[4] == 0, "8 messages")
     code, out, err = stop(consumer)
     assert code == 0, err
-    assert "8 messages, 5 loaded, 1 duplicates, 2 rejected" in out
+    assert "8 messages, 5 loaded, 1 duplicate, 2 rejected" in out
     with market.connect() as connection:
         stored = dict(connection.execute(select(transactions.c.txn_ref, transactions.c.fee).where(
             transactions.c.txn_ref.like("FEE-%"))).all())
