@@ -1173,7 +1173,7 @@ def plan_files(paths):
     """The files to load in order: each directory's prices file and corporate actions file first (once each),
     then the given files."""
     planned = []
-    for path in paths:
+    for number, path in enumerate(paths):
         wanted = os.path.basename(path) not in BESIDE_FILE_NAMES and _is_trade_file(path)
         for name in BESIDE_FILE_NAMES:
             beside = os.path.join(os.path.dirname(path), name)
@@ -1181,6 +1181,8 @@ def plan_files(paths):
                 planned.append(beside)
         if path not in planned:
             planned.append(path)
+        elif path in paths[:number]:
+            logger.warning("%s is named more than once: it is loaded once", path)
     return planned
 
 

@@ -725,3 +725,12 @@ def test_an_error_in_a_background_worker_is_raised_after_the_items_before_it(whe
         for item in load_transactions.in_background(items, then=then):
             received.append(item)
     assert received == [0, 1, 2]
+
+
+def test_a_file_named_twice_is_loaded_once_and_said_so(tmp_path, caplog):
+    """`load_transactions.py t.csv t.csv` printed one line and said nothing of the second name (new-user trial)."""
+    path = write_csv(tmp_path, "t.csv", ATOMIC_LINES)
+    (tmp_path / "market_prices.csv").write_text("stock_symbol,price_date,close_price\n")
+    prices = str(tmp_path / "market_prices.csv")
+    assert load_transactions.plan_files([str(path), prices, str(path)]) == [prices, str(path)]
+    assert caplog.messages == [f"{path} is named more than once: it is loaded once"]  # not the prices file: planned
