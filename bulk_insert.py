@@ -122,12 +122,15 @@ def loaded_by_file(connection, table, columns, lines, duplicates="IGNORE"):
     inserts them."""
     if dialects.bulk_path(connection.dialect.name) != "load_data":
         return False
+    remove_stale_temp_files()  # of a loader or update killed during its LOAD DATA
     try:
         load_data_local(connection, "".join(lines), table, columns, duplicates)
         return True
     except OperationalError as error:
         if not local_infile_refused(error):
             raise
+        logger.warning("LOAD DATA LOCAL INFILE refused (%s); writing %s with INSERT, which is slower",
+                       error.orig.args[-1], table)
         return False
 
 

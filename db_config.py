@@ -493,6 +493,20 @@ class _LocalFileCheckingResult(pymysql.connections.MySQLResult):
             if self.connection._sock is not None:
                 raise
             raise pymysql.err.OperationalError(2013, "Lost connection to server during LOAD DATA LOCAL") from None
+        except pymysql.err.MySQLError as error:
+            # Ctrl+C or SIGTERM (cli) while the file was being sent: PyMySQL's cleanup then read from the broken
+            # connection, and its 'Lost connection' would stand in for the interrupt
+            interrupt = _interrupt_behind(error)
+            if interrupt is None:
+                raise
+            raise interrupt from None
+
+
+def _interrupt_behind(error):
+    """The KeyboardInterrupt that an error was raised while handling, if any (None)."""
+    while error is not None and not isinstance(error, KeyboardInterrupt):
+        error = error.__context__
+    return error
 
 
 def _refuse_local_file(connection, requested):

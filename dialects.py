@@ -85,7 +85,7 @@ class Dialect(NamedTuple):
     # a case- or pad-insensitive collation); None: not known here
     groups_trades: bool = False  # read the trades of whole positions as one text per position (ledger.stream_trades)
     unindexed_scan: str = ""  # after `transactions t` in FROM: read it in storage order, not through its position index
-    index_exists_sql: str = None  # unindexed_scan names the index: SQL that finds it (:name), else None
+    index_exists_sql: str = None  # unindexed_scan names the index: SQL listing its columns (:name), else None
     sort_memory: SortMemory = None  # None: the server sorts in its own memory, not the client's
     driver_streams: bool = False  # the driver's cursor steps through a result as it is fetched (no server buffers)
 
@@ -117,8 +117,7 @@ DIALECTS = {
         exact_text_equality="CAST({a} AS BINARY) = CAST({b} AS BINARY)",  # utf8mb4_unicode_ci: 'ko' = 'KO '
         groups_trades=True,  # PyMySQL reads each row's packet in Python
         unindexed_scan="IGNORE INDEX ({index})",
-        index_exists_sql=("SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
-                          "AND table_name = 'transactions' AND index_name = :name LIMIT 1")),
+        index_exists_sql="SHOW INDEX FROM transactions WHERE Key_name = :name"),
     "postgresql": Dialect(
         bulk_path="copy", lookup_slice=10 * LOOKUP_SLICE, values_sql=STANDARD_VALUES_SQL,
         stage_lock=SessionLock("SELECT 1 FROM (SELECT pg_advisory_lock(hashtext(:name))) AS taken",
@@ -260,13 +259,16 @@ POSITION_INDEX = "ix_transactions_position_time"  # schema.transactions' index b
 
 def unindexed_scan(connection):
     """What follows `transactions t` in FROM to read it in storage order, never through its position index ('' where
-    the planner needs no hint, or where the hint would name an index an administrator renamed or dropped: the server
-    would refuse the statement)."""
+    the planner needs no hint, or where the hint would name an index an administrator renamed, dropped or marked
+    ignored: the server would refuse the statement)."""
     record = dialect(connection.dialect.name)
     if record.index_exists_sql is None:
         return record.unindexed_scan
-    found = connection.execute(text(record.index_exists_sql), {"name": POSITION_INDEX}).first() is not None
-    return record.unindexed_scan.format(index=POSITION_INDEX) if found else ""
+    columns = connection.execute(text(record.index_exists_sql), {"name": POSITION_INDEX}).mappings().all()
+    # an index MariaDB marks IGNORED (MySQL: not Visible) is refused in a hint as if it did not exist
+    usable = columns and all(column.get("Ignored", "NO") == "NO" and column.get("Visible", "YES") == "YES"
+                             for column in columns)
+    return record.unindexed_scan.format(index=POSITION_INDEX) if usable else ""
 
 
 def sort_memory(dialect_name):

@@ -234,7 +234,8 @@ def read_batch_state(connection, full=False):
     pending = pending_batches(connection)
     waiting = connection.execute(text(WAITING_SQL)).scalar()
     if waiting and not full:
-        logger.warning("%d loaded batches wait for update_portfolio; they are checked after it applied them", waiting)
+        logger.warning("%s for update_portfolio; they are checked after it applied them",
+                       counted(waiting, "loaded batch waits", "loaded batches wait"))
     first_run = bool(pending) and not waiting and connection.execute(text(SURVEILLED_SQL)).first() is None
     return BatchState(pending, first_run)
 

@@ -629,3 +629,23 @@ def test_daily_rows_are_inserted_where_the_database_loads_no_files(sqlite_url):
     with engine.begin() as connection:
         assert not bulk_insert.loaded_by_file(connection, "investor_daily", performance.DAY_COLUMNS,
                                               map(performance.day_line, DAILY_ROWS))
+
+
+def test_the_update_falls_back_to_insert_with_a_warning_and_clears_a_killed_stage_s_temp_files(mariadb_url, caplog):
+    """A server refusing local files made the update insert silently (the loader warns), and the LOAD DATA file of
+    an update killed mid-statement stayed until a load inserted a new file (break-it trial)."""
+    gone = 999_999_999  # above any pid_max: no process has it
+    stale = bulk_insert.os.path.join(bulk_insert.tempfile.gettempdir(), f"{bulk_insert.TEMP_FILE_PREFIX}{gone}-x.tsv")
+    with open(stale, "w") as handle:
+        handle.write("1001\tAAPL\n")
+    engine = db_config.get_engine(mariadb_url)
+    seed_investors.seed_reference_data(engine)
+    plain = create_engine(mariadb_url)  # not through db_config: LOAD DATA LOCAL is refused
+    with plain.begin() as connection:
+        assert not bulk_insert.loaded_by_file(connection, "investor_daily", performance.DAY_COLUMNS,
+                                              map(performance.day_line, DAILY_ROWS))
+    plain.dispose()
+    engine.dispose()
+    assert not bulk_insert.os.path.exists(stale)
+    assert any(message.startswith("LOAD DATA LOCAL INFILE refused (") and message.endswith(
+        "writing investor_daily with INSERT, which is slower") for message in caplog.messages), caplog.messages

@@ -291,3 +291,22 @@ def test_a_finalizer_failing_after_the_error_prints_no_second_traceback(verbose,
     assert [str(error.exc_value) for error in shown] == (["'NoneType' object has no attribute 'read'"] if verbose
                                                          else [])
     assert sys.unraisablehook == shown.append
+
+
+def test_an_interrupt_while_the_file_is_sent_is_the_interrupt_not_a_lost_connection(tmp_path, monkeypatch):
+    """SIGTERM during an update's LOAD DATA printed "Lost connection to MySQL server during query": PyMySQL's cleanup
+    read the server's answer from the connection the interrupt had broken (break-it trial)."""
+    allowed = tmp_path / "load.tsv"
+    allowed.write_text("t1\t1001\n")
+    connection = FakeConnection(os.fsencode(str(allowed)))
+
+    def interrupted(filename, connection):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    def lost():
+        raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+
+    monkeypatch.setattr(pymysql.connections, "_send_local_file", interrupted)
+    connection._read_packet = lost
+    with pytest.raises(KeyboardInterrupt, match="terminated"):
+        answer_file_request(connection, str(allowed))

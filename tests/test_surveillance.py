@@ -1269,10 +1269,14 @@ def test_position_states_of_generated_trades_with_splits_are_the_ledgers():
                                                            "last_price")} == ledger_states(trades, opening, rules)
 
 
-def test_mariadb_full_checks_work_when_an_administrator_renamed_the_position_index(mariadb_url, tmp_path):
-    """The full check and update --full named ix_transactions_position_time in IGNORE INDEX: with it renamed, the
-    server refused both statements ("Key ... doesn't exist"). They now name it only where it exists, and find the
-    same positions and alerts."""
+@pytest.mark.parametrize("change", [
+    "ALTER TABLE transactions RENAME INDEX ix_transactions_position_time TO ix_renamed",
+    "ALTER TABLE transactions ALTER INDEX ix_transactions_position_time IGNORED",  # MariaDB's trial of a drop
+])
+def test_mariadb_full_checks_work_when_an_administrator_renamed_the_position_index(mariadb_url, tmp_path, change):
+    """The full check and update --full named ix_transactions_position_time in IGNORE INDEX: with it renamed or
+    marked IGNORED (break-it trial), the server refused both statements ("Key ... doesn't exist"). They now name it
+    only where it exists and is used, and find the same positions and alerts."""
     engine = db_config.get_engine(mariadb_url)
     seed_investors.seed_reference_data(engine)
     load_and_surveil(engine, tmp_path, every_rule_rows())
@@ -1280,7 +1284,7 @@ def test_mariadb_full_checks_work_when_an_administrator_renamed_the_position_ind
         assert dialects.unindexed_scan(connection) == "IGNORE INDEX (ix_transactions_position_time)"
     before = update_portfolio.update_portfolios(engine, full=True), surveillance.run_surveillance(engine, full=True)
     with engine.begin() as connection:
-        connection.exec_driver_sql("ALTER TABLE transactions RENAME INDEX ix_transactions_position_time TO ix_renamed")
+        connection.exec_driver_sql(change)
         assert dialects.unindexed_scan(connection) == ""
         stored = connection.execute(select(alerts.c.rule, alerts.c.txn_ref).order_by(alerts.c.alert_id)).all()
     after = update_portfolio.update_portfolios(engine, full=True), surveillance.run_surveillance(engine, full=True)
