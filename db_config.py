@@ -32,7 +32,6 @@ from sqlalchemy.schema import CreateColumn
 import dialects
 import schema
 
-
 logger = logging.getLogger(__name__)
 
 PROJECT_FOLDER = os.path.dirname(os.path.abspath(__file__))

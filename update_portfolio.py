@@ -72,7 +72,8 @@ class UpdateSummary:
     first_run: bool = False  # nothing was built before: every trade is new
 
     def line(self, seconds=True):
-        return (f"update_portfolio ({self._what_was_applied()}, "
+        mode = "full replay" if self.full else "first run" if self.first_run else "incremental"
+        return (f"update_portfolio ({mode}): {self._what_was_applied()}, "
                 f"{counted(self.oversells, 'oversell')} skipped, {counted(self.investors_scored, 'investor')} scored, "
                 f"{counted(self.alerts_raised, 'new alert')}"
                 + (f", {counted(self.alerts_withdrawn, 'OVERSELL alert')} withdrawn (no longer oversold)"
@@ -82,13 +83,12 @@ class UpdateSummary:
                 + (f" ({self.seconds:.2f} s)" if seconds else ""))
 
     def _what_was_applied(self):
-        """The start of the line: the mode, the trades and the positions (a replay of all, or what changed)."""
+        """The trades and the positions: a replay of all, or what changed."""
         if self.full:
-            return (f"full replay): {counted(self.trades_applied, 'trade')} replayed into "
+            return (f"{counted(self.trades_applied, 'trade')} replayed into "
                     f"{counted(self.positions_changed, 'position')}, "
                     f"{counted(self.batches_applied, 'new batch', 'new batches')} among them")
-        mode = "first run" if self.first_run else "incremental"
-        return (f"{mode}): {counted(self.trades_applied, 'trade')} from "
+        return (f"{counted(self.trades_applied, 'trade')} from "
                 f"{counted(self.batches_applied, 'batch', 'batches')} applied; "
                 f"{counted(self.positions_changed, 'position')} changed "
                 f"({self.positions_replayed} replayed for late trades or actions)")
